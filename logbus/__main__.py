@@ -1,0 +1,5 @@
+"""``python -m logbus``: the same as the ``logbus`` command."""
+
+from logbus.cli import main
+
+main()

@@ -1,0 +1,200 @@
+"""Queue and exchange state inside the in-process broker.
+
+These are plain data holders with the few operations that touch only one
+entity (enqueue with overflow, expire the head, pick the next consumer). The
+:class:`~logbus.broker.core.Broker` holds the lock and does everything that
+spans entities: routing, dead-lettering, acks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from logbus.message import Message
+from logbus.routing import BindingTable, table_for
+
+__all__ = ["ConsumerState", "Delivered", "Entry", "ExchangeState", "QueueState"]
+
+_sequence = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One message sitting in a queue, with what the broker needs to know about it."""
+
+    message: Message
+    expires_at: float | None = None
+    redelivered: bool = False
+    seq: int = field(default_factory=lambda: next(_sequence))
+
+    @property
+    def size(self) -> int:
+        """Body size in bytes, as ``x-max-length-bytes`` counts it."""
+        return len(self.message.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What a consumer is handed: the message and the envelope of this delivery."""
+
+    message: Message
+    consumer_tag: str
+    delivery_tag: int
+    redelivered: bool
+    queue: str
+
+
+@dataclass(slots=True)
+class ConsumerState:
+    """A consumer registered on a queue: where deliveries go and how many it may hold."""
+
+    tag: str
+    queue: str
+    session_id: int
+    prefetch: int
+    deliver: Callable[[Delivered], None]
+    on_cancel: Callable[[str], None] | None = None
+    exclusive: bool = False
+    unacked: int = 0
+
+    @property
+    def has_capacity(self) -> bool:
+        """Whether the consumer may receive another message under its prefetch."""
+        return self.prefetch == 0 or self.unacked < self.prefetch
+
+
+@dataclass(slots=True)
+class ExchangeState:
+    """A declared exchange and its binding table."""
+
+    name: str
+    type: str
+    durable: bool
+    auto_delete: bool
+    internal: bool
+    arguments: dict[str, Any]
+    table: BindingTable[tuple[str, str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.table = table_for(self.type)
+
+
+@dataclass(slots=True)
+class QueueState:
+    """A declared queue: ready messages, consumers in round-robin order, and its limits."""
+
+    name: str
+    durable: bool
+    exclusive_owner: int | None
+    auto_delete: bool
+    arguments: dict[str, Any]
+    ready: deque[Entry] = field(default_factory=deque)
+    consumers: deque[ConsumerState] = field(default_factory=deque)
+    ready_bytes: int = 0
+    had_consumer: bool = False
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether the queue belongs to one session only."""
+        return self.exclusive_owner is not None
+
+    @property
+    def message_ttl(self) -> int | None:
+        """The queue-wide message TTL in milliseconds (``x-message-ttl``)."""
+        return _int_arg(self.arguments, "x-message-ttl")
+
+    @property
+    def max_length(self) -> int | None:
+        """The bound on ready messages (``x-max-length``)."""
+        return _int_arg(self.arguments, "x-max-length")
+
+    @property
+    def max_length_bytes(self) -> int | None:
+        """The bound on ready bytes (``x-max-length-bytes``)."""
+        return _int_arg(self.arguments, "x-max-length-bytes")
+
+    @property
+    def overflow(self) -> str:
+        """What happens at the bound: ``drop-head`` (default) or ``reject-publish[-dlx]``."""
+        return str(self.arguments.get("x-overflow", "drop-head"))
+
+    @property
+    def dead_letter_exchange(self) -> str | None:
+        """Where rejected, expired and dropped messages go, if anywhere."""
+        value = self.arguments.get("x-dead-letter-exchange")
+        return None if value is None else str(value)
+
+    @property
+    def dead_letter_routing_key(self) -> str | None:
+        """The key dead letters are published with, instead of their own."""
+        value = self.arguments.get("x-dead-letter-routing-key")
+        return None if value is None else str(value)
+
+    def expiry_for(self, message: Message, now: float) -> float | None:
+        """When a message entering now expires: the smaller of queue and message TTLs."""
+        ttls = [t for t in (self.message_ttl, _message_ttl(message)) if t is not None]
+        return now + min(ttls) / 1000.0 if ttls else None
+
+    def is_full_for(self, entry: Entry) -> bool:
+        """Whether adding ``entry`` would pass ``x-max-length`` or ``x-max-length-bytes``."""
+        max_len, max_bytes = self.max_length, self.max_length_bytes
+        if max_len is not None and len(self.ready) + 1 > max_len:
+            return True
+        return max_bytes is not None and self.ready_bytes + entry.size > max_bytes
+
+    def push(self, entry: Entry) -> None:
+        """Append a message at the tail."""
+        self.ready.append(entry)
+        self.ready_bytes += entry.size
+
+    def push_front(self, entry: Entry) -> None:
+        """Put a requeued message back at the head, where RabbitMQ puts it."""
+        self.ready.appendleft(entry)
+        self.ready_bytes += entry.size
+
+    def pop(self) -> Entry:
+        """Take the message at the head."""
+        entry = self.ready.popleft()
+        self.ready_bytes -= entry.size
+        return entry
+
+    def head_expired(self, now: float) -> bool:
+        """Whether the head message's TTL has run out (RabbitMQ expires from the head only)."""
+        if not self.ready:
+            return False
+        expires_at = self.ready[0].expires_at
+        return expires_at is not None and expires_at <= now
+
+    def next_consumer(self) -> ConsumerState | None:
+        """The next consumer in round-robin order with room under its prefetch."""
+        for _ in range(len(self.consumers)):
+            consumer = self.consumers[0]
+            self.consumers.rotate(-1)
+            if consumer.has_capacity:
+                return consumer
+        return None
+
+
+def _int_arg(arguments: Mapping[str, Any], name: str) -> int | None:
+    value = arguments.get(name)
+    return None if value is None else int(value)
+
+
+def _message_ttl(message: Message) -> int | None:
+    expiration = message.properties.expiration
+    if expiration is None:
+        return None
+    try:
+        return max(0, int(expiration))
+    except ValueError:
+        return None
+
+
+def monotonic() -> float:
+    """The broker's clock (a function so tests could substitute it)."""
+    return time.monotonic()

@@ -1,0 +1,181 @@
+"""The whole logbus exception tree.
+
+Every error logbus raises is a :class:`LogbusError`. Each class says whether it
+is *recoverable*: retrying the same operation later may succeed (the broker
+came back, a queue drained) or it never will (bad input, bad config). The
+worker's retry logic and the CLI's exit statuses read that flag.
+
+::
+
+    LogbusError
+    ├── ConfigError                 bad settings or topology file      (78, not recoverable)
+    │   └── TopologyError           declared entity disagrees with broker (78)
+    ├── InputError                  bad data from the user            (65, not recoverable)
+    │   ├── RecordError             a field of a record is invalid
+    │   │   ├── RoutingKeyError     not <facility>.<severity>
+    │   │   ├── SeverityError       unknown severity word or code
+    │   │   └── FacilityError       facility is not a valid token
+    │   └── DecodeError             bytes on the wire are not a record
+    └── TransportError              moving bytes failed               (69/75)
+        ├── BrokerUnavailable       cannot reach any broker            (69, recoverable)
+        ├── ConnectionLost          the connection dropped mid-way     (75, recoverable)
+        ├── NotConfirmed            the broker did not take a publish  (75, recoverable)
+        ├── Unroutable              a mandatory publish reached no queue (75, recoverable)
+        ├── ChannelError            the broker refused an operation (AMQP channel error)
+        │   ├── NotFound            the entity does not exist (404)
+        │   ├── PreconditionFailed  redeclared with other arguments (406)
+        │   └── ResourceLocked      exclusive to another connection (405)
+        ├── AccessRefused           credentials or permissions refused (not recoverable)
+        └── TransportClosed         used after close()                (not recoverable)
+
+Exit statuses follow sysexits: 65 bad input, 69 unavailable, 75 temporary
+failure, 78 configuration.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AccessRefused",
+    "BrokerUnavailable",
+    "ChannelError",
+    "ConfigError",
+    "ConnectionLost",
+    "DecodeError",
+    "FacilityError",
+    "InputError",
+    "LogbusError",
+    "NotConfirmed",
+    "NotFound",
+    "PreconditionFailed",
+    "RecordError",
+    "ResourceLocked",
+    "RoutingKeyError",
+    "SeverityError",
+    "TopologyError",
+    "TransportClosed",
+    "TransportError",
+    "Unroutable",
+]
+
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class LogbusError(Exception):
+    """Base of every error logbus raises; ``recoverable`` says whether a retry may help."""
+
+    recoverable: ClassVar[bool] = False
+    exit_code: ClassVar[int] = 1
+
+
+class ConfigError(LogbusError):
+    """Settings or a topology file are invalid; fix the configuration."""
+
+    exit_code = EX_CONFIG
+
+
+class TopologyError(ConfigError):
+    """A declared entity disagrees with what the broker already has."""
+
+
+class InputError(LogbusError):
+    """Data given by the user (a key, a record, a line) is invalid."""
+
+    exit_code = EX_DATAERR
+
+
+class RecordError(InputError, ValueError):
+    """A field of a log record is invalid."""
+
+
+class RoutingKeyError(RecordError):
+    """A routing key is not of the form ``<facility>.<severity>``."""
+
+
+class SeverityError(RecordError):
+    """A severity is not one of the eight syslog levels or their aliases."""
+
+
+class FacilityError(RecordError):
+    """A facility is not a valid token."""
+
+
+class DecodeError(InputError):
+    """Bytes received from a broker cannot be turned into a record."""
+
+
+class TransportError(LogbusError):
+    """Moving bytes to or from a broker failed."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class BrokerUnavailable(TransportError):
+    """No broker could be reached; check the host, the port and that it runs."""
+
+    recoverable = True
+    exit_code = EX_UNAVAILABLE
+
+
+class ConnectionLost(TransportError):
+    """An established connection dropped; operations in flight may not have completed."""
+
+    recoverable = True
+
+
+class NotConfirmed(TransportError):
+    """The broker did not confirm a publish (nack, overflow, or timeout)."""
+
+    recoverable = True
+
+    def __init__(self, message: str, *, unconfirmed: int = 1) -> None:
+        super().__init__(message)
+        self.unconfirmed = unconfirmed
+
+
+class Unroutable(NotConfirmed):
+    """A mandatory publish matched no queue and was returned by the broker."""
+
+    def __init__(self, message: str, *, exchange: str, routing_key: str, unconfirmed: int = 1):
+        super().__init__(message, unconfirmed=unconfirmed)
+        self.exchange = exchange
+        self.routing_key = routing_key
+
+
+class ChannelError(TransportError):
+    """The broker refused an operation (an AMQP channel-level error with a reply code)."""
+
+    reply_code: ClassVar[int] = 0
+
+
+class NotFound(ChannelError):
+    """The exchange or queue named does not exist (AMQP 404 NOT_FOUND)."""
+
+    reply_code = 404
+
+
+class PreconditionFailed(ChannelError):
+    """An entity was redeclared with other arguments (AMQP 406 PRECONDITION_FAILED)."""
+
+    reply_code = 406
+    exit_code = EX_CONFIG
+
+
+class ResourceLocked(ChannelError):
+    """An exclusive queue belongs to another connection (AMQP 405 RESOURCE_LOCKED)."""
+
+    reply_code = 405
+
+
+class AccessRefused(TransportError):
+    """The broker refused the credentials or the permissions; fix the URL or the user."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class TransportClosed(TransportError):
+    """The transport was used after it was closed."""

@@ -1,0 +1,494 @@
+"""The exchanges, queues, bindings and emit targets a deployment declares.
+
+A :class:`Topology` is frozen data validated as a whole: references resolve,
+names are unique, and what RabbitMQ would refuse at declare time (an exclusive
+quorum queue, a binding on the default exchange) is refused here first.
+:func:`default` is DESIGN.md's default; :func:`load`/:func:`loads` read TOML,
+:func:`dumps` writes it, :func:`declare` puts it on a broker.
+
+The TOML format (``config/logbus.toml``) is four arrays of tables::
+
+    [[exchanges]]
+    name = "logbus.topic"
+    type = "topic"                  # fanout | direct | topic | headers
+    durable = true                  # also: auto_delete, internal, arguments
+
+    [[queues]]
+    name = "logbus.tasks"           # also: durable, exclusive, auto_delete
+    max_length = 100000             # friendly keys for x-arguments: queue_type, max_length,
+    overflow = "reject-publish"     # overflow, message_ttl (ms), dead_letter_exchange,
+                                    # dead_letter_routing_key
+    arguments = { "x-max-priority" = 10 }   # raw x-arguments, passed through
+
+    [[bindings]]
+    source = "logbus.topic"         # a declared exchange
+    destination = "logbus.tasks"
+    destination_type = "queue"      # or "exchange" (exchange-to-exchange)
+    routing_key = "#"
+
+    [[emit]]
+    exchange = "logbus.topic"       # "" is the default exchange: key is then a queue name
+    key = "{facility}.{severity}"   # placeholders: {facility} {severity} {host} {app}
+
+Every problem is a one-line :class:`~logbus.errors.ConfigError`,
+``<source>:<line>: <what is wrong> (<what to do>)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import string
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from logbus.errors import ConfigError
+
+if TYPE_CHECKING:
+    from logbus.transports.base import Transport
+
+__all__ = [
+    "PLACEHOLDERS",
+    "Binding",
+    "EmitTarget",
+    "Exchange",
+    "Queue",
+    "Topology",
+    "declare",
+    "default",
+    "dumps",
+    "load",
+    "loads",
+]
+
+PLACEHOLDERS = ("facility", "severity", "host", "app")
+"""The names an emit target's key template may use."""
+
+Loc = tuple[str | int, ...]
+
+
+class _FieldError(ValueError):
+    """A validation failure that says what to do, and where relative to its model."""
+
+    def __init__(self, what: str, hint: str, loc: Loc = ()) -> None:
+        super().__init__(f"{what} ({hint})")
+        self.what, self.hint, self.loc = what, hint, loc
+
+
+def _entity_name(name: str) -> str:
+    if not name:
+        raise _FieldError("the name is empty", 'give it one, like "logbus.audit"')
+    if len(name.encode()) > 255:  # an AMQP short string
+        raise _FieldError(f"the name {name[:20]!r}... is over 255 bytes", "shorten it")
+    if name.startswith("amq."):  # the broker refuses to declare these
+        raise _FieldError(f"the name {name!r} uses the reserved prefix amq.", "rename it")
+    return name
+
+
+Name = Annotated[StrictStr, AfterValidator(_entity_name)]
+Arguments = dict[StrictStr, Any]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Exchange(_Model):
+    """An exchange to declare; an ``internal`` one takes no publishes, only e2e bindings."""
+
+    name: Name
+    type: Literal["fanout", "direct", "topic", "headers"]
+    durable: StrictBool = True
+    auto_delete: StrictBool = False
+    internal: StrictBool = False
+    arguments: Arguments = Field(default_factory=dict)
+
+
+_FRIENDLY = {
+    "queue_type": "x-queue-type",
+    "max_length": "x-max-length",
+    "overflow": "x-overflow",
+    "message_ttl": "x-message-ttl",
+    "dead_letter_exchange": "x-dead-letter-exchange",
+    "dead_letter_routing_key": "x-dead-letter-routing-key",
+}
+
+
+class Queue(_Model):
+    """A queue to declare; the optional friendly fields are its common x-arguments."""
+
+    name: Name
+    durable: StrictBool = True
+    exclusive: StrictBool = False
+    auto_delete: StrictBool = False
+    arguments: Arguments = Field(default_factory=dict)
+    queue_type: Literal["classic", "quorum"] | None = None
+    max_length: StrictInt | None = Field(default=None, ge=0)
+    overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
+    message_ttl: StrictInt | None = Field(default=None, ge=0)
+    dead_letter_exchange: StrictStr | None = None
+    dead_letter_routing_key: StrictStr | None = None
+
+    def amqp_arguments(self) -> dict[str, Any]:
+        """The x-arguments to declare with: ``arguments`` plus the friendly fields that are set."""
+        args = dict(self.arguments)
+        args.update((k, v) for f, k in _FRIENDLY.items() if (v := getattr(self, f)) is not None)
+        return args
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Queue:
+        for field, key in _FRIENDLY.items():
+            if getattr(self, field) is not None and key in self.arguments:
+                what = f"{field} and arguments[{key!r}] are both set"
+                raise _FieldError(what, f"keep only {field}", (field,))
+        args = self.amqp_arguments()
+        if args.get("x-queue-type") == "quorum":
+            for flag, wanted in (("durable", True), ("exclusive", False), ("auto_delete", False)):
+                if getattr(self, flag) is not wanted:
+                    what = f"a quorum queue cannot have {flag} = {_value(not wanted)}"
+                    hint = f'set {flag} = {_value(wanted)}, or queue_type = "classic"'
+                    raise _FieldError(what, hint, (flag,))
+            if args.get("x-overflow") == "reject-publish-dlx":
+                what = 'a quorum queue cannot have overflow = "reject-publish-dlx"'
+                raise _FieldError(what, 'use "reject-publish"', ("overflow",))
+        if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
+            what = "dead_letter_routing_key is set without dead_letter_exchange"
+            hint = "set dead_letter_exchange too: the broker refuses the key alone"
+            raise _FieldError(what, hint, ("dead_letter_routing_key",))
+        return self
+
+
+class Binding(_Model):
+    """Routes from exchange ``source`` to a queue, or (exchange-to-exchange) an exchange."""
+
+    source: StrictStr
+    destination: Name
+    destination_type: Literal["queue", "exchange"] = "queue"
+    routing_key: StrictStr = ""
+    arguments: Arguments = Field(default_factory=dict)
+
+    @field_validator("source")
+    @classmethod
+    def _bindable(cls, source: str) -> str:
+        if not source:
+            hint = "bind to a declared exchange; the default one routes by queue name already"
+            raise _FieldError("the default exchange cannot be bound", hint)
+        return source
+
+
+class EmitTarget(_Model):
+    """Where an emitter publishes each record: an exchange and a routing-key template.
+
+    ``exchange = ""`` is the default exchange, whose routing key is a queue name.
+    """
+
+    exchange: StrictStr
+    key: StrictStr = "{facility}.{severity}"
+
+    @field_validator("key")
+    @classmethod
+    def _template(cls, key: str) -> str:
+        hint = "use {facility}, {severity}, {host} or {app}; {{ and }} for literal braces"
+        try:
+            parsed = list(string.Formatter().parse(key))
+        except ValueError as exc:
+            raise _FieldError(f"key template {key!r} is malformed: {exc}", hint) from None
+        for _text, name, spec, conversion in parsed:
+            if name is not None and (name not in PLACEHOLDERS or spec or conversion):
+                raise _FieldError(f"key template {key!r} has unknown placeholder {{{name}}}", hint)
+        return key
+
+    def render(self, facility: str, severity: str, host: str, app: str) -> str:
+        """The routing key for one record."""
+        return self.key.format(facility=facility, severity=severity, host=host, app=app)
+
+
+def _undeclared(what: str, name: str, known: Iterable[str], section: str, loc: Loc) -> _FieldError:
+    close = difflib.get_close_matches(name, sorted(known), 1)
+    hint = f"did you mean {close[0]!r}?" if close else f"declare it under [[{section}]]"
+    return _FieldError(f"{what} {name!r} is not declared", hint, loc)
+
+
+def _once(items: Sequence[object], section: str, field: str | None = None) -> None:
+    for i, item in enumerate(items):
+        if item in items[:i]:
+            what = f"{item!r} is declared twice" if field else "this entry is declared twice"
+            raise _FieldError(what, "remove one", (section, i, field) if field else (section, i))
+
+
+class Topology(_Model):
+    """Everything a deployment declares, checked for consistency as a whole."""
+
+    exchanges: tuple[Exchange, ...] = ()
+    queues: tuple[Queue, ...] = ()
+    bindings: tuple[Binding, ...] = ()
+    emit: tuple[EmitTarget, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> Topology:
+        _once([e.name for e in self.exchanges], "exchanges", "name")
+        _once([q.name for q in self.queues], "queues", "name")
+        _once(self.bindings, "bindings")
+        _once(self.emit, "emit")
+        exchanges = {e.name: e for e in self.exchanges}
+        queues = {q.name for q in self.queues}
+        for i, q in enumerate(self.queues):
+            dlx = q.amqp_arguments().get("x-dead-letter-exchange")
+            if dlx and dlx not in exchanges:  # "" is the default exchange: fine
+                field = "arguments" if q.dead_letter_exchange is None else "dead_letter_exchange"
+                where = ("queues", i, field)
+                raise _undeclared("dead-letter exchange", dlx, exchanges, "exchanges", where)
+        for i, b in enumerate(self.bindings):
+            if b.source not in exchanges:
+                where = ("bindings", i, "source")
+                raise _undeclared("binding source", b.source, exchanges, "exchanges", where)
+            kind = b.destination_type
+            targets = exchanges.keys() if kind == "exchange" else queues
+            if b.destination not in targets:
+                where = ("bindings", i, "destination")
+                raise _undeclared(f"destination {kind}", b.destination, targets, f"{kind}s", where)
+        for i, t in enumerate(self.emit):
+            where = ("emit", i, "exchange")
+            if t.exchange and t.exchange not in exchanges:
+                raise _undeclared("emit exchange", t.exchange, exchanges, "exchanges", where)
+            if t.exchange and exchanges[t.exchange].internal:
+                what = f"exchange {t.exchange!r} is internal and takes no publishes"
+                raise _FieldError(what, "emit to an exchange bound to it", where)
+            if not t.exchange and "{" not in t.key and t.key not in queues:
+                raise _undeclared("queue", t.key, queues, "queues", ("emit", i, "key"))
+        return self
+
+    def exchange(self, name: str) -> Exchange:
+        """The declared exchange called ``name``; :class:`ConfigError` if there is none."""
+        if found := {e.name: e for e in self.exchanges}.get(name):
+            return found
+        known = [e.name for e in self.exchanges]
+        raise ConfigError(str(_undeclared("exchange", name, known, "exchanges", ())))
+
+    def queue(self, name: str) -> Queue:
+        """The declared queue called ``name``; :class:`ConfigError` if there is none."""
+        if found := {q.name: q for q in self.queues}.get(name):
+            return found
+        known = [q.name for q in self.queues]
+        raise ConfigError(str(_undeclared("queue", name, known, "queues", ())))
+
+
+def default() -> Topology:
+    """DESIGN.md's default topology: one topic exchange that feeds every other style."""
+    topic = "logbus.topic"
+    fed = ("logbus.fanout", "logbus.direct", "logbus.headers")
+    # An e2e binding forwards the original key (kern.critical): `--exact` works.
+    e2e = (
+        Binding(source=topic, destination=x, destination_type="exchange", routing_key="#")
+        for x in fed
+    )
+    return Topology(
+        exchanges=(
+            Exchange(name=topic, type="topic"),
+            Exchange(name="logbus.fanout", type="fanout"),
+            Exchange(name="logbus.direct", type="direct"),
+            Exchange(name="logbus.headers", type="headers"),
+        ),
+        # Bounded, so a deployment without workers cannot fill the disk; at the bound new
+        # records are refused (nacked) and emitters say so: back-pressure, never a drop.
+        queues=(Queue(name="logbus.tasks", max_length=100_000, overflow="reject-publish"),),
+        bindings=(
+            *e2e,
+            Binding(source=topic, destination="logbus.tasks", routing_key="#"),
+        ),
+        emit=(EmitTarget(exchange=topic),),
+    )
+
+
+def declare(transport: Transport, topology: Topology) -> None:
+    """Declare every exchange, queue and binding of ``topology`` on ``transport``.
+
+    Idempotent; an entity that exists with other properties raises ``PreconditionFailed``.
+    """
+    for e in topology.exchanges:
+        transport.declare_exchange(e.name, e.type, **e.model_dump(exclude={"name", "type"}))
+    for q in topology.queues:
+        flags = q.model_dump(include={"durable", "exclusive", "auto_delete"})
+        transport.declare_queue(q.name, arguments=q.amqp_arguments(), **flags)
+    for b in topology.bindings:
+        bind = transport.bind_exchange if b.destination_type == "exchange" else transport.bind_queue
+        bind(b.destination, b.source, b.routing_key, b.arguments)
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str]) -> Topology:
+    """Read a topology TOML file; every problem is a one-line :class:`ConfigError`."""
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        hint = "check the path, or unset LOGBUS_CONFIG for the built-in default"
+        raise ConfigError(f"{name}: no such topology file ({hint})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: not valid UTF-8 (save the file as UTF-8)") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read the topology file: {exc.strerror}") from exc
+    return loads(text, source=name)
+
+
+def loads(text: str, *, source: str = "<string>") -> Topology:
+    """Parse and validate topology TOML; ``source`` names it in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        if at := re.search(r" \(at line (\d+), column (\d+)\)$", msg):
+            line, hint, msg = int(at[1]), f"fix the TOML at column {at[2]}", msg[: at.start()]
+        else:
+            line, hint = text.count("\n") + 1, "the file ends early: close what is open"
+            msg = msg.removesuffix(" (at end of document)")
+        raise ConfigError(f"{source}:{line}: invalid TOML: {msg} ({hint})") from exc
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        problems = sorted((_line_of(text, loc), w, h) for loc, w, h in map(_describe, exc.errors()))
+        line, what, hint = problems[0]  # the first in the file; fixing it shows the next
+        raise ConfigError(" ".join(f"{source}:{line}: {what} ({hint})".splitlines())) from exc
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "exchanges": Exchange,
+    "queues": Queue,
+    "bindings": Binding,
+    "emit": EmitTarget,
+}
+_TYPE_HINTS = {
+    "int_type": "write a whole number, without quotes",
+    "bool_type": "write true or false, without quotes",
+    "string_type": "write a quoted string",
+    "dict_type": "write a table",
+    "model_type": "write a table",
+    "tuple_type": "write an array of tables",
+    "greater_than_equal": "use 0 or more",
+}
+
+
+def _describe(err: ErrorDetails) -> tuple[Loc, str, str]:
+    """One pydantic error as (where in the document, what is wrong, what to do)."""
+    loc: Loc = tuple(err["loc"])
+    ctx = err.get("ctx", {})
+    problem = ctx.get("error")
+    loc += problem.loc if isinstance(problem, _FieldError) else ()
+    entry = f"[[{loc[0]}]] #{loc[1] + 1}: " if len(loc) > 1 and isinstance(loc[1], int) else ""
+    if isinstance(problem, _FieldError):
+        return loc, entry + problem.what, problem.hint
+    key = str(loc[-1]) if loc else "the document"
+    if err["type"] == "extra_forbidden":
+        allowed = list((_SECTIONS[str(loc[0])] if len(loc) > 1 else Topology).model_fields)
+        close = difflib.get_close_matches(key, allowed, 1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
+        return loc, f"{entry}unknown key {key!r}", hint
+    if err["type"] == "missing":
+        return loc, f"{entry}required key {key!r} is missing", f"add {key} = ..."
+    value = err["input"]
+    got = f" = {_value(value)}" if isinstance(value, str | int | float) else ""
+    if err["type"] == "literal_error":
+        return loc, f"{entry}{key}{got} is not allowed", f"use one of {ctx['expected']}"
+    msg = err["msg"][0].lower() + err["msg"][1:]
+    return loc, f"{entry}{key}{got}: {msg}", _TYPE_HINTS.get(err["type"], "fix the value")
+
+
+_HEADER = re.compile(r"\s*(\[\[?)([^\]]*)\]")
+_KEY_LINE = re.compile(r"""\s*([A-Za-z0-9_\-."' ]+?)\s*=""")
+
+
+def _dotted(key: str) -> list[str]:
+    return [part.strip().strip("\"'") for part in key.split(".")]
+
+
+def _line_of(text: str, loc: Loc) -> int:
+    """The line of the key at ``loc``, else of its nearest enclosing table, else 1.
+
+    tomllib keeps no positions, so the lines are re-read: each table header and
+    ``key =`` line gets a path like ``("queues", 1, "max_length")``, and the first
+    line sharing the longest prefix with ``loc`` wins.
+    """
+    best, best_depth = 1, 0
+    table: list[str | int] = []
+    count: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), 1):  # lines as tomllib counts them
+        if header := _HEADER.match(line):
+            keys = _dotted(header[2])
+            if header[1] == "[[":
+                count[keys[0]] = count.get(keys[0], -1) + 1
+            indexed = keys[0] in count
+            path = table = [keys[0], count[keys[0]], *keys[1:]] if indexed else [*keys]
+        elif key := _KEY_LINE.match(line):
+            path = [*table, *_dotted(key[1])]
+        else:
+            continue
+        depth = 0
+        while depth < min(len(path), len(loc)) and path[depth] == loc[depth]:
+            depth += 1
+        if depth > best_depth:
+            best, best_depth = number, depth
+    return best
+
+
+# -- writing -----------------------------------------------------------------------------
+
+_ALWAYS = {"durable", "destination_type", "routing_key", "key"}  # worth reading even if default
+
+
+def dumps(topology: Topology) -> str:
+    """TOML that :func:`loads` reads back to an equal topology."""
+    out: list[str] = []
+    for section in _SECTIONS:
+        for item in getattr(topology, section):
+            out.append(f"[[{section}]]")
+            for name, info in type(item).model_fields.items():
+                value = getattr(item, name)
+                required = info.is_required()
+                fallback = None if required else info.get_default(call_default_factory=True)
+                if required or name in _ALWAYS or value != fallback:
+                    out.append(f"{_key(name)} = {_value(value)}")
+            out.append("")
+    return "\n".join(out)
+
+
+def _key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _value(key)
+
+
+def _value(value: Any) -> str:
+    """One TOML value, inline, on one line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):  # JSON's escapes are TOML's, but TOML also forbids a raw DEL
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # inf, -inf, nan
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_key(str(k))} = {_value(v)}" for k, v in value.items())
+        return f"{{ {inner} }}" if inner else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write a {type(value).__name__} as TOML")

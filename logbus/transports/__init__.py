@@ -1,0 +1,39 @@
+"""Transports by URL scheme, imported on first use.
+
+``connect("memory://")`` gives a :class:`~logbus.transports.base.Transport`;
+each scheme maps to a ``"module:Class"`` string so that importing logbus never
+imports pika, aio-pika or gevent until a URL asks for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from logbus.errors import ConfigError
+from logbus.transports.base import DEFAULT_PREFETCH, Consumer, Delivery, Transport
+
+__all__ = ["DEFAULT_PREFETCH", "TRANSPORTS", "Consumer", "Delivery", "Transport", "connect"]
+
+#: URL scheme -> "module:Class" of its transport.
+TRANSPORTS: dict[str, str] = {
+    "memory": "logbus.transports.memory:MemoryTransport",
+}
+
+
+def scheme_of(url: str) -> str:
+    """The URL's scheme (of its first host, for a comma-separated failover list)."""
+    return urlsplit(url.split(",", 1)[0].strip()).scheme.lower()
+
+
+def connect(url: str, **options: Any) -> Transport:
+    """Open a transport for ``url``; raises ``ConfigError`` for an unknown scheme."""
+    scheme = scheme_of(url)
+    target = TRANSPORTS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(TRANSPORTS))
+        raise ConfigError(f"unknown transport URL scheme {scheme!r}; use one of: {known}")
+    module_name, _, class_name = target.partition(":")
+    transport_class = getattr(importlib.import_module(module_name), class_name)
+    return cast(Transport, transport_class(url, **options))

@@ -1,0 +1,252 @@
+"""What every transport promises: the :class:`Transport` Protocol, consumers, deliveries.
+
+A transport moves bytes between this process and a broker — RabbitMQ through
+AMQP, or logbus's in-process broker. It speaks AMQP 0-9-1's model (exchanges,
+queues, bindings, confirms, acks) and nothing more; records, topology files and
+retries live above it. Every method raises :mod:`logbus.errors` exceptions,
+never a driver's.
+
+Publishing is always confirmed: ``publish`` returns once the broker took the
+message, and raises :class:`~logbus.errors.Unroutable` for a mandatory
+message no queue took, :class:`~logbus.errors.NotConfirmed` when the broker
+refused it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+from logbus.errors import PreconditionFailed
+from logbus.message import Message, Properties, QueueInfo
+
+__all__ = [
+    "DEFAULT_PREFETCH",
+    "Consumer",
+    "Delivery",
+    "QueueInfo",
+    "Settlement",
+    "Transport",
+]
+
+#: Unacked deliveries a consumer may hold; high enough to keep a pipe full,
+#: low enough that competing consumers still share the work fairly.
+DEFAULT_PREFETCH = 100
+
+
+class Settlement(Enum):
+    """How a delivery was settled."""
+
+    ACK = "ack"
+    NACK = "nack"
+    REJECT = "reject"
+
+
+#: Called by :class:`Delivery` to tell the transport: (how, delivery_tag, multiple, requeue).
+Settler = Callable[[Settlement, int, bool, bool], None]
+
+
+class Delivery:
+    """One message handed to a consumer, to be acked, nacked or rejected exactly once."""
+
+    __slots__ = (
+        "_lock",
+        "_settle",
+        "consumer_tag",
+        "delivery_tag",
+        "message",
+        "queue",
+        "redelivered",
+        "settled",
+    )
+
+    def __init__(
+        self,
+        message: Message,
+        *,
+        delivery_tag: int,
+        redelivered: bool,
+        consumer_tag: str,
+        queue: str,
+        settle: Settler,
+    ) -> None:
+        self.message = message
+        self.delivery_tag = delivery_tag
+        self.redelivered = redelivered
+        self.consumer_tag = consumer_tag
+        self.queue = queue
+        self.settled: Settlement | None = None
+        self._settle = settle
+        self._lock = threading.Lock()
+
+    @property
+    def body(self) -> bytes:
+        """The message body."""
+        return self.message.body
+
+    @property
+    def properties(self) -> Properties:
+        """The message's AMQP properties."""
+        return self.message.properties
+
+    @property
+    def routing_key(self) -> str:
+        """The routing key the message was published with."""
+        return self.message.routing_key
+
+    @property
+    def exchange(self) -> str:
+        """The exchange the message was published to."""
+        return self.message.exchange
+
+    def ack(self, *, multiple: bool = False) -> None:
+        """Acknowledge: the broker forgets the message (and, with ``multiple``, earlier ones)."""
+        self._done(Settlement.ACK, multiple=multiple, requeue=False)
+
+    def nack(self, *, requeue: bool = True, multiple: bool = False) -> None:
+        """Negatively acknowledge: requeue it, or dead-letter (or drop) it."""
+        self._done(Settlement.NACK, multiple=multiple, requeue=requeue)
+
+    def reject(self, *, requeue: bool = True) -> None:
+        """Reject this one delivery: requeue it, or dead-letter (or drop) it."""
+        self._done(Settlement.REJECT, multiple=False, requeue=requeue)
+
+    def _done(self, how: Settlement, *, multiple: bool, requeue: bool) -> None:
+        with self._lock:
+            if self.settled is not None:
+                raise PreconditionFailed(
+                    f"delivery {self.delivery_tag} was already settled ({self.settled.value}); "
+                    "settle each delivery once"
+                )
+            self._settle(how, self.delivery_tag, multiple, requeue)
+            self.settled = how
+
+    def __repr__(self) -> str:
+        return (
+            f"<Delivery tag={self.delivery_tag} queue={self.queue!r} "
+            f"key={self.routing_key!r} redelivered={self.redelivered}>"
+        )
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """A running consumer of one queue; iterate it, or pull with :meth:`get`."""
+
+    queue: str
+    tag: str
+
+    def get(self, timeout: float | None = None) -> Delivery | None:
+        """The next delivery, waiting up to ``timeout`` seconds (None: forever)."""
+        ...
+
+    def __iter__(self) -> Iterator[Delivery]:
+        """Deliveries until the consumer is cancelled."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop receiving; deliveries already received can still be settled."""
+        ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A connection to one broker, speaking AMQP 0-9-1's model; one per thread of use."""
+
+    url: str
+
+    def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> None:
+        """Declare an exchange; an existing one must match (else ``PreconditionFailed``)."""
+        ...
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange and its bindings."""
+        ...
+
+    def declare_queue(
+        self,
+        name: str = "",
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> QueueInfo:
+        """Declare a queue (an empty name gets a server-generated one)."""
+        ...
+
+    def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
+        """Delete a queue; returns how many messages it held."""
+        ...
+
+    def purge_queue(self, name: str) -> int:
+        """Drop a queue's ready messages; returns how many."""
+        ...
+
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind a queue to an exchange."""
+        ...
+
+    def unbind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Remove a queue binding."""
+        ...
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind an exchange to another: messages routed by ``source`` flow into ``destination``."""
+        ...
+
+    def publish(self, message: Message, *, mandatory: bool = True) -> None:
+        """Publish one message and wait for the broker's confirm."""
+        ...
+
+    def publish_many(self, messages: Iterable[Message], *, mandatory: bool = True) -> None:
+        """Publish many messages with pipelined confirms; raise if any was not confirmed."""
+        ...
+
+    def get(self, queue: str, *, auto_ack: bool = False) -> Delivery | None:
+        """Take one message from a queue (``basic.get``), or None when it is empty."""
+        ...
+
+    def consume(
+        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+    ) -> Consumer:
+        """Start consuming a queue with manual acks and ``prefetch`` unacked at most."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection; unacked deliveries go back to their queues."""
+        ...
+
+    def __enter__(self) -> Transport: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...

@@ -1,0 +1,94 @@
+"""The contract suite runs once per transport; every test gets fresh, unique entity names."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from logbus.errors import LogbusError
+from logbus.transports import Transport, connect
+
+#: transport name -> URL factory. RabbitMQ-backed transports join here as they land.
+TRANSPORT_URLS: dict[str, Callable[[], str]] = {
+    "memory": lambda: f"memory://contract-{secrets.token_hex(4)}",
+}
+
+
+@pytest.fixture(params=sorted(TRANSPORT_URLS))
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """A URL of a broker for this test, one per transport under contract."""
+    return TRANSPORT_URLS[request.param]()
+
+
+@pytest.fixture
+def names(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Unique entity names for this test: names('q') -> 'ct-<test>-<hex>-q'."""
+    stem = f"ct-{request.node.originalname}-{secrets.token_hex(3)}"
+    return lambda suffix: f"{stem}-{suffix}"
+
+
+@pytest.fixture
+def open_transport(broker_url: str) -> Iterator[Callable[[], Transport]]:
+    """Open connections to the test's broker; all are closed at the end."""
+    opened: list[Transport] = []
+
+    def factory() -> Transport:
+        transport = connect(broker_url)
+        opened.append(transport)
+        return transport
+
+    yield factory
+    for transport in reversed(opened):
+        transport.close()
+
+
+@pytest.fixture
+def transport(open_transport: Callable[[], Transport]) -> Transport:
+    """One open connection to the test's broker."""
+    return open_transport()
+
+
+@pytest.fixture
+def make(
+    open_transport: Callable[[], Transport], names: Callable[[str], str]
+) -> Iterator[Entities]:
+    """Declare uniquely named exchanges and queues that are deleted after the test."""
+    entities = Entities(open_transport(), names)
+    yield entities
+    entities.cleanup(open_transport())
+
+
+class Entities:
+    """Declares test entities under unique names and remembers them for cleanup."""
+
+    def __init__(self, transport: Transport, names: Callable[[str], str]) -> None:
+        self.transport = transport
+        self.names = names
+        self.exchanges: list[str] = []
+        self.queues: list[str] = []
+
+    def exchange(self, suffix: str, type: str, **kwargs: object) -> str:
+        """Declare an exchange named after ``suffix``; returns its full name."""
+        name = self.names(suffix)
+        self.transport.declare_exchange(name, type, **kwargs)  # type: ignore[arg-type]
+        self.exchanges.append(name)
+        return name
+
+    def queue(self, suffix: str, **kwargs: object) -> str:
+        """Declare a queue named after ``suffix``; returns its full name."""
+        name = self.names(suffix)
+        self.transport.declare_queue(name, **kwargs)  # type: ignore[arg-type]
+        self.queues.append(name)
+        return name
+
+    def cleanup(self, transport: Transport) -> None:
+        """Delete what was declared, queues first, in reverse order."""
+        for queue in reversed(self.queues):
+            with contextlib.suppress(LogbusError):
+                transport.delete_queue(queue)
+        for exchange in reversed(self.exchanges):
+            with contextlib.suppress(LogbusError):
+                transport.delete_exchange(exchange)

@@ -1,0 +1,131 @@
+"""Settings from LOGBUS_* variables, their topology, and URL redaction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from logbus.errors import ConfigError
+from logbus.settings import DEFAULT_URL, Settings, load_settings, redact_url
+from logbus.topology import default
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test without the caller's LOGBUS_* variables."""
+    for name in list(os.environ):
+        if name.startswith("LOGBUS_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_without_environment() -> None:
+    """With no LOGBUS_* variables, every field has its documented default."""
+    settings = Settings()
+    assert settings.url == DEFAULT_URL == "amqp://guest:guest@localhost:5672/%2F"
+    assert settings.config is None
+    assert (settings.prefetch, settings.heartbeat) == (100, 30)
+    assert (settings.confirm_timeout, settings.connect_timeout) == (30.0, 10.0)
+
+
+def test_fields_come_from_logbus_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOGBUS_URL, LOGBUS_CONFIG, LOGBUS_PREFETCH ... fill the fields, converted."""
+    monkeypatch.setenv("LOGBUS_URL", "amqp://u:p@rabbit:5672/logs")
+    monkeypatch.setenv("LOGBUS_CONFIG", "/etc/logbus/logbus.toml")
+    monkeypatch.setenv("LOGBUS_PREFETCH", "7")
+    monkeypatch.setenv("LOGBUS_CONFIRM_TIMEOUT", "2.5")
+    monkeypatch.setenv("LOGBUS_HEARTBEAT", "0")
+    settings = Settings()
+    assert settings.url == "amqp://u:p@rabbit:5672/logs"
+    assert settings.config == Path("/etc/logbus/logbus.toml")
+    assert (settings.prefetch, settings.confirm_timeout, settings.heartbeat) == (7, 2.5, 0)
+
+
+def test_keyword_arguments_win_over_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit value (a CLI option) overrides the environment."""
+    monkeypatch.setenv("LOGBUS_PREFETCH", "7")
+    assert Settings(prefetch=3).prefetch == 3
+
+
+def test_empty_config_variable_means_the_default_topology(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOGBUS_CONFIG= (empty) is no file, so topology() is default()."""
+    monkeypatch.setenv("LOGBUS_CONFIG", "")
+    settings = Settings()
+    assert settings.config is None
+    assert settings.topology() == default()
+
+
+def test_topology_loads_the_config_file(tmp_path: Path) -> None:
+    """topology() reads the file named by config."""
+    path = tmp_path / "t.toml"
+    path.write_text('[[exchanges]]\nname = "only"\ntype = "fanout"\n')
+    assert [e.name for e in Settings(config=path).topology().exchanges] == ["only"]
+
+
+def test_prefetch_must_be_at_least_one() -> None:
+    """prefetch 0 (unlimited in AMQP) is refused."""
+    with pytest.raises(ValidationError):
+        Settings(prefetch=0)
+
+
+def test_settings_are_frozen() -> None:
+    """A Settings object cannot be changed after it is built."""
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.prefetch = 5  # type: ignore[misc]
+
+
+def test_load_settings_reports_a_bad_variable_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_settings turns a bad value into a ConfigError naming the variable."""
+    monkeypatch.setenv("LOGBUS_PREFETCH", "many")
+    with pytest.raises(ConfigError, match="LOGBUS_PREFETCH") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
+
+
+def test_repr_hides_the_password() -> None:
+    """repr(settings) shows the URL redacted."""
+    text = repr(Settings(url="amqp://admin:s3cr3t@rabbit/%2F"))
+    assert "s3cr3t" not in text
+    assert "amqp://admin:***@rabbit/%2F" in text
+
+
+def test_redact_single_url() -> None:
+    """The password of one URL becomes ***, the rest is kept."""
+    assert redact_url(DEFAULT_URL) == "amqp://guest:***@localhost:5672/%2F"
+
+
+def test_redact_every_url_of_a_failover_list() -> None:
+    """Each URL of a comma-separated list is redacted."""
+    urls = "amqp://a:pw1@h1:5672/%2F,amqps://b:pw2@h2:5671/logs"
+    assert redact_url(urls) == "amqp://a:***@h1:5672/%2F,amqps://b:***@h2:5671/logs"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["amqp://localhost:5672/%2F", "amqp://user@host/", "memory://", "local:///run/logbus.sock"],
+)
+def test_urls_without_password_are_unchanged(url: str) -> None:
+    """A URL without a password is returned as it was."""
+    assert redact_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["guest", "p@ss", "a/b?c#d", "com,ma", "p%40ss", "pass:word", "::@@"],
+)
+def test_password_never_appears(password: str) -> None:
+    """Whatever characters it holds, the password is not in the redacted text."""
+    urls = f"amqp://user:{password}@host:5672/%2F, amqps://other:{password}@h2/v"
+    redacted = redact_url(urls)
+    assert password not in redacted
+    assert redacted.startswith("amqp://user:***@")
+
+
+def test_other_logbus_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Variables that are not fields (LOGBUS_TEST_URL, set by CI) do not break Settings."""
+    monkeypatch.setenv("LOGBUS_TEST_URL", "amqp://ci:ci@broker/%2F")
+    monkeypatch.setenv("LOGBUS_REQUIRE_BROKER", "1")
+    assert Settings().url == DEFAULT_URL

@@ -1,0 +1,285 @@
+"""Topology models, the default topology, TOML loading with line-precise errors, dumping."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from logbus import topology
+from logbus.errors import ConfigError
+from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, default, dumps, loads
+
+REPO = Path(__file__).resolve().parents[2]
+
+ONE_LINE_ERROR = re.compile(r"^cfg\.toml:(\d+): [^\n]+ \([^\n]+\)$")
+
+
+def error_line(text: str) -> tuple[int, str]:
+    """Load ``text`` expecting a ConfigError; return its line number and message."""
+    with pytest.raises(ConfigError) as caught:
+        loads(text, source="cfg.toml")
+    message = str(caught.value)
+    match = ONE_LINE_ERROR.match(message)
+    assert match, message
+    return int(match[1]), message
+
+
+def rich() -> Topology:
+    """A topology using every field and awkward values, for round trips."""
+    return Topology(
+        exchanges=(
+            Exchange(name="t", type="topic"),
+            Exchange(name="dlx", type="fanout", durable=False, auto_delete=True),
+            Exchange(
+                name="in", type="headers", internal=True, arguments={"alternate-exchange": "t"}
+            ),
+        ),
+        queues=(
+            Queue(
+                name='q ü "quoted" \\ \t\x7f',
+                queue_type="quorum",
+                max_length=5,
+                overflow="drop-head",
+                message_ttl=60_000,
+                dead_letter_exchange="dlx",
+                dead_letter_routing_key="dead",
+                arguments={"x-delivery-limit": 3, "x-custom": {"nested": [1.5, True, "s"]}},
+            ),
+            Queue(name="temp", durable=False, exclusive=True, auto_delete=True),
+        ),
+        bindings=(
+            Binding(source="t", destination="in", destination_type="exchange", routing_key="#"),
+            Binding(source="in", destination="temp", arguments={"x-match": "any", "host": "web1"}),
+        ),
+        emit=(
+            EmitTarget(exchange="t"),
+            EmitTarget(exchange="", key="temp"),
+            EmitTarget(exchange="t", key="{{{app}}}.{host}"),
+        ),
+    )
+
+
+def test_config_file_is_the_default_topology() -> None:
+    """config/logbus.toml loads to exactly default()."""
+    assert topology.load(REPO / "config" / "logbus.toml") == default()
+
+
+def test_default_topology_feeds_every_style_from_the_topic_exchange() -> None:
+    """The default has the DESIGN's exchanges, e2e bindings with '#', and one emit target."""
+    top = default()
+    assert {(e.name, e.type, e.durable) for e in top.exchanges} == {
+        ("logbus.topic", "topic", True),
+        ("logbus.fanout", "fanout", True),
+        ("logbus.direct", "direct", True),
+        ("logbus.headers", "headers", True),
+    }
+    assert {(b.source, b.destination, b.destination_type, b.routing_key) for b in top.bindings} == {
+        ("logbus.topic", "logbus.fanout", "exchange", "#"),
+        ("logbus.topic", "logbus.direct", "exchange", "#"),
+        ("logbus.topic", "logbus.headers", "exchange", "#"),
+        ("logbus.topic", "logbus.tasks", "queue", "#"),
+    }
+    assert top.emit == (EmitTarget(exchange="logbus.topic", key="{facility}.{severity}"),)
+
+
+def test_default_work_queue_is_durable_bounded_and_rejects_at_the_bound() -> None:
+    """logbus.tasks is durable with x-max-length 100000 and x-overflow reject-publish."""
+    tasks = default().queue("logbus.tasks")
+    assert tasks.durable
+    assert tasks.amqp_arguments() == {"x-max-length": 100_000, "x-overflow": "reject-publish"}
+
+
+@pytest.mark.parametrize("top", [default(), rich()], ids=["default", "rich"])
+def test_dumps_then_loads_gives_an_equal_topology(top: Topology) -> None:
+    """dumps writes TOML that loads reads back to an equal topology."""
+    assert loads(dumps(top)) == top
+
+
+def test_friendly_fields_become_x_arguments() -> None:
+    """Each friendly queue field is merged into the raw arguments under its x- name."""
+    queue = Queue(
+        name="q",
+        queue_type="quorum",
+        max_length=10,
+        overflow="reject-publish",
+        message_ttl=5000,
+        dead_letter_exchange="dlx",
+        dead_letter_routing_key="dead",
+        arguments={"x-delivery-limit": 4},
+    )
+    assert queue.amqp_arguments() == {
+        "x-delivery-limit": 4,
+        "x-queue-type": "quorum",
+        "x-max-length": 10,
+        "x-overflow": "reject-publish",
+        "x-message-ttl": 5000,
+        "x-dead-letter-exchange": "dlx",
+        "x-dead-letter-routing-key": "dead",
+    }
+    assert Queue(name="plain").amqp_arguments() == {}
+
+
+def test_friendly_field_and_same_raw_argument_conflict() -> None:
+    """Setting max_length and arguments['x-max-length'] together is rejected."""
+    with pytest.raises(ValidationError, match="keep only max_length"):
+        Queue(name="q", max_length=1, arguments={"x-max-length": 1})
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{"durable": False}, {"exclusive": True}, {"auto_delete": True}],
+    ids=["not-durable", "exclusive", "auto-delete"],
+)
+def test_quorum_queue_must_be_durable_and_not_exclusive_or_auto_delete(flags: Any) -> None:
+    """A quorum queue that is transient, exclusive or auto-delete is rejected."""
+    with pytest.raises(ValidationError, match="quorum queue cannot have"):
+        Queue(name="q", queue_type="quorum", **flags)
+
+
+def test_quorum_rules_apply_to_a_raw_x_queue_type_too() -> None:
+    """arguments['x-queue-type'] = 'quorum' gets the same checks as queue_type."""
+    with pytest.raises(ValidationError, match="exclusive"):
+        Queue(name="q", exclusive=True, arguments={"x-queue-type": "quorum"})
+
+
+def test_syntax_error_names_its_line() -> None:
+    """A TOML syntax error is reported at the line tomllib found it."""
+    line, message = error_line('[[exchanges]]\nname = "x"\ntype = \n')
+    assert line == 3
+    assert "invalid TOML" in message
+
+
+def test_unknown_key_in_second_queue_names_its_line() -> None:
+    """An unknown key is reported at its own line, inside the right [[queues]] table."""
+    text = """\
+[[queues]]
+name = "a"
+max_length = 1
+
+[[queues]]
+name = "b"
+# bounded
+max_lenght = 5
+"""
+    line, message = error_line(text)
+    assert line == 8
+    assert "[[queues]] #2" in message
+    assert "did you mean 'max_length'?" in message
+
+
+def test_binding_to_undeclared_exchange_names_its_line() -> None:
+    """A binding whose source is not declared is reported at its source line."""
+    text = """\
+[[exchanges]]
+name = "logbus.topic"
+type = "topic"
+
+[[queues]]
+name = "q"
+
+[[bindings]]
+source = "logbus.topic"
+destination = "q"
+
+[[bindings]]
+destination = "q"
+source = "logbus.topik"
+"""
+    line, message = error_line(text)
+    assert line == 14
+    assert "did you mean 'logbus.topic'?" in message
+
+
+def test_bad_exchange_type_names_its_line() -> None:
+    """An exchange type outside the four AMQP types is reported at its line."""
+    text = '[[exchanges]]\nname = "a"\ntype = "topic"\n[[exchanges]]\nname = "b"\ntype = "topics"\n'
+    line, message = error_line(text)
+    assert line == 6
+    assert "'fanout', 'direct', 'topic' or 'headers'" in message
+
+
+def test_unknown_emit_placeholder_names_its_line() -> None:
+    """A key template with an unknown placeholder is refused at load time, at its line."""
+    text = (
+        '[[exchanges]]\nname = "x"\ntype = "topic"\n\n[[emit]]\nexchange = "x"\nkey = "{level}"\n'
+    )
+    line, message = error_line(text)
+    assert line == 7
+    assert "{level}" in message
+
+
+def test_key_in_a_sub_table_is_located() -> None:
+    """A problem in [queues.arguments] is reported at that table's key line."""
+    text = (
+        '[[queues]]\nname = "q"\nqueue_type = "quorum"\n\n[queues.arguments]\nx-queue-type = "x"\n'
+    )
+    line, message = error_line(text)
+    assert line == 3
+    assert "keep only queue_type" in message
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    """Loading a file that does not exist is a ConfigError naming the path."""
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        topology.load(missing)
+
+
+def test_load_names_the_file_in_errors(tmp_path: Path) -> None:
+    """Errors from load() start with the path given and the line."""
+    path = tmp_path / "logbus.toml"
+    path.write_text('[[exchanges]]\ntype = "topic"\nname = 1\n')
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:3: "):
+        topology.load(path)
+
+
+def test_default_exchange_cannot_be_bound() -> None:
+    """A binding with source "" is rejected."""
+    with pytest.raises(ValidationError, match="default exchange cannot be bound"):
+        Binding(source="", destination="q")
+
+
+@pytest.mark.parametrize(
+    ("section", "entry"),
+    [
+        ("bindings", Binding(source="t", destination="nowhere")),
+        ("bindings", Binding(source="t", destination="x", destination_type="exchange")),
+        ("emit", EmitTarget(exchange="x")),
+        ("emit", EmitTarget(exchange="", key="no-such-queue")),
+    ],
+    ids=["queue", "exchange", "emit-exchange", "emit-queue"],
+)
+def test_references_must_be_declared(section: str, entry: Any) -> None:
+    """Bindings and emit targets may only name declared exchanges and queues."""
+    base = {"exchanges": (Exchange(name="t", type="topic"),), section: (entry,)}
+    with pytest.raises(ValidationError, match="is not declared"):
+        Topology(**base)
+
+
+def test_names_must_be_unique() -> None:
+    """Two exchanges with one name are rejected."""
+    with pytest.raises(ValidationError, match="declared twice"):
+        Topology(exchanges=(Exchange(name="a", type="topic"), Exchange(name="a", type="direct")))
+
+
+def test_emit_target_renders_its_template() -> None:
+    """render fills facility, severity, host and app into the key."""
+    target = EmitTarget(exchange="x", key="{app}@{host}:{facility}.{severity}")
+    assert target.render("kern", "critical", "web1", "nginx") == "nginx@web1:kern.critical"
+
+
+def test_lookups_return_the_entity_or_a_config_error() -> None:
+    """exchange()/queue() find by name, and suggest a near name when missing."""
+    top = default()
+    assert top.exchange("logbus.direct").type == "direct"
+    with pytest.raises(ConfigError, match=r"did you mean 'logbus\.tasks'"):
+        top.queue("logbus.task")
+
+
+def test_all_lists_public_names_that_exist() -> None:
+    """Every name in __all__ is defined by the module."""
+    assert all(hasattr(topology, name) for name in topology.__all__)
