@@ -3,6 +3,11 @@
 Each section prints one line per case, with logbus's figure next to a
 baseline measured in the same run, as a ratio.
 
+Memory transport: one thread publishing through ``memory://`` (a topic
+exchange, confirmed) and one consuming with prefetch and acking each
+delivery, against the bare primitive it is built on: a ``queue.Queue``
+producer/consumer thread pair passing the same bodies.
+
 Topic matching: ``TopicTable`` (a trie over words) against the naive
 approach of one compiled regex per binding, for 10, 1,000 and 10,000
 realistic bindings. A "decision" is one routing key routed to its full set of
@@ -11,12 +16,17 @@ destinations. Both routers are checked to agree on every key they route.
 
 from __future__ import annotations
 
+import queue
 import random
 import re
+import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 
+from logbus.message import Message, Properties
 from logbus.routing import TopicTable
+from logbus.transports import connect
 
 SEED = 20240601
 SYSLOG_FACILITIES = [
@@ -32,6 +42,8 @@ TOPIC_CASES = [(10, 200_000, 100_000), (1_000, 100_000, 2_000), (10_000, 100_000
 TOPIC_TARGET_BINDINGS = 10_000
 TOPIC_TARGET_RATIO = 100.0
 TOPIC_TARGET_RATE = 100_000.0
+MEMORY_MESSAGES = 50_000
+MEMORY_TARGET_RATIO = 0.3
 
 
 # -- workload -------------------------------------------------------------------------
@@ -149,9 +161,77 @@ def bench_topic() -> None:
         print(line, flush=True)
 
 
+def bare_queue_pair(bodies: Sequence[bytes]) -> float:
+    """Seconds for a producer thread to hand every body to a consumer thread."""
+    channel: queue.Queue[bytes | None] = queue.Queue()
+    received = 0
+
+    def consume() -> None:
+        nonlocal received
+        while channel.get() is not None:
+            received += 1
+
+    consumer = threading.Thread(target=consume)
+    started = time.perf_counter()
+    consumer.start()
+    for body in bodies:
+        channel.put(body)
+    channel.put(None)
+    consumer.join()
+    elapsed = time.perf_counter() - started
+    assert received == len(bodies)
+    return elapsed
+
+
+def memory_transport(bodies: Sequence[bytes]) -> float:
+    """Seconds to publish every body (confirmed) and consume and ack it on another thread."""
+    url = f"memory://bench-{secrets.token_hex(4)}"
+    publisher, subscriber = connect(url), connect(url)
+    publisher.declare_exchange("bench", "topic", durable=False)
+    publisher.declare_queue("bench.q", durable=False)
+    publisher.bind_queue("bench.q", "bench", "kern.*")
+    properties = Properties(content_type="application/json", delivery_mode=2)
+    received = 0
+
+    def consume() -> None:
+        nonlocal received
+        for delivery in subscriber.consume("bench.q", prefetch=100):
+            delivery.ack()
+            received += 1
+            if received == len(bodies):
+                return
+
+    consumer = threading.Thread(target=consume)
+    started = time.perf_counter()
+    consumer.start()
+    for body in bodies:
+        publisher.publish(Message(body, properties, "bench", "kern.critical"))
+    consumer.join()
+    elapsed = time.perf_counter() - started
+    publisher.close()
+    subscriber.close()
+    return elapsed
+
+
+def bench_memory() -> None:
+    """memory:// publish -> consume -> ack against a bare queue.Queue thread pair."""
+    print("# memory:// transport: publish -> consume -> ack vs a bare queue.Queue pair")
+    body = b'{"facility":"kern","severity":"critical","message":"disk /dev/sda1 failed"}'
+    bodies = [body] * MEMORY_MESSAGES
+    bare = min(bare_queue_pair(bodies) for _ in range(3))
+    memory = min(memory_transport(bodies) for _ in range(3))
+    bare_rate, memory_rate = len(bodies) / bare, len(bodies) / memory
+    print(
+        f"messages={len(bodies)} memory={memory_rate:,.0f}/s queue.Queue={bare_rate:,.0f}/s "
+        f"ratio={memory_rate / bare_rate:.2f}x (target >= {MEMORY_TARGET_RATIO}x)"
+    )
+
+
 def main() -> None:
     """Run every benchmark section in turn."""
     bench_topic()
+    print()
+    bench_memory()
 
 
 if __name__ == "__main__":

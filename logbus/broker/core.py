@@ -17,7 +17,9 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
@@ -78,6 +80,13 @@ class Broker:
     def __init__(self, name: str = "") -> None:
         self.name = name
         self._lock = threading.RLock()
+        self._guard = _Guard(self)
+        # Settlements pipelined like acks on a socket: queued without the lock, applied
+        # by the next operation that takes it, so every observer sees them applied.
+        self._mailbox: deque[tuple[_SessionState, int, bool, bool | None]] = deque()
+        self._waiters: set[int] = set()
+        # Routing decisions of header-less messages; cleared whenever bindings change.
+        self._route_cache: dict[tuple[str, str], frozenset[str]] = {}
         self._exchanges: dict[str, ExchangeState] = {}
         self._queues: dict[str, QueueState] = {}
         self._sessions: dict[int, _SessionState] = {}
@@ -95,7 +104,7 @@ class Broker:
 
     def session(self, name: str = "") -> Session:
         """Open a session (a connection with one channel) on this broker."""
-        with self._lock:
+        with self._guard:
             counter = itertools.count(1)
             state = _SessionState(next(self._session_ids), name, lambda: next(counter))
             self._sessions[state.id] = state
@@ -103,12 +112,12 @@ class Broker:
 
     def close(self) -> None:
         """Stop the expiry thread; sessions still open keep their state until closed."""
-        with self._lock:
+        with self._guard:
             self._closed = True
             self._expiry.notify_all()
 
     def _close_session(self, state: _SessionState) -> None:
-        with self._lock:
+        with self._guard:
             if not state.open:
                 return
             state.open = False
@@ -118,9 +127,7 @@ class Broker:
             for name in [q.name for q in self._queues.values() if q.exclusive_owner == state.id]:
                 self._delete_queue(name)
             self._sessions.pop(state.id, None)
-            for name in touched:
-                if name in self._queues:
-                    self._dispatch(self._queues[name])
+            self._dispatch_all(touched)
 
     # -- exchanges -------------------------------------------------------------
 
@@ -137,7 +144,7 @@ class Broker:
     ) -> None:
         """Declare an exchange, or check an existing one is declared the same way."""
         args = dict(arguments or {})
-        with self._lock:
+        with self._guard:
             existing = self._exchanges.get(name)
             if passive:
                 if existing is None:
@@ -152,6 +159,7 @@ class Broker:
                     f"COMMAND_INVALID - unknown exchange type '{type}' for exchange '{name}'"
                 )
             if existing is None:
+                self._route_cache.clear()
                 self._exchanges[name] = ExchangeState(
                     name, type, durable, auto_delete, internal, args
                 )
@@ -168,7 +176,7 @@ class Broker:
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         """Delete an exchange and every binding to or from it."""
-        with self._lock:
+        with self._guard:
             exchange = self._exchange(name)
             if if_unused and len(exchange.table):
                 raise PreconditionFailed(f"PRECONDITION_FAILED - exchange '{name}' in use")
@@ -176,6 +184,7 @@ class Broker:
 
     def _delete_exchange(self, name: str) -> None:
         self._exchanges.pop(name, None)
+        self._route_cache.clear()
         for other in list(self._exchanges.values()):
             if other.table.remove_destination((_EXCHANGE, name)):
                 self._maybe_auto_delete_exchange(other)
@@ -204,7 +213,7 @@ class Broker:
         passive: bool,
     ) -> QueueInfo:
         args = dict(arguments or {})
-        with self._lock:
+        with self._guard:
             if passive:
                 queue = self._queue(name, session)
                 return self._info(queue)
@@ -257,6 +266,7 @@ class Broker:
 
     def _delete_queue(self, name: str) -> int:
         queue = self._queues.pop(name)
+        self._route_cache.clear()
         for consumer in list(queue.consumers):
             state = self._sessions.get(consumer.session_id)
             if state is not None:
@@ -295,7 +305,7 @@ class Broker:
         *,
         unbind: bool = False,
     ) -> None:
-        with self._lock:
+        with self._guard:
             if source == "" or (destination == "" and kind == _EXCHANGE):
                 raise AccessRefused(
                     "ACCESS_REFUSED - operation not permitted on the default exchange"
@@ -306,6 +316,7 @@ class Broker:
             else:
                 self._exchange(destination)
             args = dict(arguments or {})
+            self._route_cache.clear()
             if unbind:
                 exchange.table.remove(routing_key, args, (kind, destination))
                 self._maybe_auto_delete_exchange(exchange)
@@ -322,7 +333,9 @@ class Broker:
 
     def publish(self, message: Message, *, mandatory: bool = False) -> PublishOutcome:
         """Route a message to its queues, as a confirmed ``basic.publish`` would."""
-        with self._lock:
+        with self._lock:  # the hot path: _guard's work, inlined
+            if self._mailbox:
+                self._drain()
             if message.exchange:
                 exchange = self._exchange(message.exchange)
                 if exchange.internal:
@@ -335,18 +348,33 @@ class Broker:
                 return PublishOutcome.UNROUTABLE if mandatory else PublishOutcome.ROUTED
             rejected = False
             now = monotonic()
-            for name in sorted(names):
+            for name in sorted(names) if len(names) > 1 else names:
                 if not self._enqueue(self._queues[name], message, now):
                     rejected = True
             return PublishOutcome.REJECTED if rejected else PublishOutcome.ROUTED
 
-    def _route(self, exchange_name: str, routing_key: str, message: Message) -> set[str]:
+    def _route(self, exchange_name: str, routing_key: str, message: Message) -> AbstractSet[str]:
         if exchange_name == "":
             return {routing_key} if routing_key in self._queues else set()
+        headers = message.properties.headers
+        if headers:  # a headers exchange may be on the path: no caching
+            return self._route_uncached(exchange_name, routing_key, headers)
+        cache_key = (exchange_name, routing_key)
+        queues = self._route_cache.get(cache_key)
+        if queues is None:
+            if len(self._route_cache) >= _ROUTE_CACHE_SIZE:
+                self._route_cache.clear()
+            queues = self._route_cache[cache_key] = frozenset(
+                self._route_uncached(exchange_name, routing_key, headers)
+            )
+        return queues
+
+    def _route_uncached(
+        self, exchange_name: str, routing_key: str, headers: Mapping[str, Any]
+    ) -> set[str]:
         queues: set[str] = set()
         seen: set[str] = set()
         pending = [exchange_name]
-        headers = message.properties.headers
         while pending:  # exchange-to-exchange bindings, each exchange visited once
             name = pending.pop()
             if name in seen or name not in self._exchanges:
@@ -383,9 +411,8 @@ class Broker:
     # -- dispatch, acks and dead letters ---------------------------------------
 
     def _dispatch(self, queue: QueueState) -> None:
-        now = monotonic()
         while queue.ready:
-            if queue.head_expired(now):
+            if queue.head_expired():
                 self._dead_letter(queue, queue.pop(), "expired")
                 continue
             consumer = queue.next_consumer()
@@ -404,31 +431,74 @@ class Broker:
         self, state: _SessionState, delivery_tag: int, multiple: bool, requeue: bool | None
     ) -> None:
         """Ack (``requeue is None``), or reject/nack with or without requeue."""
-        with self._lock:
-            if multiple:
-                tags = sorted(t for t in state.unacked if t <= delivery_tag or delivery_tag == 0)
-            elif delivery_tag in state.unacked:
-                tags = [delivery_tag]
-            else:
-                tags = []
-            if not tags and not (multiple and delivery_tag == 0):
+        with self._guard:
+            touched: set[str] = set()
+            if not self._settle_locked(state, delivery_tag, multiple, requeue, touched):
                 raise PreconditionFailed(
                     f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}"
                 )
-            if requeue:
-                touched = self._requeue(state, tags)
-            else:
-                touched = set()
-                for tag in tags:
-                    unacked = self._release(state, tag)
-                    queue = self._queues.get(unacked.queue)
-                    if queue is not None:
-                        touched.add(queue.name)
-                        if requeue is False:
-                            self._dead_letter(queue, unacked.entry, "rejected")
-            for name in touched:
-                if name in self._queues:
-                    self._dispatch(self._queues[name])
+            self._dispatch_all(touched)
+
+    def _settle_later(
+        self, state: _SessionState, delivery_tag: int, multiple: bool, requeue: bool | None
+    ) -> None:
+        """Queue a settlement for the next locked operation (applied now if anyone waits)."""
+        self._mailbox.append((state, delivery_tag, multiple, requeue))
+        if self._waiters or len(self._mailbox) >= _MAILBOX_FLUSH:
+            with self._guard:
+                pass
+
+    def _drain(self) -> None:
+        """Apply queued settlements; tags no longer held (queue deleted) are skipped."""
+        if not self._mailbox:
+            return
+        touched: set[str] = set()
+        while True:
+            try:
+                state, delivery_tag, multiple, requeue = self._mailbox.popleft()
+            except IndexError:
+                break
+            if state.open:
+                self._settle_locked(state, delivery_tag, multiple, requeue, touched)
+        self._dispatch_all(touched)
+
+    def waiting(self, waiter: int) -> _Waiting:
+        """Context for a consumer about to block: queued settlements are applied first."""
+        return _Waiting(self, waiter)
+
+    def _settle_locked(
+        self,
+        state: _SessionState,
+        delivery_tag: int,
+        multiple: bool,
+        requeue: bool | None,
+        touched: set[str],
+    ) -> bool:
+        if multiple:
+            tags = sorted(t for t in state.unacked if t <= delivery_tag or delivery_tag == 0)
+            if not tags and delivery_tag != 0:
+                return False
+        elif delivery_tag in state.unacked:
+            tags = [delivery_tag]
+        else:
+            return False
+        if requeue:
+            touched |= self._requeue(state, tags)
+            return True
+        for tag in tags:
+            unacked = self._release(state, tag)
+            queue = self._queues.get(unacked.queue)
+            if queue is not None:
+                touched.add(queue.name)
+                if requeue is False:
+                    self._dead_letter(queue, unacked.entry, "rejected")
+        return True
+
+    def _dispatch_all(self, names: set[str]) -> None:
+        for name in names:
+            queue = self._queues.get(name)
+            if queue is not None:
+                self._dispatch(queue)
 
     def _release(self, state: _SessionState, tag: int) -> _Unacked:
         unacked = state.unacked.pop(tag)
@@ -479,6 +549,7 @@ class Broker:
     def _reap(self) -> None:
         with self._lock:
             while not self._closed:
+                self._drain()
                 now = monotonic()
                 soonest: float | None = None
                 for queue in list(self._queues.values()):
@@ -491,6 +562,49 @@ class Broker:
                         soonest = at if soonest is None else min(soonest, at)
                 timeout = None if soonest is None else max(0.0, soonest - monotonic())
                 self._expiry.wait(timeout)
+
+
+_MAILBOX_FLUSH = 256
+_ROUTE_CACHE_SIZE = 4096
+
+
+class _Guard:
+    """``with broker._guard``: take the broker lock and apply pipelined settlements."""
+
+    __slots__ = ("_broker",)
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def __enter__(self) -> None:
+        self._broker._lock.acquire()
+        try:
+            self._broker._drain()
+        except BaseException:
+            self._broker._lock.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._broker._lock.release()
+
+
+class _Waiting:
+    """Registers a consumer as blocked so settlements queued meanwhile apply at once."""
+
+    __slots__ = ("_broker", "_waiter")
+
+    def __init__(self, broker: Broker, waiter: int) -> None:
+        self._broker = broker
+        self._waiter = waiter
+
+    def __enter__(self) -> None:
+        self._broker._waiters.add(self._waiter)
+        if self._broker._mailbox:
+            with self._broker._guard:
+                pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._broker._waiters.discard(self._waiter)
 
 
 def _inequivalent(prop: str, kind: str, name: str, received: Any, current: Any) -> Exception:
@@ -586,6 +700,10 @@ class Session:
         """Whether the session has not been closed."""
         return self._state.open
 
+    def waiting(self) -> _Waiting:
+        """Enter before blocking on deliveries: pipelined settlements then apply at once."""
+        return self._broker.waiting(id(threading.current_thread()))
+
     def close(self) -> None:
         """Close: requeue unacked messages, cancel consumers, delete exclusive queues."""
         self._broker._close_session(self._state)
@@ -640,7 +758,7 @@ class Session:
     def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
         """Delete a queue (``queue.delete``); returns how many ready messages went with it."""
         broker = self._broker
-        with broker._lock:
+        with broker._guard:
             queue = broker._queue(name, self._state)
             if if_unused and queue.consumers:
                 raise PreconditionFailed(f"PRECONDITION_FAILED - queue '{name}' in use")
@@ -651,7 +769,7 @@ class Session:
     def purge_queue(self, name: str) -> int:
         """Drop a queue's ready messages (``queue.purge``); returns how many."""
         broker = self._broker
-        with broker._lock:
+        with broker._guard:
             queue = broker._queue(name, self._state)
             count = len(queue.ready)
             queue.ready.clear()
@@ -710,7 +828,7 @@ class Session:
     def get(self, queue: str, *, auto_ack: bool = False) -> Delivered | None:
         """Take the head message (``basic.get``), or None when the queue is empty."""
         broker = self._broker
-        with broker._lock:
+        with broker._guard:
             self._check_open()
             state = broker._queue(queue, self._state)
             now = monotonic()
@@ -740,7 +858,7 @@ class Session:
         bound), as ``basic.qos`` with ``global=false`` does in RabbitMQ.
         """
         broker = self._broker
-        with broker._lock:
+        with broker._guard:
             self._check_open()
             state = broker._queue(queue, self._state)
             if (exclusive and state.consumers) or any(c.exclusive for c in state.consumers):
@@ -759,7 +877,7 @@ class Session:
 
     def cancel(self, consumer_tag: str) -> None:
         """Cancel a consumer (``basic.cancel``); its unacked messages stay unacked."""
-        with self._broker._lock:
+        with self._broker._guard:
             self._broker._cancel(self._state, consumer_tag)
 
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
@@ -773,6 +891,14 @@ class Session:
     def reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
         """Reject one delivery (``basic.reject``)."""
         self._broker._settle(self._state, delivery_tag, False, requeue)
+
+    def settle_later(self, delivery_tag: int, *, multiple: bool, requeue: bool | None) -> None:
+        """Pipeline a settlement: applied before the broker's next observable step.
+
+        ``requeue`` None is an ack, True a requeue, False a dead-letter (or drop).
+        Unknown tags are skipped rather than raised, as they can only be stale.
+        """
+        self._broker._settle_later(self._state, delivery_tag, multiple, requeue)
 
     def _check_open(self) -> None:
         if not self._state.open:

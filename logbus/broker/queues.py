@@ -8,7 +8,6 @@ spans entities: routing, dead-lettering, acks.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -20,8 +19,6 @@ from logbus.routing import BindingTable, table_for
 
 __all__ = ["ConsumerState", "Delivered", "Entry", "ExchangeState", "QueueState"]
 
-_sequence = itertools.count(1)
-
 
 @dataclass(slots=True)
 class Entry:
@@ -30,7 +27,6 @@ class Entry:
     message: Message
     expires_at: float | None = None
     redelivered: bool = False
-    seq: int = field(default_factory=lambda: next(_sequence))
 
     @property
     def size(self) -> int:
@@ -97,60 +93,50 @@ class QueueState:
     consumers: deque[ConsumerState] = field(default_factory=deque)
     ready_bytes: int = 0
     had_consumer: bool = False
+    message_ttl: int | None = field(init=False)
+    max_length: int | None = field(init=False)
+    max_length_bytes: int | None = field(init=False)
+    overflow: str = field(init=False)
+    dead_letter_exchange: str | None = field(init=False)
+    dead_letter_routing_key: str | None = field(init=False)
 
     @property
     def exclusive(self) -> bool:
         """Whether the queue belongs to one session only."""
         return self.exclusive_owner is not None
 
-    @property
-    def message_ttl(self) -> int | None:
-        """The queue-wide message TTL in milliseconds (``x-message-ttl``)."""
-        return _int_arg(self.arguments, "x-message-ttl")
-
-    @property
-    def max_length(self) -> int | None:
-        """The bound on ready messages (``x-max-length``)."""
-        return _int_arg(self.arguments, "x-max-length")
-
-    @property
-    def max_length_bytes(self) -> int | None:
-        """The bound on ready bytes (``x-max-length-bytes``)."""
-        return _int_arg(self.arguments, "x-max-length-bytes")
-
-    @property
-    def overflow(self) -> str:
-        """What happens at the bound: ``drop-head`` (default) or ``reject-publish[-dlx]``."""
-        return str(self.arguments.get("x-overflow", "drop-head"))
-
-    @property
-    def dead_letter_exchange(self) -> str | None:
-        """Where rejected, expired and dropped messages go, if anywhere."""
-        value = self.arguments.get("x-dead-letter-exchange")
-        return None if value is None else str(value)
-
-    @property
-    def dead_letter_routing_key(self) -> str | None:
-        """The key dead letters are published with, instead of their own."""
-        value = self.arguments.get("x-dead-letter-routing-key")
-        return None if value is None else str(value)
+    def __post_init__(self) -> None:
+        # Parsed once: these are read on every publish.
+        args = self.arguments
+        self.message_ttl = _int_arg(args, "x-message-ttl")
+        self.max_length = _int_arg(args, "x-max-length")
+        self.max_length_bytes = _int_arg(args, "x-max-length-bytes")
+        self.overflow = str(args.get("x-overflow", "drop-head"))
+        dlx = args.get("x-dead-letter-exchange")
+        self.dead_letter_exchange = None if dlx is None else str(dlx)
+        dlk = args.get("x-dead-letter-routing-key")
+        self.dead_letter_routing_key = None if dlk is None else str(dlk)
 
     def expiry_for(self, message: Message, now: float) -> float | None:
         """When a message entering now expires: the smaller of queue and message TTLs."""
-        ttls = [t for t in (self.message_ttl, _message_ttl(message)) if t is not None]
-        return now + min(ttls) / 1000.0 if ttls else None
+        ttl = self.message_ttl
+        if message.properties.expiration is not None:
+            own = _message_ttl(message)
+            if own is not None:
+                ttl = own if ttl is None else min(ttl, own)
+        return None if ttl is None else now + ttl / 1000.0
 
     def is_full_for(self, entry: Entry) -> bool:
         """Whether adding ``entry`` would pass ``x-max-length`` or ``x-max-length-bytes``."""
         max_len, max_bytes = self.max_length, self.max_length_bytes
-        if max_len is not None and len(self.ready) + 1 > max_len:
+        if max_len is not None and len(self.ready) >= max_len:
             return True
         return max_bytes is not None and self.ready_bytes + entry.size > max_bytes
 
     def push(self, entry: Entry) -> None:
         """Append a message at the tail."""
         self.ready.append(entry)
-        self.ready_bytes += entry.size
+        self.ready_bytes += len(entry.message.body)
 
     def push_front(self, entry: Entry) -> None:
         """Put a requeued message back at the head, where RabbitMQ puts it."""
@@ -160,15 +146,17 @@ class QueueState:
     def pop(self) -> Entry:
         """Take the message at the head."""
         entry = self.ready.popleft()
-        self.ready_bytes -= entry.size
+        self.ready_bytes -= len(entry.message.body)
         return entry
 
-    def head_expired(self, now: float) -> bool:
+    def head_expired(self, now: float | None = None) -> bool:
         """Whether the head message's TTL has run out (RabbitMQ expires from the head only)."""
         if not self.ready:
             return False
         expires_at = self.ready[0].expires_at
-        return expires_at is not None and expires_at <= now
+        if expires_at is None:
+            return False
+        return expires_at <= (monotonic() if now is None else now)
 
     def next_consumer(self) -> ConsumerState | None:
         """The next consumer in round-robin order with room under its prefetch."""

@@ -14,7 +14,6 @@ refused it.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
@@ -79,7 +78,6 @@ class Delivery:
         self.queue = queue
         self.settled: Settlement | None = None
         self._settle = settle
-        self._lock = threading.Lock()
 
     @property
     def body(self) -> bytes:
@@ -114,14 +112,14 @@ class Delivery:
         self._done(Settlement.REJECT, multiple=False, requeue=requeue)
 
     def _done(self, how: Settlement, *, multiple: bool, requeue: bool) -> None:
-        with self._lock:
-            if self.settled is not None:
-                raise PreconditionFailed(
-                    f"delivery {self.delivery_tag} was already settled ({self.settled.value}); "
-                    "settle each delivery once"
-                )
-            self._settle(how, self.delivery_tag, multiple, requeue)
-            self.settled = how
+        # One thread settles a delivery; no lock, as this is on every message's path.
+        if self.settled is not None:
+            raise PreconditionFailed(
+                f"delivery {self.delivery_tag} was already settled ({self.settled.value}); "
+                "settle each delivery once"
+            )
+        self.settled = how
+        self._settle(how, self.delivery_tag, multiple, requeue)
 
     def __repr__(self) -> str:
         return (

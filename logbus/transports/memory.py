@@ -51,7 +51,13 @@ def raise_for_outcome(outcome: PublishOutcome, message: Message, count: int = 1)
 
 
 class MemoryConsumer:
-    """Deliveries of one queue, handed over through a ``queue.Queue``."""
+    """Deliveries of one queue, handed over through a ``queue.SimpleQueue``.
+
+    Settlements are pipelined the way AMQP's are on a socket: an ack is queued
+    without taking the broker's lock and applied by the broker's next operation
+    (and at once whenever a consumer is blocked waiting), so anything that looks
+    at the broker afterwards sees it applied.
+    """
 
     def __init__(self, session: Session, queue_name: str, prefetch: int, exclusive: bool):
         self.queue = queue_name
@@ -71,9 +77,13 @@ class MemoryConsumer:
         if self._cancelled:
             return None
         try:
-            item = self._inbox.get(timeout=timeout)
+            item = self._inbox.get_nowait()
         except queue.Empty:
-            return None
+            try:
+                with self._session.waiting():
+                    item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                return None
         if item is _CANCELLED:
             self._cancelled = True
             return None
@@ -88,7 +98,8 @@ class MemoryConsumer:
         )
 
     def _settle(self, how: Settlement, tag: int, multiple: bool, requeue: bool) -> None:
-        _settle(self._session, how, tag, multiple, requeue)
+        requeue_or_ack = None if how is Settlement.ACK else requeue
+        self._session.settle_later(tag, multiple=multiple, requeue=requeue_or_ack)
 
     def __iter__(self) -> Iterator[Delivery]:
         while (delivery := self.get()) is not None:

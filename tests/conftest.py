@@ -1,4 +1,4 @@
-"""The shared broker for integration tests: a real RabbitMQ, found or started once per session.
+"""The shared RabbitMQ for integration and contract tests, found or started once per session.
 
 Where the broker comes from, first that answers wins:
 
@@ -10,7 +10,7 @@ Where the broker comes from, first that answers wins:
    when ``LOGBUS_REQUIRE_BROKER=1`` (CI sets it, so a missing broker is never
    mistaken for a green run).
 
-Every test module in this directory is marked ``integration``.
+Every test under ``tests/integration/`` is marked ``integration``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import pytest
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 CONTAINER_IMAGE = "rabbitmq:3.10-management"
 PROBE_TIMEOUT = 3.0
-_HERE = Path(__file__).parent
+_INTEGRATION = Path(__file__).parent / "integration"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test collected from this directory as ``integration``."""
+    """Mark every test collected from tests/integration/ as ``integration``."""
     for item in items:
-        if _HERE in item.path.parents:
+        if _INTEGRATION in item.path.parents:
             item.add_marker(pytest.mark.integration)
 
 
