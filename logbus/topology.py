@@ -61,7 +61,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from logbus.errors import ConfigError
+from logbus.errors import ConfigError, PreconditionFailed, TopologyError
 
 if TYPE_CHECKING:
     from logbus.transports.base import Transport
@@ -78,6 +78,7 @@ __all__ = [
     "dumps",
     "load",
     "loads",
+    "mismatch",
 ]
 
 PLACEHOLDERS = ("facility", "severity", "host", "app")
@@ -322,16 +323,47 @@ def default() -> Topology:
 def declare(transport: Transport, topology: Topology) -> None:
     """Declare every exchange, queue and binding of ``topology`` on ``transport``.
 
-    Idempotent; an entity that exists with other properties raises ``PreconditionFailed``.
+    Idempotent. An entity that exists with other properties (the broker's
+    PRECONDITION_FAILED) raises :class:`~logbus.errors.TopologyError` naming the
+    entity, the property, both values and the two ways out.
     """
-    for e in topology.exchanges:
-        transport.declare_exchange(e.name, e.type, **e.model_dump(exclude={"name", "type"}))
-    for q in topology.queues:
-        flags = q.model_dump(include={"durable", "exclusive", "auto_delete"})
-        transport.declare_queue(q.name, arguments=q.amqp_arguments(), **flags)
+    try:
+        for e in topology.exchanges:
+            transport.declare_exchange(e.name, e.type, **e.model_dump(exclude={"name", "type"}))
+        for q in topology.queues:
+            flags = q.model_dump(include={"durable", "exclusive", "auto_delete"})
+            transport.declare_queue(q.name, arguments=q.amqp_arguments(), **flags)
+    except PreconditionFailed as exc:
+        raise mismatch(exc) from exc
     for b in topology.bindings:
         bind = transport.bind_exchange if b.destination_type == "exchange" else transport.bind_queue
         bind(b.destination, b.source, b.routing_key, b.arguments)
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<prop>[^']+)' for (?P<kind>exchange|queue) '(?P<name>[^']*)'"
+    r".*?received (?:the value )?(?P<want>'[^']*'|none)(?: of type '[^']*')?"
+    r" but current is (?:the value )?(?P<have>'[^']*'|none)"
+)
+
+
+def mismatch(exc: PreconditionFailed) -> TopologyError:
+    """Turn the broker's 'inequivalent arg' refusal into a TopologyError that says what to do."""
+    found = _INEQUIVALENT.search(str(exc))
+    if found is None:
+        return TopologyError(f"the broker refused the topology: {exc}")
+    kind, name, prop = found["kind"], found["name"], found["prop"]
+    want, have = found["want"].strip("'"), found["have"].strip("'")
+    how = (
+        f"rabbitmqctl delete_queue {name}"
+        if kind == "queue"
+        else f"rabbitmqadmin delete exchange name={name}"
+    )
+    return TopologyError(
+        f"{kind} '{name}' exists with other properties: {prop}: broker has {have}, "
+        f"config has {want} (change the config to match, or delete the {kind} "
+        f"— {how} — and declare again)"
+    )
 
 
 # -- reading -----------------------------------------------------------------------------
