@@ -103,7 +103,15 @@ class DemoReport:
             "seconds": round(self.seconds, 3),
             "complete": self.complete,
             "subscribers": [row(p) for p in self.subscribers],
-            "workers": [row(w) for w in self.workers],
+            "workers": [
+                {
+                    "name": w.name,
+                    "queue": w.binding,
+                    "received": w.count,
+                    "share": round(w.count / max(1, self.emitted), 3),
+                }
+                for w in self.workers
+            ],
         }
 
 
