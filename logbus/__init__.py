@@ -1,21 +1,24 @@
 """logbus: route log records through RabbitMQ, or the same routing in-process.
 
 The public surface is small: :class:`Emitter` and :class:`Subscriber` over any
-transport URL (``amqp://``, ``memory://``, ...), :class:`LogRecord` and
+transport URL (``amqp://``, ``memory://``, ...), their async twins
+:class:`AsyncEmitter` and :class:`AsyncSubscriber` (aio-pika), :class:`LogRecord` and
 :class:`Severity`, the topology loader, and the :mod:`logbus.errors` tree.
 """
 
 from __future__ import annotations
 
 from logbus import errors, topology
-from logbus.emitter import Emitter
+from logbus.emitter import AsyncEmitter, Emitter
 from logbus.errors import LogbusError
 from logbus.record import LogRecord, Severity, decode, parse_routing_key
 from logbus.settings import Settings
-from logbus.subscriber import Subscriber
+from logbus.subscriber import AsyncSubscriber, Subscriber
 from logbus.transports import connect
 
 __all__ = [
+    "AsyncEmitter",
+    "AsyncSubscriber",
     "Emitter",
     "LogRecord",
     "LogbusError",

@@ -6,23 +6,27 @@
 
 By default the queue is temporary (server-named, exclusive, auto-delete): it
 lives as long as the subscriber. ``queue=NAME, durable=True`` makes a named
-subscription that keeps records while nobody listens.
+subscription that keeps records while nobody listens. :class:`AsyncSubscriber`
+is the async twin, on the aio-pika transport (``async for record in sub``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import structlog
 
-from logbus.errors import ConfigError, DecodeError
+from logbus.emitter import declare_async
+from logbus.errors import ConfigError, ConnectionLost, DecodeError, TransportError
 from logbus.record import LogRecord, Severity, decode
 from logbus.settings import Settings
 from logbus.topology import Topology, declare
 from logbus.transports import Consumer, Delivery, Transport, connect
+from logbus.transports.base import AsyncConsumer, AsyncTransport
 
-__all__ = ["Subscriber"]
+__all__ = ["AsyncSubscriber", "Subscriber"]
 
 log = structlog.get_logger("logbus.subscriber")
 
@@ -38,6 +42,34 @@ def exchange_of_type(topology: Topology, exchange_type: str) -> str:
             f"add one to the config (see config/logbus.toml)"
         )
     return candidates[0].name
+
+
+def bindings_for(
+    topology: Topology,
+    keys: Sequence[str],
+    severities: Sequence[str | int | Severity],
+    exact: Sequence[str],
+    headers: Mapping[str, Any] | None,
+    match: str,
+    everything: bool,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The (exchange, binding key, arguments) a subscription to these selectors needs."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    if keys or severities:
+        topic = exchange_of_type(topology, "topic")
+        out += [(topic, key, {}) for key in keys]
+        out += [(topic, f"*.{Severity.parse(s)}", {}) for s in severities]
+    if exact:
+        direct = exchange_of_type(topology, "direct")
+        out += [(direct, key, {}) for key in exact]
+    if headers:
+        if match not in ("all", "any"):
+            raise ConfigError(f"match must be 'all' or 'any', not {match!r}")
+        arguments = {"x-match": match, **{str(k): v for k, v in headers.items()}}
+        out.append((exchange_of_type(topology, "headers"), "", arguments))
+    if everything:
+        out.append((exchange_of_type(topology, "fanout"), "", {}))
+    return out
 
 
 class Subscriber:
@@ -102,22 +134,7 @@ class Subscriber:
         match: str,
         everything: bool,
     ) -> list[tuple[str, str, dict[str, Any]]]:
-        out: list[tuple[str, str, dict[str, Any]]] = []
-        if keys or severities:
-            topic = exchange_of_type(self.topology, "topic")
-            out += [(topic, key, {}) for key in keys]
-            out += [(topic, f"*.{Severity.parse(s)}", {}) for s in severities]
-        if exact:
-            direct = exchange_of_type(self.topology, "direct")
-            out += [(direct, key, {}) for key in exact]
-        if headers:
-            if match not in ("all", "any"):
-                raise ConfigError(f"match must be 'all' or 'any', not {match!r}")
-            arguments = {"x-match": match, **{str(k): v for k, v in headers.items()}}
-            out.append((exchange_of_type(self.topology, "headers"), "", arguments))
-        if everything:
-            out.append((exchange_of_type(self.topology, "fanout"), "", {}))
-        return out
+        return bindings_for(self.topology, keys, severities, exact, headers, match, everything)
 
     def get(self, timeout: float | None = None) -> LogRecord | None:
         """The next record, waiting up to ``timeout`` seconds; None when none came."""
@@ -155,3 +172,142 @@ class Subscriber:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class AsyncSubscriber:
+    """:class:`Subscriber`'s async twin: ``async for record in sub``, ``await sub.get()``.
+
+    Takes the same binding options and builds the same bindings. The queue is
+    declared, bound and consumed on ``await sub.start()`` (or ``async with``,
+    or the first ``get``); without ``transport`` an aio-pika transport is
+    opened for ``url``. Each record is acked when the next one is asked for.
+    The aio-pika transport resumes the subscription after a connection drop,
+    its temporary queue and bindings included; records that were in flight
+    are redelivered.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        keys: Sequence[str] = (),
+        severities: Sequence[str | int | Severity] = (),
+        exact: Sequence[str] = (),
+        headers: Mapping[str, Any] | None = None,
+        match: Literal["all", "any"] = "all",
+        all: bool = False,
+        queue: str | None = None,
+        durable: bool = False,
+        prefetch: int | None = None,
+        settings: Settings | None = None,
+        topology: Topology | None = None,
+        transport: AsyncTransport | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.topology = topology or self.settings.topology()
+        self.bindings = bindings_for(self.topology, keys, severities, exact, headers, match, all)
+        if not self.bindings:
+            raise ConfigError(
+                "nothing to subscribe to: give binding keys, severities, exact keys, "
+                "headers, or all=True"
+            )
+        self.url = url or (transport.url if transport else self.settings.url)
+        self.undecodable = 0
+        #: The subscription's queue name, once started.
+        self.queue: str | None = None
+        self._transport = transport
+        self._owns_transport = transport is None
+        self._queue = queue
+        self._durable = durable
+        self._prefetch = prefetch or self.settings.prefetch
+        self._consumer: AsyncConsumer | None = None
+        self._pending: Delivery | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> AsyncSubscriber:
+        """Connect, declare the topology, declare and bind the queue, start consuming."""
+        async with self._lock:
+            if self._consumer is not None:
+                return self
+            if self._transport is None:
+                from logbus.transports.aio import connect_async
+
+                self._transport = await connect_async(self.url, settings=self.settings)
+            transport = self._transport
+            await declare_async(transport, self.topology)
+            temporary = self._queue is None
+            info = await transport.declare_queue(
+                self._queue or "",
+                durable=self._durable and not temporary,
+                exclusive=temporary,
+                auto_delete=temporary,
+            )
+            for exchange, key, arguments in self.bindings:
+                await transport.bind_queue(info.name, exchange, key, arguments)
+            self._consumer = await transport.consume(info.name, prefetch=self._prefetch)
+            self.queue = info.name
+        return self
+
+    @property
+    def transport(self) -> AsyncTransport:
+        """The transport once started; before that a clear error, not ``AttributeError``."""
+        if self._transport is None:
+            raise TransportError("the subscriber is not started yet: await subscriber.start()")
+        return self._transport
+
+    async def get(self, timeout: float | None = None) -> LogRecord | None:
+        """The next record, waiting up to ``timeout`` seconds; None when none came."""
+        await self.start()
+        assert self._consumer is not None
+        self._settle_pending()
+        while (delivery := await self._consumer.get(timeout)) is not None:
+            try:
+                record = decode(delivery.body, delivery.properties, delivery.routing_key)
+            except DecodeError as exc:
+                self.undecodable += 1
+                log.warning("undecodable", queue=self.queue, reason=str(exc))
+                self._settle(delivery, reject=True)
+                continue
+            self._pending = delivery
+            return record
+        return None
+
+    def _settle_pending(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._settle(pending)
+
+    def _settle(self, delivery: Delivery, *, reject: bool = False) -> None:
+        try:
+            if reject:
+                delivery.reject(requeue=False)
+            else:
+                delivery.ack()
+        except ConnectionLost as exc:  # the broker requeued it with the old channel
+            log.info("settlement lost with the connection", queue=self.queue, reason=str(exc))
+
+    def __aiter__(self) -> AsyncSubscriber:
+        return self
+
+    async def __anext__(self) -> LogRecord:
+        record = await self.get()
+        if record is None:
+            raise StopAsyncIteration
+        return record
+
+    async def aclose(self) -> None:
+        """Ack the last record handed out, stop consuming, and close an owned transport."""
+        self._settle_pending()
+        if self._consumer is not None:
+            await self._consumer.cancel()
+        if self._owns_transport and self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.close()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

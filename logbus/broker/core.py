@@ -150,7 +150,11 @@ class Broker:
                 if existing is None:
                     raise NotFound(f"NOT_FOUND - no exchange '{name}' in vhost '/'")
                 return
-            if name == "" or name.startswith("amq."):
+            if name == "":
+                raise AccessRefused(
+                    "ACCESS_REFUSED - operation not permitted on the default exchange"
+                )
+            if name.startswith("amq."):
                 raise AccessRefused(
                     f"ACCESS_REFUSED - exchange name '{name}' contains reserved prefix 'amq.*'"
                 )
@@ -177,9 +181,13 @@ class Broker:
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         """Delete an exchange and every binding to or from it."""
         with self._guard:
-            exchange = self._exchange(name)
+            exchange = self._exchanges.get(name)
+            if exchange is None:
+                return  # RabbitMQ: deleting what does not exist succeeds
             if if_unused and len(exchange.table):
-                raise PreconditionFailed(f"PRECONDITION_FAILED - exchange '{name}' in use")
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - exchange '{name}' in vhost '/' in use"
+                )
             self._delete_exchange(name)
 
     def _delete_exchange(self, name: str) -> None:
@@ -224,6 +232,12 @@ class Broker:
                     f"ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.*'"
                 )
             _check_queue_arguments(name, args)
+            if args.get("x-queue-type") == "quorum" and (not durable or exclusive or auto_delete):
+                flag = "durable" if not durable else "exclusive" if exclusive else "auto_delete"
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - invalid property '{flag}' for queue '{name}' "
+                    "in vhost '/': quorum queues must be durable, not exclusive, not auto-delete"
+                )
             existing = self._queues.get(name)
             if existing is None:
                 owner = session.id if exclusive else None
@@ -310,6 +324,9 @@ class Broker:
                 raise AccessRefused(
                     "ACCESS_REFUSED - operation not permitted on the default exchange"
                 )
+            missing = source not in self._exchanges or destination not in self._queues
+            if unbind and kind == _QUEUE and missing:
+                return  # RabbitMQ: removing a binding that cannot exist succeeds
             exchange = self._exchange(source)
             if kind == _QUEUE:
                 self._queue(destination, session)
@@ -759,11 +776,17 @@ class Session:
         """Delete a queue (``queue.delete``); returns how many ready messages went with it."""
         broker = self._broker
         with broker._guard:
+            if name not in broker._queues:
+                return 0  # RabbitMQ: deleting what does not exist succeeds, with 0 messages
             queue = broker._queue(name, self._state)
             if if_unused and queue.consumers:
-                raise PreconditionFailed(f"PRECONDITION_FAILED - queue '{name}' in use")
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"
+                )
             if if_empty and queue.ready:
-                raise PreconditionFailed(f"PRECONDITION_FAILED - queue '{name}' not empty")
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty"
+                )
             return broker._delete_queue(name)
 
     def purge_queue(self, name: str) -> int:

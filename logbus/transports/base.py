@@ -14,7 +14,7 @@ refused it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +23,8 @@ from logbus.message import Message, Properties, QueueInfo
 
 __all__ = [
     "DEFAULT_PREFETCH",
+    "AsyncConsumer",
+    "AsyncTransport",
     "Consumer",
     "Delivery",
     "QueueInfo",
@@ -248,3 +250,132 @@ class Transport(Protocol):
     def __enter__(self) -> Transport: ...
 
     def __exit__(self, *exc_info: object) -> None: ...
+
+
+@runtime_checkable
+class AsyncConsumer(Protocol):
+    """:class:`Consumer`'s async twin: ``await get()``, ``async for``, ``await cancel()``."""
+
+    queue: str
+    tag: str
+
+    async def get(self, timeout: float | None = None) -> Delivery | None:
+        """The next delivery, waiting up to ``timeout`` seconds (None: forever)."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        """Deliveries until the consumer is cancelled."""
+        ...
+
+    async def cancel(self) -> None:
+        """Stop receiving; deliveries already received can still be settled."""
+        ...
+
+
+@runtime_checkable
+class AsyncTransport(Protocol):
+    """:class:`Transport`'s async twin: the same methods, each a coroutine.
+
+    Deliveries are the same :class:`Delivery` objects; their ``ack``/``nack``/
+    ``reject`` stay plain methods, which an async transport makes safe to call
+    on its event loop's thread without blocking it.
+    """
+
+    url: str
+
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> None:
+        """Declare an exchange; an existing one must match (else ``PreconditionFailed``)."""
+        ...
+
+    async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange and its bindings."""
+        ...
+
+    async def declare_queue(
+        self,
+        name: str = "",
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> QueueInfo:
+        """Declare a queue (an empty name gets a generated one)."""
+        ...
+
+    async def delete_queue(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns how many messages it held."""
+        ...
+
+    async def purge_queue(self, name: str) -> int:
+        """Drop a queue's ready messages; returns how many."""
+        ...
+
+    async def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind a queue to an exchange."""
+        ...
+
+    async def unbind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Remove a queue binding."""
+        ...
+
+    async def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind an exchange to another: messages routed by ``source`` flow into ``destination``."""
+        ...
+
+    async def publish(self, message: Message, *, mandatory: bool = True) -> None:
+        """Publish one message and wait for the broker's confirm."""
+        ...
+
+    async def publish_many(self, messages: Iterable[Message], *, mandatory: bool = True) -> None:
+        """Publish many messages with pipelined confirms; raise if any was not confirmed."""
+        ...
+
+    async def get(self, queue: str, *, auto_ack: bool = False) -> Delivery | None:
+        """Take one message from a queue (``basic.get``), or None when it is empty."""
+        ...
+
+    async def consume(
+        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+    ) -> AsyncConsumer:
+        """Start consuming a queue with manual acks and ``prefetch`` unacked at most."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connection; unacked deliveries go back to their queues."""
+        ...
+
+    async def __aenter__(self) -> AsyncTransport: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...

@@ -11,16 +11,37 @@ import pytest
 from logbus.errors import LogbusError
 from logbus.transports import Transport, connect
 
-#: transport name -> URL factory. RabbitMQ-backed transports join here as they land.
-TRANSPORT_URLS: dict[str, Callable[[], str]] = {
-    "memory": lambda: f"memory://contract-{secrets.token_hex(4)}",
+
+def _memory(request: pytest.FixtureRequest) -> Callable[[], Transport]:
+    url = f"memory://contract-{secrets.token_hex(4)}"
+    return lambda: connect(url)
+
+
+def _amqp(request: pytest.FixtureRequest) -> Callable[[], Transport]:
+    url = request.getfixturevalue("amqp_url")
+    return lambda: connect(url)
+
+
+def _aio(request: pytest.FixtureRequest) -> Callable[[], Transport]:
+    from logbus.transports.aio import BlockingAioTransport
+
+    url = request.getfixturevalue("amqp_url")
+    return lambda: BlockingAioTransport(url)
+
+
+#: transport name -> how to open connections to a broker for one test. RabbitMQ is
+#: the reference: where memory:// differs from amqp/aio, memory:// is wrong.
+TRANSPORTS: dict[str, Callable[[pytest.FixtureRequest], Callable[[], Transport]]] = {
+    "memory": _memory,
+    "amqp": _amqp,
+    "aio": _aio,
 }
 
 
-@pytest.fixture(params=sorted(TRANSPORT_URLS))
-def broker_url(request: pytest.FixtureRequest) -> str:
-    """A URL of a broker for this test, one per transport under contract."""
-    return TRANSPORT_URLS[request.param]()
+@pytest.fixture(params=list(TRANSPORTS))
+def connector(request: pytest.FixtureRequest) -> Callable[[], Transport]:
+    """Opens a new connection to this test's broker, one per transport under contract."""
+    return TRANSPORTS[request.param](request)
 
 
 @pytest.fixture
@@ -31,12 +52,12 @@ def names(request: pytest.FixtureRequest) -> Callable[[str], str]:
 
 
 @pytest.fixture
-def open_transport(broker_url: str) -> Iterator[Callable[[], Transport]]:
+def open_transport(connector: Callable[[], Transport]) -> Iterator[Callable[[], Transport]]:
     """Open connections to the test's broker; all are closed at the end."""
     opened: list[Transport] = []
 
     def factory() -> Transport:
-        transport = connect(broker_url)
+        transport = connector()
         opened.append(transport)
         return transport
 

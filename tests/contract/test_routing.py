@@ -160,3 +160,28 @@ def test_redeclaring_identically_is_idempotent(make, transport):
     info = transport.declare_queue(q, arguments={"x-max-length": 10})
     assert info.name == q
     assert info.message_count == 0
+
+
+def test_deleting_a_missing_queue_succeeds_with_zero_messages(names, transport):
+    """queue.delete of a queue that does not exist is not an error (RabbitMQ 3.x)."""
+    assert transport.delete_queue(names("never")) == 0
+
+
+def test_deleting_a_missing_exchange_succeeds(names, transport):
+    """exchange.delete of an exchange that does not exist is not an error."""
+    transport.delete_exchange(names("never"))
+
+
+def test_unbinding_a_binding_that_does_not_exist_succeeds(make, transport):
+    """queue.unbind of a binding never made is not an error."""
+    ex = make.exchange("topic", "topic")
+    q = make.queue("q")
+    transport.unbind_queue(q, ex, "never.bound")
+
+
+def test_an_exclusive_quorum_queue_is_refused(names, transport):
+    """A quorum queue must be durable and not exclusive: PRECONDITION_FAILED."""
+    with pytest.raises(PreconditionFailed):
+        transport.declare_queue(
+            names("quorum"), durable=True, exclusive=True, arguments={"x-queue-type": "quorum"}
+        )

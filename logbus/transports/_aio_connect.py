@@ -1,0 +1,263 @@
+"""Opening aio-pika robust connections: options, TLS, failover with backoff and jitter.
+
+The initial connect tries each comma-separated URL in turn, for a few rounds,
+sleeping an exponentially growing, jittered delay between rounds. Once
+connected, aio-pika's :class:`~aio_pika.RobustConnection` reconnects by itself
+every ``reconnect_interval`` (jittered once per connection so a fleet does not
+reconnect in lockstep); with several URLs, :class:`Failover` moves it on to the
+next URL whenever one interval passes without a successful reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+import aiormq.exceptions as amqp
+import structlog
+from yarl import URL
+
+from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusError
+from logbus.settings import Settings, redact_url
+from logbus.transports._aio_errors import reply_text
+
+__all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls"]
+
+log = structlog.get_logger("logbus.transports.aio")
+
+# As in logbus.settings: a comma starts a new URL only where a scheme follows.
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+_SCHEMES = ("amqp", "amqps")
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+
+
+def split_urls(url: str) -> list[str]:
+    """The URLs of a comma-separated failover list; each must be amqp:// or amqps://."""
+    urls = [part.strip() for part in _NEXT_URL.split(url) if part.strip()]
+    for one in urls:
+        scheme = urlsplit(one).scheme.lower()
+        if scheme not in _SCHEMES:
+            raise ConfigError(
+                f"the aio-pika transport needs amqp:// or amqps:// URLs, not {redact_url(one)!r}"
+            )
+    if not urls:
+        raise ConfigError("no broker URL given (set LOGBUS_URL or pass url=...)")
+    return urls
+
+
+def endpoint(url: str) -> str:
+    """``host:port`` of one URL: what messages and logs name, never the credentials."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme, 5672)
+    except ValueError:
+        port = _DEFAULT_PORTS.get(scheme, 5672)
+    return f"{parts.hostname or 'localhost'}:{port}"
+
+
+def _user_and_vhost(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return unquote(parts.username or "guest"), vhost
+
+
+@dataclass(frozen=True)
+class Options:
+    """How an :class:`~logbus.transports.aio.AioTransport` connects and publishes.
+
+    ``connection_name`` is the ``connection_name`` client property (shown by
+    ``rabbitmqctl list_connections client_properties`` and the management UI);
+    ``connection_attempts`` is how many rounds over the URL list the initial
+    connect makes; ``reconnect_interval`` is the pause between reconnection
+    attempts after a drop; ``publish_window`` bounds the unconfirmed publishes
+    ``publish_many`` keeps in flight; ``ssl_context`` replaces the default,
+    certificate-verifying TLS context of amqps:// URLs.
+    """
+
+    connection_name: str
+    connect_timeout: float
+    confirm_timeout: float
+    heartbeat: int
+    connection_attempts: int = 3
+    reconnect_interval: float = 1.0
+    publish_window: int = 1000
+    ssl_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def build(cls, settings: Settings, default_name: str, options: dict[str, Any]) -> Options:
+        """Options from settings plus keyword options; an unknown keyword is a ``ConfigError``."""
+        known = {"connection_name", "connection_attempts", "reconnect_interval"}
+        known |= {"publish_window", "ssl_context"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown aio transport option(s) {', '.join(unknown)}; "
+                f"known: settings, {', '.join(sorted(known))}"
+            )
+        built = cls(
+            connection_name=options.get("connection_name") or default_name,
+            connect_timeout=settings.connect_timeout,
+            confirm_timeout=settings.confirm_timeout,
+            heartbeat=settings.heartbeat,
+            **{k: v for k, v in options.items() if k != "connection_name"},
+        )
+        if built.connection_attempts < 1 or built.publish_window < 1:
+            raise ConfigError("connection_attempts and publish_window must be at least 1")
+        if built.reconnect_interval <= 0:
+            raise ConfigError("reconnect_interval must be more than 0 seconds")
+        return built
+
+
+def _tls_context(url: URL) -> ssl.SSLContext:
+    # Built here rather than by aiormq so that verification cannot be switched off
+    # by a URL parameter: amqps:// always checks the certificate and the host name.
+    query = url.query
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=query.get("cafile"), capath=query.get("capath")
+    )
+    if query.get("certfile"):
+        context.load_cert_chain(query["certfile"], query.get("keyfile"))
+    return context
+
+
+def _broker_url(url: str, options: Options) -> URL:
+    parsed = URL(url)
+    if "heartbeat" not in parsed.query:
+        parsed = parsed.update_query(heartbeat=options.heartbeat)
+    return parsed
+
+
+async def _connect_one(url: str, options: Options) -> aio_pika.RobustConnection:
+    broker_url = _broker_url(url, options)
+    context = None
+    if broker_url.scheme == "amqps":
+        context = options.ssl_context or _tls_context(broker_url)
+    interval = options.reconnect_interval * random.uniform(0.8, 1.2)
+    return await aio_pika.connect_robust(
+        broker_url,
+        timeout=options.connect_timeout,
+        ssl_context=context,
+        client_properties={"connection_name": options.connection_name},
+        reconnect_interval=interval,
+    )
+
+
+def _refusal(exc: BaseException, url: str) -> AccessRefused | None:
+    """The AccessRefused an initial-connect failure means, if it is a refusal."""
+    user, vhost = _user_and_vhost(url)
+    where = endpoint(url)
+    if isinstance(exc, amqp.ProbableAuthenticationError | amqp.AuthenticationError):
+        return AccessRefused(
+            f"{where} refused the credentials of user {user!r} ({reply_text(exc)}); "
+            "fix the user or password in the URL"
+        )
+    if isinstance(exc, amqp.ConnectionNotAllowed) or (
+        isinstance(exc, amqp.InvalidFrameError) and "Connection.Close" in reply_text(exc)
+    ):
+        return AccessRefused(
+            f"{where} refused to open virtual host {vhost!r} for user {user!r}: it does not "
+            "exist or the user has no permission on it"
+        )
+    return None
+
+
+async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.RobustConnection, int]:
+    """Connect to the first URL that answers; returns the connection and that URL's index.
+
+    Raises :class:`AccessRefused` when every URL refused the credentials or the
+    virtual host, else :class:`BrokerUnavailable` naming each ``host:port`` tried.
+    """
+    problems: dict[str, str] = {}
+    refused: AccessRefused | None = None
+    for round_ in range(options.connection_attempts):
+        if round_:
+            # Exponential backoff with jitter between rounds, capped at 5 s.
+            delay = min(5.0, 0.25 * 2 ** (round_ - 1)) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(delay)
+        refusals = 0
+        for index, url in enumerate(urls):
+            where = endpoint(url)
+            try:
+                connection = await _connect_one(url, options)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                why = _refusal(exc, url)
+                if why is not None:
+                    refused, refusals = why, refusals + 1
+                problems[where] = str(why) if why is not None else _why(exc)
+                log.warning("connect failed", endpoint=where, reason=problems[where])
+                continue
+            log.info("connected", endpoint=where, name=options.connection_name)
+            return connection, index
+        if refusals == len(urls):
+            break  # every broker said no: asking again will not change its mind
+    if refused is not None:
+        raise refused
+    tried = "; ".join(f"{where}: {why}" for where, why in problems.items())
+    raise BrokerUnavailable(
+        f"cannot reach any broker after {options.connection_attempts} round(s) ({tried}); "
+        "check the host and port, and that RabbitMQ runs"
+    )
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, LogbusError):
+        return str(exc)
+    return reply_text(exc)
+
+
+class Failover:
+    """Moves a dropped robust connection on to the next URL when its current one stays down."""
+
+    def __init__(
+        self,
+        connection: aio_pika.RobustConnection,
+        urls: list[str],
+        current: int,
+        options: Options,
+    ) -> None:
+        self._connection = connection
+        self._urls = [_broker_url(u, options) for u in urls]
+        self._current = current
+        self._task: asyncio.Task[None] | None = None
+        connection.close_callbacks.add(self._on_close)
+
+    def _on_close(self, _sender: object, _exc: BaseException | None) -> None:
+        connection = self._connection
+        if connection.close_called or connection.is_closed or len(self._urls) < 2:
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        connection = self._connection
+        interval = float(connection.reconnect_interval)
+        while not connection.close_called and not connection.is_closed:
+            try:
+                async with asyncio.timeout(interval * 1.5):
+                    await connection.connected.wait()
+                return
+            except TimeoutError:
+                self._current = (self._current + 1) % len(self._urls)
+                # aio-pika reads .url on every attempt; the query (heartbeat, name)
+                # of the new URL applies, the connection's kwargs stay.
+                connection.url = self._urls[self._current]
+                log.warning("failing over", endpoint=endpoint(str(connection.url)))
+
+    async def stop(self) -> None:
+        """Stop watching (the connection is being closed)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

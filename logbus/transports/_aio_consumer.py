@@ -1,0 +1,231 @@
+"""The aio transport's consumer, and the conversion between logbus and AMQP messages.
+
+Deliveries are read at aiormq's level (``basic_consume`` on the underlying
+channel of an aio-pika :class:`~aio_pika.RobustChannel`) rather than as
+aio-pika ``IncomingMessage`` objects: those re-encode ``expiration`` as float
+seconds and default a missing ``priority`` to 0, and logbus hands properties
+on exactly as the broker sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import aiormq.abc
+import structlog
+from aio_pika.abc import AbstractRobustChannel
+from pamqp.commands import Basic
+
+from logbus.errors import AccessRefused, ChannelError
+from logbus.message import Message, Properties
+from logbus.transports._aio_errors import translate
+from logbus.transports.base import Delivery
+
+if TYPE_CHECKING:
+    from logbus.transports.aio import AioTransport
+
+__all__ = ["AioConsumer", "from_amqp", "to_amqp"]
+
+log = structlog.get_logger("logbus.transports.aio")
+
+_END = object()  # in a consumer's inbox: nothing more will come
+
+
+def to_amqp(properties: Properties) -> Basic.Properties:
+    """logbus properties as pamqp's ``Basic.Properties``."""
+    timestamp = properties.timestamp
+    return Basic.Properties(
+        content_type=properties.content_type,
+        content_encoding=properties.content_encoding,
+        headers=dict(properties.headers) if properties.headers else None,
+        delivery_mode=properties.delivery_mode,
+        priority=properties.priority,
+        correlation_id=properties.correlation_id,
+        reply_to=properties.reply_to,
+        expiration=properties.expiration,
+        message_id=properties.message_id,
+        timestamp=None if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
+        message_type=properties.type,
+        user_id=properties.user_id,
+        app_id=properties.app_id,
+    )
+
+
+def from_amqp(delivered: aiormq.abc.DeliveredMessage) -> Message:
+    """A delivered (or got) AMQP message as a logbus :class:`Message`."""
+    p = delivered.header.properties
+    timestamp = p.timestamp
+    properties = Properties(
+        content_type=p.content_type,
+        content_encoding=p.content_encoding,
+        delivery_mode=p.delivery_mode,
+        priority=p.priority,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        expiration=p.expiration,
+        message_id=p.message_id,
+        timestamp=None if timestamp is None else int(timestamp.timestamp()),
+        type=p.message_type,
+        user_id=p.user_id,
+        app_id=p.app_id,
+        headers=dict(p.headers or {}),
+    )
+    return Message(
+        delivered.body,
+        properties,
+        exchange=delivered.exchange or "",
+        routing_key=delivered.routing_key or "",
+    )
+
+
+class AioConsumer:
+    """A consumer of one queue on its own robust channel, with its own prefetch.
+
+    ``await get(timeout)`` or ``async for delivery in consumer``; ``await
+    cancel()`` stops it (what was already received can still be read and
+    settled). After a connection drop aio-pika reopens the channel and restores
+    its prefetch; the consumer then consumes again under the same tag — first
+    re-declaring the queue and its bindings if this transport declared it
+    exclusive or auto-delete, since the broker deleted it with the old
+    connection. Deliveries received before the drop are skipped: the broker
+    requeued them and redelivers them, flagged ``redelivered``. The consumer ends
+    when its queue is deleted or cannot be restored.
+    """
+
+    def __init__(
+        self,
+        transport: AioTransport,
+        channel: AbstractRobustChannel,
+        queue: str,
+        *,
+        exclusive: bool,
+    ) -> None:
+        self.queue = queue
+        self.tag = f"logbus.ctag-{secrets.token_hex(8)}"
+        self._transport = transport
+        self._channel = channel
+        self._exclusive = exclusive
+        self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | object] = asyncio.Queue()
+        self._stopping = False  # cancelled, by us or by the broker: nothing new will come
+        self._ended = False  # the end marker was read: get() returns None from now on
+        self._unsettled: set[int] = set()
+        self._release: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Send ``basic.consume`` on the channel's current underlying channel."""
+        underlay = await self._channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
+        await underlay.basic_consume(
+            self.queue, self._on_deliver, exclusive=self._exclusive, consumer_tag=self.tag
+        )
+
+    async def _on_deliver(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        self._inbox.put_nowait(delivered)
+
+    def _on_broker_cancel(self, frame: Basic.Cancel) -> None:
+        if frame.consumer_tag == self.tag and not self._stopping:
+            log.warning("consumer cancelled by the broker", queue=self.queue, tag=self.tag)
+            self._stop()
+
+    def _stop(self) -> None:
+        self._stopping = True
+        self._inbox.put_nowait(_END)
+
+    async def restore(self, _channel: object = None) -> None:
+        """Consume again after aio-pika reopened the channel (its ``reopen_callbacks``)."""
+        self._unsettled.clear()  # tags of the old channel mean nothing on the new one
+        if self._stopping:
+            return
+        endpoint = self._transport.endpoint
+        try:
+            await self._transport._prepare_queue(self.queue, restoring=True)
+            try:
+                await self.start()
+            except Exception as exc:
+                raise translate(exc, doing=f"consuming {self.queue!r}", endpoint=endpoint) from exc
+        except (ChannelError, AccessRefused) as exc:
+            # The queue is gone or refused: end this consumer. The channel is closed
+            # from a new task, since this runs under aio-pika's channel restore lock.
+            log.warning("consumer not restored", queue=self.queue, reason=str(exc))
+            self._stop()
+            self._release = asyncio.get_running_loop().create_task(self.close_channel())
+        except Exception as exc:  # the connection dropped again; its return retries
+            reason = str(translate(exc, doing="restoring", endpoint=endpoint))
+            log.info("consumer restore interrupted", queue=self.queue, reason=reason)
+        else:
+            log.info("consumer restored", queue=self.queue, tag=self.tag)
+
+    async def get(self, timeout: float | None = None) -> Delivery | None:
+        """The next delivery, or None after ``timeout`` seconds (None: wait) or once cancelled."""
+        if self._ended:
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    item = await self._inbox.get()
+                    if item is _END:
+                        self._ended = True
+                        self._maybe_release()
+                        return None
+                    assert isinstance(item, aiormq.abc.DeliveredMessage)
+                    if item.channel.is_closed:
+                        continue  # requeued with its channel: it will come again
+                    return self._delivery(item)
+        except TimeoutError:
+            return None
+
+    def _delivery(self, delivered: aiormq.abc.DeliveredMessage) -> Delivery:
+        delivery = self._transport._delivery(
+            delivered, queue=self.queue, consumer_tag=self.tag, after=self._settled
+        )
+        self._unsettled.add(delivery.delivery_tag)
+        return delivery
+
+    def _settled(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._unsettled = {t for t in self._unsettled if t > tag}
+        else:
+            self._unsettled.discard(tag)
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        # Once ended and all settled, the channel has no more use: close it.
+        if self._ended and not self._unsettled and self._release is None:
+            self._release = asyncio.get_running_loop().create_task(self.close_channel())
+
+    def __aiter__(self) -> AioConsumer:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        delivery = await self.get()
+        if delivery is None:
+            raise StopAsyncIteration
+        return delivery
+
+    async def cancel(self) -> None:
+        """Stop receiving; deliveries already received can still be read and settled."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if not self._channel.is_closed:
+            with contextlib.suppress(Exception):  # a dead channel delivers nothing more anyway
+                async with asyncio.timeout(self._transport.options.confirm_timeout):
+                    underlay = await self._channel.get_underlay_channel()
+                    await underlay.basic_cancel(self.tag)
+        self._inbox.put_nowait(_END)
+        self._maybe_release()
+
+    async def close_channel(self) -> None:
+        """Close the consumer's channel: unsettled deliveries go back to the queue."""
+        self._transport._forget(self)
+        if not self._stopping:
+            self._stop()
+        with contextlib.suppress(Exception):
+            await self._channel.close()
+
+    def __repr__(self) -> str:
+        return f"<AioConsumer queue={self.queue!r} tag={self.tag!r} stopping={self._stopping}>"

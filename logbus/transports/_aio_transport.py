@@ -1,0 +1,535 @@
+"""The :class:`AioTransport` itself; :mod:`logbus.transports.aio` documents and exports it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aio_pika
+import aiormq.abc
+import aiormq.exceptions as amqp
+import structlog
+from pamqp.commands import Basic
+
+from logbus.errors import ConnectionLost, LogbusError, NotConfirmed, TransportClosed, Unroutable
+from logbus.message import Message, QueueInfo
+from logbus.settings import Settings, redact_url
+from logbus.transports._aio_connect import Failover, Options, endpoint, open_robust, split_urls
+from logbus.transports._aio_consumer import AioConsumer, from_amqp, to_amqp
+from logbus.transports._aio_errors import nacked, reply_text, translate, unroutable
+from logbus.transports._aio_settle import AfterSettle, Settlements
+from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
+
+__all__ = ["AioTransport"]
+
+log = structlog.get_logger("logbus.transports.aio")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _QueueSpec:
+    """How a queue that vanishes with its connection was declared, to declare it again."""
+
+    durable: bool
+    exclusive: bool
+    auto_delete: bool
+    arguments: dict[str, Any]
+
+
+class _ChannelSlot:
+    """One plain aio-pika channel, replaced by a fresh one once the broker closed it."""
+
+    def __init__(self, transport: AioTransport, *, confirms: bool) -> None:
+        self._transport = transport
+        self._confirms = confirms
+        self._channel: aio_pika.Channel | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> aio_pika.Channel:
+        async with self._lock:
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                connection = await self._transport._ready()
+                channel = aio_pika.Channel(
+                    connection, publisher_confirms=self._confirms, on_return_raises=self._confirms
+                )
+                await channel.initialize()
+                self._channel = channel
+            return channel
+
+    async def underlay(self) -> aiormq.abc.AbstractChannel:
+        return await (await self.get()).get_underlay_channel()
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        self._channel = None
+
+
+def _binding_key(exchange: str, routing_key: str, arguments: Mapping[str, Any]) -> str:
+    return json.dumps([exchange, routing_key, arguments], sort_keys=True, default=str)
+
+
+class AioTransport:
+    """An aio-pika connection to RabbitMQ with the Transport methods as coroutines.
+
+    ``url`` is one amqp:// or amqps:// URL or several, comma-separated
+    (failover); it defaults to ``settings.url``. ``settings`` gives the
+    timeouts and heartbeat; keyword options are ``connection_name`` (default
+    ``logbus-aio-<hex>``), ``connection_attempts``, ``reconnect_interval``,
+    ``publish_window`` and ``ssl_context``. The connection opens on first use,
+    or with ``await transport.connect()`` / ``async with``.
+    """
+
+    def __init__(
+        self, url: str | None = None, *, settings: Settings | None = None, **options: Any
+    ) -> None:
+        self.settings = settings or Settings()
+        self.url = url or self.settings.url
+        self._urls = split_urls(self.url)
+        self.endpoint = endpoint(self._urls[0])
+        self.options = Options.build(self.settings, f"logbus-aio-{secrets.token_hex(4)}", options)
+        self.connection_name = self.options.connection_name
+        #: How many times the connection was restored after a drop.
+        self.reconnects = 0
+        self._connection: aio_pika.RobustConnection | None = None
+        self._failover: Failover | None = None
+        self._connect_lock = asyncio.Lock()
+        self._reconnected = asyncio.Condition()
+        self._declaring = _ChannelSlot(self, confirms=False)
+        self._publishing = _ChannelSlot(self, confirms=True)
+        self._getting = _ChannelSlot(self, confirms=False)
+        self._consumers: set[AioConsumer] = set()
+        self._owned: dict[str, _QueueSpec] = {}
+        self._owned_bindings: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {}
+        self._settlements = Settlements(self.endpoint, self.options.confirm_timeout)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<AioTransport {redact_url(self.url)} name={self.connection_name!r}>"
+
+    # -- connection ----------------------------------------------------------------------
+
+    async def connect(self) -> AioTransport:
+        """Open the connection now (it otherwise opens on first use); returns the transport."""
+        await self._open()
+        return self
+
+    async def _open(self) -> aio_pika.RobustConnection:
+        if self._closed:
+            raise TransportClosed(f"the transport to {self.endpoint} is closed; open a new one")
+        if self._connection is None:
+            async with self._connect_lock:
+                if self._connection is None:
+                    connection, index = await open_robust(self._urls, self.options)
+                    if self._closed:  # closed while connecting
+                        await connection.close()
+                        raise TransportClosed(f"the transport to {self.endpoint} is closed")
+                    self.endpoint = self._settlements.endpoint = endpoint(self._urls[index])
+                    self._settlements.loop = asyncio.get_running_loop()
+                    connection.reconnect_callbacks.add(self._on_reconnect)
+                    connection.close_callbacks.add(self._on_drop)
+                    self._failover = Failover(connection, self._urls, index, self.options)
+                    self._connection = connection
+        return self._connection
+
+    async def _ready(self) -> aio_pika.RobustConnection:
+        connection = await self._open()
+        if not connection.connected.is_set():
+            try:
+                async with asyncio.timeout(self.options.connect_timeout):
+                    await connection.ready()
+            except TimeoutError:
+                if self._closed:
+                    raise TransportClosed(f"the transport to {self.endpoint} is closed") from None
+                raise ConnectionLost(
+                    f"the connection to {self.endpoint} dropped and is not back after "
+                    f"{self.options.connect_timeout:g} s; it keeps reconnecting, retry later"
+                ) from None
+        return connection
+
+    async def _on_reconnect(self, _connection: object) -> None:
+        self.reconnects += 1
+        log.info("reconnected", endpoint=self.endpoint, reconnects=self.reconnects)
+        async with self._reconnected:
+            self._reconnected.notify_all()
+
+    def _on_drop(self, _connection: object, exc: BaseException | None) -> None:
+        if not self._closed:
+            reason = reply_text(exc) if exc is not None else "closed"
+            log.warning("connection lost; reconnecting", endpoint=self.endpoint, reason=reason)
+
+    async def wait_reconnected(self, count: int = 1, timeout: float | None = None) -> None:
+        """Wait until the connection has been restored ``count`` times in all, consumers too."""
+        try:
+            async with asyncio.timeout(timeout), self._reconnected:
+                await self._reconnected.wait_for(lambda: self.reconnects >= count)
+        except TimeoutError:
+            raise ConnectionLost(
+                f"the connection to {self.endpoint} was not restored within {timeout:g} s"
+            ) from None
+
+    async def _run(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one broker operation with a deadline, translating whatever the driver raises."""
+        try:
+            async with asyncio.timeout(self.options.confirm_timeout):
+                return await call()
+        except LogbusError:
+            raise
+        except Exception as exc:
+            raise translate(exc, doing=doing, endpoint=self.endpoint, closed=self._closed) from exc
+
+    # -- declarations --------------------------------------------------------------------
+
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> None:
+        """Declare an exchange; an existing one must match (else ``PreconditionFailed``)."""
+
+        async def call() -> None:
+            channel = await self._declaring.get()
+            await channel.declare_exchange(
+                name,
+                type,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                passive=passive,
+                arguments=dict(arguments or {}),
+            )
+
+        await self._run(f"declaring exchange {name!r}", call)
+
+    async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange and its bindings."""
+
+        async def call() -> None:
+            channel = await self._declaring.get()
+            await channel.exchange_delete(name, if_unused=if_unused)
+
+        await self._run(f"deleting exchange {name!r}", call)
+
+    async def declare_queue(
+        self,
+        name: str = "",
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> QueueInfo:
+        """Declare a queue (an empty name gets a generated ``logbus.gen-<hex>`` one)."""
+        if not name and not passive:
+            name = f"logbus.gen-{secrets.token_hex(12)}"
+        args = dict(arguments or {})
+
+        async def call() -> aiormq.spec.Queue.DeclareOk:
+            channel = await self._declaring.get()
+            queue = await channel.declare_queue(
+                name,
+                durable=durable,
+                exclusive=exclusive,
+                passive=passive,
+                auto_delete=auto_delete,
+                arguments=args,
+            )
+            return queue.declaration_result
+
+        ok = await self._run(f"declaring queue {name!r}", call)
+        if not passive and (exclusive or auto_delete):
+            self._owned[name] = _QueueSpec(durable, exclusive, auto_delete, args)
+        return QueueInfo(ok.queue or name, ok.message_count or 0, ok.consumer_count or 0)
+
+    async def delete_queue(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns how many messages it held."""
+
+        async def call() -> int:
+            channel = await self._declaring.get()
+            ok = await channel.queue_delete(name, if_unused=if_unused, if_empty=if_empty)
+            return ok.message_count or 0
+
+        count = await self._run(f"deleting queue {name!r}", call)
+        self._owned.pop(name, None)
+        self._owned_bindings.pop(name, None)
+        return count
+
+    async def purge_queue(self, name: str) -> int:
+        """Drop a queue's ready messages; returns how many."""
+
+        async def call() -> int:
+            queue = await (await self._declaring.get()).get_queue(name, ensure=False)
+            ok = await queue.purge()
+            return ok.message_count or 0
+
+        return await self._run(f"purging queue {name!r}", call)
+
+    async def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind a queue to an exchange."""
+        args = dict(arguments or {})
+
+        async def call() -> None:
+            target = await (await self._declaring.get()).get_queue(queue, ensure=False)
+            await target.bind(exchange, routing_key, arguments=args)
+
+        await self._run(f"binding queue {queue!r} to exchange {exchange!r}", call)
+        if queue in self._owned:
+            key = _binding_key(exchange, routing_key, args)
+            self._owned_bindings.setdefault(queue, {})[key] = (exchange, routing_key, args)
+
+    async def unbind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Remove a queue binding."""
+        args = dict(arguments or {})
+
+        async def call() -> None:
+            target = await (await self._declaring.get()).get_queue(queue, ensure=False)
+            await target.unbind(exchange, routing_key, arguments=args)
+
+        await self._run(f"unbinding queue {queue!r} from exchange {exchange!r}", call)
+        self._owned_bindings.get(queue, {}).pop(_binding_key(exchange, routing_key, args), None)
+
+    async def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind an exchange to another: messages routed by ``source`` flow into ``destination``."""
+
+        async def call() -> None:
+            target = await (await self._declaring.get()).get_exchange(destination, ensure=False)
+            await target.bind(source, routing_key, arguments=dict(arguments or {}))
+
+        await self._run(f"binding exchange {destination!r} to {source!r}", call)
+
+    async def _prepare_queue(self, name: str, *, restoring: bool = False) -> None:
+        """Check a queue is there before consuming; after a reconnect, re-create our own."""
+        spec = self._owned.get(name)
+        if not restoring or spec is None:
+            await self.declare_queue(name, passive=True)
+            return
+        await self.declare_queue(
+            name,
+            durable=spec.durable,
+            exclusive=spec.exclusive,
+            auto_delete=spec.auto_delete,
+            arguments=spec.arguments,
+        )
+        for exchange, key, arguments in list(self._owned_bindings.get(name, {}).values()):
+            await self.bind_queue(name, exchange, key, arguments)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def _send(
+        self, underlay: aiormq.abc.AbstractChannel, message: Message, mandatory: bool
+    ) -> None:
+        doing = f"publishing to exchange {message.exchange!r}"
+        try:
+            async with asyncio.timeout(self.options.confirm_timeout):
+                await underlay.basic_publish(
+                    message.body,
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    properties=to_amqp(message.properties),
+                    mandatory=mandatory,
+                )
+        except amqp.PublishError as exc:
+            raise unroutable(exc, message) from exc
+        except amqp.DeliveryError as exc:
+            raise nacked(message) from exc
+        except TimeoutError as exc:
+            raise NotConfirmed(
+                f"{doing}: no confirm from {self.endpoint} within "
+                f"{self.options.confirm_timeout:g} s (the broker may be overloaded; retry)"
+            ) from exc
+        except ValueError as exc:  # aiormq refuses an over-long routing key
+            raise translate(exc, doing=doing, endpoint=self.endpoint) from exc
+        except Exception as exc:
+            raise translate(exc, doing=doing, endpoint=self.endpoint, closed=self._closed) from exc
+
+    async def publish(self, message: Message, *, mandatory: bool = True) -> None:
+        """Publish one message and wait for the broker's confirm."""
+        underlay = await self._run("opening the publishing channel", self._publishing.underlay)
+        await self._send(underlay, message, mandatory)
+
+    async def publish_many(self, messages: Iterable[Message], *, mandatory: bool = True) -> None:
+        """Publish many messages with pipelined confirms; raise if any was not confirmed.
+
+        Up to ``publish_window`` publishes are in flight at once. Unroutable or
+        nacked messages do not stop the batch: the error raised at the end names
+        the first and counts all (``unconfirmed``). A channel or connection
+        error stops it and is raised as is.
+        """
+        underlay = await self._run("opening the publishing channel", self._publishing.underlay)
+        window = asyncio.Semaphore(self.options.publish_window)
+        failures: list[tuple[int, LogbusError]] = []
+        in_flight: set[asyncio.Task[None]] = set()
+        sent = 0
+
+        async def one(index: int, message: Message) -> None:
+            try:
+                await self._send(underlay, message, mandatory)
+            except LogbusError as exc:
+                failures.append((index, exc))
+            finally:
+                window.release()
+
+        try:
+            for message in messages:
+                await window.acquire()
+                if any(not isinstance(e, NotConfirmed) for _, e in failures):
+                    window.release()
+                    break
+                sent += 1
+                task = asyncio.get_running_loop().create_task(one(sent, message))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        except asyncio.CancelledError:
+            for task in in_flight:
+                task.cancel()
+            raise
+        finally:
+            # Whatever stopped the loop (the end, an error from the iterable), the
+            # publishes already sent are waited for: their outcome is then known.
+            if in_flight:
+                await asyncio.wait(set(in_flight))
+        _raise_failures(failures, sent)
+
+    # -- consuming -----------------------------------------------------------------------
+
+    def _delivery(
+        self,
+        delivered: aiormq.abc.DeliveredMessage,
+        *,
+        queue: str,
+        consumer_tag: str,
+        after: AfterSettle | None = None,
+    ) -> Delivery:
+        frame = delivered.delivery
+        assert isinstance(frame, Basic.Deliver | Basic.GetOk)
+        return Delivery(
+            from_amqp(delivered),
+            delivery_tag=int(frame.delivery_tag or 0),
+            redelivered=bool(frame.redelivered),
+            consumer_tag=consumer_tag,
+            queue=queue,
+            settle=self._settlements.settler(delivered.channel, after),
+        )
+
+    async def get(self, queue: str, *, auto_ack: bool = False) -> Delivery | None:
+        """Take one message from a queue (``basic.get``), or None when it is empty."""
+
+        async def call() -> aiormq.abc.DeliveredMessage:
+            underlay = await self._getting.underlay()
+            return await underlay.basic_get(queue, no_ack=auto_ack)
+
+        delivered = await self._run(f"getting from queue {queue!r}", call)
+        if isinstance(delivered.delivery, Basic.GetEmpty):
+            return None
+        delivery = self._delivery(delivered, queue=queue, consumer_tag="")
+        if auto_ack:
+            delivery.settled = Settlement.ACK
+        return delivery
+
+    async def consume(
+        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+    ) -> AioConsumer:
+        """Start consuming with manual acks and at most ``prefetch`` unacked deliveries."""
+        await self._prepare_queue(queue)  # NotFound / ResourceLocked on a clean channel
+        connection = await self._ready()
+        channel = connection.channel(publisher_confirms=False)
+        consumer = AioConsumer(self, channel, queue, exclusive=exclusive)
+
+        async def call() -> None:
+            await channel.initialize()
+            await channel.set_qos(prefetch_count=prefetch)  # restored with the channel
+            await consumer.start()
+
+        try:
+            await self._run(f"consuming queue {queue!r}", call)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+        channel.reopen_callbacks.add(consumer.restore)
+        self._consumers.add(consumer)
+        return consumer
+
+    def _forget(self, consumer: AioConsumer) -> None:
+        self._consumers.discard(consumer)
+
+    # -- closing -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the connection; unacked deliveries go back to their queues."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._settlements.flush()  # acks go out before the channels close
+        self._settlements.closed = True
+        for consumer in list(self._consumers):
+            await consumer.close_channel()
+        for slot in (self._getting, self._publishing, self._declaring):
+            await slot.close()
+        if self._failover is not None:
+            await self._failover.stop()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        log.debug("closed", endpoint=self.endpoint)
+
+    async def __aenter__(self) -> AioTransport:
+        return await self.connect()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _raise_failures(failures: list[tuple[int, LogbusError]], total: int) -> None:
+    if not failures:
+        return
+    failures.sort(key=lambda f: f[0])
+    hard = [e for _, e in failures if not isinstance(e, NotConfirmed)]
+    if hard:
+        raise hard[0]
+    first = failures[0][1]
+    count = len(failures)
+    note = f" ({count} of {total} messages not confirmed)"
+    if isinstance(first, Unroutable):
+        raise Unroutable(
+            str(first) + note,
+            exchange=first.exchange,
+            routing_key=first.routing_key,
+            unconfirmed=count,
+        ) from first
+    raise NotConfirmed(str(first) + note, unconfirmed=count) from first

@@ -1,0 +1,253 @@
+"""Consumers of the AMQP transport: one channel each, restored after reconnects.
+
+An :class:`AmqpConsumer` is both the user's handle (``get``, iteration,
+``cancel``) and the I/O thread's record of the consumer (its channel, tag and
+unacked delivery tags; methods named ``io_*``). Its consumer tag stays the same
+across reconnects. Deliveries carry the *epoch* of the channel they came on;
+once that channel is gone the broker has requeued them, so ``get`` skips those
+still waiting and settling one already handed out is a logged no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import secrets
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from functools import partial
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+import pika.exceptions as pika_errors
+import structlog
+
+from logbus.errors import TransportClosed, TransportError
+from logbus.transports._amqp_slot import io_callback
+from logbus.transports._pika_convert import from_pika, reply_error
+from logbus.transports.base import Delivery
+
+if TYPE_CHECKING:
+    from logbus.transports._amqp_io import Core
+
+__all__ = ["AmqpConsumer"]
+
+log = structlog.get_logger("logbus.transports.amqp")
+
+_END = object()
+
+#: Told once whether (re)starting the consumer worked: None, or why not.
+Started = Callable[[TransportError | None], None]
+
+
+class AmqpConsumer:
+    """Deliveries of one queue, consumed with manual acks on a channel of its own."""
+
+    def __init__(
+        self, core: Core, queue_name: str, prefetch: int, exclusive: bool, owner: object
+    ) -> None:
+        self.queue = queue_name
+        self.tag = f"logbus-{secrets.token_hex(8)}"
+        self.prefetch = prefetch
+        self.exclusive = exclusive
+        self.channel: Any = None
+        self.epoch = 0
+        self.live_epoch: int | None = None
+        self.unacked: set[int] = set()
+        self.cancelled = False
+        self._core = core
+        self._owner = owner  # keeps the transport alive while its consumer is in use
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._ended = False
+        self._latest: Any = None
+        self._started: Started | None = None
+
+    # -- the user's side ------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Delivery | None:
+        """The next delivery, or None after ``timeout`` seconds or once cancelled."""
+        deadline = None if timeout is None else monotonic() + timeout
+        while not self._ended:
+            wait = None if deadline is None else max(0.0, deadline - monotonic())
+            try:
+                item = self._inbox.get(timeout=wait)
+            except queue.Empty:
+                return None
+            if item is _END:
+                self._ended = True
+                break
+            assert isinstance(item, tuple)
+            epoch, delivery = item
+            if epoch == self.live_epoch:
+                return delivery  # type: ignore[no-any-return]
+            # Its channel is gone, so the broker has requeued it: it will come again.
+            log.debug("amqp.stale_delivery_skipped", queue=self.queue, tag=delivery.delivery_tag)
+        return None
+
+    def __iter__(self) -> Iterator[Delivery]:
+        while (delivery := self.get()) is not None:
+            yield delivery
+
+    def cancel(self) -> None:
+        """Stop receiving; deliveries already received can still be settled."""
+        if self.cancelled or self._ended:
+            return
+        # Closing the transport (TransportClosed) has ended the consumer already.
+        with contextlib.suppress(TransportClosed):
+            self._core.call(self.io_cancel, f"cancel consumer of queue {self.queue!r}")
+
+    def __repr__(self) -> str:
+        return f"<AmqpConsumer queue={self.queue!r} tag={self.tag!r}>"
+
+    # -- the I/O thread's side ---------------------------------------------------
+
+    def describe(self) -> str:
+        return f"consumer {self.tag} of queue {self.queue!r}"
+
+    def io_begin(self, future: Future[None]) -> None:
+        """Register and start the consumer; ``future`` is the waiting ``consume`` call."""
+
+        def started(error: TransportError | None) -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        self._core.consumers[self.tag] = self
+        if self._core.ready:
+            self.io_start(self._core.connection, started)
+        else:  # reconnecting: it starts with the others once the connection is back
+            self._started = started
+
+    def io_start(self, connection: Any, started: Started) -> None:
+        """Open a channel, set its prefetch and start consuming; ``started`` hears how it went."""
+        self._started = started
+        channel = connection.channel(on_open_callback=self._opened)
+        channel.add_on_close_callback(self._closed)
+        self._latest = channel
+
+    def io_restore(self, connection: Any) -> None:
+        """Start again on a new connection (a ``consume`` still waiting keeps waiting)."""
+        self.io_start(connection, self._started or self._restarted)
+
+    def io_cancel(self, future: Future[None]) -> None:
+        """basic.cancel, then end the iteration once the broker confirmed it."""
+        self.cancelled = True
+        channel = self.channel
+
+        def cancelled(_frame: Any = None) -> None:
+            self.io_end()
+            self._core.consumer_ended(self, by_broker=False)
+            future.set_result(None)
+
+        if channel is None or not channel.is_open:
+            cancelled()
+        else:
+            channel.basic_cancel(self.tag, callback=cancelled)
+
+    def io_end(self) -> None:
+        """No more deliveries: end the user's iteration and forget the consumer."""
+        self.cancelled = True
+        self._core.consumers.pop(self.tag, None)
+        self._inbox.put(_END)
+        self.io_after_settle()
+
+    def io_after_settle(self) -> None:
+        """Close a cancelled consumer's channel once nothing it delivered is unsettled."""
+        channel = self.channel
+        if self.cancelled and not self.unacked and channel is not None and channel.is_open:
+            self.channel = None
+            channel.close()
+
+    def _finish_start(self, error: TransportError | None) -> None:
+        started, self._started = self._started, None
+        if started is not None:
+            started(error)
+
+    def _restarted(self, error: TransportError | None) -> None:
+        if error is not None:
+            log.error("amqp.consumer_lost", queue=self.queue, tag=self.tag, error=str(error))
+            self.io_end()
+        else:
+            log.info("amqp.consumer_restored", queue=self.queue, tag=self.tag)
+
+    @io_callback
+    def _opened(self, channel: Any) -> None:
+        if channel is not self._latest:
+            return
+        channel.add_on_cancel_callback(self._cancelled_by_broker)
+        channel.basic_qos(
+            prefetch_count=self.prefetch, callback=lambda _frame: self._qos_set(channel)
+        )
+
+    @io_callback
+    def _qos_set(self, channel: Any) -> None:
+        if channel is not self._latest or not channel.is_open:
+            return
+        channel.basic_consume(
+            self._core.resolve(self.queue),
+            partial(self._delivered, channel),
+            exclusive=self.exclusive,
+            consumer_tag=self.tag,
+            callback=lambda _frame: self._consuming(channel),
+        )
+
+    @io_callback
+    def _consuming(self, channel: Any) -> None:
+        if channel is not self._latest:
+            return
+        self.channel = channel
+        self.epoch += 1
+        self.live_epoch = self.epoch
+        self.unacked.clear()
+        if self.cancelled:  # cancelled while (re)starting
+            channel.basic_cancel(self.tag, callback=lambda _frame: self.io_end())
+        self._finish_start(None)
+
+    @io_callback
+    def _delivered(self, channel: Any, _ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        epoch = self.live_epoch
+        if channel is not self.channel or epoch is None:
+            return
+        self.unacked.add(method.delivery_tag)
+        delivery = Delivery(
+            from_pika(properties, body, method.exchange, method.routing_key),
+            delivery_tag=method.delivery_tag,
+            redelivered=bool(method.redelivered),
+            consumer_tag=self.tag,
+            queue=self.queue,
+            settle=partial(self._core.settle, self, epoch),
+        )
+        self._inbox.put((epoch, delivery))
+
+    @io_callback
+    def _cancelled_by_broker(self, _frame: Any) -> None:
+        log.warning("amqp.consumer_cancelled_by_broker", queue=self.queue, tag=self.tag)
+        self.io_end()
+        self._core.consumer_ended(self, by_broker=True)
+
+    @io_callback
+    def _closed(self, channel: Any, reason: BaseException) -> None:
+        if channel is not self._latest:
+            return
+        self.channel = None
+        self.live_epoch = None
+        self.unacked.clear()
+        if self._core.closing:
+            self._finish_start(TransportClosed("the transport was closed"))
+            return
+        if isinstance(reason, pika_errors.ChannelClosedByBroker):
+            error = reply_error(reason.reply_code, reason.reply_text)
+            if self._started is not None or self.cancelled:
+                self.io_end()
+                self._finish_start(error)
+                return
+            # e.g. 406 for an unacked delivery held past the broker's consumer_timeout:
+            # the broker requeued what this channel held; consume again on a new one.
+            log.warning("amqp.consumer_channel_closed", queue=self.queue, error=str(error))
+            connection = self._core.live_connection()
+            if connection is not None:
+                self.io_start(connection, self._restarted)
+        # A dropped connection: the core restores the consumer after reconnecting.

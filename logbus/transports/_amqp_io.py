@@ -1,0 +1,523 @@
+"""The I/O side of the AMQP transport: one thread, one pika ``SelectConnection``.
+
+:class:`Core` owns the thread, the connection and every channel; the user's
+threads only hand it work through :meth:`Core.submit` (pika's
+``add_callback_threadsafe``) and wait on futures with deadlines. Because the
+thread keeps running pika's loop whatever the user does, heartbeats flow while
+the user is busy elsewhere.
+
+Channels: ``declare`` (declarations, deletes, purges), ``get`` (``basic.get``
+and its settlements), ``publish`` (confirm mode, see ``_amqp_publish``), and one
+per consumer (see ``_amqp_consume``).
+
+When the connection drops, the core reconnects with exponential backoff and
+jitter, trying the failover URLs in turn (the last good one first), declares
+again what the transport declared, restores the consumers and re-sends the
+publishes in flight. Until then, user calls wait up to their timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+from pika.adapters.select_connection import IOLoop, SelectConnection
+
+from logbus.errors import (
+    BrokerUnavailable,
+    ConnectionLost,
+    LogbusError,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+    TransportClosed,
+    TransportError,
+)
+from logbus.transports._amqp_consume import AmqpConsumer
+from logbus.transports._amqp_publish import Publisher
+from logbus.transports._amqp_slot import ChannelSlot, Op, io_callback, local_error
+from logbus.transports._amqp_topology import Declaration, Declared
+from logbus.transports._pika_convert import Endpoint, connect_error, reason
+from logbus.transports.base import Settlement
+
+__all__ = ["Core", "backoff"]
+
+log = structlog.get_logger("logbus.transports.amqp")
+
+T = TypeVar("T")
+
+_FIRST_DELAY = 0.1
+# Reconnects to wait for the broker to release an exclusive queue of the old connection.
+_LOCKED_RETRIES = 5
+
+
+def backoff(attempt: int, cap: float) -> float:
+    """Seconds before reconnect round ``attempt`` (0, 1, ...): doubling up to ``cap``,
+    with jitter so that a fleet does not reconnect in lockstep."""
+    delay = min(cap, _FIRST_DELAY * 2.0 ** min(attempt, 32))
+    return delay * random.uniform(0.5, 1.0)
+
+
+class Core:
+    """The connection, its channels and the I/O thread of one AMQP transport."""
+
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        *,
+        name: str,
+        connect_timeout: float,
+        operation_timeout: float,
+        max_delay: float,
+        window: int,
+    ) -> None:
+        self.endpoints = endpoints
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.operation_timeout = operation_timeout
+        self.max_delay = max_delay
+        self.loop = IOLoop()
+        self.connection: Any = None
+        self.address = endpoints[0].address
+        self.is_open = False
+        self.ready = False
+        self.closing = False
+        self.last_error = "not connected yet"
+        self.declared = Declared()
+        self.aliases: dict[str, str] = {}
+        self.consumers: dict[str, AmqpConsumer] = {}
+        self.decl = ChannelSlot(self, "declare")
+        self.getter = ChannelSlot(self, "get", gets=True)
+        self.publisher = Publisher(self, window)
+        self._started: Future[None] = Future()
+        self._order: list[int] = []
+        self._failures: list[tuple[Endpoint, BaseException]] = []
+        self._preferred = 0
+        self._attempt = 0
+        self._timer: Any = None
+        self._locked: dict[tuple[Any, ...], int] = {}
+        self._lock = threading.Lock()
+        self._settlements: deque[
+            tuple[ChannelSlot | AmqpConsumer, int, Settlement, int, bool, bool]
+        ] = deque()
+        self._settle_scheduled = False
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name=f"logbus-amqp:{name}", daemon=True)
+
+    # -- the user's threads ------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the I/O thread and wait until connected (or raise why not)."""
+        self._thread.start()
+        limit = self.connect_timeout * (len(self.endpoints) + 1) + 1.0
+        try:
+            self._started.result(limit)
+        except TimeoutError:
+            self.close()
+            raise BrokerUnavailable(
+                f"no RabbitMQ answered within {limit:g}s ({self.last_error}); check the "
+                "host and port in the URL and that RabbitMQ is running there"
+            ) from None
+        except TransportError:
+            self._thread.join(self.connect_timeout)
+            raise
+
+    def submit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the I/O thread; ``TransportClosed`` once closed."""
+        with self._lock:
+            if not self._accepting:
+                raise TransportClosed("the transport is closed; open a new one")
+            self.loop.add_callback_threadsafe(callback)
+
+    def submit_quietly(self, callback: Callable[[], None]) -> None:
+        """Like :meth:`submit`, but nothing happens once the transport is closed."""
+        with contextlib.suppress(TransportClosed):
+            self.submit(callback)
+
+    def call(self, run: Callable[[Future[T]], None], what: str, timeout: float | None = None) -> T:
+        """Run ``run(future)`` on the I/O thread and wait for the future it settles."""
+        future: Future[T] = Future()
+
+        def start() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                run(future)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(local_error(exc, what))
+
+        self.submit(start)
+        return self.wait(future, what, timeout)
+
+    def rpc(self, slot: ChannelSlot, what: str, run: Callable[..., None]) -> Any:
+        """Run a channel operation through ``slot`` and wait for the broker's answer."""
+        future: Future[Any] = Future()
+        op = Op(what, run, future=future)
+        self.submit(lambda: slot.push(op))
+        return self.wait(future, what)
+
+    def wait(self, future: Future[T], what: str, timeout: float | None = None) -> T:
+        """The future's result within ``timeout`` (default: the operation timeout)."""
+        timeout = self.operation_timeout if timeout is None else timeout
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if not future.cancel() and future.done():
+                return future.result(0)
+            raise self.timeout_error(what, timeout) from None
+
+    def timeout_error(self, what: str, timeout: float) -> TransportError:
+        """Why ``what`` did not finish within ``timeout`` seconds."""
+        if self.closing:
+            return TransportClosed(f"{what}: the transport was closed")
+        if not self.is_open:
+            return ConnectionLost(
+                f"{what}: the connection to RabbitMQ is down and was not restored within "
+                f"{timeout:g}s (last error: {self.last_error}); check that the broker runs "
+                "and is reachable"
+            )
+        return ConnectionLost(f"{what}: RabbitMQ at {self.address} did not answer in {timeout:g}s")
+
+    def settle(
+        self,
+        target: ChannelSlot | AmqpConsumer,
+        epoch: int,
+        how: Settlement,
+        tag: int,
+        multiple: bool,
+        requeue: bool,
+    ) -> None:
+        """Ack, nack or reject a delivery from any thread, without waiting.
+
+        Like basic.ack on the wire, settling is fire-and-forget: settlements are
+        queued and the I/O thread sends them in one pass, so a consumer acking
+        each record does not pay a thread round trip per record. A stale or
+        unknown tag is logged on the I/O thread (the Delivery already refuses
+        a second settle of itself).
+        """
+        if self.closing or not self._accepting:
+            raise TransportClosed("the transport is closed; its deliveries went back to the queue")
+        self._settlements.append((target, epoch, how, tag, multiple, requeue))
+        if not self._settle_scheduled:
+            self._settle_scheduled = True
+            self.submit_quietly(self._io_drain_settlements)
+
+    def _io_drain_settlements(self) -> None:
+        self._settle_scheduled = False
+        while True:
+            try:
+                target, epoch, how, tag, multiple, requeue = self._settlements.popleft()
+            except IndexError:
+                return
+            try:
+                self._io_settle(target, epoch, how, tag, multiple, requeue)
+            except LogbusError as exc:
+                log.warning("amqp.settlement_refused", how=how.value, tag=tag, reason=str(exc))
+
+    def close(self) -> None:
+        """Close channels and connection, stop the I/O thread; idempotent."""
+        with self._lock:
+            if self._accepting:
+                self._accepting = False
+                self.loop.add_callback_threadsafe(self._io_shutdown)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(self.connect_timeout + 1.0)
+            if self._thread.is_alive():
+                log.warning("amqp.close_timed_out", connection_name=self.name)
+
+    # -- the I/O thread -----------------------------------------------------------
+
+    def live_connection(self) -> Any:
+        """The connection if it is open (to reopen a channel on), else None."""
+        connection = self.connection
+        if self.is_open and connection is not None and connection.is_open:
+            return connection
+        return None
+
+    def consumer_ended(self, consumer: AmqpConsumer, *, by_broker: bool) -> None:
+        """Forget a queue nobody will declare again: deleted under a consumer, or an
+        auto-delete queue of ours whose last consumer went (the broker deleted it)."""
+        queue = consumer.queue
+        if any(c.queue == queue for c in self.consumers.values()):
+            return
+        if by_broker or self.declared.auto_delete(queue):
+            self.declared.forget_queue(queue)
+
+    def resolve(self, queue: str) -> str:
+        """A queue's current name (a server-named queue is renamed by a reconnect)."""
+        return self.aliases.get(queue, queue)
+
+    def _run(self) -> None:
+        self._connect_round()
+        while True:
+            try:
+                self.loop.start()
+                break
+            except Exception:  # a bug in a callback must not end the connection's thread
+                log.exception("amqp.io_loop_failed", connection_name=self.name)
+        self.loop.close()
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self.loop.remove_timeout(self._timer)
+            self._timer = None
+        self.loop.stop()
+
+    def _connect_round(self) -> None:
+        self._timer = None
+        if self.closing:
+            return
+        count = len(self.endpoints)
+        self._order = [(self._preferred + i) % count for i in range(count)]
+        self._failures = []
+        self._try_next()
+
+    def _try_next(self) -> None:
+        index = self._order.pop(0)
+        endpoint = self.endpoints[index]
+        try:
+            self.connection = SelectConnection(
+                endpoint.parameters,
+                on_open_callback=partial(self._opened, index),
+                on_open_error_callback=partial(self._open_failed, index),
+                on_close_callback=self._closed,
+                custom_ioloop=self.loop,
+            )
+        except Exception as exc:
+            self.connection = None
+            self._open_failed(index, None, exc)
+
+    @io_callback
+    def _open_failed(self, index: int, connection: Any, exc: BaseException) -> None:
+        if connection is not None and connection is not self.connection:
+            return
+        self.connection = None
+        if self.closing:
+            self._stop()
+            return
+        endpoint = self.endpoints[index]
+        self.last_error = f"{endpoint.address}: {reason(exc)}"
+        log.warning("amqp.connect_failed", endpoint=endpoint.address, reason=reason(exc))
+        self._failures.append((endpoint, exc))
+        if self._order:
+            self._try_next()
+        elif not self._started.done():
+            with self._lock:
+                self._accepting = False
+            self.closing = True
+            self._started.set_exception(connect_error(self._failures))
+            self._stop()
+        else:
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        delay = backoff(self._attempt, self.max_delay)
+        self._attempt += 1
+        log.info("amqp.reconnect_scheduled", delay=round(delay, 3), attempt=self._attempt)
+        self._timer = self.loop.call_later(delay, self._connect_round)
+
+    @io_callback
+    def _opened(self, index: int, connection: Any) -> None:
+        if connection is not self.connection:
+            return
+        endpoint = self.endpoints[index]
+        self.is_open = True
+        self.address = endpoint.address
+        self._preferred = index
+        connection.add_on_connection_blocked_callback(self._blocked)
+        connection.add_on_connection_unblocked_callback(self._unblocked)
+        log.info(
+            "amqp.connected",
+            endpoint=endpoint.address,
+            vhost=endpoint.vhost,
+            connection_name=self.name,
+            restoring=len(self.declared),
+            consumers=len(self.consumers),
+        )
+        self.decl.push_front([*self._restore_ops(), Op("restore", self._restored, internal=True)])
+        self.decl.open(connection)
+        self.getter.open(connection)
+        self.publisher.open(connection)
+
+    @io_callback
+    def _closed(self, connection: Any, exc: BaseException) -> None:
+        if connection is not self.connection:
+            return
+        self.connection = None
+        self.is_open = False
+        self.ready = False
+        if self.closing:
+            self._stop()
+            return
+        self.last_error = f"{self.address}: {reason(exc)}"
+        log.warning("amqp.connection_lost", endpoint=self.address, reason=reason(exc))
+        self.decl.drop_internal()
+        self._schedule_reconnect()
+
+    def restart(self, why: str) -> None:
+        """Drop this connection and reconnect later (the broker still holds something of
+        the previous one, e.g. an exclusive queue, until it notices that one is gone)."""
+        log.warning("amqp.reconnecting", reason=why)
+        connection = self.connection
+        if connection is not None and connection.is_open:
+            connection.close(200, why)
+
+    # -- restoring after a reconnect ------------------------------------------------
+
+    def _restore_ops(self) -> list[Op]:
+        ops = []
+        for declaration in self.declared:
+            if declaration.server_named and not declaration.options.get("exclusive"):
+                # It may have survived: look for it before asking for a new one.
+                ops.append(
+                    Op(
+                        f"look for queue {declaration.name!r}",
+                        partial(_passive_queue, declaration.name),
+                        internal=True,
+                        on_error=partial(self._server_named_gone, declaration),
+                    )
+                )
+            else:
+                ops.append(self._restore_op(declaration))
+        return ops
+
+    def _restore_op(self, declaration: Declaration) -> Op:
+        def run(channel: Any, done: Callable[[Any], None]) -> None:
+            def declared(method: Any) -> None:
+                if declaration.server_named and method.queue != declaration.name:
+                    self._rename(declaration.name, method.queue)
+                done(None)
+
+            declaration.run(channel, declared)
+
+        return Op(
+            f"declare {declaration.describe()} again",
+            run,
+            internal=True,
+            on_error=partial(self._restore_failed, declaration),
+        )
+
+    def _server_named_gone(self, declaration: Declaration, error: LogbusError) -> None:
+        if isinstance(error, NotFound):
+            self.decl.push_front([self._restore_op(declaration)])
+        else:
+            self._restore_failed(declaration, error)
+
+    def _restore_failed(self, declaration: Declaration, error: LogbusError) -> None:
+        if isinstance(error, ResourceLocked):
+            tries = self._locked.get(declaration.key, 0) + 1
+            self._locked[declaration.key] = tries
+            if tries <= _LOCKED_RETRIES:
+                # The broker has not yet noticed the old connection is gone.
+                self.restart(f"{declaration.describe()} is still held by the old connection")
+                return
+        log.error("amqp.redeclare_failed", entity=declaration.describe(), error=str(error))
+        if isinstance(error, NotFound | PreconditionFailed | ResourceLocked):
+            self.declared.discard(declaration)
+
+    def _rename(self, old: str, new: str) -> None:
+        log.warning("amqp.queue_renamed", old=old, new=new, why="server-named queue redeclared")
+        self.declared.rename_queue(old, new)
+        for alias, target in list(self.aliases.items()):
+            if target == old:
+                self.aliases[alias] = new
+        self.aliases[old] = new
+        for consumer in self.consumers.values():
+            if consumer.queue == old:
+                consumer.queue = new
+
+    def _restored(self, _channel: Any, done: Callable[[Any], None]) -> None:
+        self.ready = True
+        self._attempt = 0
+        self._locked.clear()
+        done(None)
+        for consumer in list(self.consumers.values()):
+            consumer.io_restore(self.connection)
+        self.publisher.pump()
+        self.getter.kick()
+        if not self._started.done():
+            self._started.set_result(None)
+        else:
+            log.info("amqp.restored", entities=len(self.declared), consumers=len(self.consumers))
+
+    # -- settling, blocking, closing ---------------------------------------------
+
+    def _io_settle(
+        self,
+        target: ChannelSlot | AmqpConsumer,
+        epoch: int,
+        how: Settlement,
+        tag: int,
+        multiple: bool,
+        requeue: bool,
+    ) -> None:
+        if self.closing:
+            raise TransportClosed("the transport is closed; its deliveries went back to the queue")
+        channel = target.channel
+        if channel is None or epoch != target.live_epoch or not channel.is_open:
+            log.info(
+                "amqp.stale_settlement",
+                how=how.value,
+                tag=tag,
+                on=target.describe(),
+                why="its channel is gone, so the broker requeued it and will deliver it again",
+            )
+            return
+        if tag not in target.unacked:
+            raise PreconditionFailed(
+                f"PRECONDITION_FAILED - unknown delivery tag {tag} (already settled, maybe by "
+                "an earlier multiple ack); settle each delivery once"
+            )
+        if how is Settlement.ACK:
+            channel.basic_ack(tag, multiple=multiple)
+        elif how is Settlement.NACK:
+            channel.basic_nack(tag, multiple=multiple, requeue=requeue)
+        else:
+            channel.basic_reject(tag, requeue=requeue)
+        if multiple:
+            target.unacked = {t for t in target.unacked if t > tag}
+        else:
+            target.unacked.discard(tag)
+        target.io_after_settle()
+
+    @io_callback
+    def _blocked(self, _connection: Any, frame: Any) -> None:
+        self.publisher.blocked = str(frame.method.reason or "resource alarm")
+        log.warning("amqp.blocked", endpoint=self.address, reason=self.publisher.blocked)
+
+    @io_callback
+    def _unblocked(self, _connection: Any, _frame: Any) -> None:
+        log.info("amqp.unblocked", endpoint=self.address)
+        self.publisher.unblock()
+
+    @io_callback
+    def _io_shutdown(self) -> None:
+        self.closing = True
+        self.ready = False
+        closed = TransportClosed("the transport was closed; open a new one")
+        self.decl.fail_all(closed)
+        self.getter.fail_all(closed)
+        self.publisher.fail_all()
+        for consumer in list(self.consumers.values()):
+            consumer.io_end()
+        connection = self.connection
+        if connection is None or connection.is_closed:
+            self._stop()
+            return
+        if not connection.is_closing:
+            # Channels close first (cancelling their consumers); the broker requeues
+            # every unacked delivery.
+            connection.close()
+        self._timer = self.loop.call_later(self.connect_timeout, self._stop)
+
+
+def _passive_queue(name: str, channel: Any, done: Callable[[Any], None]) -> None:
+    channel.queue_declare(name, passive=True, callback=lambda _frame: done(None))

@@ -1,0 +1,294 @@
+"""Confirmed publishing for the AMQP transport: batches, the confirm channel, re-sends.
+
+A caller's ``publish`` or ``publish_many`` is one :class:`PublishBatch`; its
+messages travel as :class:`Outgoing` items through the :class:`Publisher`, which
+owns the channel in confirm mode on the I/O thread. Each item ends exactly once:
+confirmed, returned (``Unroutable``), nacked (``NotConfirmed``), refused by a
+channel error (``NotFound`` ...), or given up by its caller after the confirm
+timeout. Items in flight when the connection drops go out again on the next
+connection — at least once: a duplicate is possible, a silent loss is not.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+import pika.exceptions as pika_errors
+import structlog
+from pika import spec
+
+from logbus.errors import LogbusError, NotConfirmed, TransportError, Unroutable
+from logbus.transports._amqp_slot import io_callback, local_error
+from logbus.transports._pika_convert import named_exchange, reply_error
+
+if TYPE_CHECKING:
+    from logbus.transports._amqp_io import Core
+
+__all__ = ["Outgoing", "PublishBatch", "Publisher"]
+
+log = structlog.get_logger("logbus.transports.amqp")
+
+#: Builds the error a batch raises, given how many of its messages failed.
+Failure = Callable[[int], LogbusError]
+
+
+class PublishBatch:
+    """One caller's publishes: counts what is outstanding and what failed, wakes the caller."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.outstanding = 0
+        self.failed = 0
+        self.first_failure: Failure | None = None
+        self.progress_at = monotonic()
+        self.abandoned = False
+
+    def add(self, count: int) -> None:
+        """``count`` more messages are on their way (caller's thread)."""
+        with self.cond:
+            self.outstanding += count
+            self.progress_at = monotonic()
+
+    def resolve(self, failure: Failure | None = None) -> None:
+        """One message ended: confirmed (``failure`` None) or failed (I/O thread)."""
+        with self.cond:
+            self.outstanding -= 1
+            self.progress_at = monotonic()
+            if failure is not None:
+                self.failed += 1
+                if self.first_failure is None:
+                    self.first_failure = failure
+            self.cond.notify_all()
+
+    def wait(self, limit: int, timeout: float) -> bool:
+        """Wait until at most ``limit`` are outstanding; False if the broker made no
+        progress on this batch for ``timeout`` seconds."""
+        with self.cond:
+            while self.outstanding > limit:
+                left = self.progress_at + timeout - monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return True
+
+    def abandon(self) -> int:
+        """Give up on what is outstanding (it will not be sent any more); how many that is."""
+        with self.cond:
+            self.abandoned = True
+            return self.outstanding
+
+    def error(self, unconfirmed_extra: int = 0) -> LogbusError | None:
+        """The error to raise for this batch, or None when everything was confirmed."""
+        with self.cond:
+            count = self.failed + unconfirmed_extra
+            if self.first_failure is None:
+                return None
+            return self.first_failure(count)
+
+
+@dataclass(slots=True, eq=False)
+class Outgoing:
+    """One message on its way to the broker."""
+
+    batch: PublishBatch
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Any  # pika.BasicProperties
+    mandatory: bool
+    returned: bool = False
+
+
+def _unroutable(item: Outgoing) -> Failure:
+    exchange, key = item.exchange, item.routing_key
+    return lambda count: Unroutable(
+        f"no queue is bound to exchange {exchange!r} for key {key!r}: the broker returned "
+        "the message (bind a queue, or check the key)",
+        exchange=exchange,
+        routing_key=key,
+        unconfirmed=count,
+    )
+
+
+def _nacked(item: Outgoing) -> Failure:
+    exchange = item.exchange
+    return lambda count: NotConfirmed(
+        f"the broker refused {count} message(s) published to exchange {exchange!r} "
+        "(basic.nack: a queue at its x-max-length with reject-publish, or a broker fault); "
+        "retry later",
+        unconfirmed=count,
+    )
+
+
+def _refused(error: LogbusError) -> Failure:
+    return lambda _count: error
+
+
+class Publisher:
+    """The confirm-mode channel: sends queued items when ready, matches confirms to them."""
+
+    def __init__(self, core: Core, window: int) -> None:
+        self.core = core
+        self.window = window
+        self.channel: Any = None
+        self.blocked: str | None = None
+        self.unsent: deque[Outgoing] = deque()
+        self.inflight: dict[int, Outgoing] = {}
+        self._next_tag = 1
+        self._latest: Any = None
+
+    def open(self, connection: Any) -> None:
+        """Open a fresh confirm-mode channel; queued items go out once it is ready."""
+        self.blocked = None
+        channel = connection.channel(on_open_callback=self._opened)
+        channel.add_on_close_callback(self._closed)
+        self._latest = channel
+
+    def submit(self, items: list[Outgoing]) -> None:
+        """Queue items for sending (I/O thread)."""
+        if self.core.closing:
+            for item in items:
+                item.batch.resolve(_closed_failure)
+            return
+        self.unsent.extend(items)
+        self.pump()
+
+    def pump(self) -> None:
+        """Send what is queued, unless not connected, not restored yet, or blocked."""
+        channel = self.channel
+        if channel is None or self.blocked is not None or not self.core.ready:
+            return
+        while self.unsent:
+            if not channel.is_open:
+                return
+            item = self.unsent.popleft()
+            if item.batch.abandoned:
+                continue  # its caller already reported it as not confirmed
+            try:
+                channel.basic_publish(
+                    item.exchange, item.routing_key, item.body, item.properties, item.mandatory
+                )
+            except (pika_errors.ChannelWrongStateError, pika_errors.ConnectionWrongStateError):
+                self.unsent.appendleft(item)  # closing: sent again on the next channel
+                return
+            except Exception as exc:  # pika could not encode it: this item's own failure
+                item.batch.resolve(_refused(local_error(exc, "publish")))
+                continue
+            self.inflight[self._next_tag] = item
+            self._next_tag += 1
+
+    def fail_all(self) -> None:
+        """The transport is closing: everything not confirmed is reported as such."""
+        pending = [*self.inflight.values(), *self.unsent]
+        self.inflight.clear()
+        self.unsent.clear()
+        for item in pending:
+            item.batch.resolve(_closed_failure)
+
+    def unblock(self) -> None:
+        self.blocked = None
+        self.pump()
+
+    @io_callback
+    def _opened(self, channel: Any) -> None:
+        if channel is not self._latest:
+            return
+        channel.add_on_return_callback(self._returned)
+        channel.confirm_delivery(self._confirmed, callback=lambda _frame: self._confirming(channel))
+
+    @io_callback
+    def _confirming(self, channel: Any) -> None:
+        if channel is not self._latest:
+            return
+        self.channel = channel
+        self._next_tag = 1
+        self.pump()
+
+    @io_callback
+    def _confirmed(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, spec.Basic.Ack)
+        tag = method.delivery_tag
+        if method.multiple:
+            done = []
+            while self.inflight:
+                first = next(iter(self.inflight))
+                if first > tag:
+                    break
+                done.append(self.inflight.pop(first))
+        else:
+            item = self.inflight.pop(tag, None)
+            done = [] if item is None else [item]
+        for item in done:
+            if not ok:
+                item.batch.resolve(_nacked(item))
+            elif item.returned:
+                item.batch.resolve(_unroutable(item))
+            else:
+                item.batch.resolve()
+
+    @io_callback
+    def _returned(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        # basic.return carries no delivery tag; it comes before the ack of the same
+        # message, so the earliest unreturned in-flight twin is the one returned.
+        for item in self.inflight.values():
+            if (
+                item.mandatory
+                and not item.returned
+                and item.exchange == method.exchange
+                and item.routing_key == method.routing_key
+                and item.body == body
+            ):
+                item.returned = True
+                return
+        log.warning("amqp.unmatched_return", exchange=method.exchange, key=method.routing_key)
+
+    @io_callback
+    def _closed(self, channel: Any, reason: BaseException) -> None:
+        if channel is not self._latest:
+            return
+        self.channel = None
+        pending = list(self.inflight.values())
+        self.inflight.clear()
+        if self.core.closing:
+            for item in pending:
+                item.batch.resolve(_closed_failure)
+            return
+        if isinstance(reason, pika_errors.ChannelClosedByBroker):
+            error = reply_error(reason.reply_code, reason.reply_text)
+            culprit = named_exchange(reason.reply_text)
+            failed = [i for i in pending if culprit is None or i.exchange == culprit]
+            log.info(
+                "amqp.publish_refused",
+                code=reason.reply_code,
+                text=reason.reply_text,
+                failed=len(failed),
+                resent=len(pending) - len(failed),
+            )
+            # Queued items for the same missing exchange would only close the next channel.
+            if culprit is not None:
+                failed += [i for i in self.unsent if i.exchange == culprit]
+                self.unsent = deque(i for i in self.unsent if i.exchange != culprit)
+            for item in failed:
+                item.batch.resolve(_refused(error))
+            gone = {id(item) for item in failed}
+            self.unsent.extendleft(reversed([i for i in pending if id(i) not in gone]))
+            connection = self.core.live_connection()
+            if connection is not None:
+                self.open(connection)
+            return
+        # The connection dropped (a publish cannot cause a connection-level error):
+        # send again after reconnecting, at least once.
+        self.unsent.extendleft(reversed(pending))
+
+
+def _closed_failure(count: int) -> TransportError:
+    return NotConfirmed(
+        f"the transport was closed before the broker confirmed {count} message(s)",
+        unconfirmed=count,
+    )

@@ -1,0 +1,413 @@
+"""The pika boundary: broker URLs to connection parameters, messages to and from pika's
+properties, and pika's exceptions to :mod:`logbus.errors`.
+
+Nothing here does I/O. Every function that meets a pika exception turns it into a
+logbus error whose message names the broker as ``host:port`` and never shows a
+password.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import pika
+import pika.exceptions as pika_errors
+from pika.adapters.utils import connection_workflow as workflow
+
+from logbus.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    ChannelError,
+    ConfigError,
+    InputError,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+    TransportError,
+)
+from logbus.message import Message, Properties
+from logbus.settings import redact_url
+
+__all__ = [
+    "Endpoint",
+    "arguments",
+    "connect_error",
+    "endpoints",
+    "from_pika",
+    "is_auth_failure",
+    "named_exchange",
+    "names",
+    "reason",
+    "reply_error",
+    "to_pika",
+]
+
+# A comma starts a new URL only where a scheme follows (as in logbus.settings), so a
+# raw comma inside a password stays in its URL.
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+_SCHEMES = ("amqp", "amqps")
+# Query parameters logbus reads itself for amqps:// and hides from pika's parser.
+_TLS_QUERY = ("cafile", "ca_certs", "capath", "certfile", "keyfile", "server_hostname")
+_SHORTSTR = 255
+_INT64 = 2**63
+_INT32 = 2**31
+_SHORT_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "type",
+    "user_id",
+    "app_id",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One broker of a failover list: pika parameters plus what may be shown of it."""
+
+    parameters: Any  # pika.URLParameters
+    address: str  # host:port
+    vhost: str
+    user: str
+    shown: str  # the URL with its password redacted
+
+    def __str__(self) -> str:
+        return self.address
+
+
+def endpoints(
+    url: str,
+    *,
+    heartbeat: int,
+    heartbeat_wins: bool,
+    connect_timeout: float,
+    connection_name: str,
+    ssl_context: ssl.SSLContext | None = None,
+    cafile: str | None = None,
+) -> list[Endpoint]:
+    """Parse ``url`` (one URL or a comma-separated failover list) into endpoints.
+
+    ``heartbeat`` applies unless the URL's query sets one and ``heartbeat_wins`` is
+    false. TLS (``amqps://``) verifies the broker's certificate and host name against
+    the system's CAs, or ``cafile`` (an option, or the URL's ``cafile=`` parameter).
+    """
+    parts = [part.strip() for part in _NEXT_URL.split(url) if part.strip()]
+    if not parts:
+        raise ConfigError("no broker URL given (set LOGBUS_URL or pass a URL)")
+    return [
+        _endpoint(
+            part,
+            heartbeat=heartbeat,
+            heartbeat_wins=heartbeat_wins,
+            connect_timeout=connect_timeout,
+            connection_name=connection_name,
+            ssl_context=ssl_context,
+            cafile=cafile,
+        )
+        for part in parts
+    ]
+
+
+def _endpoint(
+    url: str,
+    *,
+    heartbeat: int,
+    heartbeat_wins: bool,
+    connect_timeout: float,
+    connection_name: str,
+    ssl_context: ssl.SSLContext | None,
+    cafile: str | None,
+) -> Endpoint:
+    shown = redact_url(url)
+    split = urlsplit(url)
+    scheme = split.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"not an amqp:// or amqps:// URL: {shown}")
+    query = parse_qsl(split.query, keep_blank_values=True)
+    tls = {key: value for key, value in query if key in _TLS_QUERY}
+    rest = [(key, value) for key, value in query if key not in _TLS_QUERY]
+    plain = urlunsplit(split._replace(query=urlencode(rest)))
+    try:
+        params = pika.URLParameters(plain)
+        port = split.port
+    except Exception as exc:  # pika validates the query with ValueError, literal_eval ...
+        raise ConfigError(f"invalid broker URL {shown}: {exc}") from None
+    if heartbeat_wins or "heartbeat" not in dict(rest):
+        params.heartbeat = heartbeat
+    params.connection_attempts = 1
+    params.retry_delay = 0
+    params.socket_timeout = connect_timeout
+    params.stack_timeout = connect_timeout
+    params.blocked_connection_timeout = None  # publishes time out on their own
+    params.client_properties = {"connection_name": connection_name}
+    if scheme == "amqps" and "ssl_options" not in dict(rest):
+        params.ssl_options = pika.SSLOptions(
+            _tls_context(tls, ssl_context, cafile, shown), tls.get("server_hostname")
+        )
+    elif tls:
+        raise ConfigError(f"{', '.join(tls)} only apply to amqps:// URLs: {shown}")
+    host = split.hostname or params.host
+    return Endpoint(
+        parameters=params,
+        address=f"{host}:{port or params.port}",
+        vhost=params.virtual_host,
+        user=unquote(split.username) if split.username else params.credentials.username,
+        shown=shown,
+    )
+
+
+def _tls_context(
+    query: Mapping[str, str],
+    context: ssl.SSLContext | None,
+    cafile: str | None,
+    shown: str,
+) -> ssl.SSLContext:
+    if context is not None:
+        return context
+    try:
+        # create_default_context: CERT_REQUIRED and host name checking, system CAs.
+        made = ssl.create_default_context(
+            cafile=cafile or query.get("cafile") or query.get("ca_certs"),
+            capath=query.get("capath"),
+        )
+        if "certfile" in query:
+            made.load_cert_chain(query["certfile"], query.get("keyfile"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS files for {shown}: {exc}") from None
+    return made
+
+
+# -- messages -----------------------------------------------------------------
+
+
+def to_pika(message: Message) -> Any:
+    """``message``'s properties as ``pika.BasicProperties``; raises ``InputError``
+    for what AMQP cannot carry (a float header, an over-long short string)."""
+    _check_short(message.exchange, "exchange name")
+    _check_short(message.routing_key, "routing key")
+    if not isinstance(message.body, bytes | bytearray | memoryview):
+        raise InputError(f"a message body must be bytes, not {type(message.body).__name__}")
+    props = message.properties
+    if props.expiration is not None and not (
+        isinstance(props.expiration, str) and props.expiration.isdigit()
+    ):
+        raise InputError(
+            f"expiration must be milliseconds as a string of digits, not {props.expiration!r}"
+        )
+    for name in _SHORT_PROPERTIES:
+        value = getattr(props, name)
+        if value is not None:
+            _check_short(value, name)
+    if props.delivery_mode not in (None, 1, 2):
+        raise InputError(f"delivery_mode must be 1 or 2, not {props.delivery_mode!r}")
+    if props.priority is not None and not 0 <= props.priority <= 255:
+        raise InputError(f"priority must be 0..255, not {props.priority!r}")
+    if props.timestamp is not None and not 0 <= props.timestamp < 2**64:
+        raise InputError(f"timestamp must be whole seconds since the epoch: {props.timestamp}")
+    return pika.BasicProperties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        headers=_table(props.headers, "headers") if props.headers else None,
+        delivery_mode=props.delivery_mode,
+        priority=props.priority,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        expiration=props.expiration,
+        message_id=props.message_id,
+        timestamp=props.timestamp,
+        type=props.type,
+        user_id=props.user_id,
+        app_id=props.app_id,
+    )
+
+
+def from_pika(props: Any, body: bytes, exchange: str, routing_key: str) -> Message:
+    """A :class:`Message` from what pika hands a consumer or ``basic.get``."""
+    timestamp = props.timestamp
+    delivery_mode = props.delivery_mode
+    properties = Properties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        delivery_mode=None if delivery_mode is None else int(delivery_mode),
+        priority=props.priority,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        expiration=props.expiration,
+        message_id=props.message_id,
+        timestamp=None if timestamp is None else int(timestamp),
+        type=props.type,
+        user_id=props.user_id,
+        app_id=props.app_id,
+        headers=dict(props.headers) if props.headers else {},
+    )
+    return Message(bytes(body), properties, exchange, routing_key)
+
+
+def arguments(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """Declaration or binding arguments checked as an AMQP table (None stays None)."""
+    return None if value is None else _table(value, what)
+
+
+def names(**values: str) -> None:
+    """Check names and keys (``queue=..., routing_key=...``) fit AMQP's short strings."""
+    for what, value in values.items():
+        _check_short(value, what.replace("_", " "))
+
+
+def _check_short(value: str, what: str) -> None:
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be a string, not {type(value).__name__}")
+    if len(value.encode()) > _SHORTSTR:
+        raise InputError(f"{what} is longer than AMQP's 255 bytes: {value[:40]!r}...")
+
+
+def _table(mapping: Mapping[str, Any], where: str) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise InputError(f"{where} key {key!r} is not a string")
+        _check_short(key, f"{where} key")
+        table[key] = _field(value, f"{where}[{key!r}]")
+    return table
+
+
+def _field(value: Any, where: str) -> Any:
+    """One AMQP field value, as pika can encode it without loss."""
+    if value is None or isinstance(value, str | bytes | bool | dt.datetime):
+        return value
+    if isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            raise InputError(f"{where} = {value} does not fit AMQP's 64-bit integers")
+        return value
+    if isinstance(value, decimal.Decimal):
+        return _decimal(value, where)
+    if isinstance(value, Mapping):
+        return _table(value, where)
+    if isinstance(value, list | tuple):
+        return [_field(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise InputError(
+        f"{where} is a {type(value).__name__}; AMQP tables here carry str, bytes, int, bool, "
+        "Decimal, datetime, None, tables and lists (send a float as a string)"
+    )
+
+
+def _decimal(value: decimal.Decimal, where: str) -> decimal.Decimal:
+    # AMQP's decimal is a 32-bit integer scaled by up to 255 decimal places.
+    exponent = value.normalize().as_tuple().exponent
+    places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    if places > _SHORTSTR or not -_INT32 <= int(value.scaleb(places)) < _INT32:
+        raise InputError(f"{where} = {value} does not fit an AMQP decimal")
+    return value
+
+
+# -- errors -------------------------------------------------------------------
+
+_EXCHANGE_IN_TEXT = re.compile(r"exchange '(.*)' in vhost")
+_INEQUIVALENT_HINT = (
+    " (the broker keeps the existing declaration: declare it with the current value, "
+    "or delete it first)"
+)
+
+
+def reply_error(code: int, text: str) -> TransportError:
+    """The logbus error for an AMQP reply code, keeping the broker's text (it names
+    the entity and, for 406, the property that differs)."""
+    if code == NotFound.reply_code:
+        return NotFound(text)
+    if code == PreconditionFailed.reply_code:
+        return PreconditionFailed(text + _INEQUIVALENT_HINT if "inequivalent" in text else text)
+    if code == ResourceLocked.reply_code:
+        return ResourceLocked(text)
+    if code == 403:
+        hint = " (grant the user permissions on this vhost)" if "refused for user" in text else ""
+        return AccessRefused(text + hint)
+    return ChannelError(f"the broker refused the operation ({code}): {text}")
+
+
+def named_exchange(text: str) -> str | None:
+    """The exchange a broker reply text names (``... exchange 'x' in vhost ...``)."""
+    found = _EXCHANGE_IN_TEXT.search(text)
+    return found.group(1) if found else None
+
+
+def is_auth_failure(exc: BaseException) -> bool:
+    """Whether a connection attempt failed on credentials or vhost access."""
+    if isinstance(
+        exc,
+        pika_errors.AuthenticationError
+        | pika_errors.ProbableAuthenticationError
+        | pika_errors.ProbableAccessDeniedError,
+    ):
+        return True
+    return isinstance(exc, pika_errors.ConnectionClosedByBroker) and exc.reply_code in (403, 530)
+
+
+def reason(exc: BaseException | None) -> str:
+    """A short human reason for a failed or dropped connection, from pika's nesting."""
+    if exc is None:
+        return "unknown reason"
+    if isinstance(exc, workflow.AMQPConnectionWorkflowFailed) and exc.exceptions:
+        return reason(exc.exceptions[-1])
+    if isinstance(exc, workflow.AMQPConnectorPhaseErrorBase):
+        return reason(exc.exception)
+    if isinstance(exc, workflow.AMQPConnectorStackTimeout):
+        return "timed out during the connection handshake"
+    if isinstance(exc, pika_errors.ConnectionClosed):
+        return f"closed by {_closer(exc)} ({exc.reply_code}): {exc.reply_text}"
+    if isinstance(exc, pika_errors.ProbableAuthenticationError):
+        return "login refused (user name or password)"
+    if isinstance(exc, pika_errors.ProbableAccessDeniedError):
+        return "access to the vhost refused (missing vhost or permissions)"
+    if isinstance(exc, pika_errors.IncompatibleProtocolError):
+        return "the peer does not speak AMQP 0-9-1"
+    if isinstance(exc, pika_errors.AMQPHeartbeatTimeout):
+        return "missed heartbeats: the broker stopped answering"
+    if isinstance(exc, pika_errors.StreamLostError):
+        return "the connection was cut (network or broker went away)"
+    if type(exc) is pika_errors.AMQPConnectionError and exc.args:
+        inner = exc.args[0]
+        return reason(inner) if isinstance(inner, BaseException) else str(inner)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"host name not resolved ({exc.strerror})"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _closer(exc: pika_errors.ConnectionClosed) -> str:
+    return "the broker" if isinstance(exc, pika_errors.ConnectionClosedByBroker) else "us"
+
+
+def connect_error(failures: Sequence[tuple[Endpoint, BaseException]]) -> TransportError:
+    """The error for a failed connect round: the login problem if any host refused
+    the credentials, else every host with why it could not be reached."""
+    for endpoint, exc in failures:
+        if is_auth_failure(exc):
+            what = reason(exc)
+            return AccessRefused(
+                f"the broker at {endpoint.address} refused user {endpoint.user!r} on vhost "
+                f"{endpoint.vhost!r}: {what}; check the user name and password in the URL, "
+                f"that the vhost exists and that the user may use it ({endpoint.shown})"
+            )
+    tried = "; ".join(f"{endpoint.address}: {reason(exc)}" for endpoint, exc in failures)
+    return BrokerUnavailable(
+        f"cannot reach RabbitMQ ({tried}); check the host and port in the URL, that "
+        "RabbitMQ is running there and that no firewall blocks the port"
+    )
