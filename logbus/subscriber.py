@@ -16,8 +16,7 @@ import asyncio
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-import structlog
-
+from logbus._log import get_logger
 from logbus.emitter import declare_async
 from logbus.errors import ConfigError, ConnectionLost, DecodeError, TransportError
 from logbus.record import LogRecord, Severity, decode
@@ -28,7 +27,7 @@ from logbus.transports.base import AsyncConsumer, AsyncTransport
 
 __all__ = ["AsyncSubscriber", "Subscriber"]
 
-log = structlog.get_logger("logbus.subscriber")
+log = get_logger("logbus.subscriber")
 
 
 def exchange_of_type(topology: Topology, exchange_type: str) -> str:

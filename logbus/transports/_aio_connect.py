@@ -21,16 +21,16 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq.exceptions as amqp
-import structlog
 from yarl import URL
 
+from logbus._log import get_logger
 from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusError
 from logbus.settings import Settings, redact_url
 from logbus.transports._aio_errors import reply_text
 
 __all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls"]
 
-log = structlog.get_logger("logbus.transports.aio")
+log = get_logger("logbus.transports.aio")
 
 # As in logbus.settings: a comma starts a new URL only where a scheme follows.
 _NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aiormq.abc
-import structlog
 from aio_pika.abc import AbstractRobustChannel
 from pamqp.commands import Basic
 
+from logbus._log import get_logger
 from logbus.errors import AccessRefused, ChannelError
 from logbus.message import Message, Properties
 from logbus.transports._aio_errors import translate
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AioConsumer", "from_amqp", "to_amqp"]
 
-log = structlog.get_logger("logbus.transports.aio")
+log = get_logger("logbus.transports.aio")
 
 _END = object()  # in a consumer's inbox: nothing more will come
 

@@ -16,15 +16,15 @@ import concurrent.futures
 from collections.abc import Callable
 
 import aiormq.abc
-import structlog
 
+from logbus._log import get_logger
 from logbus.errors import ConnectionLost, TransportClosed
 from logbus.transports._aio_errors import translate
 from logbus.transports.base import Settlement, Settler
 
 __all__ = ["Settlements"]
 
-log = structlog.get_logger("logbus.transports.aio")
+log = get_logger("logbus.transports.aio")
 
 #: Called once a delivery is settled: (delivery_tag, multiple).
 AfterSettle = Callable[[int, bool], None]

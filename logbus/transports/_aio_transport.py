@@ -8,14 +8,14 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aio_pika
 import aiormq.abc
 import aiormq.exceptions as amqp
-import structlog
 from pamqp.commands import Basic
 
+from logbus._log import get_logger
 from logbus.errors import ConnectionLost, LogbusError, NotConfirmed, TransportClosed, Unroutable
 from logbus.message import Message, QueueInfo
 from logbus.settings import Settings, redact_url
@@ -27,7 +27,7 @@ from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
 __all__ = ["AioTransport"]
 
-log = structlog.get_logger("logbus.transports.aio")
+log = get_logger("logbus.transports.aio")
 T = TypeVar("T")
 
 
@@ -355,12 +355,15 @@ class AioTransport:
         doing = f"publishing to exchange {message.exchange!r}"
         try:
             async with asyncio.timeout(self.options.confirm_timeout):
-                await underlay.basic_publish(
+                await cast(aiormq.Channel, underlay).basic_publish(
                     message.body,
                     exchange=message.exchange,
                     routing_key=message.routing_key,
                     properties=to_amqp(message.properties),
                     mandatory=mandatory,
+                    # Do not wait for each frame to reach the socket: the confirm
+                    # awaited below says more, and the writer batches the frames.
+                    wait=False,
                 )
         except amqp.PublishError as exc:
             raise unroutable(exc, message) from exc

@@ -20,8 +20,8 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import pika.exceptions as pika_errors
-import structlog
 
+from logbus._log import get_logger
 from logbus.errors import TransportClosed, TransportError
 from logbus.transports._amqp_slot import io_callback
 from logbus.transports._pika_convert import from_pika, reply_error
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AmqpConsumer"]
 
-log = structlog.get_logger("logbus.transports.amqp")
+log = get_logger("logbus.transports.amqp")
 
 _END = object()
 

@@ -27,9 +27,9 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any, TypeVar
 
-import structlog
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
+from logbus._log import get_logger
 from logbus.errors import (
     BrokerUnavailable,
     ConnectionLost,
@@ -49,7 +49,7 @@ from logbus.transports.base import Settlement
 
 __all__ = ["Core", "backoff"]
 
-log = structlog.get_logger("logbus.transports.amqp")
+log = get_logger("logbus.transports.amqp")
 
 T = TypeVar("T")
 

@@ -19,9 +19,9 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import pika.exceptions as pika_errors
-import structlog
 from pika import spec
 
+from logbus._log import get_logger
 from logbus.errors import LogbusError, NotConfirmed, TransportError, Unroutable
 from logbus.transports._amqp_slot import io_callback, local_error
 from logbus.transports._pika_convert import named_exchange, reply_error
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outgoing", "PublishBatch", "Publisher"]
 
-log = structlog.get_logger("logbus.transports.amqp")
+log = get_logger("logbus.transports.amqp")
 
 #: Builds the error a batch raises, given how many of its messages failed.
 Failure = Callable[[int], LogbusError]

@@ -17,9 +17,9 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pika.exceptions as pika_errors
-import structlog
 from pika import spec
 
+from logbus._log import get_logger
 from logbus.errors import InputError, LogbusError, TransportClosed, TransportError
 from logbus.transports._pika_convert import reply_error
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ChannelSlot", "Op", "hard_error", "io_callback", "local_error"]
 
-log = structlog.get_logger("logbus.transports.amqp")
+log = get_logger("logbus.transports.amqp")
 
 P = ParamSpec("P")
 R = TypeVar("R")

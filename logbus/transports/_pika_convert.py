@@ -35,6 +35,7 @@ from logbus.errors import (
 )
 from logbus.message import Message, Properties
 from logbus.settings import redact_url
+from logbus.transports._pika_props import FastProperties
 
 __all__ = [
     "Endpoint",
@@ -215,7 +216,7 @@ def to_pika(message: Message) -> Any:
         raise InputError(f"priority must be 0..255, not {props.priority!r}")
     if props.timestamp is not None and not 0 <= props.timestamp < 2**64:
         raise InputError(f"timestamp must be whole seconds since the epoch: {props.timestamp}")
-    return pika.BasicProperties(
+    return FastProperties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
         headers=_table(props.headers, "headers") if props.headers else None,
@@ -266,6 +267,8 @@ def names(**values: str) -> None:
 
 
 def _check_short(value: str, what: str) -> None:
+    if type(value) is str and len(value) <= _SHORTSTR // 4:
+        return  # the common case, on every publish: cannot exceed 255 bytes in UTF-8
     if not isinstance(value, str):
         raise InputError(f"{what} must be a string, not {type(value).__name__}")
     if len(value.encode()) > _SHORTSTR:
@@ -273,6 +276,10 @@ def _check_short(value: str, what: str) -> None:
 
 
 def _table(mapping: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if all(type(k) is str and type(v) is str for k, v in mapping.items()):
+        for key in mapping:  # record headers: short string keys and values
+            _check_short(key, f"{where} key")
+        return dict(mapping)
     table: dict[str, Any] = {}
     for key, value in mapping.items():
         if not isinstance(key, str):

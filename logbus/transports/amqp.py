@@ -43,7 +43,7 @@ from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
 __all__ = ["AmqpConsumer", "AmqpTransport"]
 
-DEFAULT_WINDOW = 1000
+DEFAULT_WINDOW = 5000
 DEFAULT_MAX_DELAY = 10.0
 _OPTIONS = frozenset(
     {
