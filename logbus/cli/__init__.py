@@ -8,6 +8,7 @@ with a sysexits status (65 bad input, 69 broker unavailable, 75 try again,
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -41,6 +42,12 @@ def _root() -> None:
 
 
 app.command("demo", epilog=_demo.EPILOG)(_demo.demo)
+
+#: Command modules; each has ``register(app)`` and keeps heavy imports inside its
+#: functions, so that ``logbus emit`` starts quickly.
+COMMANDS: tuple[str, ...] = ()
+for _name in COMMANDS:
+    importlib.import_module(f"logbus.cli.{_name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

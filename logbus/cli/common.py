@@ -2,16 +2,82 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from logbus.errors import LogbusError
-from logbus.settings import redact_url
 
-__all__ = ["fail", "run_guarded", "wants_json"]
+if TYPE_CHECKING:
+    from logbus.settings import Settings
+
+__all__ = [
+    "ConfigOption",
+    "JsonOption",
+    "UrlOption",
+    "fail",
+    "make_settings",
+    "run_guarded",
+    "wants_json",
+]
+
+#: ``--url``, shared by every command that talks to a broker.
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help=(
+            "Broker URL: amqp://user:pass@host:5672/vhost (several, comma-separated, are "
+            "failover hosts), amqps://, memory://. Default: $LOGBUS_URL, else "
+            "amqp://guest:***@localhost:5672/%2F."
+        ),
+        show_default=False,
+    ),
+]
+#: ``--config``, the topology file.
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Topology file (TOML). Default: $LOGBUS_CONFIG, else the built-in default "
+        "(config/logbus.toml).",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+#: ``--json``: machine-readable output even on a terminal.
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="JSON lines (the default when stdout is not a terminal).")
+]
+
+
+def make_settings(url: str | None = None, config: Path | None = None, **more: Any) -> Settings:
+    """Settings from the environment, overridden by the options that were given."""
+    from logbus.settings import load_settings  # pydantic-settings: only when needed
+
+    overrides: dict[str, Any] = {k: v for k, v in more.items() if v is not None}
+    if url is not None:
+        overrides["url"] = url
+    if config is not None:
+        overrides["config"] = config
+    return load_settings(**overrides)
+
+
+def configure_logging(debug: bool) -> None:
+    """logbus's events on stderr: warnings and worse, everything with ``--debug``."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        stream=sys.stderr,
+        format="logbus: %(levelname)s %(name)s: %(message)s",
+    )
+    if not debug:  # the drivers' own tracebacks on a dropped connection are noise here
+        for name in ("pika", "aiormq", "aio_pika"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def wants_json(flag: bool) -> bool:
@@ -31,6 +97,7 @@ def run_guarded(app: typer.Typer, argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("LOGBUS_DEBUG") == "1"
     if "--debug" in args:
         args.remove("--debug")
+    configure_logging(debug)
     try:
         app(args=args, prog_name="logbus")
     except SystemExit as exc:  # typer ends every run with one, usage errors with 2
@@ -48,4 +115,6 @@ def run_guarded(app: typer.Typer, argv: list[str] | None = None) -> int:
 
 def _safe(text: str) -> str:
     """Redact any URL password that found its way into a message."""
+    from logbus.settings import redact_url
+
     return " ".join(redact_url(word) if "://" in word else word for word in text.split(" "))
