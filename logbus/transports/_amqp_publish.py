@@ -47,6 +47,7 @@ class PublishBatch:
         self.first_failure: Failure | None = None
         self.progress_at = monotonic()
         self.abandoned = False
+        self.wake_at = -1  # the caller sleeps until outstanding <= wake_at
 
     def add(self, count: int) -> None:
         """``count`` more messages are on their way (caller's thread)."""
@@ -54,27 +55,36 @@ class PublishBatch:
             self.outstanding += count
             self.progress_at = monotonic()
 
-    def resolve(self, failure: Failure | None = None) -> None:
-        """One message ended: confirmed (``failure`` None) or failed (I/O thread)."""
+    def resolve(self, failure: Failure | None = None, count: int = 1) -> None:
+        """``count`` messages ended: confirmed (``failure`` None) or failed (I/O thread).
+
+        The caller is woken only when it can act (its limit is reached), not per
+        message: a thread switch per confirm would cost more than the confirm.
+        """
         with self.cond:
-            self.outstanding -= 1
+            self.outstanding -= count
             self.progress_at = monotonic()
             if failure is not None:
-                self.failed += 1
+                self.failed += count
                 if self.first_failure is None:
                     self.first_failure = failure
-            self.cond.notify_all()
+            if self.outstanding <= self.wake_at:
+                self.cond.notify_all()
 
     def wait(self, limit: int, timeout: float) -> bool:
         """Wait until at most ``limit`` are outstanding; False if the broker made no
         progress on this batch for ``timeout`` seconds."""
         with self.cond:
-            while self.outstanding > limit:
-                left = self.progress_at + timeout - monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return True
+            self.wake_at = limit
+            try:
+                while self.outstanding > limit:
+                    left = self.progress_at + timeout - monotonic()
+                    if left <= 0:
+                        return False
+                    self.cond.wait(min(left, 1.0))
+                return True
+            finally:
+                self.wake_at = -1
 
     def abandon(self) -> int:
         """Give up on what is outstanding (it will not be sent any more); how many that is."""
@@ -224,13 +234,16 @@ class Publisher:
         else:
             item = self.inflight.pop(tag, None)
             done = [] if item is None else [item]
+        confirmed: dict[PublishBatch, int] = {}
         for item in done:
             if not ok:
                 item.batch.resolve(_nacked(item))
             elif item.returned:
                 item.batch.resolve(_unroutable(item))
             else:
-                item.batch.resolve()
+                confirmed[item.batch] = confirmed.get(item.batch, 0) + 1
+        for batch, count in confirmed.items():
+            batch.resolve(count=count)
 
     @io_callback
     def _returned(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:

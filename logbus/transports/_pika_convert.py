@@ -35,7 +35,7 @@ from logbus.errors import (
 )
 from logbus.message import Message, Properties
 from logbus.settings import redact_url
-from logbus.transports._pika_props import FastProperties
+from logbus.transports._properties import FastProperties
 
 __all__ = [
     "Endpoint",

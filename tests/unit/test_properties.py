@@ -8,7 +8,7 @@ import pika
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logbus.transports._pika_props import FastProperties
+from logbus.transports._properties import FastProperties
 
 short = st.text(max_size=20)
 FIELDS = {
@@ -51,3 +51,28 @@ def test_a_record_header_table_is_identical_when_cached():
     expected = b"".join(pika.BasicProperties(**fields).encode())
     assert b"".join(FastProperties(**fields).encode()) == expected
     assert b"".join(FastProperties(**fields).encode()) == expected
+
+
+PAMQP_NAMES = {"type": "message_type"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            **{k: v for k, v in FIELDS.items() if k != "cluster_id"},
+            "timestamp": st.integers(0, 2**34),  # datetime stops at year 9999
+        },
+    )
+)
+def test_pamqp_encoding_is_byte_identical_to_pamqps(fields):
+    """Any mix of properties marshals to the same bytes as pamqp's Basic.Properties."""
+    from pamqp.commands import Basic
+
+    from logbus.transports._properties import FastPamqpProperties
+
+    renamed = {PAMQP_NAMES.get(k, k): v for k, v in fields.items()}
+    if "timestamp" in renamed:
+        renamed["timestamp"] = dt.datetime.fromtimestamp(renamed["timestamp"], dt.UTC)
+    assert FastPamqpProperties(**renamed).marshal() == Basic.Properties(**renamed).marshal()
