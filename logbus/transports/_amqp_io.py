@@ -51,6 +51,9 @@ __all__ = ["Core", "backoff"]
 
 log = get_logger("logbus.transports.amqp")
 
+#: A queued settlement: (consumer or channel slot, epoch, how, tag, multiple, requeue).
+_Settle = tuple["ChannelSlot | AmqpConsumer", int, Settlement, int, bool, bool]
+
 T = TypeVar("T")
 
 _FIRST_DELAY = 0.1
@@ -104,9 +107,7 @@ class Core:
         self._timer: Any = None
         self._locked: dict[tuple[Any, ...], int] = {}
         self._lock = threading.Lock()
-        self._settlements: deque[
-            tuple[ChannelSlot | AmqpConsumer, int, Settlement, int, bool, bool]
-        ] = deque()
+        self._settlements: deque[_Settle] = deque()
         self._settle_scheduled = False
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name=f"logbus-amqp:{name}", daemon=True)
@@ -212,15 +213,50 @@ class Core:
 
     def _io_drain_settlements(self) -> None:
         self._settle_scheduled = False
-        while True:
-            try:
-                target, epoch, how, tag, multiple, requeue = self._settlements.popleft()
-            except IndexError:
-                return
-            try:
-                self._io_settle(target, epoch, how, tag, multiple, requeue)
-            except LogbusError as exc:
-                log.warning("amqp.settlement_refused", how=how.value, tag=tag, reason=str(exc))
+        pending = self._settlements
+        while pending:
+            batch = []
+            while pending:
+                try:
+                    batch.append(pending.popleft())
+                except IndexError:
+                    break
+            for target, epoch, how, tag, multiple, requeue in self._coalesce(batch):
+                try:
+                    self._io_settle(target, epoch, how, tag, multiple, requeue)
+                except LogbusError as exc:
+                    log.warning("amqp.settlement_refused", how=how.value, tag=tag, reason=str(exc))
+
+    @staticmethod
+    def _coalesce(batch: list[_Settle]) -> list[_Settle]:
+        """Fold single acks into one multiple-ack where that is exactly the same thing.
+
+        A run of plain acks on one channel becomes ``basic.ack(max, multiple)`` only
+        when every delivery still unacked up to ``max`` is in the run — then the
+        broker forgets precisely the same deliveries, with one frame instead of many.
+        """
+        out: list[_Settle] = []
+        i = 0
+        while i < len(batch):
+            target, epoch = batch[i][0], batch[i][1]
+            j = i
+            tags = []
+            while j < len(batch):
+                t, e, h, g, m, _ = batch[j]
+                if t is not target or e != epoch or h is not Settlement.ACK or m:
+                    break
+                tags.append(g)
+                j += 1
+            if len(tags) > 1:
+                top = max(tags)
+                held = {g for g in target.unacked if g <= top}
+                if held == set(tags):
+                    out.append((target, epoch, Settlement.ACK, top, True, False))
+                    i = j
+                    continue
+            out.append(batch[i])
+            i += 1
+        return out
 
     def close(self) -> None:
         """Close channels and connection, stop the I/O thread; idempotent."""
