@@ -4,6 +4,10 @@ A library must not print on its own: events go to the standard ``logging``
 logger of the same name (``logbus.transports.amqp`` ...), so they follow
 whatever the application configured — and, unconfigured, only warnings and
 errors reach stderr. Nothing here configures structlog globally.
+
+structlog itself is imported the first time an event is actually emitted at an
+enabled level: a command that logs nothing (the usual ``logbus emit``) does not
+pay for importing it.
 """
 
 from __future__ import annotations
@@ -11,21 +15,56 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import structlog
-
 __all__ = ["get_logger"]
 
-_PROCESSORS: list[Any] = [
-    structlog.stdlib.filter_by_level,  # drop disabled levels before any rendering
-    structlog.processors.format_exc_info,
-    structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=False),
-]
+
+class _LazyLogger:
+    """``log.info("event", key=value)``: checks the level, then renders with structlog."""
+
+    __slots__ = ("_bound", "_logger")
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+        self._bound: Any = None
+
+    def _emit(self, level: int, method: str, event: str, kw: dict[str, Any]) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        if self._bound is None:
+            import structlog
+
+            self._bound = structlog.wrap_logger(
+                self._logger,
+                processors=[
+                    structlog.processors.format_exc_info,
+                    structlog.processors.KeyValueRenderer(key_order=["event"]),
+                ],
+                wrapper_class=structlog.stdlib.BoundLogger,
+            )
+        getattr(self._bound, method)(event, **kw)
+
+    def debug(self, event: str, **kw: Any) -> None:
+        """Log a debug event."""
+        self._emit(logging.DEBUG, "debug", event, kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        """Log an info event."""
+        self._emit(logging.INFO, "info", event, kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        """Log a warning event."""
+        self._emit(logging.WARNING, "warning", event, kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        """Log an error event."""
+        self._emit(logging.ERROR, "error", event, kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        """Log an error event with the current exception's traceback."""
+        kw.setdefault("exc_info", True)
+        self._emit(logging.ERROR, "error", event, kw)
 
 
-def get_logger(name: str) -> Any:
-    """A structlog logger for ``name`` that renders ``event key=value`` lines into stdlib."""
-    return structlog.wrap_logger(
-        logging.getLogger(name),
-        processors=_PROCESSORS,
-        wrapper_class=structlog.stdlib.BoundLogger,
-    )
+def get_logger(name: str) -> _LazyLogger:
+    """A logger for ``name`` that renders ``event='...' key=value`` lines into stdlib."""
+    return _LazyLogger(name)

@@ -8,25 +8,32 @@
 an unroutable or refused record raises instead of vanishing. ``emit_many``
 pipelines a batch's confirms. :class:`AsyncEmitter` is the async twin, on the
 aio-pika transport (``async with AsyncEmitter(url) as emitter: await emitter.emit(...)``).
+
+:class:`LineBatch` turns lines of text or JSON (a file, stdin) into records, a
+chunk at a time, checking each chunk whole before any of it is handed on;
+:func:`reachable` is the part of a topology one publish can reach, which is
+what must exist before publishing so that no record is lost.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
-from logbus.errors import TransportError
+from logbus.errors import InputError, RecordError, TransportError
 from logbus.message import Message
-from logbus.record import LogRecord
+from logbus.record import LogRecord, parse_routing_key
 from logbus.settings import Settings
-from logbus.topology import Topology, declare
+from logbus.topology import EmitTarget, Topology, declare
 from logbus.transports import Transport, connect
 from logbus.transports.base import AsyncTransport
 
-__all__ = ["AsyncEmitter", "Emitter", "declare_async"]
+__all__ = ["AsyncEmitter", "Emitter", "LineBatch", "declare_async", "reachable"]
 
-_RECORD_FIELDS = frozenset(LogRecord.model_fields) - {"facility", "severity", "message"}
+_KNOWN_FIELDS = frozenset(LogRecord.model_fields)
+_RECORD_FIELDS = _KNOWN_FIELDS - {"facility", "severity", "message"}
 
 
 class Emitter:
@@ -34,7 +41,9 @@ class Emitter:
 
     ``url`` defaults to ``settings.url`` (``LOGBUS_URL``). The topology (default:
     ``settings.topology()``) is declared on first use, so the work queue exists
-    before the first record is sent. Pass ``transport`` to share a connection.
+    before the first record is sent. Pass ``transport`` to share a connection,
+    and ``targets`` to publish somewhere else than the topology's emit targets
+    (the topology is then only what gets declared first).
     """
 
     def __init__(
@@ -45,10 +54,15 @@ class Emitter:
         topology: Topology | None = None,
         transport: Transport | None = None,
         declare_topology: bool = True,
+        targets: Sequence[EmitTarget] | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.url = url or (transport.url if transport else self.settings.url)
         self.topology = topology or self.settings.topology()
+        #: Where each record is published: one message per target.
+        self.targets: tuple[EmitTarget, ...] = (
+            self.topology.emit if targets is None else tuple(targets)
+        )
         self._transport = transport
         self._owns_transport = transport is None
         self._declare = declare_topology
@@ -77,7 +91,7 @@ class Emitter:
         body = record.to_bytes()
         properties = record.to_properties()
         severity = str(record.severity)
-        for target in self.topology.emit:
+        for target in self.targets:
             key = target.render(record.facility, severity, record.host, record.app)
             yield Message(body, properties, target.exchange, key)
 
@@ -162,6 +176,8 @@ class AsyncEmitter:
         self._owns_transport = transport is None
         self._declare = declare_topology
         self._declared = False
+        import asyncio  # here, so that the sync path (logbus emit) never imports it
+
         self._lock = asyncio.Lock()
         # Records and their messages are built exactly as the sync Emitter builds them;
         # this one never connects (no transport is ever asked of it).
@@ -238,3 +254,175 @@ class AsyncEmitter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def reachable(
+    topology: Topology, exchanges: Iterable[str] = (), queues: Iterable[str] = ()
+) -> Topology:
+    """The part of ``topology`` that publishes to ``exchanges`` (or ``queues``) can reach.
+
+    That is the entities a record may be routed to — through exchange-to-exchange
+    bindings, queue bindings and dead-letter exchanges — and the bindings between
+    them: what must exist before publishing so that no record is lost, and no
+    more. Names the topology does not declare are left out; the result has no
+    emit targets. A dead-letter route through the default exchange is not
+    followed by name, so then the whole topology is returned.
+    """
+    exchange_by_name = {e.name: e for e in topology.exchanges}
+    queue_by_name = {q.name: q for q in topology.queues}
+    found: dict[str, set[str]] = {"exchange": set(), "queue": set()}
+    todo = [("exchange", x) for x in exchanges] + [("queue", q) for q in queues]
+    while todo:
+        kind, name = todo.pop()
+        known = exchange_by_name if kind == "exchange" else queue_by_name
+        if name in found[kind] or name not in known:
+            continue
+        found[kind].add(name)
+        if kind == "exchange":
+            todo += [
+                (b.destination_type, b.destination) for b in topology.bindings if b.source == name
+            ]
+            continue
+        dlx = queue_by_name[name].amqp_arguments().get("x-dead-letter-exchange")
+        if dlx == "":
+            return topology.model_copy(update={"emit": ()})
+        if dlx is not None:
+            todo.append(("exchange", str(dlx)))
+    return Topology(
+        exchanges=tuple(e for e in topology.exchanges if e.name in found["exchange"]),
+        queues=tuple(q for q in topology.queues if q.name in found["queue"]),
+        bindings=tuple(b for b in topology.bindings if b.source in found["exchange"]),
+    )
+
+
+class LineBatch:
+    """Records from lines (of a file, of stdin), each chunk checked whole before it is sent.
+
+    Each line is one record. A plain line is the message, under routing key
+    ``key``. With ``json_lines`` a line is a JSON object carrying the record: it
+    needs ``message``; ``facility`` and ``severity`` default to ``key``'s; ``id``,
+    ``ts``, ``host``, ``app``, ``pid`` and ``fields`` are taken as given; other
+    keys go into ``fields``. ``defaults`` (``host``, ``app``, ``pid``, ``fields``)
+    fill what a line does not say; a line's own fields win over default fields.
+    Blank lines are skipped, but counted, so line numbers are the file's.
+
+    Iterating reads ``chunk`` lines at a time and yields their records only once
+    every line of the chunk made a record. At the first bad line it stops
+    yielding and :attr:`error` says ``<source>:<line>: what is wrong``: a batch
+    of up to ``chunk`` lines is all or nothing, and in a longer one nothing from
+    the bad line's chunk on is handed out (:attr:`unsent_from` is its first
+    line). :attr:`records` counts what was. Iterate it once.
+    """
+
+    def __init__(
+        self,
+        lines: Iterable[bytes | str],
+        key: str | None = None,
+        *,
+        json_lines: bool = False,
+        source: str = "<stdin>",
+        chunk: int = 5000,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        if key is None and not json_lines:
+            raise InputError("plain lines need a routing key (<facility>.<severity>)")
+        self._key = None if key is None else parse_routing_key(key)
+        self._lines = lines
+        self._json = json_lines
+        self._chunk = max(1, chunk)
+        self.source = source
+        unknown = set(defaults or {}) - _RECORD_FIELDS
+        if unknown:
+            raise InputError(f"not record defaults: {', '.join(sorted(unknown))}")
+        self._defaults = dict(defaults or {})
+        self._fields: dict[str, Any] = dict(self._defaults.pop("fields", None) or {})
+        #: Records handed out so far.
+        self.records = 0
+        #: Lines read so far.
+        self.lines = 0
+        #: The first bad line's error, once iteration met one.
+        self.error: InputError | None = None
+        #: Then, the first line whose record was not handed out (its chunk's first line).
+        self.unsent_from: int | None = None
+
+    def __iter__(self) -> Iterator[LogRecord]:
+        numbered = enumerate(self._lines, 1)
+        while self.error is None:
+            chunk: list[LogRecord] = []
+            first = self.lines + 1
+            read = 0
+            for number, line in islice(numbered, self._chunk):
+                read += 1
+                self.lines = number
+                try:
+                    record = self._record(line)
+                except InputError as exc:
+                    self.error = InputError(f"{self.source}:{number}: {exc}")
+                    self.unsent_from = first
+                    return
+                if record is not None:
+                    chunk.append(record)
+            for record in chunk:
+                self.records += 1
+                yield record
+            if read < self._chunk:
+                return  # the input ended
+
+    def _record(self, line: bytes | str) -> LogRecord | None:
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"not valid UTF-8 (byte {exc.start + 1}: {exc.reason})") from None
+        if self.lines == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            return None
+        if self._json:
+            return self._json_record(text)
+        assert self._key is not None
+        facility, severity = self._key
+        try:
+            if self._fields:
+                return LogRecord(
+                    facility=facility,
+                    severity=severity,
+                    message=text,
+                    fields=self._fields,
+                    **self._defaults,
+                )
+            return LogRecord(facility=facility, severity=severity, message=text, **self._defaults)
+        except RecordError as exc:
+            raise InputError(str(exc)) from None
+
+    def _json_record(self, text: str) -> LogRecord:
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"a JSON line must be an object, not {type(data).__name__}")
+        if "message" not in data:
+            raise InputError("the JSON object has no 'message'")
+        own_fields = data.get("fields", {})
+        if not isinstance(own_fields, dict):
+            raise InputError(f"'fields' must be an object, not {type(own_fields).__name__}")
+        values = {**self._defaults, **{k: v for k, v in data.items() if k in _KNOWN_FIELDS}}
+        values["fields"] = {
+            **self._fields,
+            **{k: v for k, v in data.items() if k not in _KNOWN_FIELDS},
+            **own_fields,
+        }
+        if "facility" not in values or "severity" not in values:
+            if self._key is None:
+                raise InputError(
+                    "the JSON object has no 'facility' and 'severity', and no routing key "
+                    "was given for them"
+                )
+            values.setdefault("facility", self._key[0])
+            values.setdefault("severity", self._key[1])
+        try:
+            return LogRecord(**values)
+        except RecordError as exc:
+            raise InputError(str(exc)) from None

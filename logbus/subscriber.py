@@ -13,7 +13,7 @@ is the async twin, on the aio-pika transport (``async for record in sub``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from logbus._log import get_logger
@@ -76,8 +76,9 @@ class Subscriber:
 
     Iterate it for :class:`~logbus.record.LogRecord` objects; each is acked
     when the loop asks for the next one. A message that is not a record is
-    rejected (dead-lettered where the queue has a DLX) and counted in
-    :attr:`undecodable`.
+    rejected (dead-lettered where the queue has a DLX), counted in
+    :attr:`undecodable`, and handed with its reason to ``on_undecodable`` when
+    given (else logged as a warning).
     """
 
     def __init__(
@@ -96,9 +97,11 @@ class Subscriber:
         settings: Settings | None = None,
         topology: Topology | None = None,
         transport: Transport | None = None,
+        on_undecodable: Callable[[Delivery, DecodeError], None] | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.topology = topology or self.settings.topology()
+        self._on_undecodable = on_undecodable
         self.bindings = self._bindings(keys, severities, exact, headers, match, all)
         if not self.bindings:
             raise ConfigError(
@@ -143,25 +146,36 @@ class Subscriber:
                 record = decode(delivery.body, delivery.properties, delivery.routing_key)
             except DecodeError as exc:
                 self.undecodable += 1
-                log.warning("undecodable", queue=self.queue, reason=str(exc))
                 delivery.reject(requeue=False)
+                if self._on_undecodable is None:
+                    log.warning("undecodable", queue=self.queue, reason=str(exc))
+                else:
+                    log.debug("undecodable", queue=self.queue, reason=str(exc))
+                    self._on_undecodable(delivery, exc)
                 continue
             self._pending = delivery
             return record
         return None
 
-    def _settle_pending(self) -> None:
+    def _settle_pending(self, *, requeue: bool = False) -> None:
         if self._pending is not None:
-            self._pending.ack()
-            self._pending = None
+            pending, self._pending = self._pending, None
+            if requeue:
+                pending.nack(requeue=True)
+            else:
+                pending.ack()
 
     def __iter__(self) -> Iterator[LogRecord]:
         while (record := self.get()) is not None:
             yield record
 
-    def close(self) -> None:
-        """Ack the last record handed out, stop consuming, and close an owned transport."""
-        self._settle_pending()
+    def close(self, *, requeue: bool = False) -> None:
+        """Ack the last record handed out, stop consuming, and close an owned transport.
+
+        With ``requeue`` the last record goes back to the queue instead (its
+        consumer could not use it, e.g. output failed), to be delivered again.
+        """
+        self._settle_pending(requeue=requeue)
         self._consumer.cancel()
         if self._owns_transport:
             self.transport.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "UrlOption",
     "fail",
     "make_settings",
+    "quiet_connect",
     "run_guarded",
     "wants_json",
 ]
@@ -78,6 +81,26 @@ def configure_logging(debug: bool) -> None:
     if not debug:  # the drivers' own tracebacks on a dropped connection are noise here
         for name in ("pika", "aiormq", "aio_pika"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def quiet_connect() -> Iterator[None]:
+    """Without --debug, a broker that cannot be reached is one error line, not warnings too.
+
+    The transport warns about each failed attempt; the error that follows already
+    names every host and why. Warnings after the first connect (a dropped
+    connection, a reconnect) still show: an operator wants those.
+    """
+    logger = logging.getLogger("logbus.transports")
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def wants_json(flag: bool) -> bool:

@@ -5,9 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import pika
 import pytest
+
+from logbus.demo import demo_topology
+from logbus.topology import Queue, declare, dumps
+from logbus.transports import connect
+from tests.e2e.support import Deployment, Scratch, management_env, remove
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -28,3 +36,67 @@ def logbus() -> Runner:
         )
 
     return run
+
+
+@pytest.fixture
+def admin(amqp_url: str) -> Iterator[Any]:
+    """A plain pika channel, to inspect and clean up as any AMQP client would."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    yield connection.channel()
+    connection.close()
+
+
+@pytest.fixture
+def deploy(
+    tmp_path: Path, unique_name: str, amqp_url: str, admin: Any
+) -> Iterator[Callable[..., Deployment]]:
+    """Make a deployment (optionally with a bounded work queue); all are deleted after."""
+    made: list[Deployment] = []
+
+    def make(*, max_length: int | None = None) -> Deployment:
+        prefix = f"{unique_name}-{len(made)}."
+        topology = demo_topology(prefix)
+        if max_length is not None:
+            tasks = Queue(
+                name=prefix + "logbus.tasks",
+                durable=False,
+                max_length=max_length,
+                overflow="reject-publish",
+            )
+            topology = topology.model_copy(update={"queues": (tasks,)})
+        config = tmp_path / f"{prefix}toml"
+        config.write_text(dumps(topology))
+        with connect(amqp_url) as transport:
+            declare(transport, topology)
+        deployment = Deployment(config, topology, prefix, admin)
+        made.append(deployment)
+        return deployment
+
+    yield make
+    for deployment in reversed(made):
+        for queue in [*deployment.extra_queues, *(q.name for q in deployment.topology.queues)]:
+            admin.queue_delete(queue)
+        for exchange in reversed(deployment.topology.exchanges):
+            admin.exchange_delete(exchange.name)
+
+
+@pytest.fixture
+def deployment(deploy: Callable[..., Deployment]) -> Deployment:
+    """This test's own copy of the default topology."""
+    return deploy()
+
+
+@pytest.fixture
+def scratch(amqp_url: str, tmp_path: Path, unique_name: str) -> Iterator[Scratch]:
+    """The default topology under this test's prefix, written to a TOML file; removed after."""
+    topology = demo_topology(f"{unique_name}-")
+    path = tmp_path / "logbus.toml"
+    path.write_text(dumps(topology))
+    yield Scratch(path, topology, {"LOGBUS_URL": amqp_url, "LOGBUS_CONFIG": str(path)})
+    remove(amqp_url, topology)
+
+
+@pytest.fixture(params=["management", "amqp"])
+def via(request: pytest.FixtureRequest, amqp_url: str) -> tuple[str, dict[str, str]]:
+    """Each way of looking at the broker: the management API, or AMQP passive declares."""
+    return request.param, management_env(amqp_url, request.param)

@@ -1,0 +1,203 @@
+"""``logbus emit`` end to end: real subprocesses against the real RabbitMQ.
+
+Every test gets a topology of its own (the default one, renamed under a unique
+prefix, written to a TOML file passed as ``--config``), declared before the
+test and deleted after it, so tests never see each other's records.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pika
+import pytest
+
+from tests.e2e.support import DEAD_URL, emit, one_error_line
+
+
+def test_one_record_is_confirmed_and_lands_in_the_work_queue(amqp_url, deployment):
+    """`logbus emit KEY MESSAGE` exits 0 and the record is in the work queue."""
+    proc = emit(amqp_url, deployment, "kern.crit", "disk", "/dev/sda1", "failed", "--host", "w1")
+    assert proc.returncode == 0, proc.stderr
+    [(_props, body)] = deployment.drain()
+    record = json.loads(body)
+    assert record["message"] == "disk /dev/sda1 failed"
+    assert (record["facility"], record["severity"], record["host"]) == ("kern", "critical", "w1")
+
+
+def test_fields_are_strings_unless_given_as_json(amqp_url, deployment):
+    """--field k=v stores the string v; --field k:=JSON stores the JSON value."""
+    proc = emit(
+        amqp_url,
+        deployment,
+        "auth.warning",
+        "failed login",
+        *("--field", "user=root", "--field", "tries:=3", "--field", "port=22"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    [(_props, body)] = deployment.drain()
+    assert json.loads(body)["fields"] == {"user": "root", "tries": 3, "port": "22"}
+
+
+def test_a_bad_routing_key_exits_65_and_sends_nothing(amqp_url, deployment):
+    """A key that is not facility.severity is bad input: exit 65, one line, nothing sent."""
+    proc = emit(amqp_url, deployment, "kern critical", "disk failed")
+    assert proc.returncode == 65
+    assert "routing key 'kern critical'" in one_error_line(proc.stderr)
+    assert deployment.depth() == 0
+
+
+def test_a_bad_json_line_exits_65_naming_its_line_and_sends_nothing(amqp_url, deployment):
+    """A batch with a bad JSON line is refused whole; stderr names stdin's line 3."""
+    lines = '{"message": "one"}\n{"message": "two"}\n{"message": oops}\n{"message": "four"}\n'
+    proc = emit(amqp_url, deployment, "user.info", "--json", stdin=lines)
+    assert proc.returncode == 65
+    error = one_error_line(proc.stderr)
+    assert "<stdin>:3: not valid JSON" in error
+    assert error.endswith("nothing was sent")
+    assert deployment.depth() == 0
+
+
+def test_a_bad_line_after_the_first_chunk_sends_the_chunks_before_it(amqp_url, deployment):
+    """In a batch over 5,000 lines, the chunks before a bad line are sent and said so."""
+    lines = [json.dumps({"message": f"m{i}"}) for i in range(6000)]
+    lines[5002] = "{oops"  # line 5003, in the second chunk (lines 5001-6000)
+    proc = emit(amqp_url, deployment, "user.info", "--json", stdin="\n".join(lines) + "\n")
+    assert proc.returncode == 65
+    error = one_error_line(proc.stderr)
+    assert "<stdin>:5003: not valid JSON" in error
+    assert "the 5000 records before line 5001 were sent and confirmed" in error
+    assert deployment.depth() == 5000
+
+
+def test_json_lines_carry_their_own_keys_and_fall_back_to_the_positional_one(amqp_url, deployment):
+    """--json lines may name facility/severity; others use KEY; unknown keys go to fields."""
+    lines = (
+        '{"facility": "mail", "severity": "err", "message": "bounce", "queue_id": "A1"}\n'
+        '{"message": "plain", "fields": {"n": 2}}\n'
+    )
+    proc = emit(amqp_url, deployment, "user.notice", "--json", stdin=lines)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(body) for _props, body in deployment.drain()]
+    assert [(r["facility"], r["severity"], r["message"], r["fields"]) for r in records] == [
+        ("mail", "error", "bounce", {"queue_id": "A1"}),
+        ("user", "notice", "plain", {"n": 2}),
+    ]
+
+
+def test_an_unreachable_broker_exits_69_naming_the_host_not_the_password(deployment):
+    """A dead port is one line with the host and what to check; the password stays hidden."""
+    proc = emit(DEAD_URL, deployment, "kern.critical", "disk failed")
+    assert proc.returncode == 69
+    error = one_error_line(proc.stderr)
+    assert "127.0.0.1:1" in error
+    assert "RabbitMQ is running" in error
+    assert "not-this-s3cret" not in proc.stderr
+
+
+def test_a_full_work_queue_exits_75_counting_the_unconfirmed_records(amqp_url, deploy):
+    """At x-max-length with reject-publish the broker nacks: exit 75, '15 of 20 records'."""
+    bounded = deploy(max_length=5)
+    lines = "".join(f"line {i}\n" for i in range(20))
+    proc = emit(amqp_url, bounded, "user.info", stdin=lines)
+    assert proc.returncode == 75
+    assert "15 of 20 records not confirmed" in one_error_line(proc.stderr)
+    assert bounded.depth() == 5
+
+
+def test_no_routing_key_is_a_usage_error(amqp_url, deployment):
+    """Without FACILITY.SEVERITY (and without --json) emit exits 2 with its usage line."""
+    proc = emit(amqp_url, deployment)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("Usage: logbus emit")
+    assert "routing key" in proc.stderr
+
+
+def test_a_stdin_batch_of_1000_lines_all_arrive(amqp_url, deployment):
+    """1,000 stdin lines become 1,000 records in the work queue, each line once."""
+    lines = [f"request {i} served in {i % 17}ms" for i in range(1000)]
+    proc = emit(amqp_url, deployment, "local0.info", stdin="\n".join(lines) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    messages = sorted(json.loads(body)["message"] for _props, body in deployment.drain())
+    assert messages == sorted(lines)
+
+
+def test_a_plain_pika_consumer_gets_the_documented_properties(amqp_url, deployment):
+    """A tutorial-style consumer sees JSON, persistent, ids, timestamp, app_id, headers."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    result = channel.queue_declare(queue="", exclusive=True)
+    queue_name = result.method.queue
+    channel.queue_bind(
+        exchange=deployment.name("logbus.topic"), queue=queue_name, routing_key="kern.*"
+    )
+    received: list[tuple[Any, Any, bytes]] = []
+
+    def callback(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        received.append((method, properties, body))
+
+    channel.basic_consume(queue=queue_name, on_message_callback=callback, auto_ack=True)
+    before = int(time.time())
+    proc = emit(amqp_url, deployment, "kern.critical", "disk failed", "--app", "smartd")
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.1)
+    connection.close()
+    [(method, props, body)] = received
+    record = json.loads(body)
+    assert method.routing_key == "kern.critical"
+    assert props.content_type == "application/json"
+    assert props.delivery_mode == 2
+    assert props.message_id == record["id"]
+    assert before - 1 <= props.timestamp <= time.time() + 1
+    assert props.app_id == "logbus"
+    assert props.headers == {
+        "facility": "kern",
+        "severity": "critical",
+        "host": record["host"],
+        "app": "smartd",
+    }
+
+
+def test_queue_publishes_to_a_durable_work_queue_like_new_task(amqp_url, deployment, admin):
+    """--queue NAME declares NAME durable and a prefetch-1 tutorial worker gets the record."""
+    name = deployment.name("task_queue")
+    deployment.extra_queues.append(name)
+    proc = emit(amqp_url, deployment, "user.info", "--queue", name, "resize photo 42")
+    assert proc.returncode == 0, proc.stderr
+    admin.queue_declare(queue=name, durable=True)  # refused (406) were it not durable
+    admin.basic_qos(prefetch_count=1)
+    method, props, body = admin.basic_get(queue=name)
+    admin.basic_ack(delivery_tag=method.delivery_tag)
+    assert json.loads(body)["message"] == "resize photo 42"
+    assert props.delivery_mode == 2
+    assert deployment.depth() == 0  # straight to NAME, not through the topic exchange
+
+
+def test_an_exchange_that_does_not_exist_exits_78(amqp_url, deployment):
+    """--exchange naming no exchange is a configuration error, said in one line."""
+    proc = emit(amqp_url, deployment, "kern.info", "x", "--exchange", deployment.name("nope"))
+    assert proc.returncode == 78
+    assert "does not exist" in one_error_line(proc.stderr)
+
+
+@pytest.mark.parametrize("command", ["emit", "subscribe"])
+def test_help_starts_without_importing_pika_or_records(command):
+    """`logbus emit|subscribe --help` import neither pika nor the record and transport modules."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "logbus", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert "Examples:" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    heavy = {"pika", "logbus.record", "logbus.transports", "logbus.emitter", "logbus.subscriber"}
+    assert not heavy & imported

@@ -1,0 +1,361 @@
+"""The Worker against a real RabbitMQ through the pika transport: acks, rejects, threads, drain."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from time import monotonic
+from urllib.parse import urlsplit
+
+import pytest
+
+from logbus.errors import ConnectionLost, DecodeError
+from logbus.message import Message, Properties
+from logbus.record import LogRecord
+from logbus.transports.amqp import AmqpTransport
+from logbus.worker import Worker, WorkerSummary, default_prefetch
+
+RABBITMQCTL = shutil.which("rabbitmqctl")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = monotonic() + timeout
+    while not condition():
+        if monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        threading.Event().wait(0.02)
+
+
+class ProbeSink:
+    """A sink that records every write and behaves as ``behave(record, attempt)`` says.
+
+    ``behave`` returns None to store the record, or an exception to report; it may
+    also block, to hold a record in flight.
+    """
+
+    def __init__(
+        self, behave: Callable[[LogRecord, int], Exception | None] = lambda r, n: None
+    ) -> None:
+        self.behave = behave
+        self.attempts: Counter[str] = Counter()
+        self.stored: list[str] = []
+        self.opened = self.closed = 0
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def write(self, batch: Sequence[LogRecord]) -> Sequence[Exception | None]:
+        results: list[Exception | None] = []
+        for record in batch:
+            with self._lock:
+                self.attempts[record.id] += 1
+                attempt = self.attempts[record.id]
+            outcome = self.behave(record, attempt)
+            if outcome is None:
+                with self._lock:
+                    self.stored.append(record.id)
+            results.append(outcome)
+        return results
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class Running:
+    """A worker running on a thread of its own; ``stop()`` returns its summary."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.summary: WorkerSummary | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.summary = self.worker.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self, timeout: float = 10.0) -> WorkerSummary:
+        self.worker.stop()
+        return self.join(timeout)
+
+    def join(self, timeout: float = 10.0) -> WorkerSummary:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the worker did not stop in time"
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary
+
+
+@pytest.fixture
+def admin(amqp_url: str, unique_name: str) -> Iterator[AmqpTransport]:
+    """The test's own connection for declaring, publishing and inspecting."""
+    with AmqpTransport(amqp_url, connection_name=f"admin-{unique_name}") as transport:
+        yield transport
+
+
+@pytest.fixture
+def work_queue(admin: AmqpTransport, unique_name: str) -> Iterator[str]:
+    """A durable work queue dead-lettering into ``<queue>.dead``; both deleted afterwards."""
+    name = f"{unique_name}.tasks"
+    dlx = f"{unique_name}.dlx"
+    admin.declare_exchange(dlx, "fanout", durable=False)
+    admin.declare_queue(f"{name}.dead", durable=False)
+    admin.bind_queue(f"{name}.dead", dlx)
+    admin.declare_queue(name, durable=True, arguments={"x-dead-letter-exchange": dlx})
+    yield name
+    admin.delete_queue(name)
+    admin.delete_queue(f"{name}.dead")
+    admin.delete_exchange(dlx)
+
+
+def records(count: int, prefix: str = "record") -> list[LogRecord]:
+    """``count`` distinct records."""
+    return [LogRecord.from_key("kern.info", f"{prefix} {i}") for i in range(count)]
+
+
+def publish(admin: AmqpTransport, queue: str, batch: Sequence[LogRecord]) -> None:
+    """Publish ``batch`` to ``queue`` through the default exchange, confirmed."""
+    admin.publish_many(Message(r.to_bytes(), r.to_properties(), "", queue) for r in batch)
+
+
+def ready(admin: AmqpTransport, queue: str) -> int:
+    """How many messages ``queue`` holds ready for delivery."""
+    return admin.declare_queue(queue, passive=True).message_count
+
+
+def unacked(queue: str) -> int:
+    """How many of ``queue``'s messages are delivered and not yet acked (``rabbitmqctl``)."""
+    assert RABBITMQCTL is not None
+    listing = subprocess.run(
+        [RABBITMQCTL, "-q", "list_queues", "--no-table-headers", "name", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    for line in listing.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name == queue:
+            return int(count)
+    raise AssertionError(f"rabbitmqctl does not list queue {queue!r}")
+
+
+@pytest.fixture
+def broker_ctl(amqp_url: str) -> None:
+    """Skip unless ``rabbitmqctl`` on this machine controls the broker under test."""
+    if RABBITMQCTL is None:
+        pytest.skip("rabbitmqctl is not on PATH")
+    if urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip("the broker under test is not local: rabbitmqctl cannot reach it")
+
+
+def test_every_record_is_stored_then_acked_and_the_queue_empties(amqp_url, admin, work_queue):
+    """50 records reach the sink once each and leave the queue (nothing unacked)."""
+    batch = records(50)
+    publish(admin, work_queue, batch)
+    sink = ProbeSink()
+    running = Running(Worker(amqp_url, work_queue, sink, concurrency=3))
+    wait_until(lambda: len(sink.stored) == 50, 10, "50 records stored")
+    summary = running.stop()
+    assert sorted(sink.stored) == sorted(r.id for r in batch)
+    assert (summary.handled, summary.failed, summary.undecodable) == (50, 0, 0)
+    assert ready(admin, work_queue) == 0
+    assert (sink.opened, sink.closed) == (1, 1)
+
+
+def test_a_record_is_not_acked_while_the_sink_is_still_writing_it(
+    amqp_url, admin, work_queue, broker_ctl
+):
+    """While write() runs the broker counts the record unacked; after it returns, gone."""
+    release = threading.Event()
+    writing = threading.Event()
+
+    def slow(record: LogRecord, attempt: int) -> None:
+        writing.set()
+        release.wait(10)
+
+    sink = ProbeSink(slow)
+    running = Running(Worker(amqp_url, work_queue, sink))
+    publish(admin, work_queue, records(1))
+    assert writing.wait(10)
+    assert unacked(work_queue) == 1
+    release.set()
+    wait_until(lambda: unacked(work_queue) == 0, 10, "the ack")
+    assert running.stop().handled == 1
+    assert ready(admin, work_queue) == 0
+
+
+def test_a_recoverable_sink_failure_brings_the_record_back(amqp_url, admin, work_queue):
+    """A record whose write fails recoverably is requeued, redelivered and then stored."""
+
+    def flaky(record: LogRecord, attempt: int) -> Exception | None:
+        return ConnectionLost("the database went away") if attempt <= 2 else None
+
+    sink = ProbeSink(flaky)
+    running = Running(Worker(amqp_url, work_queue, sink))
+    [sent] = records(1)
+    publish(admin, work_queue, [sent])
+    wait_until(lambda: sink.stored == [sent.id], 10, "the third attempt to store it")
+    summary = running.stop()
+    assert sink.attempts[sent.id] == 3
+    assert (summary.handled, summary.failed, summary.rejected) == (1, 2, 0)
+    assert ready(admin, work_queue) == 0
+    assert ready(admin, f"{work_queue}.dead") == 0
+
+
+def test_a_failed_for_good_record_is_rejected_to_the_dead_letter_queue(amqp_url, admin, work_queue):
+    """A non-recoverable sink error rejects the record without requeue: it is dead-lettered."""
+    sink = ProbeSink(lambda r, n: DecodeError("the sink cannot store this"))
+    running = Running(Worker(amqp_url, work_queue, sink))
+    [sent] = records(1)
+    publish(admin, work_queue, [sent])
+    wait_until(lambda: ready(admin, f"{work_queue}.dead") == 1, 10, "the dead-lettered record")
+    summary = running.stop()
+    assert sink.attempts[sent.id] == 1
+    assert (summary.handled, summary.failed, summary.rejected) == (0, 1, 1)
+    dead = admin.get(f"{work_queue}.dead", auto_ack=True)
+    assert dead is not None and dead.properties.message_id == sent.id
+
+
+def test_an_exception_raised_by_write_counts_as_that_records_failure(amqp_url, admin, work_queue):
+    """A sink that raises (a bug) has the record rejected, and the worker keeps going."""
+    [bad, good] = records(2)
+
+    def buggy(record: LogRecord, attempt: int) -> None:
+        if record.id == bad.id:
+            raise ValueError("a bug in the sink")
+
+    sink = ProbeSink(buggy)
+    running = Running(Worker(amqp_url, work_queue, sink))
+    publish(admin, work_queue, [bad, good])
+    wait_until(lambda: sink.stored == [good.id], 10, "the good record stored")
+    wait_until(lambda: ready(admin, f"{work_queue}.dead") == 1, 10, "the bad one dead-lettered")
+    summary = running.stop()
+    assert (summary.handled, summary.rejected) == (1, 1)
+
+
+def test_an_undecodable_message_is_rejected_and_counted(amqp_url, admin, work_queue):
+    """A body that is not a record never reaches the sink and is dead-lettered."""
+    sink = ProbeSink()
+    running = Running(Worker(amqp_url, work_queue, sink))
+    bad = Message(b'["not", "a", "record"]', Properties(message_id="bad-1"), "", work_queue)
+    admin.publish(bad)
+    [good] = records(1)
+    publish(admin, work_queue, [good])
+    wait_until(lambda: sink.stored == [good.id], 10, "the good record")
+    wait_until(lambda: ready(admin, f"{work_queue}.dead") == 1, 10, "the dead-lettered message")
+    summary = running.stop()
+    assert (summary.handled, summary.undecodable, summary.failed) == (1, 1, 0)
+    dead = admin.get(f"{work_queue}.dead", auto_ack=True)
+    assert dead is not None and dead.properties.message_id == "bad-1"
+
+
+def test_n_threads_hand_n_records_to_the_sink_at_once(amqp_url, admin, work_queue):
+    """With concurrency 4, four writes are in progress together (they meet at a barrier)."""
+    barrier = threading.Barrier(4, timeout=10)
+
+    def meet(record: LogRecord, attempt: int) -> None:
+        barrier.wait()  # BrokenBarrierError (a failure) unless 4 threads write at once
+
+    sink = ProbeSink(meet)
+    running = Running(Worker(amqp_url, work_queue, sink, concurrency=4))
+    publish(admin, work_queue, records(8))
+    wait_until(lambda: len(sink.stored) == 8, 15, "two rounds of four")
+    summary = running.stop()
+    assert (summary.handled, summary.failed) == (8, 0)
+    assert not barrier.broken
+
+
+def test_stop_finishes_and_acks_in_flight_records_and_requeues_the_rest(
+    amqp_url, admin, work_queue
+):
+    """stop() while two records are being written: both are acked, the others stay queued."""
+    release = threading.Event()
+    in_flight = threading.Semaphore(0)
+
+    def held(record: LogRecord, attempt: int) -> None:
+        in_flight.release()
+        release.wait(10)
+
+    sink = ProbeSink(held)
+    # A transport of the test's: it stays open, so what is requeued is the worker's doing.
+    with AmqpTransport(amqp_url) as transport:
+        running = Running(Worker(transport, work_queue, sink, concurrency=2, prefetch=10))
+        publish(admin, work_queue, records(10))
+        for _ in range(2):
+            assert in_flight.acquire(timeout=10)
+        wait_until(lambda: ready(admin, work_queue) == 0, 10, "all 10 prefetched")
+        running.worker.stop()
+        threading.Timer(0.3, release.set).start()  # the writes end after stop() was called
+        summary = running.join()
+        assert summary.handled == 2
+        assert sorted(sink.attempts.values()) == [1, 1]
+        wait_until(lambda: ready(admin, work_queue) == 8, 10, "the 8 unstarted records requeued")
+
+
+def test_default_prefetch_is_two_per_thread_and_at_least_ten():
+    """The default keeps a worker's share modest: max(10, 2 x threads)."""
+    assert [default_prefetch(n) for n in (1, 4, 5, 16)] == [10, 10, 10, 32]
+
+
+def test_worker_on_a_shared_transport_leaves_it_open(amqp_url, admin, work_queue):
+    """A worker given a transport leaves it open (and its consumer cancelled) when it stops."""
+    with AmqpTransport(amqp_url) as transport:
+        sink = ProbeSink()
+        running = Running(Worker(transport, work_queue, sink))
+        publish(admin, work_queue, records(1))
+        wait_until(lambda: len(sink.stored) == 1, 10, "the record")
+        running.stop()
+        assert transport.declare_queue(work_queue, passive=True).consumer_count == 0
+
+
+def test_a_deleted_queue_ends_the_worker_with_connection_lost(amqp_url, admin, unique_name):
+    """When the broker cancels the consumer (queue deleted), run() raises instead of idling."""
+    name = f"{unique_name}.doomed"
+    admin.declare_queue(name, durable=False)
+    sink = ProbeSink()
+    running = Running(Worker(amqp_url, name, sink))
+    wait_until(lambda: admin.declare_queue(name, passive=True).consumer_count == 1, 10, "consumer")
+    admin.delete_queue(name)
+    with pytest.raises(ConnectionLost, match="deleted"):
+        running.join(10)
+    assert sink.closed == 1
+
+
+def test_the_worker_keeps_going_after_the_broker_closes_its_connection(
+    amqp_url, admin, work_queue, broker_ctl, unique_name
+):
+    """A broker-side close: the transport reconnects, the consumer is back, records flow."""
+    name = f"worker-{unique_name}"
+    with AmqpTransport(amqp_url, connection_name=name) as transport:
+        sink = ProbeSink()
+        running = Running(Worker(transport, work_queue, sink))
+        first = records(5, "before")
+        publish(admin, work_queue, first)
+        wait_until(lambda: len(set(sink.stored)) == 5, 10, "records before the close")
+        assert RABBITMQCTL is not None
+        columns = ["--no-table-headers", "pid", "client_properties"]
+        listing = subprocess.run(
+            [RABBITMQCTL, "-q", "list_connections", *columns],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        [pid] = [line.split("\t")[0] for line in listing.splitlines() if f'"{name}"' in line]
+        subprocess.run([RABBITMQCTL, "-q", "close_connection", pid, "test"], check=True, timeout=30)
+        then = records(5, "after")
+        publish(admin, work_queue, then)
+        wait_until(lambda: set(sink.stored) >= {r.id for r in first + then}, 20, "all records")
+        summary = running.stop()
+    assert summary.handled >= 10
+    assert ready(admin, work_queue) == 0
