@@ -316,38 +316,45 @@ def workers(workdir: Path, channel: pika.adapters.blocking_connection.BlockingCh
     tutorial = script(workdir, "worker.py", TUTORIAL_WORKER)
     results: dict[str, float] = {}
 
-    def measure(name: str, command: Callable[[Case, Path], list[str]]) -> None:
+    def measure(name: str, command: Callable[[Case, Path], list[str]], processes: int = 1) -> None:
         case = Case(workdir, channel)
-        out = workdir / f"{case.prefix}jsonl"
+        outs = [workdir / f"{case.prefix}{i}.jsonl" for i in range(processes)]
         try:
             fill(case)
             started = time.perf_counter()
-            proc = subprocess.Popen(
-                command(case, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
+            procs = [
+                subprocess.Popen(
+                    command(case, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
+                for out in outs
+            ]
             try:
-                results[name] = drained(out, proc) - started
+                results[name] = drained(outs, procs) - started
             finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+                for proc in procs:
+                    proc.send_signal(signal.SIGTERM)
+                for proc in procs:
+                    proc.wait(30)
         finally:
             case.remove()
 
-    measure("tutorial", lambda c, out: [PY, tutorial, URL, c.queue, str(out)])
-    measure(
-        "logbus worker",
-        lambda c, out: [
+    def logbus_worker(c: Case, out: Path) -> list[str]:
+        return [
             *(PY, "-m", "logbus", "worker", "--queue", c.queue, "--sink", f"jsonl:{out}"),
             *("--concurrency", str(CONCURRENCY), "--url", URL, "--config", str(c.config)),
-        ],
-    )
+        ]
+
+    measure("tutorial", lambda c, out: [PY, tutorial, URL, c.queue, str(out)])
+    measure("logbus worker", logbus_worker)
+    measure("2 logbus workers", logbus_worker, processes=2)
     print(f"# (c) draining {COUNT:,} records into a JSON-lines file (whole process timed)")
     for name, seconds in results.items():
         print(f"{name:<14} {COUNT / seconds:>8,.0f} records/s")
-    print(
-        f"logbus worker (--concurrency {CONCURRENCY}) / tutorial worker (prefetch 1) = "
-        f"{results['tutorial'] / results['logbus worker']:.1f}x (target >= 5x)"
-    )
+    for mine in ("logbus worker", "2 logbus workers"):
+        print(
+            f"{mine} (--concurrency {CONCURRENCY}) / tutorial worker (prefetch 1) = "
+            f"{results['tutorial'] / results[mine]:.1f}x (target >= 5x)"
+        )
 
 
 def fill(case: Case) -> None:
@@ -361,21 +368,26 @@ def fill(case: Case) -> None:
     )
 
 
-def drained(out: Path, proc: subprocess.Popen[bytes]) -> float:
-    """When ``out`` first held COUNT lines (polled every 10 ms)."""
+def drained(outs: list[Path], procs: list[subprocess.Popen[bytes]]) -> float:
+    """When the files together first held COUNT lines (polled every 10 ms, reading only
+    what is new)."""
     deadline = time.monotonic() + 300
+    lines, offsets = 0, dict.fromkeys(outs, 0)
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the worker exited {proc.returncode}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
-        if out.exists() and _lines(out) >= COUNT:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"a worker exited {proc.returncode}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+        for out in outs:
+            if out.exists():
+                with out.open("rb") as f:
+                    f.seek(offsets[out])
+                    chunk = f.read()
+                offsets[out] += len(chunk)
+                lines += chunk.count(b"\n")
+        if lines >= COUNT:
             return time.perf_counter()
         time.sleep(0.01)
-    raise SystemExit(f"{out} did not reach {COUNT} lines in 300s")
-
-
-def _lines(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    raise SystemExit(f"{outs} did not reach {COUNT} lines in 300s")
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 
 from logbus._log import get_logger
 from logbus.errors import ConfigError, ConnectionLost, DecodeError, LogbusError
-from logbus.record import decode
+from logbus.record import LogRecord, decode
 from logbus.sinks import Sink, is_recoverable
 from logbus.transports.base import Consumer, Delivery, Settlement, Transport
 
@@ -66,6 +66,8 @@ log = get_logger("logbus.worker")
 #: More threads than this is a configuration mistake, not a deployment.
 MAX_CONCURRENCY = 1024
 # How often the fetching thread looks at the stop flag: the latency of stop().
+#: Records handed to the sink in one write, at most: what is already waiting, no more.
+_BATCH = 100
 _POLL = 0.2
 # Pauses before requeueing after consecutive recoverable failures: 0.05 s doubling to 2 s.
 _FIRST_PAUSE = 0.05
@@ -264,56 +266,83 @@ class Worker:
     # -- one thread of the pool ----------------------------------------------------------
 
     def _serve(self) -> None:
-        while (delivery := self._work.get()) is not None:
+        while (first := self._work.get()) is not None:
+            batch = [first]
+            # Whatever else is already waiting goes along, but only this thread's share
+            # of it: the other threads get records to work on too.
+            share = min(_BATCH, 1 + self._work.qsize() // self.concurrency)
+            while len(batch) < share:
+                try:
+                    more = self._work.get_nowait()
+                except Empty:
+                    break
+                if more is None:
+                    self._work.put(None)  # the stop marker is for the loop above
+                    break
+                batch.append(more)
             if self._stop_requested:  # prefetched, never started: back to the queue
-                self._settle(delivery, Settlement.NACK, requeue=True)
+                for delivery in batch:
+                    self._settle(delivery, Settlement.NACK, requeue=True)
                 continue
             try:
-                self._handle(delivery)
+                self._handle(batch)
             except BaseException as exc:
-                if delivery.settled is None:
-                    self._settle(delivery, Settlement.NACK, requeue=True)
+                for delivery in batch:
+                    if delivery.settled is None:
+                        self._settle(delivery, Settlement.NACK, requeue=True)
                 self._fail(exc)
                 return
 
-    def _handle(self, delivery: Delivery) -> None:
-        try:
-            record = decode(delivery.body, delivery.properties, delivery.routing_key)
-        except DecodeError as exc:
-            log.warning(
-                "worker.undecodable",
-                queue=self.queue,
-                message_id=delivery.properties.message_id,
-                routing_key=delivery.routing_key,
-                reason=str(exc),
-            )
-            self._count("_undecodable")
-            self._settle(delivery, Settlement.REJECT, requeue=False)
+    def _handle(self, deliveries: list[Delivery]) -> None:
+        """Decode a batch, write what decoded in one sink call, settle each by its result."""
+        records, kept = [], []
+        for delivery in deliveries:
+            try:
+                records.append(decode(delivery.body, delivery.properties, delivery.routing_key))
+                kept.append(delivery)
+            except DecodeError as exc:
+                log.warning(
+                    "worker.undecodable",
+                    queue=self.queue,
+                    message_id=delivery.properties.message_id,
+                    routing_key=delivery.routing_key,
+                    reason=str(exc),
+                )
+                self._count("_undecodable")
+                self._settle(delivery, Settlement.REJECT, requeue=False)
+        if not records:
             return
-        try:
-            results = self.sink.write((record,))
-        except Exception as exc:
-            results = (exc,)
-        if len(results) != 1:
+        results = self._write(records)
+        if len(results) != len(records):
             raise ConfigError(
-                f"sink {self.sink!r} returned {len(results)} results for a batch of 1 record; "
-                "a sink returns one per record (a bug in the sink)"
+                f"sink {self.sink!r} returned {len(results)} results for a batch of "
+                f"{len(records)} records; a sink returns one per record (a bug in the sink)"
             )
-        error = results[0]
-        if error is None:
-            self._local.failures = 0
-            self._count("_handled")
-            self._settle(delivery, Settlement.ACK)
-            return
-        log.warning(
-            "worker.sink_failed",
-            queue=self.queue,
-            id=record.id,
-            recoverable=is_recoverable(error),
-            error=f"{type(error).__name__}: {error}",
-        )
-        self._count("_failed")
-        self._on_failure(delivery, error)
+        for delivery, record, error in zip(kept, records, results, strict=True):
+            if error is None:
+                self._local.failures = 0
+                self._count("_handled")
+                self._settle(delivery, Settlement.ACK)
+                continue
+            log.warning(
+                "worker.sink_failed",
+                queue=self.queue,
+                id=record.id,
+                recoverable=is_recoverable(error),
+                error=f"{type(error).__name__}: {error}",
+            )
+            self._count("_failed")
+            self._on_failure(delivery, error)
+
+    def _write(self, records: list[LogRecord]) -> list[Exception | None]:
+        """The sink's result per record. A batch whose write raised is written again one
+        record at a time, so that one bad record does not fail the others."""
+        try:
+            return list(self.sink.write(records))
+        except Exception as exc:
+            if len(records) == 1:
+                return [exc]
+        return [result for record in records for result in self._write([record])]
 
     def _on_failure(self, delivery: Delivery, exc: Exception) -> None:
         """Settle a delivery whose record the sink did not store.

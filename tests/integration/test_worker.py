@@ -278,7 +278,7 @@ def test_n_threads_hand_n_records_to_the_sink_at_once(amqp_url, admin, work_queu
 def test_stop_finishes_and_acks_in_flight_records_and_requeues_the_rest(
     amqp_url, admin, work_queue
 ):
-    """stop() while two records are being written: both are acked, the others stay queued."""
+    """stop() while two threads are writing: what they hold is acked, the others requeued."""
     release = threading.Event()
     in_flight = threading.Semaphore(0)
 
@@ -297,9 +297,13 @@ def test_stop_finishes_and_acks_in_flight_records_and_requeues_the_rest(
         running.worker.stop()
         threading.Timer(0.3, release.set).start()  # the writes end after stop() was called
         summary = running.join()
-        assert summary.handled == 2
-        assert sorted(sink.attempts.values()) == [1, 1]
-        wait_until(lambda: ready(admin, work_queue) == 8, 10, "the 8 unstarted records requeued")
+        # Each thread finishes the batch it took (at least the record it was writing);
+        # nothing is written twice, and everything else goes back to the queue.
+        written = len(sink.attempts)
+        assert 2 <= summary.handled == written < 10
+        assert set(sink.attempts.values()) == {1}
+        left = 10 - written
+        wait_until(lambda: ready(admin, work_queue) == left, 10, "the unstarted records requeued")
 
 
 def test_default_prefetch_is_two_per_thread_and_at_least_ten():
