@@ -292,9 +292,9 @@ def single(workdir: Path, channel: pika.adapters.blocking_connection.BlockingCha
     print(f"logbus emit / pika = {ms['logbus emit'] / ms['pika']:.2f}x (target <= 1.5x)")
     python, help_, imports = ms["python"], ms["emit --help"], ms["emit imports"]
     print(
-        f"  logbus emit = python {python:.0f} + typer (which checks options with pydantic, "
-        f"so imports it) {help_ - python:.0f} + importing logbus's modules (pydantic "
-        f"models, pydantic-settings, structlog and the rich it imports, pika) "
+        f"  logbus emit = python {python:.0f} + typer and the command line "
+        f"{help_ - python:.0f} + importing what emit needs (pydantic and the record and "
+        f"topology models, pydantic-settings, pika) "
         f"{imports - help_:.0f} + connect, declare, publish, confirm, close "
         f"{ms['logbus emit'] - imports:.0f} ms"
     )
