@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from logbus.broker.journal import BindingRecord, Journal, JournaledEntry, JournaledQueue
 from logbus.broker.queues import (
     ConsumerState,
     Delivered,
@@ -75,10 +77,17 @@ class _SessionState:
 
 
 class Broker:
-    """An in-process AMQP 0-9-1 broker with RabbitMQ's semantics; thread-safe."""
+    """An in-process AMQP 0-9-1 broker with RabbitMQ's semantics; thread-safe.
 
-    def __init__(self, name: str = "") -> None:
+    With a ``journal``, durable exchanges, durable queues, their bindings and
+    their persistent messages are rebuilt from it at once and kept in it from
+    then on (see :mod:`logbus.broker.journal`); every recovered message comes
+    back marked redelivered, since the journal cannot tell which had been delivered.
+    """
+
+    def __init__(self, name: str = "", *, journal: Journal | None = None) -> None:
         self.name = name
+        self._journal = journal
         self._lock = threading.RLock()
         self._guard = _Guard(self)
         # Settlements pipelined like acks on a socket: queued without the lock, applied
@@ -99,6 +108,41 @@ class Broker:
             self._exchanges[f"amq.{exchange_type}"] = ExchangeState(
                 f"amq.{exchange_type}", exchange_type, True, False, False, {}
             )
+        if journal is not None:
+            self._recover(journal)
+
+    def _recover(self, journal: Journal) -> None:
+        """Rebuild durable state from the journal; hooks stay silent, nothing here is new."""
+        recovery = journal.attach()
+        wall, now = time.time(), monotonic()
+        with self._lock:
+            for exchange in recovery.exchanges:
+                self._exchanges[exchange.name] = ExchangeState(
+                    exchange.name,
+                    exchange.type,
+                    True,
+                    exchange.auto_delete,
+                    exchange.internal,
+                    dict(exchange.arguments),
+                )
+            expiring = False
+            for record in recovery.queues:
+                queue = JournaledQueue(
+                    journal, record.name, record.auto_delete, dict(record.arguments)
+                )
+                self._queues[record.name] = queue
+                for stored in record.messages:
+                    at = None if stored.expires is None else now + (stored.expires - wall)
+                    queue.push(JournaledEntry(stored.message, at, True, stored.id))
+                    expiring = expiring or at is not None
+            for binding in recovery.bindings:
+                source = self._exchanges.get(binding.source)
+                targets = self._queues if binding.kind == _QUEUE else self._exchanges
+                if source is not None and binding.destination in targets:
+                    destination = (binding.kind, binding.destination)
+                    source.table.add(binding.routing_key, binding.arguments, destination)
+            if expiring:
+                self._schedule_expiry()
 
     # -- sessions --------------------------------------------------------------
 
@@ -111,10 +155,12 @@ class Broker:
             return Session(self, state)
 
     def close(self) -> None:
-        """Stop the expiry thread; sessions still open keep their state until closed."""
+        """Stop the expiry thread and close the journal; open sessions keep their state."""
         with self._guard:
             self._closed = True
             self._expiry.notify_all()
+        if self._journal is not None:
+            self._journal.close()
 
     def _close_session(self, state: _SessionState) -> None:
         with self._guard:
@@ -164,9 +210,10 @@ class Broker:
                 )
             if existing is None:
                 self._route_cache.clear()
-                self._exchanges[name] = ExchangeState(
-                    name, type, durable, auto_delete, internal, args
-                )
+                exchange = ExchangeState(name, type, durable, auto_delete, internal, args)
+                if self._journal is not None and durable:
+                    self._journal.exchange_declared(exchange)
+                self._exchanges[name] = exchange
                 return
             for prop, have, want in (
                 ("type", existing.type, type),
@@ -191,7 +238,9 @@ class Broker:
             self._delete_exchange(name)
 
     def _delete_exchange(self, name: str) -> None:
-        self._exchanges.pop(name, None)
+        exchange = self._exchanges.pop(name, None)
+        if self._journal is not None and exchange is not None and exchange.durable:
+            self._journal.exchange_deleted(name)
         self._route_cache.clear()
         for other in list(self._exchanges.values()):
             if other.table.remove_destination((_EXCHANGE, name)):
@@ -241,7 +290,12 @@ class Broker:
             existing = self._queues.get(name)
             if existing is None:
                 owner = session.id if exclusive else None
-                self._queues[name] = QueueState(name, durable, owner, auto_delete, args)
+                if self._journal is not None and durable and not exclusive:
+                    queue = JournaledQueue(self._journal, name, auto_delete, args)
+                    self._journal.queue_declared(queue)
+                else:
+                    queue = QueueState(name, durable, owner, auto_delete, args)
+                self._queues[name] = queue
                 self._schedule_expiry()
                 return QueueInfo(name, 0, 0)
             self._check_owner(existing, session)
@@ -280,6 +334,8 @@ class Broker:
 
     def _delete_queue(self, name: str) -> int:
         queue = self._queues.pop(name)
+        if self._journal is not None and isinstance(queue, JournaledQueue):
+            self._journal.queue_deleted(name)
         self._route_cache.clear()
         for consumer in list(queue.consumers):
             state = self._sessions.get(consumer.session_id)
@@ -328,23 +384,28 @@ class Broker:
             if unbind and kind == _QUEUE and missing:
                 return  # RabbitMQ: removing a binding that cannot exist succeeds
             exchange = self._exchange(source)
+            target: QueueState | ExchangeState
             if kind == _QUEUE:
-                self._queue(destination, session)
+                target = self._queue(destination, session)
             else:
-                self._exchange(destination)
+                target = self._exchange(destination)
             args = dict(arguments or {})
             self._route_cache.clear()
             if unbind:
-                exchange.table.remove(routing_key, args, (kind, destination))
-                self._maybe_auto_delete_exchange(exchange)
+                changed = exchange.table.remove(routing_key, args, (kind, destination))
             else:
                 try:
-                    exchange.table.add(routing_key, args, (kind, destination))
+                    changed = exchange.table.add(routing_key, args, (kind, destination))
                 except (ValueError, TypeError) as exc:
                     raise PreconditionFailed(
                         f"PRECONDITION_FAILED - invalid binding arguments for exchange "
                         f"'{source}' in vhost '/': {exc}"
                     ) from None
+            if changed and self._journal is not None and _durable_binding(exchange, target):
+                binding = BindingRecord(source, kind, destination, routing_key, args)
+                self._journal.binding_changed(binding, added=not unbind)
+            if unbind:
+                self._maybe_auto_delete_exchange(exchange)
 
     # -- publishing ------------------------------------------------------------
 
@@ -361,14 +422,18 @@ class Broker:
                         f"'{message.exchange}' in vhost '/'"
                     )
             names = self._route(message.exchange, message.routing_key, message)
-            if not names:
-                return PublishOutcome.UNROUTABLE if mandatory else PublishOutcome.ROUTED
-            rejected = False
-            now = monotonic()
-            for name in sorted(names) if len(names) > 1 else names:
-                if not self._enqueue(self._queues[name], message, now):
-                    rejected = True
-            return PublishOutcome.REJECTED if rejected else PublishOutcome.ROUTED
+            if names:
+                rejected = False
+                now = monotonic()
+                for name in sorted(names) if len(names) > 1 else names:
+                    if not self._enqueue(self._queues[name], message, now):
+                        rejected = True
+                outcome = PublishOutcome.REJECTED if rejected else PublishOutcome.ROUTED
+            else:
+                outcome = PublishOutcome.UNROUTABLE if mandatory else PublishOutcome.ROUTED
+        if self._journal is not None:  # written (and fsynced, if so) before the confirm
+            self._journal.commit()
+        return outcome
 
     def _route(self, exchange_name: str, routing_key: str, message: Message) -> AbstractSet[str]:
         if exchange_name == "":
@@ -509,6 +574,8 @@ class Broker:
                 touched.add(queue.name)
                 if requeue is False:
                     self._dead_letter(queue, unacked.entry, "rejected")
+                elif self._journal is not None:
+                    self._journal.left(queue.name, unacked.entry)
         return True
 
     def _dispatch_all(self, names: set[str]) -> None:
@@ -539,19 +606,21 @@ class Broker:
 
     def _dead_letter(self, queue: QueueState, entry: Entry, reason: str) -> None:
         exchange = queue.dead_letter_exchange
-        if exchange is None or (exchange and exchange not in self._exchanges):
-            return  # RabbitMQ drops it: no DLX configured, or the DLX does not exist
-        original = entry.message
-        key = queue.dead_letter_routing_key or original.routing_key
-        headers = _with_death(original, queue.name, reason)
-        properties = replace(original.properties, headers=headers, expiration=None)
-        message = Message(original.body, properties, exchange, key)
-        now = monotonic()
-        for name in sorted(self._route(exchange, key, message)):
-            target = self._queues[name]
-            if _is_cycle(headers, name, reason):
-                continue
-            self._enqueue(target, message, now)
+        # RabbitMQ drops it when no DLX is configured or the DLX does not exist.
+        if exchange is not None and (not exchange or exchange in self._exchanges):
+            original = entry.message
+            key = queue.dead_letter_routing_key or original.routing_key
+            headers = _with_death(original, queue.name, reason)
+            properties = replace(original.properties, headers=headers, expiration=None)
+            message = Message(original.body, properties, exchange, key)
+            now = monotonic()
+            for name in sorted(self._route(exchange, key, message)):
+                target = self._queues[name]
+                if _is_cycle(headers, name, reason):
+                    continue
+                self._enqueue(target, message, now)
+        if self._journal is not None:  # after its copies went in: at least once, never none
+            self._journal.left(queue.name, entry)
 
     # -- expiry ----------------------------------------------------------------
 
@@ -578,6 +647,8 @@ class Broker:
                         at = queue.ready[0].expires_at
                         soonest = at if soonest is None else min(soonest, at)
                 timeout = None if soonest is None else max(0.0, soonest - monotonic())
+                if self._journal is not None:
+                    self._journal.write()
                 self._expiry.wait(timeout)
 
 
@@ -603,6 +674,8 @@ class _Guard:
 
     def __exit__(self, *exc_info: object) -> None:
         self._broker._lock.release()
+        if self._broker._journal is not None:
+            self._broker._journal.commit()
 
 
 class _Waiting:
@@ -637,6 +710,13 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return f"'{str(value).lower()}'"
     return f"'{value}'"
+
+
+def _durable_binding(source: ExchangeState, target: QueueState | ExchangeState) -> bool:
+    """Whether a binding survives a restart: both of its ends do."""
+    if isinstance(target, QueueState):
+        return source.durable and isinstance(target, JournaledQueue)
+    return source.durable and target.durable
 
 
 def _check_queue_arguments(name: str, args: Mapping[str, Any]) -> None:
@@ -795,6 +875,8 @@ class Session:
         with broker._guard:
             queue = broker._queue(name, self._state)
             count = len(queue.ready)
+            if broker._journal is not None:
+                broker._journal.purged(name, queue.ready)
             queue.ready.clear()
             queue.ready_bytes = 0
             return count
@@ -863,6 +945,8 @@ class Session:
             tag = self._state.next_tag()
             if not auto_ack:
                 self._state.unacked[tag] = _Unacked(entry, queue, None)
+            elif broker._journal is not None:
+                broker._journal.left(queue, entry)
             return Delivered(entry.message, "", tag, entry.redelivered, queue)
 
     def consume(

@@ -45,7 +45,7 @@ app.command("demo", epilog=_demo.EPILOG)(_demo.demo)
 
 #: Command modules; each has ``register(app)`` and keeps heavy imports inside its
 #: functions, so that ``logbus emit`` starts quickly.
-COMMANDS: tuple[str, ...] = ("worker", "topology", "status", "emit", "subscribe")
+COMMANDS: tuple[str, ...] = ("worker", "topology", "status", "emit", "subscribe", "broker")
 for _name in COMMANDS:
     importlib.import_module(f"logbus.cli.{_name}").register(app)
 

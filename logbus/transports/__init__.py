@@ -19,6 +19,8 @@ __all__ = ["DEFAULT_PREFETCH", "TRANSPORTS", "Consumer", "Delivery", "Transport"
 #: URL scheme -> "module:Class" of its transport.
 TRANSPORTS: dict[str, str] = {
     "memory": "logbus.transports.memory:MemoryTransport",
+    "local": "logbus.transports.process:LocalTransport",
+    "process": "logbus.transports.process:ProcessTransport",
     "amqp": "logbus.transports.amqp:AmqpTransport",
     "amqps": "logbus.transports.amqp:AmqpTransport",
 }

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -29,12 +32,43 @@ def _aio(request: pytest.FixtureRequest) -> Callable[[], Transport]:
     return lambda: BlockingAioTransport(url)
 
 
+def _local(request: pytest.FixtureRequest) -> Callable[[], Transport]:
+    url = request.getfixturevalue("local_broker_url")
+    return lambda: connect(url)
+
+
+#: One broker process for the whole run (entity names are unique per test anyway).
+_PROCESS_URL = f"process://contract-{secrets.token_hex(4)}"
+
+
+def _process(request: pytest.FixtureRequest) -> Callable[[], Transport]:
+    return lambda: connect(_PROCESS_URL)
+
+
+@pytest.fixture(scope="session")
+def local_broker_url() -> Iterator[str]:
+    """A BrokerServer on a socket in a private temporary directory, for local:// tests."""
+    from logbus.broker import Broker
+    from logbus.broker.server import BrokerServer, listen
+
+    directory = tempfile.mkdtemp(prefix="logbus-ct-")  # short: AF_UNIX paths are limited
+    path = os.path.join(directory, "broker.sock")
+    listener, key = listen(path)
+    broker = Broker("contract-local")
+    with BrokerServer(broker, listener, authkey=key):
+        yield f"local://{path}"
+    broker.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 #: transport name -> how to open connections to a broker for one test. RabbitMQ is
 #: the reference: where memory:// differs from amqp/aio, memory:// is wrong.
 TRANSPORTS: dict[str, Callable[[pytest.FixtureRequest], Callable[[], Transport]]] = {
     "memory": _memory,
     "amqp": _amqp,
     "aio": _aio,
+    "local": _local,
+    "process": _process,
 }
 
 

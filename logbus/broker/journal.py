@@ -1,0 +1,713 @@
+"""Persistence for the in-process broker: an append-only journal of what must survive.
+
+A :class:`Journal` keeps, in one file under a data directory, exactly what
+RabbitMQ keeps across a restart: durable exchanges and durable queues (with
+their arguments), bindings whose two ends are durable, and the persistent
+messages (``delivery_mode=2``) of durable queues — written when they enter a
+queue, struck off when they leave it for good (acked, dead-lettered away,
+dropped, purged, expired, deleted with their queue). Unacked messages are never
+struck off, so they come back after a restart: at least once. Non-durable
+entities, exclusive queues and transient messages are never written.
+
+``Broker(journal=Journal(path))`` replays it when it is built and calls its hooks
+from then on; a broker without one pays nothing. Hooks run under the broker's
+lock and only buffer; :meth:`Journal.commit`, called once an operation has let
+go of that lock, hands the bytes to the OS and applies the fsync policy, so
+publishers under ``fsync="always"`` share one fsync when they commit together.
+
+File format (``<data-dir>/journal``, integers big-endian)::
+
+    b"logbus journal 1\\n"
+    record*: crc32(lengths) u32 | crc32(header + body) u32 | frame
+
+where a frame is :mod:`logbus.transports._frames`'s — header length u32, body
+length u32, a JSON header ``{"op", "id", "args"}``, the raw body — so property
+values JSON lacks (bytes, x-death's datetimes, Decimal, nested tables) use that
+module's tagged encoding. Ops: ``exchange.declare|delete``, ``queue.declare|delete``,
+``bind``, ``unbind``, ``in`` (``id`` is the entry id, ``args`` the queue, the
+message's exchange, routing key and properties, and its wall-clock expiry),
+``out`` (``args``: the queue and the ids that left it).
+
+A record cut short at the end of the file — what a crash mid-write leaves — is
+ignored; a damaged record anywhere else is a :class:`~logbus.errors.ConfigError`
+naming the file and offset, since reading past it would lose or resurrect
+messages silently. Opening compacts: the live state goes to a fresh file
+(temporary name, fsync, atomic rename), as it does again whenever the file
+outgrows ``compact_factor`` times the live size.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from logbus._log import get_logger
+from logbus.broker.queues import Entry, ExchangeState, QueueState, monotonic
+from logbus.errors import ConfigError, DecodeError, InputError, PreconditionFailed
+from logbus.message import PERSISTENT, Message
+from logbus.transports._frames import (
+    Frame,
+    arg_bool,
+    arg_str,
+    arg_table,
+    decode_many,
+    encode,
+    encode_value,
+    message_args,
+    message_from,
+)
+
+__all__ = [
+    "BindingRecord",
+    "ExchangeRecord",
+    "FsyncPolicy",
+    "Journal",
+    "JournaledEntry",
+    "JournaledQueue",
+    "MessageRecord",
+    "QueueRecord",
+    "Recovery",
+]
+
+log = get_logger(__name__)
+
+FsyncPolicy = Literal["always", "interval", "never"]
+MAGIC = b"logbus journal 1\n"
+JOURNAL_NAME = "journal"
+_COMPACT_NAME = "journal.compact"
+_LOCK_NAME = "lock"
+_CHECKS = struct.Struct(">II")  # crc32 of the frame's two lengths, crc32 of header + body
+_LENGTHS = struct.Struct(">II")  # how a frame starts: header length, body length
+_RECORD_HEAD = _CHECKS.size + _LENGTHS.size
+_WRITE_CHUNK = 1 << 20
+
+
+# -- what a journal holds ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRecord:
+    """A durable exchange as declared."""
+
+    name: str
+    type: str
+    auto_delete: bool
+    internal: bool
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRecord:
+    """A binding between durable entities; ``kind`` is ``queue`` or ``exchange``."""
+
+    source: str
+    kind: str
+    destination: str
+    routing_key: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A persistent message still in a durable queue; ``expires`` is wall-clock seconds."""
+
+    id: int
+    message: Message
+    expires: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecord:
+    """A durable queue as declared, with its persistent messages in queue order."""
+
+    name: str
+    auto_delete: bool
+    arguments: Mapping[str, Any]
+    messages: tuple[MessageRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """Everything a broker rebuilds from its journal at start."""
+
+    exchanges: tuple[ExchangeRecord, ...]
+    queues: tuple[QueueRecord, ...]
+    bindings: tuple[BindingRecord, ...]
+
+
+@dataclass(slots=True)
+class JournaledEntry(Entry):
+    """A queue entry whose message is in the journal under ``id``."""
+
+    id: int = 0
+
+
+class JournaledQueue(QueueState):
+    """A durable queue of a broker with a journal: persistent messages are written on entry."""
+
+    __slots__ = ("journal",)
+
+    def __init__(
+        self, journal: Journal, name: str, auto_delete: bool, arguments: dict[str, Any]
+    ) -> None:
+        QueueState.__init__(self, name, True, None, auto_delete, arguments)
+        self.journal = journal
+
+    def push(self, entry: Entry) -> None:
+        """Append a message at the tail, writing it ahead when it is persistent."""
+        if type(entry) is Entry and entry.message.properties.delivery_mode == PERSISTENT:
+            entry = self.journal.entered(self.name, entry)
+        QueueState.push(self, entry)
+
+
+@dataclass(slots=True)
+class _Held:
+    message: Message
+    expires: float | None
+    size: int  # bytes of its record in the file, for the compaction threshold
+
+
+class _State:
+    """The live content of the journal, kept in step with every record written."""
+
+    def __init__(self) -> None:
+        self.exchanges: dict[str, ExchangeRecord] = {}
+        self.queues: dict[str, QueueRecord] = {}
+        self.bindings: dict[tuple[str, ...], BindingRecord] = {}
+        self.messages: dict[str, dict[int, _Held]] = {}
+        self.last_id = 0
+
+    def drop_exchange(self, name: str) -> None:
+        self.exchanges.pop(name, None)
+        for key in [k for k in self.bindings if k[0] == name or (k[1:3] == ("exchange", name))]:
+            del self.bindings[key]
+
+    def drop_queue(self, name: str) -> int:
+        self.queues.pop(name, None)
+        for key in [k for k in self.bindings if k[1:3] == ("queue", name)]:
+            del self.bindings[key]
+        return sum(held.size for held in self.messages.pop(name, {}).values())
+
+    def apply(self, frame: Frame, size: int) -> None:
+        """Replay one record read from the file."""
+        op, args = frame.op, frame.args
+        if op == "in":
+            self.last_id = max(self.last_id, frame.id)
+            held = self.messages.get(arg_str(args, "queue"))
+            if held is not None:
+                expires = args.get("expires")
+                if expires is not None and not isinstance(expires, int | float):
+                    raise DecodeError(f"expires must be a number, not {expires!r:.40}")
+                held[frame.id] = _Held(message_from(args, frame.body), expires, size)
+        elif op == "out":
+            held = self.messages.get(arg_str(args, "queue"), {})
+            ids = args.get("ids")
+            if not isinstance(ids, list):
+                raise DecodeError("ids must be a list")
+            for ident in ids:
+                held.pop(ident, None)
+        elif op == "exchange.declare":
+            name = arg_str(args, "name")
+            self.exchanges[name] = ExchangeRecord(
+                name,
+                arg_str(args, "type"),
+                arg_bool(args, "auto_delete"),
+                arg_bool(args, "internal"),
+                arg_table(args, "arguments") or {},
+            )
+        elif op == "exchange.delete":
+            self.drop_exchange(arg_str(args, "name"))
+        elif op == "queue.declare":
+            name = arg_str(args, "name")
+            auto_delete = arg_bool(args, "auto_delete")
+            self.queues[name] = QueueRecord(name, auto_delete, arg_table(args, "arguments") or {})
+            self.messages[name] = {}
+        elif op == "queue.delete":
+            self.drop_queue(arg_str(args, "name"))
+        elif op in ("bind", "unbind"):
+            binding = BindingRecord(
+                arg_str(args, "source"),
+                arg_str(args, "kind"),
+                arg_str(args, "destination"),
+                arg_str(args, "key"),
+                arg_table(args, "arguments") or {},
+            )
+            if op == "bind":
+                self.bindings[_binding_key(binding)] = binding
+            else:
+                self.bindings.pop(_binding_key(binding), None)
+        else:
+            raise DecodeError(f"unknown record type {op!r} (written by a newer logbus?)")
+
+
+def _binding_key(binding: BindingRecord) -> tuple[str, ...]:
+    args = json.dumps(encode_value(binding.arguments), sort_keys=True)
+    return (binding.source, binding.kind, binding.destination, binding.routing_key, args)
+
+
+def _exchange_frame(exchange: ExchangeRecord) -> Frame:
+    args = {
+        "name": exchange.name,
+        "type": exchange.type,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": exchange.arguments,
+    }
+    return Frame("exchange.declare", 0, args)
+
+
+def _queue_frame(queue: QueueRecord) -> Frame:
+    args = {"name": queue.name, "auto_delete": queue.auto_delete, "arguments": queue.arguments}
+    return Frame("queue.declare", 0, args)
+
+
+def _binding_frame(binding: BindingRecord, op: str = "bind") -> Frame:
+    args = {
+        "source": binding.source,
+        "kind": binding.kind,
+        "destination": binding.destination,
+        "key": binding.routing_key,
+        "arguments": binding.arguments,
+    }
+    return Frame(op, 0, args)
+
+
+def _message_frame(queue: str, ident: int, message: Message, expires: float | None) -> Frame:
+    args = message_args(message)
+    args["queue"] = queue
+    if expires is not None:
+        args["expires"] = expires
+    return Frame("in", ident, args, message.body)
+
+
+# -- records ----------------------------------------------------------------------
+
+
+def _put(buffer: bytearray, frame: Frame) -> int:
+    """Append one record to ``buffer``; returns its size."""
+    data = encode(frame)
+    view = memoryview(data)
+    split = _LENGTHS.size
+    buffer += _CHECKS.pack(zlib.crc32(view[:split]), zlib.crc32(view[split:]))
+    buffer += data
+    return _CHECKS.size + len(data)
+
+
+def _records(path: Path, data: bytes) -> Iterator[tuple[Frame, int]]:
+    """The records of a journal file's bytes, with their sizes; stops at a torn tail."""
+    view = memoryview(data)
+    offset, end = len(MAGIC), len(data)
+    while offset < end:
+        if end - offset < _RECORD_HEAD:
+            _torn(path, offset, end)
+            return
+        length_crc, data_crc = _CHECKS.unpack_from(data, offset)
+        lengths = view[offset + _CHECKS.size : offset + _RECORD_HEAD]
+        if zlib.crc32(lengths) != length_crc:
+            if data.count(0, offset) == end - offset:  # zeros a crash left past the end
+                _torn(path, offset, end)
+                return
+            raise _damaged(path, offset, "its length prefix fails its checksum")
+        header_len, body_len = _LENGTHS.unpack(lengths)
+        stop = offset + _RECORD_HEAD + header_len + body_len
+        if stop > end:
+            _torn(path, offset, end)
+            return
+        if zlib.crc32(view[offset + _RECORD_HEAD : stop]) != data_crc:
+            if stop == end:
+                _torn(path, offset, end)
+                return
+            raise _damaged(path, offset, "its contents fail their checksum")
+        try:
+            frames = decode_many(data[offset + _CHECKS.size : stop])
+        except DecodeError as exc:
+            raise _damaged(path, offset, str(exc)) from None
+        yield frames[0], stop - offset
+        offset = stop
+
+
+def _torn(path: Path, offset: int, end: int) -> None:
+    log.warning("journal torn tail ignored", path=str(path), offset=offset, bytes=end - offset)
+
+
+def _damaged(path: Path, offset: int, reason: str) -> ConfigError:
+    return ConfigError(
+        f"journal {path} is damaged at offset {offset}: {reason}; restore it from a backup, "
+        "or move it aside to start the broker empty"
+    )
+
+
+# -- the journal --------------------------------------------------------------------
+
+
+class Journal:
+    """An append-only log of a broker's durable state in ``directory`` (created 0700).
+
+    ``fsync`` says when appended records reach the disk: ``always`` before each
+    operation that wrote something that matters returns (a publish's confirm, a
+    declaration's ok; acks ride along with the next fsync), ``interval`` from a
+    background thread at most every ``interval`` seconds, ``never`` when the OS
+    decides. In every mode each operation's records reach the OS before it
+    returns, so a killed broker process loses nothing. One journal serves one
+    broker; a directory serves one journal at a time (it is locked).
+    """
+
+    compact_factor: int = 4
+    compact_min_bytes: int = 4 << 20
+
+    def __init__(
+        self, directory: Path | str, fsync: FsyncPolicy = "interval", interval: float = 1.0
+    ) -> None:
+        if fsync not in ("always", "interval", "never"):
+            raise ConfigError(f"unknown fsync policy {fsync!r}; use always, interval or never")
+        if fsync == "interval" and not interval > 0:
+            raise ConfigError(f"the fsync interval must be positive, not {interval!r}")
+        self.directory = Path(directory)
+        self.path = self.directory / JOURNAL_NAME
+        self.fsync: FsyncPolicy = fsync
+        self.interval = interval
+        self._lock = threading.Lock()  # the buffer, the live state, the file
+        self._sync_lock = threading.Lock()  # one fsync or rewrite at a time; taken first
+        self._buffer = bytearray()
+        self._gone: dict[str, list[int]] = {}  # ids that left, written at the next commit
+        self._state = _State()
+        self._appended = self._written = self._synced = self._must_sync = 0
+        self._size = self._live = 0
+        self._compact_floor = 0  # raised after a failed compaction, not to retry it every time
+        self._closed = self._attached = False
+        self._stop = threading.Event()
+        self._lock_fd = self._open_directory()
+        try:
+            self._replay()
+            self._fd = self._rewrite()
+        except OSError as exc:
+            os.close(self._lock_fd)
+            raise ConfigError(f"cannot write journal {self.path}: {exc}") from None
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._flusher: threading.Thread | None = None
+        if fsync == "interval":
+            self._flusher = threading.Thread(
+                target=self._flush_periodically, name="logbus-journal-fsync", daemon=True
+            )
+            self._flusher.start()
+
+    # -- opening ----------------------------------------------------------------
+
+    def _open_directory(self) -> int:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True)
+            os.chmod(self.directory, 0o700)  # whatever the umask
+        except FileExistsError:
+            if not self.directory.is_dir():
+                raise ConfigError(f"data directory {self.directory} is not a directory") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot create data directory {self.directory}: {exc}") from None
+        try:
+            fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot use data directory {self.directory}: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"data directory {self.directory} is in use by another logbus broker; "
+                "stop it or choose another --data-dir"
+            ) from None
+        return fd
+
+    def _replay(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ConfigError(f"cannot read journal {self.path}: {exc}") from None
+        if not data:
+            return
+        if not data.startswith(MAGIC):
+            raise ConfigError(
+                f"{self.path} is not a logbus journal (it does not start with {MAGIC!r}); "
+                "move it aside or choose another --data-dir"
+            )
+        offset = len(MAGIC)
+        for frame, size in _records(self.path, data):
+            try:
+                self._state.apply(frame, size)
+            except (DecodeError, KeyError, TypeError, ValueError) as exc:
+                raise _damaged(
+                    self.path, offset, f"unreadable {frame.op!r} record: {exc}"
+                ) from None
+            offset += size
+        log.info("journal replayed", path=str(self.path), bytes=offset)
+
+    def attach(self) -> Recovery:
+        """The state to rebuild, for the one broker this journal will serve."""
+        with self._lock:
+            if self._attached:
+                raise ConfigError("a journal serves one broker; open another for another broker")
+            self._attached = True
+            state = self._state
+            queues = tuple(
+                QueueRecord(
+                    queue.name,
+                    queue.auto_delete,
+                    queue.arguments,
+                    tuple(
+                        MessageRecord(ident, held.message, held.expires)
+                        for ident, held in state.messages[queue.name].items()
+                    ),
+                )
+                for queue in state.queues.values()
+            )
+            return Recovery(tuple(state.exchanges.values()), queues, tuple(state.bindings.values()))
+
+    # -- hooks (called under the broker's lock) -------------------------------------
+
+    def exchange_declared(self, exchange: ExchangeState) -> None:
+        """Record a new durable exchange."""
+        record = ExchangeRecord(
+            exchange.name,
+            exchange.type,
+            exchange.auto_delete,
+            exchange.internal,
+            exchange.arguments,
+        )
+        with self._lock:
+            if self._append(_exchange_frame(record)):
+                self._state.exchanges[record.name] = record
+
+    def exchange_deleted(self, name: str) -> None:
+        """Record that a durable exchange, and every binding to or from it, is gone."""
+        with self._lock:
+            if self._append(Frame("exchange.delete", 0, {"name": name})):
+                self._state.drop_exchange(name)
+
+    def queue_declared(self, queue: QueueState) -> None:
+        """Record a new durable queue."""
+        record = QueueRecord(queue.name, queue.auto_delete, queue.arguments)
+        with self._lock:
+            if self._append(_queue_frame(record)):
+                self._state.queues[record.name] = record
+                self._state.messages[record.name] = {}
+
+    def queue_deleted(self, name: str) -> None:
+        """Record that a durable queue is gone, with its bindings and messages."""
+        with self._lock:
+            if self._append(Frame("queue.delete", 0, {"name": name})):
+                self._live -= self._state.drop_queue(name)
+                self._gone.pop(name, None)
+
+    def binding_changed(self, binding: BindingRecord, *, added: bool) -> None:
+        """Record a binding between durable entities added (or removed)."""
+        with self._lock:
+            if not self._append(_binding_frame(binding, "bind" if added else "unbind")):
+                return
+            if added:
+                self._state.bindings[_binding_key(binding)] = binding
+            else:
+                self._state.bindings.pop(_binding_key(binding), None)
+
+    def entered(self, queue: str, entry: Entry) -> Entry:
+        """Write a persistent message entering a durable queue; returns its journaled entry."""
+        message = entry.message
+        expires = None
+        if entry.expires_at is not None:  # the wall clock survives a restart, monotonic not
+            expires = time.time() + (entry.expires_at - monotonic())
+        with self._lock:
+            held = self._state.messages.get(queue)
+            ident = self._state.last_id + 1
+            if held is None or self._closed:
+                return entry
+            size = self._append(_message_frame(queue, ident, message, expires))
+            self._state.last_id = ident
+            held[ident] = _Held(message, expires, size)
+            self._live += size
+        return JournaledEntry(message, entry.expires_at, entry.redelivered, ident)
+
+    def left(self, queue: str, entry: Entry) -> None:
+        """Strike off a message that left a durable queue for good (no-op if not journaled)."""
+        if isinstance(entry, JournaledEntry):
+            with self._lock:
+                self._strike(queue, entry.id)
+
+    def purged(self, queue: str, entries: Iterable[Entry]) -> None:
+        """Strike off the messages a purge dropped."""
+        with self._lock:
+            for entry in entries:
+                if isinstance(entry, JournaledEntry):
+                    self._strike(queue, entry.id)
+
+    def _strike(self, queue: str, ident: int) -> None:
+        held = self._state.messages.get(queue, {}).pop(ident, None)
+        if held is not None and not self._closed:
+            self._live -= held.size
+            self._gone.setdefault(queue, []).append(ident)
+
+    def _append(self, frame: Frame) -> int:
+        """Buffer one record that must reach the disk; its size, or 0 once closed."""
+        if self._closed:
+            return 0
+        try:
+            size = _put(self._buffer, frame)
+        except InputError as exc:
+            raise PreconditionFailed(f"PRECONDITION_FAILED - cannot journal it: {exc}") from None
+        self._appended += 1
+        self._must_sync = self._appended
+        return size
+
+    # -- writing ------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Hand what was buffered to the OS; under ``always``, fsync it before returning."""
+        always = self.fsync == "always"
+        if not (self._buffer or self._gone or (always and self._must_sync > self._synced)):
+            return  # read without the lock: a thread always sees its own records
+        with self._lock:
+            if self._closed:
+                return
+            self._write_locked()
+            must_sync = always and self._must_sync > self._synced
+            threshold = max(self.compact_min_bytes, self.compact_factor * self._live)
+            compact = self._size > max(threshold, self._compact_floor)
+        if compact:
+            try:
+                self.compact()
+                return
+            except OSError as exc:  # the log only stays longer: not this operation's failure
+                self._compact_floor = self._size * 2
+                log.error("journal compaction failed", path=str(self.path), error=str(exc))
+        if must_sync:
+            self._sync()
+
+    def write(self) -> None:
+        """Hand what was buffered to the OS without waiting for the disk."""
+        with self._lock:
+            if not self._closed:
+                self._write_locked()
+
+    def _write_locked(self) -> None:
+        for queue, ids in self._gone.items():
+            _put(self._buffer, Frame("out", 0, {"queue": queue, "ids": ids}))
+            self._appended += 1
+        self._gone.clear()
+        if self._buffer:
+            try:
+                _write_all(self._fd, self._buffer)
+            except OSError:
+                os.ftruncate(self._fd, self._size)  # no half record ahead of the next ones
+                raise
+            self._size += len(self._buffer)
+            self._buffer.clear()
+        self._written = self._appended
+
+    def _sync(self) -> None:
+        with self._sync_lock:
+            with self._lock:
+                if self._closed:
+                    return
+                self._write_locked()
+                target, fd = self._written, self._fd
+            if self._synced < target:
+                os.fsync(fd)
+                self._synced = target
+
+    def _flush_periodically(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._sync()
+            except OSError as exc:
+                log.error("journal fsync failed", path=str(self.path), error=str(exc))
+
+    def compact(self) -> None:
+        """Rewrite the file as the live state alone (temporary file, fsync, atomic rename)."""
+        with self._sync_lock, self._lock:
+            if self._closed:
+                return
+            fd = self._rewrite()  # from the live state, which has what is still buffered too
+            self._buffer.clear()
+            self._gone.clear()
+            os.close(self._fd)
+            self._fd = fd
+            self._written = self._synced = self._appended
+            self._compact_floor = 0
+
+    def _rewrite(self) -> int:
+        state = self._state
+        temp = self.directory / _COMPACT_NAME
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        out, size = bytearray(MAGIC), 0
+        try:
+            for exchange in state.exchanges.values():
+                _put(out, _exchange_frame(exchange))
+            for queue in state.queues.values():
+                _put(out, _queue_frame(queue))
+            for binding in state.bindings.values():
+                _put(out, _binding_frame(binding))
+            live = len(out)
+            for name, held in state.messages.items():
+                for ident, item in held.items():
+                    frame = _message_frame(name, ident, item.message, item.expires)
+                    item.size = _put(out, frame)
+                    live += item.size
+                    if len(out) >= _WRITE_CHUNK:
+                        size += _write_all(fd, out)
+                        out.clear()
+            size += _write_all(fd, out)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, self.path)
+        _fsync_directory(self.directory)
+        self._size, self._live = size, live
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
+    def close(self) -> None:
+        """Write what is buffered, fsync (unless ``never``), and release the directory."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._sync_lock, self._lock:
+            if self._closed:
+                return
+            try:
+                self._write_locked()
+                if self.fsync != "never":
+                    os.fsync(self._fd)
+            finally:
+                self._closed = True
+                os.close(self._fd)
+                os.close(self._lock_fd)
+
+
+def _write_all(fd: int, data: bytearray) -> int:
+    view = memoryview(data)
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        return done
+    finally:
+        view.release()
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the filesystem can)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the rename is then the OS's affair
+    finally:
+        os.close(fd)
