@@ -21,6 +21,7 @@ TRANSPORTS: dict[str, str] = {
     "memory": "logbus.transports.memory:MemoryTransport",
     "local": "logbus.transports.process:LocalTransport",
     "process": "logbus.transports.process:ProcessTransport",
+    "gevent": "logbus.transports.green:GreenTransport",
     "amqp": "logbus.transports.amqp:AmqpTransport",
     "amqps": "logbus.transports.amqp:AmqpTransport",
 }
