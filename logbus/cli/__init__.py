@@ -41,13 +41,12 @@ def _root() -> None:
     """
 
 
-app.command("demo", epilog=_demo.EPILOG)(_demo.demo)
-
 #: Command modules; each has ``register(app)`` and keeps heavy imports inside its
 #: functions, so that ``logbus emit`` starts quickly.
-COMMANDS: tuple[str, ...] = ("worker", "topology", "status", "emit", "subscribe", "broker")
+COMMANDS: tuple[str, ...] = ("emit", "subscribe", "worker", "topology", "status", "broker")
 for _name in COMMANDS:
     importlib.import_module(f"logbus.cli.{_name}").register(app)
+app.command("demo", epilog=_demo.EPILOG)(_demo.demo)
 
 
 def main(argv: list[str] | None = None) -> None:
