@@ -65,11 +65,11 @@ def status(
     (node, alarms, per-queue statistics, exchanges, bindings); without it, passive
     declares give each queue's ready messages and consumers.
     """
-    from logbus import admin
+    from logbus import admin, management
 
     settings = make_settings(url, config)
     topology = settings.topology()
-    api = admin.management_api(settings.url, management_url)
+    api = management.management_api(settings.url, management_url)
     with quiet_connect():
         report = admin.status(
             settings, topology, management=api, queues=queue or (), everything=everything

@@ -18,7 +18,8 @@ from logbus.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from logbus.admin import Drift, ManagementApi
+    from logbus.admin import Drift
+    from logbus.management import ManagementApi
     from logbus.settings import Settings
     from logbus.topology import Topology
 
@@ -81,7 +82,7 @@ def apply(config: ConfigOption = None, url: UrlOption = None, as_json: JsonOptio
     line per entity: created, existed, or bound (bindings). An entity that exists
     with other properties is refused, naming the property and both values.
     """
-    from logbus import admin
+    from logbus import admin, management
     from logbus.settings import redact_url
     from logbus.transports import connect
 
@@ -91,7 +92,7 @@ def apply(config: ConfigOption = None, url: UrlOption = None, as_json: JsonOptio
         transport = connect(settings.url, settings=settings)
     with transport:
         applied = admin.apply(transport, topology)
-    where = f"{redact_url(settings.url)} (vhost {admin.vhost_of(settings.url)})"
+    where = f"{redact_url(settings.url)} (vhost {management.vhost_of(settings.url)})"
     if wants_json(as_json):
         rows = [a.to_dict() for a in applied]
         typer.echo(json.dumps({"url": redact_url(settings.url), "applied": rows}))
@@ -143,14 +144,14 @@ def diff(
     property with another value (named, with both values). What the broker has
     beyond the config is not drift; entities named like the config's are listed.
     """
-    from logbus import admin
+    from logbus import admin, management
     from logbus.settings import redact_url
 
     settings = make_settings(url, config)
     topology = settings.topology()
-    api = admin.management_api(settings.url, management_url)
+    api = management.management_api(settings.url, management_url)
     with quiet_connect():
-        drift = admin.diff(topology, admin.snapshot(settings, topology, management=api))
+        drift = admin.diff(topology, management.snapshot(settings, topology, management=api))
     if wants_json(as_json):
         extra = {
             "config": _source(settings.config),
@@ -193,7 +194,7 @@ def _render_drift(
 
 
 def _url(settings: Settings) -> str:
-    from logbus.admin import vhost_of
+    from logbus.management import vhost_of
     from logbus.settings import redact_url
 
     return f"{redact_url(settings.url)} (vhost {vhost_of(settings.url)})"

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_PREFETCH", "TRANSPORTS", "Consumer", "Delivery", "Transport"
 #: URL scheme -> "module:Class" of its transport.
 TRANSPORTS: dict[str, str] = {
     "memory": "logbus.transports.memory:MemoryTransport",
-    "local": "logbus.transports.process:LocalTransport",
+    "local": "logbus.transports.local:LocalTransport",
     "process": "logbus.transports.process:ProcessTransport",
     "gevent": "logbus.transports.green:GreenTransport",
     "amqp": "logbus.transports.amqp:AmqpTransport",

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from logbus.admin import ManagementUnavailable, management_api
 from logbus.errors import NotFound
+from logbus.management import ManagementUnavailable, management_api
 from logbus.topology import Topology
 from logbus.transports import connect
 

@@ -6,14 +6,13 @@ from typing import Any
 
 import pytest
 
-from logbus.admin import (
+from logbus.admin import diff, name_prefix
+from logbus.management import (
     BindingState,
     ExchangeState,
     QueueState,
     Snapshot,
-    diff,
     management_api,
-    name_prefix,
     snapshot_from_management,
     vhost_of,
 )

@@ -30,7 +30,8 @@ from logbus.errors import (
 )
 from logbus.message import Message
 from logbus.transports import connect
-from logbus.transports.process import LocalTransport, env_var, stop_broker
+from logbus.transports.local import LocalTransport
+from logbus.transports.process import env_var, stop_broker
 
 SPAWN = multiprocessing.get_context("spawn")
 DEADLINE = 20.0
