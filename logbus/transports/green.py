@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from logbus.errors import ConfigError, TransportClosed, TransportError
+from logbus.errors import ConfigError, TransportError
 
 try:
     import gevent
@@ -44,10 +44,9 @@ try:
 except ImportError as exc:
     raise ConfigError("gevent:// needs gevent: pip install 'logbus[gevent]'") from exc
 
-from logbus.broker import Broker, Delivered, PublishOutcome, Session
-from logbus.message import Message, QueueInfo
+from logbus.broker import Broker, Delivered, Session
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
-from logbus.transports.memory import raise_for_outcome
+from logbus.transports.memory import SessionTransport
 
 __all__ = ["GreenConsumer", "GreenTransport", "broker_name", "named"]
 
@@ -180,161 +179,14 @@ class GreenConsumer:
             self._deliver(_CANCELLED)  # behind any delivery still parked
 
 
-class GreenTransport:
+class GreenTransport(SessionTransport):
     """A session on a process-wide ``gevent://`` broker; safe to share between greenlets."""
 
     def __init__(self, url: str = "gevent://", **_options: Any) -> None:
-        self.url = url
-        self.broker = named(broker_name(url))
-        self._session = self.broker.session(url)
-
-    def _open(self) -> Session:
-        if not self._session.is_open:
-            raise TransportClosed(f"transport {self.url} is closed; create a new one")
-        return self._session
-
-    def declare_exchange(
-        self,
-        name: str,
-        type: str,
-        *,
-        durable: bool = True,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        passive: bool = False,
-    ) -> None:
-        """Declare an exchange on the in-process broker."""
-        self._open().declare_exchange(
-            name,
-            type,
-            durable=durable,
-            auto_delete=auto_delete,
-            internal=internal,
-            arguments=arguments,
-            passive=passive,
-        )
-
-    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
-        """Delete an exchange and its bindings."""
-        self._open().delete_exchange(name, if_unused=if_unused)
-
-    def declare_queue(
-        self,
-        name: str = "",
-        *,
-        durable: bool = True,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        passive: bool = False,
-    ) -> QueueInfo:
-        """Declare a queue on the in-process broker."""
-        return self._open().declare_queue(
-            name,
-            durable=durable,
-            exclusive=exclusive,
-            auto_delete=auto_delete,
-            arguments=arguments,
-            passive=passive,
-        )
-
-    def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
-        """Delete a queue; returns how many messages it held."""
-        return self._open().delete_queue(name, if_unused=if_unused, if_empty=if_empty)
-
-    def purge_queue(self, name: str) -> int:
-        """Drop a queue's ready messages."""
-        return self._open().purge_queue(name)
-
-    def bind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Bind a queue to an exchange."""
-        self._open().bind_queue(queue, exchange, routing_key, arguments)
-
-    def unbind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Remove a queue binding."""
-        self._open().unbind_queue(queue, exchange, routing_key, arguments)
-
-    def bind_exchange(
-        self,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Bind an exchange to another."""
-        self._open().bind_exchange(destination, source, routing_key, arguments)
-
-    def publish(self, message: Message, *, mandatory: bool = True) -> None:
-        """Publish; the in-process broker confirms synchronously, without switching."""
-        raise_for_outcome(self._open().publish(message, mandatory=mandatory), message)
-
-    def publish_many(self, messages: Iterable[Message], *, mandatory: bool = True) -> None:
-        """Publish every message; report the first failure with the count that failed."""
-        session = self._open()
-        failed = 0
-        first: tuple[PublishOutcome, Message] | None = None
-        for message in messages:
-            outcome = session.publish(message, mandatory=mandatory)
-            if outcome is not PublishOutcome.ROUTED:
-                failed += 1
-                first = first or (outcome, message)
-        if first is not None:
-            raise_for_outcome(first[0], first[1], failed)
-
-    def get(self, queue: str, *, auto_ack: bool = False) -> Delivery | None:
-        """Take one message from a queue, or None when it is empty."""
-        session = self._open()
-        item = session.get(queue, auto_ack=auto_ack)
-        if item is None:
-            return None
-        delivery = Delivery(
-            item.message,
-            delivery_tag=item.delivery_tag,
-            redelivered=item.redelivered,
-            consumer_tag="",
-            queue=queue,
-            settle=lambda how, tag, multiple, requeue: _settle_now(
-                session, how, tag, multiple, requeue
-            ),
-        )
-        if auto_ack:
-            delivery.settled = Settlement.ACK
-        return delivery
+        super().__init__(url, named(broker_name(url)))
 
     def consume(
         self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
     ) -> GreenConsumer:
         """Start consuming with manual acks and at most ``prefetch`` unacked deliveries."""
         return GreenConsumer(self._open(), self.broker, queue, prefetch, exclusive)
-
-    def close(self) -> None:
-        """Close the session: unacked deliveries are requeued, exclusive queues deleted."""
-        self._session.close()
-
-    def __enter__(self) -> GreenTransport:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def _settle_now(session: Session, how: Settlement, tag: int, multiple: bool, requeue: bool) -> None:
-    if how is Settlement.ACK:
-        session.ack(tag, multiple=multiple)
-    elif how is Settlement.NACK:
-        session.nack(tag, multiple=multiple, requeue=requeue)
-    else:
-        session.reject(tag, requeue=requeue)

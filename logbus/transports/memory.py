@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from logbus import broker as _broker
-from logbus.broker import Delivered, PublishOutcome, Session
+from logbus.broker import Broker, Delivered, PublishOutcome, Session
 from logbus.errors import ConfigError, NotConfirmed, TransportClosed, Unroutable
 from logbus.message import Message, QueueInfo
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
-__all__ = ["MemoryConsumer", "MemoryTransport"]
+__all__ = ["MemoryConsumer", "MemoryTransport", "SessionTransport"]
 
 _CANCELLED = object()
 
@@ -112,13 +112,17 @@ class MemoryConsumer:
             self._inbox.put(_CANCELLED)
 
 
-class MemoryTransport:
-    """A session on a process-wide in-process broker; safe to share between threads."""
+class SessionTransport:
+    """One session on an in-process :class:`~logbus.broker.Broker`, as a transport.
 
-    def __init__(self, url: str = "memory://", **_options: Any) -> None:
+    Everything but consuming is the same whatever drives the broker (threads,
+    greenlets); subclasses supply ``consume`` with their own kind of consumer.
+    """
+
+    def __init__(self, url: str, broker: Broker) -> None:
         self.url = url
-        self.broker = _broker.named(broker_name(url))
-        self._session = self.broker.session(url)
+        self.broker = broker
+        self._session = broker.session(url)
 
     def _open(self) -> Session:
         if not self._session.is_open:
@@ -246,21 +250,28 @@ class MemoryTransport:
             delivery.settled = Settlement.ACK
         return delivery
 
+    def close(self) -> None:
+        """Close the session: unacked deliveries are requeued, exclusive queues deleted."""
+        self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class MemoryTransport(SessionTransport):
+    """A session on a process-wide in-process broker; safe to share between threads."""
+
+    def __init__(self, url: str = "memory://", **_options: Any) -> None:
+        super().__init__(url, _broker.named(broker_name(url)))
+
     def consume(
         self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
     ) -> MemoryConsumer:
         """Start consuming with manual acks and at most ``prefetch`` unacked deliveries."""
         return MemoryConsumer(self._open(), queue, prefetch, exclusive)
-
-    def close(self) -> None:
-        """Close the session: unacked deliveries are requeued, exclusive queues deleted."""
-        self._session.close()
-
-    def __enter__(self) -> MemoryTransport:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _settle(session: Session, how: Settlement, tag: int, multiple: bool, requeue: bool) -> None:
