@@ -9,6 +9,7 @@ what :mod:`logbus.routing` says each binding should get.
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 import threading
@@ -234,13 +235,22 @@ def _run(
     stop = threading.Event()
     threads: list[threading.Thread] = []
     subscribers: list[Participant] = []
+    # Each subscriber is made on the thread that reads it: a transport is used by the thread
+    # that opened it (gevent:// consumers belong to their thread's hub). All are bound before
+    # anything is emitted.
+    errors: list[BaseException] = []
+    bound = threading.Semaphore(0)
     for style, label, kwargs, wants in specs:
-        sub = Subscriber(url, settings=settings, topology=topology, **kwargs)
-        exchange = sub.bindings[0][0].removeprefix(prefix)
         expected = sum(1 for r in batch if wants(r))
-        participant = Participant(f"{style} {label}", exchange, label, expected)
+        participant = Participant(f"{style} {label}", "", label, expected)
         subscribers.append(participant)
-        threads.append(_start(_subscribe, sub, participant, stop))
+        make = functools.partial(Subscriber, url, settings=settings, topology=topology, **kwargs)
+        threads.append(_start(_subscribe, make, participant, prefix, errors, bound, stop))
+    for _ in specs:
+        bound.acquire()
+    if errors:
+        stop.set()
+        raise errors[0]
     work_queue = topology.queues[0].name
     workers = [Participant(f"worker-{i}", "", work_queue.removeprefix(prefix), 0) for i in (1, 2)]
     for worker in workers:
@@ -267,7 +277,22 @@ def _start(target: Callable[..., None], *args: Any) -> threading.Thread:
     return thread
 
 
-def _subscribe(sub: Subscriber, participant: Participant, stop: threading.Event) -> None:
+def _subscribe(
+    make: Callable[[], Subscriber],
+    participant: Participant,
+    prefix: str,
+    errors: list[BaseException],
+    bound: threading.Semaphore,
+    stop: threading.Event,
+) -> None:
+    try:
+        sub = make()
+        participant.exchange = sub.bindings[0][0].removeprefix(prefix)
+    except BaseException as exc:
+        errors.append(exc)
+        return
+    finally:
+        bound.release()
     try:
         while not stop.is_set():
             record = sub.get(timeout=0.05)

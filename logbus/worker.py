@@ -1,8 +1,7 @@
-"""The consume loop: one work queue, a pool of threads, a sink, an ack after each success.
+"""The consume loop: one work queue, a pool (threads, processes or greenlets), a sink, acks.
 
->>> from logbus.sinks import load_sink
 >>> worker = Worker("amqp://guest:guest@localhost:5672/%2F", "logbus.tasks",
-...                 load_sink("jsonl:/var/log/logbus.jsonl"), concurrency=4)  # doctest: +SKIP
+...                 "jsonl:/var/log/logbus.jsonl", pool="process", concurrency=2)  # doctest: +SKIP
 >>> summary = worker.run()  # doctest: +SKIP
 
 ``run`` returns once ``worker.stop()`` was called, e.g. from a SIGTERM handler.
@@ -19,26 +18,36 @@ failed, recoverably          requeued (after a short pause, so that a sink that
                              is down is not hammered) and comes back redelivered
 failed for good              rejected without requeue, like an undecodable one
 was prefetched, not started  requeued when the worker stops, for other workers
+was in a worker process      requeued at once (it comes back redelivered); a new
+that died                    process takes its place
 ==========================  =====================================================
 
 *Fair dispatch.* RabbitMQ hands a consumer at most ``prefetch`` unacked records
 and the rest to whichever consumer has room, so a slow worker keeps only
 ``prefetch`` records from the others. The default, :func:`default_prefetch`, is
-two per thread (at least 10): each thread has one record in hand and one
-waiting, which hides the round trip of the ack, and a slow worker holds on to
-little. Raise it for a fast sink on a distant broker; set 1 for strict fairness.
+two per thread, process or greenlet (at least 10): each has one record in hand
+and one waiting, which hides the round trip of the ack, and a slow worker holds
+on to little. Raise it for a fast sink on a distant broker; set 1 for strict
+fairness.
 
-*Threads.* The thread that calls :meth:`Worker.run` is the only one taking
-deliveries from the consumer; it hands them to the pool through a
-``queue.Queue``. Several threads waiting in one consumer's ``get(timeout)``
-would not do: the consumers wait on a ``queue.SimpleQueue``, whose ``get`` with
-a timeout can, with several threads waiting, miss its deadline and block until
-the next message arrives (seen on CPython 3.11) — a worker that never stops.
+*Pools.* The thread that calls :meth:`Worker.run` is the only one taking
+deliveries from the consumer, and the worker's threads are the only ones
+settling them, whatever the pool: :mod:`logbus.pools` only says where records
+are decoded and written — by ``concurrency`` threads here (``thread``), by as
+many worker processes, each fed by a thread of its own (``process``: for a
+sink that needs CPU, past the GIL), or by greenlets (``gevent``: for a sink
+that waits on I/O, in a monkey-patched process). Deliveries reach the pool's
+threads through a ``queue.Queue``. Several threads waiting in one consumer's
+``get(timeout)`` would not do: the consumers wait on a ``queue.SimpleQueue``,
+whose ``get`` with a timeout can, with several threads waiting, miss its
+deadline and block until the next message arrives (seen on CPython 3.11) — a
+worker that never stops.
 
 *Stopping.* :meth:`Worker.stop` only raises a flag, so it is safe in a signal
 handler. The thread in :meth:`Worker.run` then cancels the consumer (no new
 records), lets every thread finish and ack the record in its hands, requeues
-what was prefetched but not started, and returns a :class:`WorkerSummary`.
+what was prefetched but not started, stops the pool (worker processes finish
+and exit) and returns a :class:`WorkerSummary`.
 """
 
 from __future__ import annotations
@@ -51,19 +60,27 @@ from queue import Empty, Queue
 from typing import TYPE_CHECKING
 
 from logbus._log import get_logger
-from logbus.errors import ConfigError, ConnectionLost, DecodeError, LogbusError
-from logbus.record import LogRecord, decode
+from logbus.errors import ConfigError, ConnectionLost, LogbusError
+from logbus.pools import (
+    Lane,
+    Pool,
+    PoolKind,
+    PoolWorkerLost,
+    Undecodable,
+    check_transport,
+    make_pool,
+)
 from logbus.sinks import Sink, is_recoverable
 from logbus.transports.base import Consumer, Delivery, Settlement, Transport
 
 if TYPE_CHECKING:
     from logbus.settings import Settings
 
-__all__ = ["MAX_CONCURRENCY", "Worker", "WorkerSummary", "default_prefetch"]
+__all__ = ["MAX_CONCURRENCY", "Worker", "WorkerSummary", "default_prefetch", "units"]
 
 log = get_logger("logbus.worker")
 
-#: More threads than this is a configuration mistake, not a deployment.
+#: More threads (processes, greenlets) than this is a configuration mistake, not a deployment.
 MAX_CONCURRENCY = 1024
 # How often the fetching thread looks at the stop flag: the latency of stop().
 #: Records handed to the sink in one write, at most: what is already waiting, no more.
@@ -75,8 +92,16 @@ _MAX_PAUSE = 2.0
 
 
 def default_prefetch(concurrency: int) -> int:
-    """The prefetch for ``concurrency`` threads: two records per thread, at least 10."""
+    """The prefetch for a pool of ``concurrency``: two records per thread (process,
+    greenlet), at least 10."""
     return max(10, 2 * concurrency)
+
+
+def units(unit: str, count: int) -> str:
+    """``unit`` (thread, process, greenlet) made plural when ``count`` is not 1."""
+    if count == 1:
+        return unit
+    return f"{unit}es" if unit.endswith("s") else f"{unit}s"
 
 
 @dataclass(frozen=True)
@@ -85,7 +110,9 @@ class WorkerSummary:
 
     ``handled`` records were stored and acked; ``failed`` sink failures happened,
     of which ``rejected`` were for good (dead-lettered or dropped) and the rest
-    requeued; ``undecodable`` messages were not records (rejected).
+    requeued; ``undecodable`` messages were not records (rejected). With the
+    process pool, ``replaced`` worker processes died and were started again, and
+    ``requeued`` records they held went back to the queue, to be redelivered.
     """
 
     queue: str
@@ -94,38 +121,53 @@ class WorkerSummary:
     rejected: int
     undecodable: int
     seconds: float
+    requeued: int = 0
+    replaced: int = 0
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.handled} handled, {self.failed} failed ({self.rejected} rejected), "
             f"{self.undecodable} undecodable from {self.queue} in {self.seconds:.1f}s"
         )
+        if self.replaced or self.requeued:
+            text += (
+                f"; {self.replaced} worker {units('process', self.replaced)} died and "
+                f"{'were' if self.replaced != 1 else 'was'} replaced, {self.requeued} "
+                f"{'records' if self.requeued != 1 else 'record'} requeued"
+            )
+        return text
 
 
 class Worker:
-    """Consumes one queue with ``concurrency`` threads, writes to a sink, acks after success.
+    """Consumes one queue with a pool of ``concurrency``, writes to a sink, acks after success.
 
     ``transport_or_url`` is a connected :class:`~logbus.transports.base.Transport`
     (left open: the caller owns it) or a URL to connect to (closed when the worker
     stops). The transport must be safe to use from several threads, as the
-    ``amqp://`` and ``memory://`` ones are. ``prefetch`` None means
-    ``settings.prefetch`` when it was set explicitly (``LOGBUS_PREFETCH``), else
-    :func:`default_prefetch`. The queue must exist: declare the topology first.
+    ``amqp://``, ``memory://`` and ``process://`` ones are. ``sink`` is a sink or
+    its spec (``jsonl:PATH``); the process pool needs the spec, which each worker
+    process opens itself. ``pool`` is ``thread``, ``process`` or ``gevent`` (see
+    :mod:`logbus.pools`). ``prefetch`` None means ``settings.prefetch`` when it
+    was set explicitly (``LOGBUS_PREFETCH``), else :func:`default_prefetch`. The
+    queue must exist: declare the topology first.
     """
 
     def __init__(
         self,
         transport_or_url: Transport | str,
         queue: str,
-        sink: Sink,
+        sink: Sink | str,
         *,
+        pool: PoolKind = "thread",
         prefetch: int | None = None,
         concurrency: int = 1,
         settings: Settings | None = None,
     ) -> None:
+        self.pool: Pool = make_pool(pool, sink)
         if not 1 <= concurrency <= MAX_CONCURRENCY:
             raise ConfigError(
-                f"concurrency must be 1..{MAX_CONCURRENCY} threads, not {concurrency}"
+                f"concurrency must be 1..{MAX_CONCURRENCY} {units(self.pool.unit, 2)}, "
+                f"not {concurrency}"
             )
         if prefetch is None and settings is not None and "prefetch" in settings.model_fields_set:
             prefetch = settings.prefetch
@@ -142,6 +184,8 @@ class Worker:
         else:
             self._url = None
             self._transport = transport_or_url
+        url = transport_or_url if isinstance(transport_or_url, str) else transport_or_url.url
+        check_transport(self.pool.kind, url)
         self._consumer: Consumer | None = None
         self._threads: list[threading.Thread] = []
         self._stop_requested = False  # a plain flag: the only thing a signal handler touches
@@ -152,6 +196,7 @@ class Worker:
         self._lock = threading.Lock()
         self._fatal: BaseException | None = None
         self._handled = self._failed = self._rejected = self._undecodable = 0
+        self._requeued = 0
         self._started_at: float | None = None
 
     # -- the public surface --------------------------------------------------------------
@@ -162,7 +207,10 @@ class Worker:
         return self.wait()
 
     def start(self) -> None:
-        """Open the sink, start consuming and start the threads; returns at once."""
+        """Open the pool (and sink), start consuming and start the threads; returns at once.
+
+        The process pool's worker processes have all opened their sink when this returns.
+        """
         if self._started_at is not None:
             raise ConfigError("a Worker runs once; create another to run again")
         self._started_at = time.monotonic()
@@ -173,11 +221,11 @@ class Worker:
             assert self._url is not None
             self._transport = connect(self._url, settings=self.settings)
         try:
-            self.sink.open()
+            lanes = self.pool.open(self.concurrency, self.queue)
             try:
                 self._consumer = self._transport.consume(self.queue, prefetch=self.prefetch)
             except BaseException:
-                self.sink.close()
+                self.pool.close()
                 raise
         except BaseException:
             if owned:
@@ -188,16 +236,23 @@ class Worker:
                 "worker.prefetch_below_concurrency",
                 prefetch=self.prefetch,
                 concurrency=self.concurrency,
-                idle_threads=self.concurrency - self.prefetch,
+                idle=self.concurrency - self.prefetch,
             )
-        for number in range(1, self.concurrency + 1):
+        for number, lane in enumerate(lanes, 1):
             thread = threading.Thread(
-                target=self._serve, name=f"logbus-worker-{number}:{self.queue}", daemon=True
+                target=self._serve,
+                args=(lane,),
+                name=f"logbus-worker-{number}:{self.queue}",
+                daemon=True,
             )
             self._threads.append(thread)
             thread.start()
         log.info(
-            "worker.started", queue=self.queue, prefetch=self.prefetch, threads=self.concurrency
+            "worker.started",
+            queue=self.queue,
+            prefetch=self.prefetch,
+            pool=self.pool.kind,
+            concurrency=self.concurrency,
         )
 
     def wait(self) -> WorkerSummary:
@@ -236,12 +291,14 @@ class Worker:
                 rejected=self._rejected,
                 undecodable=self._undecodable,
                 seconds=time.monotonic() - started,
+                requeued=self._requeued,
+                replaced=self.pool.replaced,
             )
 
     def __repr__(self) -> str:
         return (
             f"<Worker queue={self.queue!r} sink={self.sink!r} prefetch={self.prefetch} "
-            f"threads={self.concurrency}>"
+            f"pool={self.pool.kind} concurrency={self.concurrency}>"
         )
 
     # -- taking deliveries ----------------------------------------------------------------
@@ -265,84 +322,83 @@ class Worker:
 
     # -- one thread of the pool ----------------------------------------------------------
 
-    def _serve(self) -> None:
-        while (first := self._work.get()) is not None:
-            batch = [first]
-            # Whatever else is already waiting goes along, but only this thread's share
-            # of it: the other threads get records to work on too.
-            share = min(_BATCH, 1 + self._work.qsize() // self.concurrency)
-            while len(batch) < share:
-                try:
-                    more = self._work.get_nowait()
-                except Empty:
-                    break
-                if more is None:
-                    self._work.put(None)  # the stop marker is for the loop above
-                    break
-                batch.append(more)
-            if self._stop_requested:  # prefetched, never started: back to the queue
-                for delivery in batch:
-                    self._settle(delivery, Settlement.NACK, requeue=True)
-                continue
-            try:
-                self._handle(batch)
-            except BaseException as exc:
-                for delivery in batch:
-                    if delivery.settled is None:
+    def _serve(self, lane: Lane) -> None:
+        try:
+            while (first := self._work.get()) is not None:
+                batch = [first]
+                # Whatever else is already waiting goes along, but only this thread's share
+                # of it: the other threads get records to work on too.
+                share = min(_BATCH, 1 + self._work.qsize() // self.concurrency)
+                while len(batch) < share:
+                    try:
+                        more = self._work.get_nowait()
+                    except Empty:
+                        break
+                    if more is None:
+                        self._work.put(None)  # the stop marker is for the loop above
+                        break
+                    batch.append(more)
+                if self._stop_requested:  # prefetched, never started: back to the queue
+                    for delivery in batch:
                         self._settle(delivery, Settlement.NACK, requeue=True)
-                self._fail(exc)
-                return
+                    continue
+                try:
+                    self._handle(lane, batch)
+                except PoolWorkerLost as exc:
+                    self._requeue_lost(batch, exc)
+                except BaseException as exc:
+                    for delivery in batch:
+                        if delivery.settled is None:
+                            self._settle(delivery, Settlement.NACK, requeue=True)
+                    self._fail(exc)
+                    return
+        finally:
+            lane.close()  # a worker process finishes and exits
 
-    def _handle(self, deliveries: list[Delivery]) -> None:
-        """Decode a batch, write what decoded in one sink call, settle each by its result."""
-        records, kept = [], []
-        for delivery in deliveries:
-            try:
-                records.append(decode(delivery.body, delivery.properties, delivery.routing_key))
-                kept.append(delivery)
-            except DecodeError as exc:
+    def _handle(self, lane: Lane, deliveries: list[Delivery]) -> None:
+        """Have the lane decode and write a batch; settle each delivery by its result."""
+        results = lane.handle(deliveries)
+        self._local.losses = 0
+        for delivery, result in zip(deliveries, results, strict=True):
+            if result is None:
+                self._local.failures = 0
+                self._count("_handled")
+                self._settle(delivery, Settlement.ACK)
+            elif isinstance(result, Undecodable):
                 log.warning(
                     "worker.undecodable",
                     queue=self.queue,
                     message_id=delivery.properties.message_id,
                     routing_key=delivery.routing_key,
-                    reason=str(exc),
+                    reason=result.reason,
                 )
                 self._count("_undecodable")
                 self._settle(delivery, Settlement.REJECT, requeue=False)
-        if not records:
-            return
-        results = self._write(records)
-        if len(results) != len(records):
-            raise ConfigError(
-                f"sink {self.sink!r} returned {len(results)} results for a batch of "
-                f"{len(records)} records; a sink returns one per record (a bug in the sink)"
-            )
-        for delivery, record, error in zip(kept, records, results, strict=True):
-            if error is None:
-                self._local.failures = 0
-                self._count("_handled")
-                self._settle(delivery, Settlement.ACK)
-                continue
-            log.warning(
-                "worker.sink_failed",
-                queue=self.queue,
-                id=record.id,
-                recoverable=is_recoverable(error),
-                error=f"{type(error).__name__}: {error}",
-            )
-            self._count("_failed")
-            self._on_failure(delivery, error)
+            else:
+                log.warning(
+                    "worker.sink_failed",
+                    queue=self.queue,
+                    message_id=delivery.properties.message_id,
+                    recoverable=is_recoverable(result),
+                    error=f"{type(result).__name__}: {result}",
+                )
+                self._count("_failed")
+                self._on_failure(delivery, result)
 
-    def _write(self, records: list[LogRecord]) -> list[Exception | None]:
-        """The sink's result per record. A batch whose write raised is written again one
-        record at a time, so that one bad record does not fail the others."""
-        try:
-            return list(self.sink.write(records))
-        except Exception as exc:
-            if len(records) == 1:
-                return [exc]
-        return [result for record in records for result in self._write([record])]
+    def _requeue_lost(self, deliveries: list[Delivery], exc: PoolWorkerLost) -> None:
+        """Records lost with a worker process go back to the queue; its lane starts another."""
+        lost = [delivery for delivery in deliveries if delivery.settled is None]
+        log.warning("worker.process_lost", queue=self.queue, requeued=len(lost), reason=str(exc))
+        for delivery in lost:
+            self._settle(delivery, Settlement.NACK, requeue=True)
+        with self._lock:
+            self._requeued += len(lost)
+        # A process that dies on every batch (a sink crashing on start) is not restarted
+        # in a tight loop: the pause grows as for a failing sink.
+        losses = getattr(self._local, "losses", 0) + 1
+        self._local.losses = losses
+        if losses > 1:
+            self._draining.wait(min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** min(losses - 2, 16)))
 
     def _on_failure(self, delivery: Delivery, exc: Exception) -> None:
         """Settle a delivery whose record the sink did not store.
@@ -411,5 +467,5 @@ class Worker:
             if self._url is not None and self._transport is not None:
                 self._transport.close()
         finally:
-            self.sink.close()
-        log.info("worker.stopped", **vars(self.summary()))
+            self.pool.close()
+        log.info("worker.stopped", pool=self.pool.kind, **vars(self.summary()))

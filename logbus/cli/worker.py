@@ -1,4 +1,13 @@
-"""``logbus worker``: consume a durable work queue into a sink until told to stop."""
+"""``logbus worker``: consume a durable work queue into a sink until told to stop.
+
+``--pool gevent`` monkey-patches the process, and patching must come before
+the modules it patches are used — before the transports, the sinks and the
+worker are imported, and before any socket or thread exists. So it is the
+first thing :func:`worker` does, and everything else this module needs is
+imported inside the function, after it. (By then the command line has
+imported only typer, logging and the standard library's threading, which
+gevent patches in place.) No other pool, and no other command, patches.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,7 +27,7 @@ if TYPE_CHECKING:
     from logbus.topology import Topology
     from logbus.transports.base import Transport
 
-__all__ = ["EPILOG", "register", "worker"]
+__all__ = ["EPILOG", "PoolChoice", "register", "worker"]
 
 EPILOG = """Examples:
 
@@ -25,13 +35,26 @@ EPILOG = """Examples:
   logbus worker                  # the topology's work queue, to the console
   logbus worker --sink jsonl:/var/log/logbus.jsonl --concurrency 4
   logbus worker --queue logbus.tasks --prefetch 1   # strictly fair, slow sink
+  logbus worker --pool process --concurrency 2     # a sink that needs CPU
+  logbus worker --pool gevent --concurrency 200    # a sink that waits on I/O
 
 SIGTERM or Ctrl-C stops taking records, finishes and acks those in hand, and
 exits 0; a second one quits at once (the broker requeues what was not acked).
-Sinks: console, jsonl:PATH.
+Worker processes (--pool process) finish their batch and exit first; one that
+dies has its records requeued and is replaced. They share a jsonl file
+(appending whole batches). Sinks: console, jsonl:PATH.
 """
 
 USAGE = 2
+CONFIG = 78
+
+
+class PoolChoice(StrEnum):
+    """Where records are written: ``--pool``."""
+
+    thread = "thread"
+    process = "process"
+    gevent = "gevent"
 
 
 def worker(
@@ -56,14 +79,27 @@ def worker(
             min=1,
             max=65535,
             help="Unacked records this worker may hold. Default: $LOGBUS_PREFETCH, else two "
-            "per thread (at least 10). Low keeps competing workers fair.",
+            "per thread, process or greenlet (at least 10). Low keeps competing workers fair.",
             show_default=False,
         ),
     ] = None,
     concurrency: Annotated[
         int,
-        typer.Option(min=1, max=1024, help="Threads handing records to the sink in parallel."),
+        typer.Option(
+            min=1,
+            max=1024,
+            help="Threads, processes or greenlets (see --pool) writing to the sink in parallel.",
+        ),
     ] = 1,
+    pool: Annotated[
+        PoolChoice,
+        typer.Option(
+            help="thread: threads of this process. process: worker processes, each opening "
+            "the sink itself (CPU-bound sinks). gevent: greenlets in this process, "
+            "monkey-patched (I/O-bound sinks; needs logbus[gevent]; not with local:// or "
+            "process://).",
+        ),
+    ] = PoolChoice.thread,
     url: UrlOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -75,13 +111,17 @@ def worker(
     another. A record that is not a record (bad JSON) is rejected, and
     dead-lettered if the queue has a dead-letter exchange.
     """
+    if pool is PoolChoice.gevent:
+        _monkey_patch()  # first: see the module docstring
+    from logbus.pools import check_transport
     from logbus.settings import redact_url
     from logbus.sinks import load_sink
     from logbus.topology import declare
     from logbus.transports import connect
-    from logbus.worker import Worker
+    from logbus.worker import Worker, units
 
     settings = make_settings(url, config)
+    check_transport(pool.value, settings.url)  # before connecting: gevent blocks some
     topology = settings.topology()
     name = _pick_queue(topology, queue)
     chosen = load_sink(sink)  # a bad sink fails before anything touches the broker
@@ -94,16 +134,17 @@ def worker(
         runner = Worker(
             transport,
             name,
-            chosen,
+            sink if pool is PoolChoice.process else chosen,  # processes open it themselves
+            pool=pool.value,
             prefetch=prefetch,
             concurrency=concurrency,
             settings=settings,
         )
         with _stop_on_signals(runner.stop):
             runner.start()
-            threads = f"{concurrency} thread{'s' if concurrency != 1 else ''}"
+            lanes = f"{concurrency} {units(runner.pool.unit, concurrency)}"
             typer.echo(
-                f"logbus worker: consuming {name} (prefetch {runner.prefetch}, {threads}) "
+                f"logbus worker: consuming {name} (prefetch {runner.prefetch}, {lanes}) "
                 f"→ {redact_url(sink)}",
                 err=True,
             )
@@ -116,6 +157,15 @@ def worker(
 def register(app: typer.Typer) -> None:
     """Add ``logbus worker`` to the app."""
     app.command("worker", epilog=EPILOG)(worker)
+
+
+def _monkey_patch() -> None:
+    """Make this process cooperative for the gevent pool (threads become greenlets)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        raise fail("--pool gevent needs gevent: pip install 'logbus[gevent]'", CONFIG) from None
+    monkey.patch_all()
 
 
 def _pick_queue(topology: Topology, queue: str | None) -> str:
