@@ -350,11 +350,18 @@ class AioTransport:
     # -- publishing ----------------------------------------------------------------------
 
     async def _send(
-        self, underlay: aiormq.abc.AbstractChannel, message: Message, mandatory: bool
+        self,
+        underlay: aiormq.abc.AbstractChannel,
+        message: Message,
+        mandatory: bool,
+        *,
+        timed: bool = True,
     ) -> None:
         doing = f"publishing to exchange {message.exchange!r}"
         try:
-            async with asyncio.timeout(self.options.confirm_timeout):
+            # publish_many times its batch as a whole (timed=False): a timeout context
+            # per message costs more than the rest of logbus's work on it.
+            async with asyncio.timeout(self.options.confirm_timeout if timed else None):
                 await cast(aiormq.Channel, underlay).basic_publish(
                     message.body,
                     exchange=message.exchange,
@@ -393,38 +400,61 @@ class AioTransport:
         error stops it and is raised as is.
         """
         underlay = await self._run("opening the publishing channel", self._publishing.underlay)
-        window = asyncio.Semaphore(self.options.publish_window)
+        window = self.options.publish_window
         failures: list[tuple[int, LogbusError]] = []
         in_flight: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        wake: list[tuple[int, asyncio.Future[None]]] = []  # (at most this many left, waiter)
         sent = 0
 
         async def one(index: int, message: Message) -> None:
             try:
-                await self._send(underlay, message, mandatory)
+                await self._send(underlay, message, mandatory, timed=False)
             except LogbusError as exc:
                 failures.append((index, exc))
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            if wake and len(in_flight) <= wake[0][0] and not wake[0][1].done():
+                wake[0][1].set_result(None)
+
+        async def until_at_most(limit: int) -> None:
+            """Wait (once, not per message) until at most ``limit`` are unconfirmed."""
+            if len(in_flight) <= limit:
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            wake[:] = [(limit, waiter)]
+            try:
+                await asyncio.wait_for(waiter, self.options.confirm_timeout)
+            except TimeoutError:
+                raise NotConfirmed(
+                    f"{len(in_flight)} message(s) not confirmed by {self.endpoint} within "
+                    f"{self.options.confirm_timeout:g} s (the broker may be overloaded; retry)",
+                    unconfirmed=len(in_flight) + len(failures),
+                ) from None
             finally:
-                window.release()
+                wake.clear()
 
         try:
             for message in messages:
-                await window.acquire()
-                if any(not isinstance(e, NotConfirmed) for _, e in failures):
-                    window.release()
-                    break
+                if failures and any(not isinstance(e, NotConfirmed) for _, e in failures):
+                    break  # a channel or connection error: stop sending
+                if len(in_flight) >= window:  # refill from half: one wait per half window
+                    await until_at_most(window // 2)
                 sent += 1
-                task = asyncio.get_running_loop().create_task(one(sent, message))
+                task = loop.create_task(one(sent, message))
                 in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-        except asyncio.CancelledError:
+                task.add_done_callback(finished)
+        except (asyncio.CancelledError, NotConfirmed):
             for task in in_flight:
                 task.cancel()
             raise
-        finally:
-            # Whatever stopped the loop (the end, an error from the iterable), the
-            # publishes already sent are waited for: their outcome is then known.
-            if in_flight:
-                await asyncio.wait(set(in_flight))
+        except BaseException:
+            # The iterable failed: the publishes already sent are waited for, so that
+            # their outcome is known, then its error goes on.
+            await until_at_most(0)
+            raise
+        await until_at_most(0)
         _raise_failures(failures, sent)
 
     # -- consuming -----------------------------------------------------------------------
