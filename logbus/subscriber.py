@@ -102,7 +102,7 @@ class Subscriber:
         self.settings = settings or Settings()
         self.topology = topology or self.settings.topology()
         self._on_undecodable = on_undecodable
-        self.bindings = self._bindings(keys, severities, exact, headers, match, all)
+        self.bindings = bindings_for(self.topology, keys, severities, exact, headers, match, all)
         if not self.bindings:
             raise ConfigError(
                 "nothing to subscribe to: give binding keys, severities, exact keys, "
@@ -126,17 +126,6 @@ class Subscriber:
             self.queue, prefetch=prefetch or self.settings.prefetch
         )
         self._pending: Delivery | None = None
-
-    def _bindings(
-        self,
-        keys: Sequence[str],
-        severities: Sequence[str | int | Severity],
-        exact: Sequence[str],
-        headers: Mapping[str, Any] | None,
-        match: str,
-        everything: bool,
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        return bindings_for(self.topology, keys, severities, exact, headers, match, everything)
 
     def get(self, timeout: float | None = None) -> LogRecord | None:
         """The next record, waiting up to ``timeout`` seconds; None when none came."""
