@@ -11,10 +11,11 @@ memory:// — publish (confirmed) -> consume -> ack of 50,000 record bodies, one
   ``queue.Queue`` producer/consumer thread pair (both from ``bench/routing.py``).
   Best of 3.
 
-process:// — the same 50,000 bodies published (``publish_many``: pipelined
-  confirms) through the broker process by one thread of this process, consumed and
-  acked one by one on another connection by a second thread; every record crosses
-  two process boundaries (to the broker and back) and each ack a third time. The
+process:// — the same 50,000 bodies published (``publish_many``: many publishes to
+  a frame, pipelined confirms) through the broker process by one thread of this
+  process, consumed and acked one by one on another connection by a second thread
+  (the transport sends acks many to a frame); every record crosses two process
+  boundaries (to the broker and back) and each ack a third time. The
   baseline is a bare ``multiprocessing.Queue`` between a producer PROCESS and a
   consumer PROCESS passing the same bytes (one boundary, no acks). Best of 3.
 
@@ -229,8 +230,8 @@ def bench_process() -> None:
     publishing = max(process_publish_only(bodies) for _ in range(ROUNDS))
     print(f"mp.Queue       {base:>12,.0f} records/s  (bare Queue, producer -> consumer process)")
     bound = (
-        "the process transport's per-record framing in Python (a JSON header and a confirm "
-        f"per publish, a frame per delivery and per ack): publishing alone, one hop, "
+        "the broker process's Python work per record (decode, route, enqueue, dispatch, "
+        f"encode, settle) on a shared machine: publishing alone, one hop, "
         f"reaches {publishing:,.0f}/s = {publishing / base:.2f}x"
     )
     print(

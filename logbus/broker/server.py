@@ -15,13 +15,16 @@ Threads, per server and per client::
 
 The broker calls a consumer's ``deliver`` under its lock, so the callback only
 puts the delivery on the client's outbox; encoding and the socket write happen
-on the writer thread. Replies go through the same outbox, so a client sees
-every delivery pushed before the reply to the request that caused it.
-Settlements get no reply: they are queued with ``settle_later`` and applied
-once the reader has handled what it received, before it blocks again. A client
-that goes away (EOF, reset, undecodable bytes) has its session closed, which
-requeues its unacknowledged messages flagged redelivered — RabbitMQ's rule for
-a dropped connection.
+on the writer thread, which sends whatever the outbox holds as one packet, each
+run of deliveries in it as one ``deliver`` frame (:mod:`logbus.transports._batch`).
+Replies go through the same outbox, so a client sees every delivery pushed
+before the reply to the request that caused it. What each request does is in
+:mod:`logbus.broker._requests`. Settlements (many tags to a frame) get no
+reply: they are queued with ``settle_later`` and applied once the reader has
+handled what it received, before it blocks again. A client that goes away
+(EOF, reset, undecodable bytes) has its session closed, which requeues its
+unacknowledged messages flagged redelivered — RabbitMQ's rule for a dropped
+connection.
 
 :func:`serve` runs a server on an ``AF_UNIX`` socket until SIGTERM or SIGINT:
 what ``logbus broker serve --listen PATH`` does.
@@ -32,10 +35,8 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import secrets
 import signal
 import socket
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing import AuthenticationError
@@ -49,22 +50,14 @@ from types import FrameType
 from typing import Any
 
 from logbus._log import get_logger
+from logbus.broker._listen import key_path_for, listen, load_key
+from logbus.broker._requests import HANDLERS, error_frame, settle
 from logbus.broker.core import Broker, Session
 from logbus.broker.journal import FsyncPolicy, Journal
 from logbus.broker.queues import Delivered
 from logbus.errors import ConfigError, DecodeError, LogbusError
-from logbus.message import QueueInfo
-from logbus.transports._frames import (
-    Frame,
-    arg_bool,
-    arg_int,
-    arg_str,
-    arg_table,
-    decode_many,
-    encode,
-    message_args,
-    message_from,
-)
+from logbus.transports._batch import encode_deliveries
+from logbus.transports._frames import Frame, arg_bool, arg_int, arg_str, decode_many, encode
 
 __all__ = ["BrokerServer", "key_path_for", "listen", "load_key", "make_broker", "serve"]
 
@@ -72,11 +65,10 @@ log = get_logger("logbus.broker.server")
 
 #: The largest packet a client may send (RabbitMQ's largest message, plus room).
 MAX_PACKET = 512 * 1024 * 1024 + 65536
-#: Frames a writer packs into one ``send_bytes``.
-_WRITE_BATCH = 256
-_KEY_BYTES = 32
+#: Replies and deliveries a writer packs into one ``send_bytes``, and their bodies' bytes.
+_WRITE_BATCH = 1024
+_WRITE_BYTES = 4 * 1024 * 1024
 _STOP = object()
-_Handler = Callable[[Session, dict[str, Any], bytes], tuple[Any, bytes]]
 
 
 class BrokerServer:
@@ -193,7 +185,7 @@ class _Client:
                 settled = False
                 for frame in decode_many(self._conn.recv_bytes(MAX_PACKET)):
                     if frame.op == "settle":
-                        _settle(session, frame)
+                        settle(session, frame)
                         settled = True
                     else:
                         self._outbox.put(self._handle(session, frame))
@@ -226,7 +218,7 @@ class _Client:
         log.debug("broker.client_gone", reason=why)
 
     def _handle(self, session: Session, frame: Frame) -> Frame:
-        handler = _HANDLERS.get(frame.op)
+        handler = HANDLERS.get(frame.op)
         if frame.op == "consume":
             handler = self._consume
         try:
@@ -234,7 +226,7 @@ class _Client:
                 raise DecodeError(f"frame: unknown operation {frame.op!r}")
             result, body = handler(session, dict(frame.args), frame.body)
         except LogbusError as exc:
-            return _error(frame.id, exc)
+            return error_frame(frame.id, exc)
         except Exception as exc:
             log.exception("broker.request_failed", op=frame.op)
             return Frame("error", frame.id, {"class": "TransportError", "message": repr(exc)})
@@ -259,13 +251,16 @@ class _Client:
         try:
             while True:
                 batch = [outbox.get()]
-                while len(batch) < _WRITE_BATCH:
+                size = 0
+                while len(batch) < _WRITE_BATCH and size < _WRITE_BYTES:
                     try:
-                        batch.append(outbox.get_nowait())
+                        item = outbox.get_nowait()
                     except queue.Empty:
                         break
-                done = any(item is _STOP for item in batch)
-                packet = b"".join(encode(_as_frame(item)) for item in batch if item is not _STOP)
+                    batch.append(item)
+                    if type(item) is tuple:
+                        size += len(item[1].message.body)
+                packet, done = _packet(batch)
                 if packet:
                     self._conn.send_bytes(packet)
                 if done:
@@ -277,133 +272,25 @@ class _Client:
         _shutdown(self._conn)
 
 
-def _as_frame(item: object) -> Frame:
-    if isinstance(item, Frame):
-        return item
-    assert isinstance(item, tuple)
-    cid, delivered = item
-    return _delivered_frame("deliver", 0, delivered, {"cid": cid})
-
-
-def _delivered_frame(op: str, ident: int, item: Delivered, extra: dict[str, Any]) -> Frame:
-    args = message_args(item.message)
-    args.update(
-        extra,
-        tag=item.delivery_tag,
-        redelivered=item.redelivered,
-        queue=item.queue,
-        consumer_tag=item.consumer_tag,
-    )
-    return Frame(op, ident, args, item.message.body)
-
-
-def _error(ident: int, exc: LogbusError) -> Frame:
-    return Frame("error", ident, {"class": type(exc).__name__, "message": str(exc)})
-
-
-def _settle(session: Session, frame: Frame) -> None:
-    args = frame.args
-    requeue = args.get("requeue")
-    if requeue is not None and type(requeue) is not bool:
-        raise DecodeError("frame: settle's requeue must be true, false or null")
-    session.settle_later(
-        arg_int(args, "tag"), multiple=arg_bool(args, "multiple", False), requeue=requeue
-    )
-
-
-# -- request handlers: (session, args, body) -> (result, reply body) ----------------
-
-
-def _declare_exchange(session: Session, a: dict[str, Any], _b: bytes) -> tuple[Any, bytes]:
-    session.declare_exchange(
-        arg_str(a, "name"),
-        arg_str(a, "type"),
-        durable=arg_bool(a, "durable", True),
-        auto_delete=arg_bool(a, "auto_delete", False),
-        internal=arg_bool(a, "internal", False),
-        arguments=arg_table(a, "arguments"),
-        passive=arg_bool(a, "passive", False),
-    )
-    return None, b""
-
-
-def _declare_queue(session: Session, a: dict[str, Any], _b: bytes) -> tuple[Any, bytes]:
-    info: QueueInfo = session.declare_queue(
-        arg_str(a, "name", ""),
-        durable=arg_bool(a, "durable", True),
-        exclusive=arg_bool(a, "exclusive", False),
-        auto_delete=arg_bool(a, "auto_delete", False),
-        arguments=arg_table(a, "arguments"),
-        passive=arg_bool(a, "passive", False),
-    )
-    return [info.name, info.message_count, info.consumer_count], b""
-
-
-def _bind(method: str, first: str, second: str) -> _Handler:
-    def handler(session: Session, a: dict[str, Any], _b: bytes) -> tuple[Any, bytes]:
-        getattr(session, method)(
-            arg_str(a, first),
-            arg_str(a, second),
-            arg_str(a, "routing_key", ""),
-            arg_table(a, "arguments"),
-        )
-        return None, b""
-
-    return handler
-
-
-def _publish(session: Session, a: dict[str, Any], body: bytes) -> tuple[Any, bytes]:
-    outcome = session.publish(message_from(a, body), mandatory=arg_bool(a, "mandatory", False))
-    return outcome.value, b""
-
-
-def _get(session: Session, a: dict[str, Any], _b: bytes) -> tuple[Any, bytes]:
-    item = session.get(arg_str(a, "queue"), auto_ack=arg_bool(a, "auto_ack", False))
-    if item is None:
-        return None, b""
-    frame = _delivered_frame("got", 0, item, {})
-    return dict(frame.args), frame.body
-
-
-def _delete_exchange(session: Session, a: dict[str, Any], _b: bytes) -> tuple[Any, bytes]:
-    session.delete_exchange(arg_str(a, "name"), if_unused=arg_bool(a, "if_unused", False))
-    return None, b""
-
-
-def _delete_queue(session: Session, a: dict[str, Any], _b: bytes) -> tuple[Any, bytes]:
-    count = session.delete_queue(
-        arg_str(a, "name"),
-        if_unused=arg_bool(a, "if_unused", False),
-        if_empty=arg_bool(a, "if_empty", False),
-    )
-    return count, b""
-
-
-def _cancel(session: Session, a: dict[str, Any], _b: bytes) -> tuple[Any, bytes]:
-    session.cancel(arg_str(a, "tag"))
-    return None, b""
-
-
-def _close(session: Session, _a: dict[str, Any], _b: bytes) -> tuple[Any, bytes]:
-    session.close()
-    return None, b""
-
-
-_HANDLERS: dict[str, _Handler] = {
-    "declare_exchange": _declare_exchange,
-    "delete_exchange": _delete_exchange,
-    "declare_queue": _declare_queue,
-    "delete_queue": _delete_queue,
-    "purge_queue": lambda s, a, _b: (s.purge_queue(arg_str(a, "name")), b""),
-    "bind_queue": _bind("bind_queue", "queue", "exchange"),
-    "unbind_queue": _bind("unbind_queue", "queue", "exchange"),
-    "bind_exchange": _bind("bind_exchange", "destination", "source"),
-    "unbind_exchange": _bind("unbind_exchange", "destination", "source"),
-    "publish": _publish,
-    "get": _get,
-    "cancel": _cancel,
-    "close": _close,
-}
+def _packet(batch: list[object]) -> tuple[bytes, bool]:
+    """The outbox items as one packet: each run of deliveries as one ``deliver`` frame."""
+    parts: list[bytes] = []
+    run: list[tuple[int, Delivered]] = []
+    done = False
+    for item in batch:
+        if type(item) is tuple:
+            run.append(item)
+            continue
+        if run:
+            parts.append(encode_deliveries(run))
+            run = []
+        if item is _STOP:
+            done = True
+        elif isinstance(item, Frame):
+            parts.append(encode(item))
+    if run:
+        parts.append(encode_deliveries(run))
+    return b"".join(parts), done
 
 
 # -- sockets ------------------------------------------------------------------------
@@ -423,79 +310,6 @@ def _wake(address: Any) -> None:
     with contextlib.suppress(OSError), socket.socket(family) as sock:
         sock.settimeout(1.0)
         sock.connect(address)
-
-
-def key_path_for(path: str) -> str:
-    """Where the key of the socket at ``path`` lives: ``<path>.key``."""
-    return f"{path}.key"
-
-
-def load_key(key_file: str, *, create: bool = True) -> bytes:
-    """Read the authentication key, creating it (0600, 32 random bytes) when missing.
-
-    Refuses (``ConfigError``) a key file that group or others may read: whoever
-    holds the key can read every record the broker carries.
-    """
-    if create:
-        try:
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise ConfigError(f"cannot create the key file {key_file}: {exc.strerror}") from None
-        else:
-            with os.fdopen(fd, "wb") as out:
-                out.write(secrets.token_bytes(_KEY_BYTES))
-    try:
-        mode = stat.S_IMODE(os.stat(key_file).st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"key file {key_file} is readable by group or others (mode {mode:04o}); "
-                f"run: chmod 600 {key_file}"
-            )
-        with open(key_file, "rb") as source:
-            key = source.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the key file {key_file}: {exc.strerror}") from None
-    if not key:
-        raise ConfigError(f"key file {key_file} is empty; delete it and a new one is made")
-    return key
-
-
-def listen(path: str, *, authkey_file: str | None = None) -> tuple[Listener, bytes]:
-    """An ``AF_UNIX`` listener on ``path`` (mode 0600) and its key, read or created.
-
-    A socket already at ``path`` is removed only if nothing answers on it.
-    """
-    key = load_key(authkey_file or key_path_for(path))
-    _clear_stale(path)
-    try:
-        listener = Listener(path, family="AF_UNIX", backlog=128)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {path}: {exc.strerror or exc}") from None
-    os.chmod(path, 0o600)
-    return listener, key
-
-
-def _clear_stale(path: str) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"{path} exists and is not a socket; remove it or choose another path")
-    with socket.socket(socket.AF_UNIX) as probe:
-        probe.settimeout(2.0)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # stale: left by a broker that did not stop cleanly
-            log.info("broker.stale_socket_removed", path=path)
-            return
-        except OSError:
-            pass  # timed out with a full backlog: somebody is there
-    raise ConfigError(f"a broker already answers on {path}; stop it or choose another path")
 
 
 def make_broker(*, data_dir: str | None = None, fsync: str | None = None) -> Broker:

@@ -50,9 +50,12 @@ __all__ = [
     "decode_value",
     "encode",
     "encode_many",
+    "encode_plain",
     "encode_value",
     "message_args",
     "message_from",
+    "properties_from",
+    "properties_wire",
 ]
 
 _LENGTHS = struct.Struct(">II")
@@ -69,6 +72,7 @@ _STR_PROPERTIES = (
     "app_id",
 )
 _INT_PROPERTIES = ("delivery_mode", "priority", "timestamp")
+_PROPERTIES = (*_STR_PROPERTIES, *_INT_PROPERTIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +164,17 @@ def _untag(tag: str, payload: Any) -> Any:
 def encode(frame: Frame) -> bytes:
     """One frame as bytes; raises ``InputError`` for a value that cannot cross."""
     try:
-        header = {"op": frame.op, "id": frame.id, "args": encode_value(frame.args)}
+        args = encode_value(frame.args)
     except RecursionError:
         raise InputError(f"frame {frame.op!r}: a table is nested too deeply") from None
+    return encode_plain(frame.op, frame.id, args, frame.body)
+
+
+def encode_plain(op: str, ident: int, args: dict[str, Any], body: bytes = b"") -> bytes:
+    """One frame whose ``args`` are plain JSON data already (tagged by :func:`encode_value`)."""
+    header = {"op": op, "id": ident, "args": args}
     raw = _JSON.encode(header).encode("ascii")  # ensure_ascii: lone surrogates survive too
-    return _LENGTHS.pack(len(raw), len(frame.body)) + raw + frame.body
+    return _LENGTHS.pack(len(raw), len(body)) + raw + body
 
 
 def encode_many(frames: Iterable[Frame]) -> bytes:
@@ -254,22 +264,20 @@ def arg_table(args: Mapping[str, Any], key: str) -> dict[str, Any] | None:
 # -- messages -----------------------------------------------------------------------
 
 
-def message_args(message: Message) -> dict[str, Any]:
-    """A message's exchange, routing key and properties as frame arguments (body apart)."""
-    props = message.properties
+def properties_wire(props: Properties) -> dict[str, Any]:
+    """A message's properties as a table: the ones that are set, headers included."""
     wire: dict[str, Any] = {}
-    for name in (*_STR_PROPERTIES, *_INT_PROPERTIES):
+    for name in _PROPERTIES:
         value = getattr(props, name)
         if value is not None:
             wire[name] = value
     if props.headers:
         wire["headers"] = props.headers
-    return {"exchange": message.exchange, "routing_key": message.routing_key, "props": wire}
+    return wire
 
 
-def message_from(args: Mapping[str, Any], body: bytes) -> Message:
-    """The message that :func:`message_args` and a body describe; checks every type."""
-    wire = args.get("props", {})
+def properties_from(wire: Any) -> Properties:
+    """The properties :func:`properties_wire` describes; checks every name and type."""
     if not isinstance(wire, dict):
         raise DecodeError("frame: props must be a table")
     fields: dict[str, Any] = {}
@@ -282,6 +290,19 @@ def message_from(args: Mapping[str, Any], body: bytes) -> Message:
             fields[name] = arg_table(wire, name) or {}
         else:
             raise DecodeError(f"frame: unknown message property {name!r}")
-    return Message(
-        body, Properties(**fields), arg_str(args, "exchange"), arg_str(args, "routing_key")
-    )
+    return Properties(**fields)
+
+
+def message_args(message: Message) -> dict[str, Any]:
+    """A message's exchange, routing key and properties as frame arguments (body apart)."""
+    return {
+        "exchange": message.exchange,
+        "routing_key": message.routing_key,
+        "props": properties_wire(message.properties),
+    }
+
+
+def message_from(args: Mapping[str, Any], body: bytes) -> Message:
+    """The message that :func:`message_args` and a body describe; checks every type."""
+    props = properties_from(args.get("props", {}))
+    return Message(body, props, arg_str(args, "exchange"), arg_str(args, "routing_key"))

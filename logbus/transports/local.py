@@ -11,25 +11,22 @@ bytes in logbus's own framing (:mod:`logbus.transports._frames`), never
 pickled, so a peer cannot make this process run code. The key is the socket's
 neighbour ``<socket>.key`` (mode 0600): who can read it can use the broker.
 
-Each transport is one connection, hence one broker session, with the same
-methods, semantics and errors as :class:`~logbus.transports.memory.MemoryTransport`.
-A reader thread hands replies to the waiting calls and deliveries to their
-consumers; calls are thread-safe; ``publish_many`` keeps a window of publishes
-in flight; acks are sent without waiting for a reply. If the broker process
-dies, calls in flight and blocked consumers raise
-:class:`~logbus.errors.ConnectionLost` at once, as do later calls.
+Each transport is one connection (:class:`~logbus.transports._local_link.Link`),
+hence one broker session, with the same methods, semantics and errors as
+:class:`~logbus.transports.memory.MemoryTransport`. Calls are thread-safe;
+``publish_many`` sends its publishes many to a frame and keeps a window of them
+in flight; acks are pipelined and coalesced. If the broker process dies, calls
+in flight and blocked consumers raise :class:`~logbus.errors.ConnectionLost`
+at once, as do later calls.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import itertools
 import multiprocessing
 import os
 import queue
-import socket
-import threading
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,8 +34,6 @@ from multiprocessing.connection import Client, Connection
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from logbus import errors
-from logbus._log import get_logger
 from logbus.broker import PublishOutcome
 from logbus.errors import (
     BrokerUnavailable,
@@ -49,29 +44,18 @@ from logbus.errors import (
     TransportError,
 )
 from logbus.message import Message, QueueInfo
-from logbus.transports._frames import (
-    Frame,
-    arg_bool,
-    arg_int,
-    arg_str,
-    decode_many,
-    encode_many,
-    message_args,
-    message_from,
-)
+from logbus.transports._batch import ERROR, OUTCOMES
+from logbus.transports._frames import Frame, arg_bool, arg_int, arg_str, message_from
+from logbus.transports._local_link import CLOSED, LOST, MAX_ACKS, Link, rebuild
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 from logbus.transports.memory import raise_for_outcome
 
 __all__ = ["LocalConsumer", "LocalTransport", "socket_path"]
 
-log = get_logger("logbus.transports.local")
-
-#: Publishes ``publish_many`` puts in one packet, and packets it keeps in flight.
+#: Publishes ``publish_many`` puts in one frame, and frames it keeps in flight.
 PUBLISH_WINDOW = 512
 _PACKETS_IN_FLIGHT = 2
 _WINDOW_BYTES = 4 * 1024 * 1024
-_CLOSED = object()  # the transport was closed: consumers end
-_LOST = object()  # the broker went away: consumers raise
 _live: weakref.WeakSet[LocalTransport] = weakref.WeakSet()
 
 
@@ -114,12 +98,14 @@ class LocalConsumer:
 
     def __init__(self, transport: LocalTransport, queue_name: str, prefetch: int, exclusive: bool):
         self.queue = queue_name
-        self._transport = transport
+        self._link = link = transport._link
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._ended = False
-        self._cid = transport._add_inbox(self._inbox)
+        # A quarter of the prefetch: the broker refills while the rest is being handled.
+        self._flush_at = max(1, prefetch // 4) if prefetch else MAX_ACKS
+        self._cid = link.add_inbox(self._inbox, self._settle)
         try:
-            self.tag: str = transport._call(
+            self.tag: str = link.call(
                 "consume",
                 {
                     "cid": self._cid,
@@ -129,8 +115,11 @@ class LocalConsumer:
                 },
             )
         except BaseException:
-            transport._drop_inbox(self._cid)
+            link.drop_inbox(self._cid)
             raise
+
+    def _settle(self, how: Settlement, tag: int, multiple: bool, requeue: bool) -> None:
+        self._link.settle(how, tag, multiple, requeue, self._flush_at)
 
     def get(self, timeout: float | None = None) -> Delivery | None:
         """The next delivery, or None after ``timeout`` seconds or once cancelled or closed.
@@ -140,16 +129,22 @@ class LocalConsumer:
         if self._ended:
             return None
         try:
-            item = self._inbox.get(timeout=timeout)
+            item = self._inbox.get_nowait()
         except queue.Empty:
-            return None
-        if item is _LOST:
+            self._link.block(1)  # sends the pending acks: the broker may be waiting on them
+            try:
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                return None
+            finally:
+                self._link.block(-1)
+        if type(item) is Delivery:
+            return item
+        if item is LOST:
             self._inbox.put(item)  # every later get raises too
-            raise self._transport._lost_error()
-        if not isinstance(item, Frame):  # cancelled by either side, or the transport closed
-            self._ended = True
-            return None
-        return self._transport._delivery(item)
+            raise self._link.lost_error()
+        self._ended = True  # cancelled by either side, or the transport closed
+        return None
 
     def __iter__(self) -> Iterator[Delivery]:
         while (delivery := self.get()) is not None:
@@ -157,11 +152,11 @@ class LocalConsumer:
 
     def cancel(self) -> None:
         """Stop receiving; the iterator ends once what was delivered has been read."""
-        if self._transport._drop_inbox(self._cid) is None:
+        if self._link.drop_inbox(self._cid) is None:
             return  # already cancelled, by us or the broker, or the transport is gone
         with contextlib.suppress(TransportClosed, ConnectionLost):
-            self._transport._call("cancel", {"tag": self.tag})
-        self._inbox.put(_CLOSED)
+            self._link.call("cancel", {"tag": self.tag})
+        self._inbox.put(CLOSED)
 
 
 class LocalTransport:
@@ -177,160 +172,16 @@ class LocalTransport:
     ) -> None:
         self.url = url
         self.path = socket_path(url)
-        self._timeout = float(getattr(settings, "confirm_timeout", 30.0))
-        self._conn = _connect(self.path, authkey_file or f"{self.path}.key")
-        self._lock = threading.Lock()  # the state below
-        self._send_lock = threading.Lock()  # one writer on the socket at a time
-        self._ids = itertools.count(1)
-        self._pending: dict[int, concurrent.futures.Future[Frame]] = {}
-        self._inboxes: dict[int, queue.SimpleQueue[object]] = {}
-        self._closed = False
-        self._lost: str | None = None
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"logbus-local-{self.path}", daemon=True
-        )
-        self._reader.start()
+        timeout = float(getattr(settings, "confirm_timeout", 30.0))
+        conn = _connect(self.path, authkey_file or f"{self.path}.key")
+        self._link = Link(conn, self.path, url, timeout)
         _live.add(self)
 
-    # -- the wire ---------------------------------------------------------------
-
-    def _check(self) -> None:
-        if self._lost is not None:
-            raise self._lost_error()
-        if self._closed:
-            raise TransportClosed(f"transport {self.url} is closed; create a new one")
-
-    def _lost_error(self) -> ConnectionLost:
-        return ConnectionLost(
-            f"the connection to the logbus broker at {self.path} dropped ({self._lost}); "
-            "operations in flight may not have completed"
-        )
-
-    def _send(self, frames: list[Frame]) -> None:
-        packet = encode_many(frames)
-        try:
-            with self._send_lock:
-                self._conn.send_bytes(packet)
-        except (OSError, ValueError) as exc:
-            self._broken(repr(exc))
-            raise self._lost_error() from None
-
-    def _submit(
-        self, requests: list[tuple[str, dict[str, Any], bytes]]
-    ) -> list[concurrent.futures.Future[Frame]]:
-        """Send requests in one packet; returns their futures, in order."""
-        futures: list[concurrent.futures.Future[Frame]] = []
-        frames = []
-        with self._lock:
-            self._check()
-            for op, args, body in requests:
-                ident = next(self._ids)
-                future: concurrent.futures.Future[Frame] = concurrent.futures.Future()
-                self._pending[ident] = future
-                futures.append(future)
-                frames.append(Frame(op, ident, args, body))
-        self._send(frames)
-        return futures
-
-    def _wait(self, future: concurrent.futures.Future[Frame]) -> Frame:
-        try:
-            reply = future.result(timeout=self._timeout)
-        except concurrent.futures.TimeoutError:
-            with self._lock:
-                for ident, pending in list(self._pending.items()):
-                    if pending is future:
-                        del self._pending[ident]
-            raise ConnectionLost(
-                f"the logbus broker at {self.path} did not answer within {self._timeout:g} s"
-            ) from None
-        if reply.op == "error":
-            raise _rebuild(reply.args)
-        return reply
-
     def _call(self, op: str, args: dict[str, Any], body: bytes = b"") -> Any:
-        (future,) = self._submit([(op, args, body)])
-        return self._wait(future).args.get("result")
+        return self._link.call(op, args, body)
 
-    def _read_loop(self) -> None:
-        why = "the broker closed the connection"
-        try:
-            while True:
-                for frame in decode_many(self._conn.recv_bytes()):
-                    self._dispatch(frame)
-        except (EOFError, OSError) as exc:
-            if not isinstance(exc, EOFError):
-                why = repr(exc)
-        except LogbusError as exc:
-            why = f"bad frame from the broker: {exc}"
-        except Exception as exc:  # a bug here must not leave callers waiting forever
-            why = f"internal error: {exc!r}"
-            log.exception("local.reader_failed", path=self.path)
-        self._broken(why)
-
-    def _dispatch(self, frame: Frame) -> None:
-        if frame.op in ("ok", "error"):
-            with self._lock:
-                future = self._pending.pop(frame.id, None)
-            if future is not None:
-                future.set_result(frame)
-            return
-        if frame.op not in ("deliver", "cancelled"):
-            return  # nothing else is pushed; a newer broker's extras are ignored
-        cid = arg_int(frame.args, "cid")
-        if frame.op == "deliver":
-            inbox = self._inboxes.get(cid)
-            if inbox is not None:
-                inbox.put(frame)
-        elif frame.op == "cancelled":  # the broker ended it: its queue was deleted
-            inbox = self._drop_inbox(cid)
-            if inbox is not None:
-                inbox.put(_CLOSED)
-
-    def _broken(self, why: str) -> None:
-        with self._lock:
-            if self._lost is None and not self._closed:
-                self._lost = why
-            pending, self._pending = self._pending, {}
-            inboxes = list(self._inboxes.values())
-            marker = _CLOSED if self._closed else _LOST
-        error: LogbusError = (
-            self._lost_error()
-            if marker is _LOST
-            else TransportClosed(f"transport {self.url} was closed")
-        )
-        for future in pending.values():
-            future.set_exception(error)
-        for inbox in inboxes:
-            inbox.put(marker)
-
-    def _add_inbox(self, inbox: queue.SimpleQueue[object]) -> int:
-        with self._lock:
-            self._check()
-            cid = next(self._ids)
-            self._inboxes[cid] = inbox
-            return cid
-
-    def _drop_inbox(self, cid: int) -> queue.SimpleQueue[object] | None:
-        with self._lock:
-            return self._inboxes.pop(cid, None)
-
-    def _settle(self, how: Settlement, tag: int, multiple: bool, requeue: bool) -> None:
-        self._check()
-        wire_requeue = None if how is Settlement.ACK else requeue
-        self._send(
-            [Frame("settle", 0, {"tag": tag, "multiple": multiple, "requeue": wire_requeue})]
-        )
-
-    def _delivery(self, frame: Frame) -> Delivery:
-        args = frame.args
-        return Delivery(
-            message_from(args, frame.body),
-            delivery_tag=arg_int(args, "tag"),
-            redelivered=arg_bool(args, "redelivered"),
-            consumer_tag=arg_str(args, "consumer_tag", ""),
-            queue=arg_str(args, "queue"),
-            settle=self._settle,
-        )
+    def _settle_now(self, how: Settlement, tag: int, multiple: bool, requeue: bool) -> None:
+        self._link.settle(how, tag, multiple, requeue, 1)
 
     # -- the Transport protocol -----------------------------------------------------
 
@@ -434,12 +285,11 @@ class LocalTransport:
 
     def publish(self, message: Message, *, mandatory: bool = True) -> None:
         """Publish and wait for the broker's confirm."""
-        outcome = self._call("publish", _publish_args(message, mandatory), message.body)
-        raise_for_outcome(PublishOutcome(outcome), message)
+        self.publish_many((message,), mandatory=mandatory)
 
     def publish_many(self, messages: Iterable[Message], *, mandatory: bool = True) -> None:
         """Publish with a window of confirms in flight; report the first failure and the count."""
-        in_flight: deque[list[tuple[concurrent.futures.Future[Frame], Message]]] = deque()
+        in_flight: deque[tuple[concurrent.futures.Future[Frame], list[Message]]] = deque()
         failed = 0
         first: tuple[PublishOutcome, Message] | None = None
         error: LogbusError | None = None
@@ -454,21 +304,32 @@ class LocalTransport:
                     if len(window) >= PUBLISH_WINDOW or size >= _WINDOW_BYTES:
                         break
             if window:
-                requests = [("publish", _publish_args(m, mandatory), m.body) for m in window]
-                in_flight.append(list(zip(self._submit(requests), window, strict=True)))
+                in_flight.append((self._link.publish(window, mandatory), window))
             if not in_flight or (window and len(in_flight) < _PACKETS_IN_FLIGHT):
                 if not window:
                     break
                 continue
-            for future, message in in_flight.popleft():
-                try:
-                    outcome = PublishOutcome(self._wait(future).args.get("result"))
-                except LogbusError as exc:
-                    error = error or exc
-                    continue
-                if outcome is not PublishOutcome.ROUTED:
+            future, sent = in_flight.popleft()
+            try:
+                reply = self._link.wait(future)
+                codes = reply.body
+                if len(codes) != len(sent):
+                    raise TransportError(
+                        f"the broker confirmed {len(codes)} of {len(sent)} publishes"
+                    )
+            except LogbusError as exc:
+                error = error or exc
+                continue
+            if codes.count(0) == len(codes):
+                continue  # all routed: the common case, checked in one pass
+            for index, code in enumerate(codes):
+                if code == ERROR:
+                    error = error or _refusal(reply.args.get("result"), index)
+                elif code > ERROR:
+                    error = error or TransportError(f"the broker sent confirm byte {code}")
+                elif code:
                     failed += 1
-                    first = first or (outcome, message)
+                    first = first or (PublishOutcome(OUTCOMES[code]), sent[index])
         if error is not None:
             raise error
         if first is not None:
@@ -476,12 +337,19 @@ class LocalTransport:
 
     def get(self, queue: str, *, auto_ack: bool = False) -> Delivery | None:
         """Take one message from a queue, or None when it is empty."""
-        (future,) = self._submit([("get", {"queue": queue, "auto_ack": auto_ack}, b"")])
-        reply = self._wait(future)
+        (future,) = self._link.submit([Frame("get", 0, {"queue": queue, "auto_ack": auto_ack})])
+        reply = self._link.wait(future)
         result = reply.args.get("result")
         if result is None:
             return None
-        delivery = self._delivery(Frame("got", 0, result, reply.body))
+        delivery = Delivery(
+            message_from(result, reply.body),
+            delivery_tag=arg_int(result, "tag"),
+            redelivered=arg_bool(result, "redelivered"),
+            consumer_tag=arg_str(result, "consumer_tag", ""),
+            queue=arg_str(result, "queue"),
+            settle=self._settle_now,
+        )
         if auto_ack:
             delivery.settled = Settlement.ACK
         return delivery
@@ -494,20 +362,13 @@ class LocalTransport:
 
     def close(self) -> None:
         """Close the session (the broker requeues what was not acked), then the connection."""
-        with self._lock:
-            if self._closed:
-                return
-            healthy = self._lost is None
-        if healthy:
+        link = self._link
+        if link.closed:
+            return
+        if link.lost is None:
             with contextlib.suppress(LogbusError):
-                self._call("close", {})  # synchronous: exclusive queues are gone on return
-        with self._lock:
-            self._closed = True
-        _shutdown(self._conn)
-        if threading.current_thread() is not self._reader:
-            self._reader.join(timeout=5)
-        if not self._reader.is_alive():
-            self._conn.close()
+                link.call("close", {})  # synchronous: exclusive queues are gone on return
+        link.close()
 
     def __enter__(self) -> LocalTransport:
         return self
@@ -517,37 +378,15 @@ class LocalTransport:
 
     def _forked(self) -> None:
         """In a forked child: the connection belongs to the parent; never touch its socket."""
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._closed = True
-        self._pending = {}
-        self._inboxes = {}
-        with contextlib.suppress(OSError):
-            self._conn.close()  # this copy of the fd only; the parent's stays open
+        self._link.forked()
 
 
-def _publish_args(message: Message, mandatory: bool) -> dict[str, Any]:
-    args = message_args(message)
-    args["mandatory"] = mandatory
-    return args
-
-
-def _rebuild(args: Mapping[str, Any]) -> LogbusError:
-    """The broker's error, re-raised here as the same logbus class."""
-    name, message = str(args.get("class")), str(args.get("message"))
-    cls = getattr(errors, name, None) if name in errors.__all__ else None
-    if isinstance(cls, type) and issubclass(cls, LogbusError):
-        with contextlib.suppress(TypeError):
-            return cls(message)
-    return TransportError(message)
-
-
-def _shutdown(conn: Connection[Any, Any]) -> None:
-    with (
-        contextlib.suppress(OSError, ValueError),
-        socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock,
-    ):
-        sock.shutdown(socket.SHUT_RDWR)
+def _refusal(errors: Any, index: int) -> LogbusError:
+    """The broker's error for publish ``index`` of a batch."""
+    for entry in errors if isinstance(errors, list) else ():
+        if isinstance(entry, list) and len(entry) == 3 and entry[0] == index:
+            return rebuild({"class": entry[1], "message": entry[2]})
+    return TransportError(f"the broker refused publish {index} of a batch and did not say why")
 
 
 def _after_fork_in_child() -> None:

@@ -1,4 +1,6 @@
-"""logbus's framing for the process broker: lossless round trips, garbage refused cleanly."""
+"""logbus's framing for the process broker: lossless round trips, garbage refused cleanly.
+
+Batch frames (many publishes or deliveries to a frame) are held to the same rules."""
 
 from __future__ import annotations
 
@@ -12,8 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from logbus.broker.queues import Delivered
 from logbus.errors import DecodeError, InputError
 from logbus.message import Message, Properties
+from logbus.transports._batch import (
+    decode_deliveries,
+    decode_publishes,
+    encode_deliveries,
+    encode_publishes,
+)
 from logbus.transports._frames import (
     Frame,
     decode_many,
@@ -215,3 +224,124 @@ def _through_json(table: dict[str, Any]) -> Any:
     """The table as it comes out of a frame: encoded, serialised, parsed, decoded args."""
     (frame,) = decode_many(encode(Frame("t", 1, table)))
     return dict(frame.args)
+
+
+# -- batches: many publishes or deliveries to a frame ------------------------------------
+
+names = st.text(max_size=12)
+messages = st.builds(
+    Message,
+    st.binary(max_size=64),
+    st.builds(
+        Properties,
+        content_type=st.none() | st.sampled_from(["application/json", "text/plain"]),
+        delivery_mode=st.none() | st.sampled_from([1, 2]),
+        message_id=st.none() | st.text(max_size=8),
+        headers=st.dictionaries(st.text(max_size=6), values, max_size=3),
+    ),
+    names,
+    names,
+)
+
+
+def _batch_frame(data: bytes) -> Frame:
+    (frame,) = decode_many(data)
+    return frame
+
+
+@given(st.lists(messages, max_size=20), st.booleans())
+def test_publishes_batched_in_one_frame_come_back_equal_and_in_order(sent, mandatory):
+    """Every message of a publish frame decodes to an equal message, in order."""
+    frame = _batch_frame(encode_publishes(7, sent, mandatory=mandatory))
+    assert (frame.op, frame.id, frame.args["mandatory"]) == ("publish", 7, mandatory)
+    got = decode_publishes(frame.args, frame.body)
+    assert len(got) == len(sent)
+    for one, other in zip(got, sent, strict=True):
+        assert (one.body, one.exchange, one.routing_key) == (
+            other.body,
+            other.exchange,
+            other.routing_key,
+        )
+        assert one.properties == other.properties
+        assert same(dict(one.properties.headers), dict(other.properties.headers))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**64 - 1),
+            st.booleans(),
+            names,
+            names,
+            messages,
+        ),
+        max_size=20,
+    )
+)
+def test_deliveries_batched_in_one_frame_come_back_equal_and_in_order(items):
+    """Consumer id, tag, redelivered flag, consumer tag, queue and message all survive."""
+    delivered = [
+        (cid, Delivered(message, ctag, tag, redelivered, queue))
+        for cid, tag, redelivered, ctag, queue, message in items
+    ]
+    frame = _batch_frame(encode_deliveries(delivered))
+    got = decode_deliveries(frame.args, frame.body)
+    assert [entry[:5] for entry in got] == [entry[:5] for entry in items]
+    for (*_, message), (*_, sent) in zip(got, items, strict=True):
+        assert message == sent
+
+
+def test_messages_sharing_properties_carry_them_once():
+    """Properties shared by a batch's messages cross once, in the header, not per message."""
+    props = Properties(content_type="application/json", headers={"facility": "kern"})
+    sent = [Message(b"%d" % i, props, "logbus.topic", "kern.critical") for i in range(50)]
+    frame = _batch_frame(encode_publishes(1, sent, mandatory=True))
+    assert len(frame.args["props"]) == 1
+    assert frame.args["names"] == ["logbus.topic", "kern.critical"]
+
+
+_ONE = struct.pack(">IIII", 0, 0, 0, 1) + b"x"
+_PUBLISH_ARGS: dict[str, Any] = {"props": [{}], "names": ["", "q"], "mandatory": True}
+
+
+@pytest.mark.parametrize(
+    ("args", "body", "reason"),
+    [
+        ({**_PUBLISH_ARGS, "props": [{}, {"colour": "red"}]}, _ONE, "colour"),
+        ({**_PUBLISH_ARGS, "props": {}}, _ONE, "'props' must be a list"),
+        ({**_PUBLISH_ARGS, "names": ["", 1]}, _ONE, "every name must be a string"),
+        (_PUBLISH_ARGS, struct.pack(">IIII", 1, 0, 0, 1) + b"x", "malformed publish record"),
+        (_PUBLISH_ARGS, struct.pack(">IIII", 0, 0, 5, 1) + b"x", "malformed publish record"),
+        (_PUBLISH_ARGS, struct.pack(">IIII", 0, 0, 1, 9) + b"x", "runs past"),
+        (_PUBLISH_ARGS, _ONE + b"\x00\x00", "malformed publish record"),
+    ],
+)
+def test_a_malformed_publish_frame_raises_decode_error_naming_the_problem(args, body, reason):
+    """Bad indices, lengths and tables in a publish frame are DecodeErrors, never a crash."""
+    with pytest.raises(DecodeError, match=reason):
+        decode_publishes(args, body)
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (struct.pack(">QIIIIIIBI", 1, 1, 0, 0, 1, 1, 1, 2, 0), "redelivered must be 0 or 1"),
+        (struct.pack(">QIIIIIIBI", 1, 1, 0, 0, 1, 1, 7, 0, 0), "malformed delivery record"),
+        (struct.pack(">QIIIIIIBI", 1, 1, 0, 0, 1, 1, 1, 0, 3) + b"x", "runs past"),
+        (b"\x00" * 5, "malformed delivery record"),
+    ],
+)
+def test_a_malformed_deliver_frame_raises_decode_error_naming_the_problem(record, reason):
+    """Bad indices, flags and lengths in a deliver frame are DecodeErrors, never a crash."""
+    with pytest.raises(DecodeError, match=reason):
+        decode_deliveries({"props": [{}], "names": ["", "q"]}, record)
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_batch_bodies_decode_or_raise_decode_error(body):
+    """Whatever bytes a batch frame's body holds, decoding yields messages or a DecodeError."""
+    args = {"props": [{}], "names": ["", "q"]}
+    for decode in (decode_publishes, decode_deliveries):
+        with contextlib.suppress(DecodeError):
+            decode(args, body)

@@ -26,10 +26,12 @@ from logbus.errors import (
     ConfigError,
     ConnectionLost,
     DecodeError,
+    NotFound,
     TransportClosed,
+    Unroutable,
 )
 from logbus.message import Message
-from logbus.transports import connect
+from logbus.transports import _local_link, connect
 from logbus.transports.local import LocalTransport
 from logbus.transports.process import env_var, stop_broker
 
@@ -255,6 +257,81 @@ def test_a_closed_transport_refuses_calls(url):
         transport.declare_queue("q")
 
 
+# -- batches: publishes many to a frame, acks coalesced ----------------------------------
+
+
+def test_a_refused_publish_in_a_batch_raises_its_error_and_the_others_are_routed(url):
+    """One publish of a batch to a missing exchange raises NotFound; the rest still arrive."""
+    with connect(url) as transport:
+        transport.declare_queue("q")
+        batch = [
+            Message(b"1", exchange="", routing_key="q"),
+            Message(b"2", exchange="no-such-exchange", routing_key="q"),
+            Message(b"3", exchange="", routing_key="q"),
+        ]
+        with pytest.raises(NotFound, match="no-such-exchange"):
+            transport.publish_many(batch)
+        assert transport.declare_queue("q", passive=True).message_count == 2
+
+
+def test_unroutable_publishes_in_a_batch_are_counted(url):
+    """Mandatory publishes that match no queue raise Unroutable counting each of them."""
+    with connect(url) as transport:
+        transport.declare_queue("q")
+        batch = [Message(b"1", exchange="", routing_key="q")]
+        batch += [Message(b"x", exchange="", routing_key="nowhere") for _ in range(2)]
+        with pytest.raises(Unroutable) as raised:
+            transport.publish_many(batch)
+        assert raised.value.unconfirmed == 2
+        assert transport.declare_queue("q", passive=True).message_count == 1
+
+
+def test_an_ack_goes_out_in_time_though_the_consumer_never_waits_again(url):
+    """A lone ack, below the batch size and with nobody waiting, still frees its prefetch slot."""
+    with connect(url) as transport:
+        transport.declare_queue("q")
+        put(transport, "q", *[str(i).encode() for i in range(9)])
+        consumer = transport.consume("q", prefetch=8)  # acks go out two at a time
+        held = [consumer.get(timeout=DEADLINE) for _ in range(8)]
+        assert all(held)
+        held[0].ack()  # nothing else happens on this connection: the ack goes out by itself
+        inbox = consumer._inbox
+        wait_until(lambda: inbox.qsize() == 1, "the ninth delivery, which needs the ack")
+
+
+def test_an_ack_goes_out_at_once_while_a_consumer_waits(url, monkeypatch):
+    """With a consumer blocked in get(), an ack made elsewhere is sent at once, not later."""
+    monkeypatch.setattr(_local_link, "ACK_DELAY", 3600.0)  # only the waiting consumer can help
+    with connect(url) as transport:
+        transport.declare_queue("q")
+        put(transport, "q", *[str(i).encode() for i in range(9)])
+        consumer = transport.consume("q", prefetch=8)
+        held = [consumer.get(timeout=DEADLINE) for _ in range(8)]
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(consumer.get(timeout=DEADLINE)))
+        waiter.start()
+        wait_until(lambda: transport._link._blocked == 1, "the consumer to wait")
+        held[0].ack()
+        waiter.join(DEADLINE)
+    assert got and got[0] is not None, "the ack was held back while a consumer waited"
+
+
+def test_acks_made_before_closing_are_applied_not_requeued(url, monkeypatch):
+    """Acks still waiting to share a frame go out before the close: nothing comes back."""
+    monkeypatch.setattr(_local_link, "ACK_DELAY", 3600.0)
+    with connect(url) as other:
+        other.declare_queue("q")
+        put(other, "q", b"1", b"2", b"3")
+        transport = connect(url)
+        consumer = transport.consume("q", prefetch=100)
+        held = [consumer.get(timeout=DEADLINE) for _ in range(3)]
+        for delivery in held:
+            assert delivery is not None
+            delivery.ack()
+        transport.close()
+        assert other.declare_queue("q", passive=True).message_count == 0
+
+
 # -- a client dies -----------------------------------------------------------------------
 
 
@@ -339,7 +416,7 @@ def test_a_call_in_flight_raises_connection_lost_when_the_broker_dies(broker_pro
 
     caller = threading.Thread(target=declare, daemon=True)
     caller.start()
-    wait_until(lambda: bool(transport._pending), "the request to be in flight")
+    wait_until(lambda: bool(transport._link._pending), "the request to be in flight")
     broker_process.kill()
     caller.join(DEADLINE)
     assert not caller.is_alive(), "the call hung after the broker died"
