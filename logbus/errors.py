@@ -16,6 +16,8 @@ worker's retry logic and the CLI's exit statuses read that flag.
     │   │   ├── SeverityError       unknown severity word or code
     │   │   └── FacilityError       facility is not a valid token
     │   └── DecodeError             bytes on the wire are not a record
+    ├── SinkError                   a sink could not store records    (recoverable: each error says)
+    │   └── ArchiveUnavailable      the archive (database) cannot be reached (69, recoverable)
     └── TransportError              moving bytes failed               (69/75)
         ├── BrokerUnavailable       cannot reach any broker            (69, recoverable)
         ├── ConnectionLost          the connection dropped mid-way     (75, recoverable)
@@ -38,6 +40,7 @@ from typing import ClassVar
 
 __all__ = [
     "AccessRefused",
+    "ArchiveUnavailable",
     "BrokerUnavailable",
     "ChannelError",
     "ConfigError",
@@ -53,6 +56,7 @@ __all__ = [
     "ResourceLocked",
     "RoutingKeyError",
     "SeverityError",
+    "SinkError",
     "TopologyError",
     "TransportClosed",
     "TransportError",
@@ -68,8 +72,9 @@ EX_CONFIG = 78
 class LogbusError(Exception):
     """Base of every error logbus raises; ``recoverable`` says whether a retry may help."""
 
-    recoverable: ClassVar[bool] = False
-    exit_code: ClassVar[int] = 1
+    # Plain class attributes rather than ClassVars: a SinkError sets both per instance.
+    recoverable: bool = False
+    exit_code: int = 1
 
 
 class ConfigError(LogbusError):
@@ -106,6 +111,28 @@ class FacilityError(RecordError):
 
 class DecodeError(InputError):
     """Bytes received from a broker cannot be turned into a record."""
+
+
+class SinkError(LogbusError):
+    """A sink could not store a record; ``recoverable`` is set per error by the sink.
+
+    A database that does not answer or an HTTP endpoint answering 503 is
+    recoverable (the worker retries later); data the store rejects (an HTTP 400,
+    a value the database refuses) is not (the worker dead-letters the record).
+    """
+
+    def __init__(self, message: str, *, recoverable: bool = False) -> None:
+        super().__init__(message)
+        self.recoverable = recoverable
+        self.exit_code = EX_TEMPFAIL if recoverable else EX_DATAERR
+
+
+class ArchiveUnavailable(SinkError):
+    """The archive database cannot be opened or reached; check its path or URL."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, recoverable=True)
+        self.exit_code = EX_UNAVAILABLE
 
 
 class TransportError(LogbusError):

@@ -1,4 +1,7 @@
-"""``console``: one human-readable line per record on standard output, flushed at once."""
+"""``console``: one human-readable line per record on standard output, flushed at once.
+
+Options: ``max_batch`` (100) and ``max_wait`` (0), e.g. ``console?max_batch=10``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ import threading
 from collections.abc import Sequence
 from typing import TextIO
 
-from logbus.errors import ConfigError
 from logbus.record import LogRecord
+from logbus.sinks._options import ConfigurableSink
 
-__all__ = ["ConsoleSink", "format_line"]
+__all__ = ["ConsoleSink", "escape_controls", "format_line"]
 
 # Control characters would split one record over several lines (or move the cursor).
 _ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
@@ -20,6 +23,11 @@ _ESCAPES = {code: f"\\x{code:02x}" for code in range(32)} | {
     ord("\t"): "\\t",
     0x7F: "\\x7f",
 }
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped, so it stays one line."""
+    return text.translate(_ESCAPES)
 
 
 def format_line(record: LogRecord) -> str:
@@ -32,19 +40,19 @@ def format_line(record: LogRecord) -> str:
     return line.translate(_ESCAPES)
 
 
-class ConsoleSink:
+class ConsoleSink(ConfigurableSink):
     """Prints each record as one line on ``stream`` (standard output by default)."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    name = "console"
+    example = "console"
+
+    def __init__(
+        self, stream: TextIO | None = None, *, max_batch: int = 100, max_wait: float = 0.0
+    ) -> None:
         self._stream = stream
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_spec(cls, arg: str | None) -> ConsoleSink:
-        """The sink for ``console`` (which takes no argument)."""
-        if arg is not None:
-            raise ConfigError(f"sink console takes no argument (got console:{arg}); write console")
-        return cls()
+        self.max_batch = max_batch
+        self.max_wait = max_wait
 
     def open(self) -> None:
         """Nothing to acquire: standard output is already open."""
