@@ -33,12 +33,17 @@ class _LazyLogger:
         if self._bound is None:
             import structlog
 
+            render = structlog.processors.KeyValueRenderer(key_order=["event"])
+
+            def text_and_event(logger: Any, name: str, event: Any) -> Any:
+                # The message is key=value text; the event itself rides along on the
+                # LogRecord as `logbus_event`, for a handler that writes JSON lines.
+                fields = dict(event)  # before rendering, which takes `event` out
+                return (render(logger, name, event),), {"extra": {"logbus_event": fields}}
+
             self._bound = structlog.wrap_logger(
                 self._logger,
-                processors=[
-                    structlog.processors.format_exc_info,
-                    structlog.processors.KeyValueRenderer(key_order=["event"]),
-                ],
+                processors=[structlog.processors.format_exc_info, text_and_event],
                 wrapper_class=structlog.stdlib.BoundLogger,
             )
         getattr(self._bound, method)(event, **kw)

@@ -6,29 +6,17 @@
 
 ``run`` returns once ``worker.stop()`` was called, e.g. from a SIGTERM handler.
 
-How each delivery ends, so that nothing is lost and nothing loops forever:
+Each delivery ends acked once the sink stored its record; a record the sink
+failed on is sent on, confirmed, to a delay queue (to be tried again) or the
+dead-letter queue before it is acked, so nothing is lost and nothing loops
+(:mod:`logbus.outcomes` has the whole table, :mod:`logbus.retry` the queues and
+headers). :meth:`Worker._on_failure` is the seam that decides a failed
+record's way (:class:`~logbus.retry.RetryPolicy` by default).
 
-==========================  =====================================================
-the record ...               the delivery is ...
-==========================  =====================================================
-was stored by the sink       acked
-cannot be decoded            rejected without requeue: dead-lettered if the
-                             queue has a dead-letter exchange, else dropped
-failed, recoverably          requeued (after a short pause, so that a sink that
-                             is down is not hammered) and comes back redelivered
-failed for good              rejected without requeue, like an undecodable one
-was prefetched, not started  requeued when the worker stops, for other workers
-was in a worker process      requeued at once (it comes back redelivered); a new
-that died                    process takes its place
-==========================  =====================================================
-
-*Fair dispatch.* RabbitMQ hands a consumer at most ``prefetch`` unacked records
-and the rest to whichever consumer has room, so a slow worker keeps only
-``prefetch`` records from the others. The default, :func:`default_prefetch`, is
-two per thread, process or greenlet (at least 10): each has one record in hand
-and one waiting, which hides the round trip of the ack, and a slow worker holds
-on to little. Raise it for a fast sink on a distant broker; set 1 for strict
-fairness.
+*Fair dispatch and batches.* A thread of the pool hands the sink up to its
+``max_batch`` records at once, waiting up to its ``max_wait`` for a batch to
+fill; the default prefetch is two batches per thread, process or greenlet, at
+least 10 (:mod:`logbus.batching` says why).
 
 *Pools.* The thread that calls :meth:`Worker.run` is the only one taking
 deliveries from the consumer, and the worker's threads are the only ones
@@ -54,26 +42,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from queue import Empty, Queue
 from typing import TYPE_CHECKING
 
 from logbus._log import get_logger
+from logbus.batching import batching_of, default_prefetch, gather
 from logbus.errors import ConfigError, ConnectionLost, LogbusError
-from logbus.pools import (
-    Lane,
-    Pool,
-    PoolKind,
-    PoolWorkerLost,
-    Undecodable,
-    check_transport,
-    make_pool,
-)
+from logbus.outcomes import Forward, Outcomes, describe_failure
+from logbus.pools import Lane, Pool, PoolKind, PoolWorkerLost, check_transport, make_pool
+from logbus.retry import RetryPolicy, declare_retry_queues, restore_origin, route_failure
 from logbus.sinks import Sink, is_recoverable
 from logbus.transports.base import Consumer, Delivery, Settlement, Transport
 
 if TYPE_CHECKING:
+    from logbus.metrics import WorkerMetrics
     from logbus.settings import Settings
 
 __all__ = ["MAX_CONCURRENCY", "Worker", "WorkerSummary", "default_prefetch", "units"]
@@ -83,18 +66,7 @@ log = get_logger("logbus.worker")
 #: More threads (processes, greenlets) than this is a configuration mistake, not a deployment.
 MAX_CONCURRENCY = 1024
 # How often the fetching thread looks at the stop flag: the latency of stop().
-#: Records handed to the sink in one write, at most: what is already waiting, no more.
-_BATCH = 100
 _POLL = 0.2
-# Pauses before requeueing after consecutive recoverable failures: 0.05 s doubling to 2 s.
-_FIRST_PAUSE = 0.05
-_MAX_PAUSE = 2.0
-
-
-def default_prefetch(concurrency: int) -> int:
-    """The prefetch for a pool of ``concurrency``: two records per thread (process,
-    greenlet), at least 10."""
-    return max(10, 2 * concurrency)
 
 
 def units(unit: str, count: int) -> str:
@@ -108,9 +80,11 @@ def units(unit: str, count: int) -> str:
 class WorkerSummary:
     """What a worker did between start and stop.
 
-    ``handled`` records were stored and acked; ``failed`` sink failures happened,
-    of which ``rejected`` were for good (dead-lettered or dropped) and the rest
-    requeued; ``undecodable`` messages were not records (rejected). With the
+    ``handled`` records were stored and acked. ``failed`` counts the sink's
+    failures, one per record and attempt; ``rejected`` of them were for good
+    (not recoverable). ``retried`` records went to a delay queue, to come back
+    later; ``dead_lettered`` went to the dead-letter queue: failed on their last
+    attempt, failed for good, or ``undecodable`` (not records at all). With the
     process pool, ``replaced`` worker processes died and were started again, and
     ``requeued`` records they held went back to the queue, to be redelivered.
     """
@@ -123,11 +97,14 @@ class WorkerSummary:
     seconds: float
     requeued: int = 0
     replaced: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
 
     def __str__(self) -> str:
         text = (
-            f"{self.handled} handled, {self.failed} failed ({self.rejected} rejected), "
-            f"{self.undecodable} undecodable from {self.queue} in {self.seconds:.1f}s"
+            f"{self.handled} handled, {self.failed} failed ({self.retried} retried, "
+            f"{self.dead_lettered} dead-lettered), {self.undecodable} undecodable "
+            f"from {self.queue} in {self.seconds:.1f}s"
         )
         if self.replaced or self.requeued:
             text += (
@@ -144,12 +121,16 @@ class Worker:
     ``transport_or_url`` is a connected :class:`~logbus.transports.base.Transport`
     (left open: the caller owns it) or a URL to connect to (closed when the worker
     stops). The transport must be safe to use from several threads, as the
-    ``amqp://``, ``memory://`` and ``process://`` ones are. ``sink`` is a sink or
-    its spec (``jsonl:PATH``); the process pool needs the spec, which each worker
-    process opens itself. ``pool`` is ``thread``, ``process`` or ``gevent`` (see
+    ``amqp://``, ``memory://`` and ``process://`` ones are: the pool's threads
+    publish failed records through it. ``sink`` is a sink or its spec
+    (``jsonl:PATH``); the process pool needs the spec, which each worker process
+    opens itself. ``pool`` is ``thread``, ``process`` or ``gevent`` (see
     :mod:`logbus.pools`). ``prefetch`` None means ``settings.prefetch`` when it
-    was set explicitly (``LOGBUS_PREFETCH``), else :func:`default_prefetch`. The
-    queue must exist: declare the topology first.
+    was set explicitly (``LOGBUS_PREFETCH``), else :func:`default_prefetch`.
+    ``retry`` says when a failed record is tried again (default
+    :class:`~logbus.retry.RetryPolicy`: 5 attempts, 1 s doubling); ``metrics``,
+    if given, is told what happens. The queue must exist: declare the topology
+    first; the worker declares the queue's delay and dead-letter queues itself.
     """
 
     def __init__(
@@ -162,6 +143,8 @@ class Worker:
         prefetch: int | None = None,
         concurrency: int = 1,
         settings: Settings | None = None,
+        retry: RetryPolicy | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.pool: Pool = make_pool(pool, sink)
         if not 1 <= concurrency <= MAX_CONCURRENCY:
@@ -169,15 +152,22 @@ class Worker:
                 f"concurrency must be 1..{MAX_CONCURRENCY} {units(self.pool.unit, 2)}, "
                 f"not {concurrency}"
             )
+        # The pool holds the sink it loaded; the process pool only its spec.
+        batching = batching_of(getattr(self.pool, "sink", sink))
+        self.max_batch, self.max_wait = batching.max_batch, batching.max_wait
         if prefetch is None and settings is not None and "prefetch" in settings.model_fields_set:
             prefetch = settings.prefetch
-        self.prefetch = default_prefetch(concurrency) if prefetch is None else prefetch
+        self.prefetch = (
+            default_prefetch(concurrency, batching.unit) if prefetch is None else prefetch
+        )
         if not 1 <= self.prefetch <= 65535:
             raise ConfigError(f"prefetch must be 1..65535 (AMQP's 16 bits), not {self.prefetch}")
         self.queue = queue
         self.sink = sink
         self.concurrency = concurrency
         self.settings = settings
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.metrics = metrics
         if isinstance(transport_or_url, str):
             self._url: str | None = transport_or_url
             self._transport: Transport | None = None
@@ -192,11 +182,10 @@ class Worker:
         self._draining = threading.Event()  # set by run() once it has begun to stop
         # Deliveries for the pool (None: a thread's cue to end). At most `prefetch` wait here.
         self._work: Queue[Delivery | None] = Queue()
-        self._local = threading.local()
+        self._outcomes = Outcomes(queue, self.retry, metrics, self._draining)
+        self._outcomes.transport = self._transport
         self._lock = threading.Lock()
         self._fatal: BaseException | None = None
-        self._handled = self._failed = self._rejected = self._undecodable = 0
-        self._requeued = 0
         self._started_at: float | None = None
 
     # -- the public surface --------------------------------------------------------------
@@ -207,7 +196,8 @@ class Worker:
         return self.wait()
 
     def start(self) -> None:
-        """Open the pool (and sink), start consuming and start the threads; returns at once.
+        """Declare the delay and dead-letter queues, open the pool (and sink), start
+        consuming and start the threads; returns at once.
 
         The process pool's worker processes have all opened their sink when this returns.
         """
@@ -220,7 +210,9 @@ class Worker:
 
             assert self._url is not None
             self._transport = connect(self._url, settings=self.settings)
+            self._outcomes.transport = self._transport
         try:
+            declare_retry_queues(self._transport, self.queue, self.retry)
             lanes = self.pool.open(self.concurrency, self.queue)
             try:
                 self._consumer = self._transport.consume(self.queue, prefetch=self.prefetch)
@@ -253,6 +245,9 @@ class Worker:
             prefetch=self.prefetch,
             pool=self.pool.kind,
             concurrency=self.concurrency,
+            max_batch=self.max_batch,
+            max_wait=self.max_wait,
+            retry=str(self.retry),
         )
 
     def wait(self) -> WorkerSummary:
@@ -283,17 +278,38 @@ class Worker:
     def summary(self) -> WorkerSummary:
         """The counts so far."""
         started = self._started_at if self._started_at is not None else time.monotonic()
-        with self._lock:
-            return WorkerSummary(
-                queue=self.queue,
-                handled=self._handled,
-                failed=self._failed,
-                rejected=self._rejected,
-                undecodable=self._undecodable,
-                seconds=time.monotonic() - started,
-                requeued=self._requeued,
-                replaced=self.pool.replaced,
-            )
+        return WorkerSummary(
+            queue=self.queue,
+            seconds=time.monotonic() - started,
+            replaced=self.pool.replaced,
+            **self._outcomes.counts(),
+        )
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Whether the worker is consuming (started, not stopping, its consumer and
+        threads alive, its connection up), with the details; for ``/healthz``."""
+        consumer = self._consumer
+        cancelled = consumer is not None and getattr(consumer, "cancelled", False) is True
+        consuming = consumer is not None and not cancelled and not self._stop_requested
+        connected = getattr(self._transport, "connected", self._transport is not None)
+        threads = sum(thread.is_alive() for thread in self._threads)
+        healthy = (
+            consuming
+            and connected is not False
+            and self._fatal is None
+            and threads == len(self._threads) > 0
+        )
+        counts = self.summary()
+        return healthy, {
+            "queue": self.queue,
+            "consuming": consuming,
+            "connected": connected is not False,
+            "threads": threads,
+            "handled": counts.handled,
+            "failed": counts.failed,
+            "retried": counts.retried,
+            "dead_lettered": counts.dead_lettered,
+        }
 
     def __repr__(self) -> str:
         return (
@@ -304,10 +320,13 @@ class Worker:
     # -- taking deliveries ----------------------------------------------------------------
 
     def _fetch(self, consumer: Consumer) -> None:
+        metrics = self.metrics
         while not self._stop_requested:
             delivery = consumer.get(timeout=_POLL)
             if delivery is not None:
                 self._work.put(delivery)
+                if metrics is not None:
+                    metrics.received()
             elif getattr(consumer, "cancelled", False) is True and not self._stop_requested:
                 raise ConnectionLost(
                     f"the broker stopped the consumer of queue {self.queue!r} (was the queue "
@@ -325,115 +344,59 @@ class Worker:
     def _serve(self, lane: Lane) -> None:
         try:
             while (first := self._work.get()) is not None:
-                batch = [first]
-                # Whatever else is already waiting goes along, but only this thread's share
-                # of it: the other threads get records to work on too.
-                share = min(_BATCH, 1 + self._work.qsize() // self.concurrency)
-                while len(batch) < share:
-                    try:
-                        more = self._work.get_nowait()
-                    except Empty:
-                        break
-                    if more is None:
-                        self._work.put(None)  # the stop marker is for the loop above
-                        break
-                    batch.append(more)
+                batch = self._gather(first)
                 if self._stop_requested:  # prefetched, never started: back to the queue
-                    for delivery in batch:
-                        self._settle(delivery, Settlement.NACK, requeue=True)
+                    self._outcomes.requeue(batch)
                     continue
                 try:
                     self._handle(lane, batch)
                 except PoolWorkerLost as exc:
-                    self._requeue_lost(batch, exc)
+                    self._outcomes.lost(batch, str(exc))
                 except BaseException as exc:
-                    for delivery in batch:
-                        if delivery.settled is None:
-                            self._settle(delivery, Settlement.NACK, requeue=True)
+                    self._outcomes.requeue(batch)
                     self._fail(exc)
                     return
         finally:
             lane.close()  # a worker process finishes and exits
 
+    def _gather(self, first: Delivery) -> list[Delivery]:
+        """A batch for the sink beginning with ``first`` (see :mod:`logbus.batching`)."""
+        if self.max_wait > 0:
+            return gather(self._work, first, limit=self.max_batch, wait=self.max_wait)
+        # Only this thread's share of what is waiting: the others get records to work on too.
+        share = 1 + self._work.qsize() // self.concurrency
+        return gather(self._work, first, limit=min(self.max_batch, share))
+
     def _handle(self, lane: Lane, deliveries: list[Delivery]) -> None:
         """Have the lane decode and write a batch; settle each delivery by its result."""
+        for delivery in deliveries:
+            # Back from a delay queue (or replayed), a record arrives under the work
+            # queue's name; the lane decodes it with the key it was published with.
+            delivery.message = restore_origin(delivery.message)
+        started = time.monotonic()
         results = lane.handle(deliveries)
-        self._local.losses = 0
-        for delivery, result in zip(deliveries, results, strict=True):
-            if result is None:
-                self._local.failures = 0
-                self._count("_handled")
-                self._settle(delivery, Settlement.ACK)
-            elif isinstance(result, Undecodable):
-                log.warning(
-                    "worker.undecodable",
-                    queue=self.queue,
-                    message_id=delivery.properties.message_id,
-                    routing_key=delivery.routing_key,
-                    reason=result.reason,
-                )
-                self._count("_undecodable")
-                self._settle(delivery, Settlement.REJECT, requeue=False)
-            else:
-                log.warning(
-                    "worker.sink_failed",
-                    queue=self.queue,
-                    message_id=delivery.properties.message_id,
-                    recoverable=is_recoverable(result),
-                    error=f"{type(result).__name__}: {result}",
-                )
-                self._count("_failed")
-                self._on_failure(delivery, result)
+        if self.metrics is not None:
+            self.metrics.observe_batch(max(0.0, time.monotonic() - started), len(deliveries))
+        self._outcomes.finish(deliveries, results, self._on_failure)
 
-    def _requeue_lost(self, deliveries: list[Delivery], exc: PoolWorkerLost) -> None:
-        """Records lost with a worker process go back to the queue; its lane starts another."""
-        lost = [delivery for delivery in deliveries if delivery.settled is None]
-        log.warning("worker.process_lost", queue=self.queue, requeued=len(lost), reason=str(exc))
-        for delivery in lost:
-            self._settle(delivery, Settlement.NACK, requeue=True)
-        with self._lock:
-            self._requeued += len(lost)
-        # A process that dies on every batch (a sink crashing on start) is not restarted
-        # in a tight loop: the pause grows as for a failing sink.
-        losses = getattr(self._local, "losses", 0) + 1
-        self._local.losses = losses
-        if losses > 1:
-            self._draining.wait(min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** min(losses - 2, 16)))
+    def _on_failure(self, delivery: Delivery, exc: Exception) -> Forward:
+        """Where a record the sink did not store goes: the seam for retry policies.
 
-    def _on_failure(self, delivery: Delivery, exc: Exception) -> None:
-        """Settle a delivery whose record the sink did not store.
-
-        The seam for retry policies: for now a recoverable failure requeues the
-        record (after a pause that grows with consecutive failures, so a sink that
-        is down is not hammered) and any other rejects it without requeue, which
-        dead-letters it when the queue has a dead-letter exchange.
+        By default :func:`logbus.retry.route_failure` with the worker's policy: a
+        delay queue while attempts remain and the failure is recoverable, else the
+        dead-letter queue.
         """
-        if is_recoverable(exc):
-            failures = getattr(self._local, "failures", 0) + 1
-            self._local.failures = failures
-            self._draining.wait(min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** min(failures - 1, 16)))
-            self._settle(delivery, Settlement.NACK, requeue=True)
-        else:
-            self._count("_rejected")
-            self._settle(delivery, Settlement.REJECT, requeue=False)
-
-    def _settle(self, delivery: Delivery, how: Settlement, *, requeue: bool = False) -> None:
-        settle: Callable[[], None]
-        if how is Settlement.ACK:
-            settle = delivery.ack
-        elif how is Settlement.NACK:
-            settle = lambda: delivery.nack(requeue=requeue)  # noqa: E731
-        else:
-            settle = lambda: delivery.reject(requeue=requeue)  # noqa: E731
-        try:
-            settle()
-        except LogbusError as exc:
-            # The channel is gone, and with it the delivery: the broker requeued it.
-            log.warning("worker.settle_failed", queue=self.queue, how=how.value, reason=str(exc))
-
-    def _count(self, counter: str) -> None:
-        with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
+        recoverable = is_recoverable(exc)
+        if not recoverable:
+            self._outcomes.count("rejected")
+        message, outcome = route_failure(
+            delivery.message,
+            queue=self.queue,
+            policy=self.retry,
+            error=describe_failure(exc),
+            recoverable=recoverable,
+        )
+        return Forward(delivery, message, outcome)
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -451,7 +414,7 @@ class Worker:
                 delivery = consumer.get(timeout=0)
                 if delivery is None:
                     break
-                self._settle(delivery, Settlement.NACK, requeue=True)
+                self._outcomes.settle(delivery, Settlement.NACK, requeue=True)
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
@@ -462,7 +425,7 @@ class Worker:
             except Empty:
                 break
             if delivery is not None:
-                self._settle(delivery, Settlement.NACK, requeue=True)
+                self._outcomes.settle(delivery, Settlement.NACK, requeue=True)
         try:
             if self._url is not None and self._transport is not None:
                 self._transport.close()

@@ -147,3 +147,27 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     """A fresh prefix for this test's entity names: ``test-<testname>-<hex>``."""
     test_name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name).strip("-")[:80]
     return f"test-{test_name}-{secrets.token_hex(4)}"
+
+
+#: The PostgreSQL the archive tests use: $LOGBUS_TEST_POSTGRES_URL, else the local one.
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL that answers; skips without one, fails under LOGBUS_REQUIRE_POSTGRES=1."""
+    url = os.environ.get("LOGBUS_TEST_POSTGRES_URL", POSTGRES_URL)
+    try:
+        import psycopg
+    except ImportError:
+        problem = "psycopg is not installed (pip install 'logbus[postgres]')"
+    else:
+        try:
+            with psycopg.connect(url, connect_timeout=5) as connection:
+                connection.execute("SELECT 1")
+            return url
+        except psycopg.Error as exc:
+            problem = f"{redact(url)} does not answer: {str(exc).splitlines()[0]}"
+    if os.environ.get("LOGBUS_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"LOGBUS_REQUIRE_POSTGRES=1 but {problem}", pytrace=False)
+    pytest.skip(problem)

@@ -43,7 +43,16 @@ def _root() -> None:
 
 #: Command modules; each has ``register(app)`` and keeps heavy imports inside its
 #: functions, so that ``logbus emit`` starts quickly.
-COMMANDS: tuple[str, ...] = ("emit", "subscribe", "worker", "topology", "status", "broker", "query")
+COMMANDS: tuple[str, ...] = (
+    "emit",
+    "subscribe",
+    "worker",
+    "topology",
+    "status",
+    "broker",
+    "query",
+    "dlq",
+)
 for _name in COMMANDS:
     importlib.import_module(f"logbus.cli.{_name}").register(app)
 app.command("demo", epilog=_demo.EPILOG)(_demo.demo)

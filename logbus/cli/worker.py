@@ -12,9 +12,12 @@ gevent patches in place.) No other pool, and no other command, patches.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,10 +27,11 @@ import typer
 from logbus.cli.common import ConfigOption, UrlOption, fail, make_settings, quiet_connect
 
 if TYPE_CHECKING:
+    from logbus.retry import RetryPolicy
     from logbus.topology import Topology
     from logbus.transports.base import Transport
 
-__all__ = ["EPILOG", "PoolChoice", "register", "worker"]
+__all__ = ["EPILOG", "LogFormat", "PoolChoice", "register", "stop_on_signals", "worker"]
 
 EPILOG = """Examples:
 
@@ -37,6 +41,15 @@ EPILOG = """Examples:
   logbus worker --queue logbus.tasks --prefetch 1   # strictly fair, slow sink
   logbus worker --pool process --concurrency 2     # a sink that needs CPU
   logbus worker --pool gevent --concurrency 200    # a sink that waits on I/O
+  logbus worker --max-attempts 8 --retry-delay 500ms --retry-max-delay 1m
+  logbus worker --no-retry       # a failed record goes to <queue>.dead at once
+  logbus worker --metrics-port 9108 --log-format json   # /metrics, /healthz
+
+A record the sink fails to store recoverably waits in <queue>.retry.<ms>
+(a delay queue the broker empties back into <queue>) and is tried again,
+up to --max-attempts; then, or at once if the failure is not recoverable or
+the message is not a record, it goes to <queue>.dead with the reason and
+its attempt history (see logbus dlq). The worker declares these queues.
 
 SIGTERM or Ctrl-C stops taking records, finishes and acks those in hand, and
 exits 0; a second one quits at once (the broker requeues what was not acked).
@@ -47,6 +60,13 @@ dies has its records requeued and is replaced. They share a jsonl file
 
 USAGE = 2
 CONFIG = 78
+
+
+class LogFormat(StrEnum):
+    """How the worker's own events are written on stderr: ``--log-format``."""
+
+    console = "console"
+    json = "json"
 
 
 class PoolChoice(StrEnum):
@@ -79,7 +99,8 @@ def worker(
             min=1,
             max=65535,
             help="Unacked records this worker may hold. Default: $LOGBUS_PREFETCH, else two "
-            "per thread, process or greenlet (at least 10). Low keeps competing workers fair.",
+            "per thread, process or greenlet (at least 10), or two of the sink's batches each "
+            "if it waits to fill them (its max_wait). Low keeps competing workers fair.",
             show_default=False,
         ),
     ] = None,
@@ -100,19 +121,78 @@ def worker(
             "process://).",
         ),
     ] = PoolChoice.thread,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1000,
+            help="Attempts to store a record before it goes to <queue>.dead (1: no "
+            "retries). Default: 5.",
+            show_default=False,
+        ),
+    ] = None,
+    retry_delay: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="Wait before the second attempt: 500ms, 2s, 1m (a number alone is seconds).",
+        ),
+    ] = "1s",
+    retry_backoff: Annotated[
+        float,
+        typer.Option(min=1.0, help="Each later wait is the previous one times this."),
+    ] = 2.0,
+    retry_max_delay: Annotated[
+        str,
+        typer.Option(metavar="DURATION", help="The longest wait between attempts."),
+    ] = "5m",
+    no_retry: Annotated[
+        bool,
+        typer.Option(
+            "--no-retry",
+            help="Never retry: a failed record goes to <queue>.dead at once (--max-attempts 1).",
+        ),
+    ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics and health on "
+            "/healthz (200 while consuming, else 503). Default: not served.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST",
+            help="Address for --metrics-port; 0.0.0.0 (or ::) lets other machines scrape.",
+        ),
+    ] = "127.0.0.1",
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="console: warnings and errors as text lines. json: every event of the "
+            "worker, info and up, one JSON object per line on stderr (for log shippers).",
+        ),
+    ] = LogFormat.console,
     url: UrlOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Hand every record of a work queue to a sink, acking each once the sink has it.
 
-    Declares the topology first, so the queue exists. Competing workers on one
-    queue share its records fairly; a record is acked only after the sink stored
-    it, so a worker that dies loses nothing: the broker gives its records to
-    another. A record that is not a record (bad JSON) is rejected, and
-    dead-lettered if the queue has a dead-letter exchange.
+    Declares the topology first, so the queue exists, and the queue's delay and
+    dead-letter queues. Competing workers on one queue share its records fairly;
+    a record is acked only after the sink stored it (or after it was safely
+    handed to a delay or dead-letter queue), so a worker that dies loses
+    nothing: the broker gives its records to another.
     """
     if pool is PoolChoice.gevent:
         _monkey_patch()  # first: see the module docstring
+    if log_format is LogFormat.json:
+        _log_json_lines()
     from logbus.pools import check_transport
     from logbus.settings import redact_url
     from logbus.sinks import load_sink
@@ -120,11 +200,17 @@ def worker(
     from logbus.transports import connect
     from logbus.worker import Worker, units
 
+    policy = _retry_policy(max_attempts, retry_delay, retry_backoff, retry_max_delay, no_retry)
     settings = make_settings(url, config)
     check_transport(pool.value, settings.url)  # before connecting: gevent blocks some
     topology = settings.topology()
     name = _pick_queue(topology, queue)
     chosen = load_sink(sink)  # a bad sink fails before anything touches the broker
+    metrics = None
+    if metrics_port is not None:
+        from logbus.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(name, sink)
     with quiet_connect():
         transport = connect(settings.url, settings=settings)
     try:
@@ -139,19 +225,32 @@ def worker(
             prefetch=prefetch,
             concurrency=concurrency,
             settings=settings,
+            retry=policy,
+            metrics=metrics,
         )
-        with _stop_on_signals(runner.stop):
+        with contextlib.ExitStack() as serving, stop_on_signals(runner.stop):
+            served = ""
+            if metrics is not None and metrics_port is not None:
+                from logbus.metrics import serve_metrics
+
+                # Bound before consuming: a port in use stops the worker before it takes a record.
+                server = serving.enter_context(
+                    serve_metrics(metrics, metrics_port, metrics_host, health=runner.health)
+                )
+                served = f"; metrics on {server.url}metrics"
             runner.start()
             lanes = f"{concurrency} {units(runner.pool.unit, concurrency)}"
-            typer.echo(
-                f"logbus worker: consuming {name} (prefetch {runner.prefetch}, {lanes}) "
-                f"→ {redact_url(sink)}",
-                err=True,
-            )
+            if log_format is LogFormat.console:
+                typer.echo(
+                    f"logbus worker: consuming {name} (prefetch {runner.prefetch}, {lanes}) "
+                    f"→ {redact_url(sink)}; retries: {policy}{served}",
+                    err=True,
+                )
             summary = runner.wait()
     finally:
         transport.close()
-    typer.echo(f"logbus worker: stopped: {summary}", err=True)
+    if log_format is LogFormat.console:
+        typer.echo(f"logbus worker: stopped: {summary}", err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -166,6 +265,58 @@ def _monkey_patch() -> None:
     except ImportError:
         raise fail("--pool gevent needs gevent: pip install 'logbus[gevent]'", CONFIG) from None
     monkey.patch_all()
+
+
+def _retry_policy(
+    max_attempts: int | None, delay: str, backoff: float, max_delay: str, no_retry: bool
+) -> RetryPolicy:
+    """The policy the retry options describe; a usage error if they make none."""
+    from logbus.durations import parse_duration
+    from logbus.errors import ConfigError, InputError
+    from logbus.retry import RetryPolicy
+
+    if no_retry:
+        if max_attempts not in (None, 1):
+            raise fail(f"--no-retry and --max-attempts {max_attempts} contradict; give one", USAGE)
+        return RetryPolicy.never()
+    try:
+        first = parse_duration(delay, what="--retry-delay")
+        longest = parse_duration(max_delay, what="--retry-max-delay")
+        if max_attempts is None:  # the policy's default
+            return RetryPolicy(delay=first, backoff=backoff, max_delay=longest)
+        return RetryPolicy(max_attempts, first, backoff, longest)
+    except (InputError, ConfigError) as exc:
+        raise fail(str(exc), USAGE) from None
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per event: time, level, logger, then the event's own keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC)
+        line: dict[str, object] = {
+            "ts": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        event = getattr(record, "logbus_event", None)  # logbus's events carry their keys
+        if isinstance(event, dict):
+            line.update(event)
+        else:  # a driver's or the standard library's message
+            line["event"] = record.getMessage()
+            if record.exc_info:
+                line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _log_json_lines() -> None:
+    """Write logbus's events (info and up) to stderr as JSON lines, not text."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(_JsonLines())
+    logbus = logging.getLogger("logbus")
+    if logbus.getEffectiveLevel() > logging.INFO:  # --debug keeps its debug events
+        logbus.setLevel(logging.INFO)
 
 
 def _pick_queue(topology: Topology, queue: str | None) -> str:
@@ -194,7 +345,7 @@ def _ensure_queue(transport: Transport, name: str) -> None:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """SIGTERM and SIGINT call ``stop``; a second one gets the default behaviour back."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers (e.g. an embedding test runner)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,8 +33,12 @@ import pytest
 from logbus.emitter import Emitter
 from logbus.errors import TransportError
 from logbus.record import LogRecord
+from logbus.retry import RetryPolicy, remove_retry_queues
 from logbus.settings import load_settings
 from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dumps
+from logbus.transports import connect
+from tests.e2e.test_dlq import install_gate_plugin
+from tests.e2e.test_dlq import lines as gate_lines
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
 
@@ -55,6 +61,7 @@ class Setup:
     exchange: str
     queue: str
     tmp: Path
+    policies: list[RetryPolicy] = field(default_factory=lambda: [RetryPolicy()])
 
     def emitter(self, **settings: object) -> Emitter:
         """An emitter publishing (confirmed) through this test's topology."""
@@ -67,6 +74,11 @@ class Setup:
     def consumers(self) -> int:
         """Consumers of the work queue."""
         return self._declare().method.consumer_count
+
+    def depth(self, queue: str) -> int:
+        """Messages ready in ``queue`` (one of the work queue's delay or dead-letter queues)."""
+        with _channel(self.url) as channel:
+            return int(channel.queue_declare(queue, passive=True).method.message_count)
 
     def drain(self) -> list[str]:
         """Take every ready message off the work queue; their record ids."""
@@ -108,10 +120,14 @@ def setup(amqp_url: str, tmp_path: Path) -> Iterator[Setup]:
     )
     config = tmp_path / "logbus.toml"
     config.write_text(dumps(topology), encoding="utf-8")
-    yield Setup(amqp_url, config, exchange, queue, tmp_path)
+    made = Setup(amqp_url, config, exchange, queue, tmp_path)
+    yield made
     with contextlib.suppress(Exception), _channel(amqp_url) as channel:
         channel.queue_delete(queue)
         channel.exchange_delete(exchange)
+    with connect(amqp_url) as transport:  # what the workers declared for their retries
+        for policy in made.policies:
+            remove_retry_queues(transport, queue, policy)
 
 
 @dataclass
@@ -302,8 +318,9 @@ def test_records_land_in_the_jsonl_file_and_sigterm_exits_0(setup, start):
     wait_until(lambda: len(worker.records()) >= 300, 15, "300 lines")
     assert worker.terminate() == 0, worker.stderr
     assert sorted(worker.records()) == sorted(sent)
-    assert "logbus worker: stopped: 300 handled, 0 failed (0 rejected), 0 undecodable" in (
-        worker.stderr
+    assert (
+        "logbus worker: stopped: 300 handled, 0 failed (0 retried, 0 dead-lettered), "
+        "0 undecodable" in worker.stderr
     )
     assert setup.ready() == 0
 
@@ -334,6 +351,8 @@ def test_a_queue_missing_from_the_topology_is_declared_durable(setup, start, amq
     finally:
         with _channel(amqp_url) as channel:
             channel.queue_delete(name)
+        with connect(amqp_url) as transport:
+            remove_retry_queues(transport, name, RetryPolicy())
 
 
 def test_two_equal_workers_share_a_steady_stream_evenly(setup, start):
@@ -477,3 +496,110 @@ def test_a_broker_restart_loses_no_confirmed_record(setup, start, broker_ctl, am
     assert worker.proc.poll() is None, worker.stderr
     assert worker.terminate() == 0, worker.stderr
     assert set(worker.records()) <= confirmed | set(publisher.unconfirmed)
+
+
+# -- retries, metrics, logs -----------------------------------------------------------------
+
+
+def test_help_documents_retries_metrics_and_the_log_format(logbus):
+    """--help shows the retry, metrics and log options with an example of each."""
+    proc = logbus("worker", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for option in (
+        "--max-attempts",
+        "--retry-delay",
+        "--retry-backoff",
+        "--retry-max-delay",
+        "--no-retry",
+        "--metrics-port",
+        "--metrics-host",
+        "--log-format",
+    ):
+        assert option in proc.stdout
+    assert "logbus worker --max-attempts 8 --retry-delay 500ms" in proc.stdout
+    assert "logbus worker --metrics-port 9108 --log-format json" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (("--retry-delay", "soon"), "--retry-delay 'soon' is not a duration"),
+        (("--retry-delay", "10s", "--retry-max-delay", "1s"), "retry max delay must be between"),
+        (("--no-retry", "--max-attempts", "3"), "--no-retry and --max-attempts 3 contradict"),
+    ],
+)
+def test_an_impossible_retry_policy_is_a_usage_error(logbus, args, problem):
+    """A retry option that makes no policy: exit 2 and one line naming it."""
+    proc = logbus("worker", *args, "--url", "amqp://nowhere:1/")
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert problem in line
+
+
+def test_sigkill_mid_batch_with_retries_in_play_loses_nothing(setup, start, monkeypatch):
+    """Every record fails once and waits in the delay queue; a worker killed meanwhile
+    loses none: its unacked records are redelivered, the delayed ones come back."""
+    gate = setup.tmp / "gate"
+    gate.mkdir()
+    (gate / "fail-first").touch()  # every record goes through the delay queue once
+    (gate / "pause").write_text("0.05")  # and a batch takes a while: the kill lands in one
+    plugin = setup.tmp / "plugin"
+    plugin.mkdir()
+    monkeypatch.setenv("PYTHONPATH", install_gate_plugin(plugin)["PYTHONPATH"])
+    setup.policies.append(RetryPolicy(delay=0.2))
+    args = ("--retry-delay", "200ms", "--concurrency", "2")
+    victim = start(*args, sink=f"gate:{gate}")
+    sent = emit(setup, 200)
+    wait_until(lambda: len(set(gate_lines(gate, "stored"))) >= 40, 20, "retried records stored")
+    victim.proc.kill()
+    victim.proc.wait(10)
+    assert len(set(gate_lines(gate, "stored"))) < 200, "all were done before the kill"
+    survivor = start(*args, sink=f"gate:{gate}")
+    wait_until(lambda: set(gate_lines(gate, "stored")) >= set(sent), 30, "every record stored")
+    delayed = f"{setup.queue}.retry.200"
+    wait_until(lambda: setup.ready() == setup.depth(delayed) == 0, 15, "nothing left to do")
+    assert survivor.terminate() == 0, survivor.stderr
+    assert set(gate_lines(gate, "stored")) == set(sent)  # duplicates perhaps, strangers never
+    assert setup.depth(f"{setup.queue}.dead") == 0
+
+
+def test_metrics_port_serves_counts_and_health(setup, start):
+    """--metrics-port 0: the ready line names the URL; /metrics counts, /healthz says ok."""
+    worker = start("--metrics-port", "0")
+    found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/)metrics", worker.stderr)
+    assert found is not None, worker.stderr
+    sent = emit(setup, 3)
+    wait_until(lambda: len(worker.records()) == 3, 10, "three records")
+    with urllib.request.urlopen(found[1] + "metrics", timeout=10) as answer:
+        exposition = answer.read().decode()
+    written = [line for line in exposition.splitlines() if line.startswith("logbus_worker_written")]
+    assert written == [
+        f'logbus_worker_written_total{{queue="{setup.queue}",sink="jsonl:{worker.output}"}} 3'
+    ]
+    with urllib.request.urlopen(found[1] + "healthz", timeout=10) as answer:
+        health = json.loads(answer.read())
+    assert (health["status"], health["consuming"], health["queue"]) == ("ok", True, setup.queue)
+    assert worker.terminate() == 0
+    assert sorted(worker.records()) == sorted(sent)
+
+
+def test_log_format_json_writes_every_event_as_a_json_line(setup, start):
+    """--log-format json: stderr is JSON lines, from worker.started to worker.stopped."""
+    worker = start("--log-format", "json", wait=False)
+
+    def events() -> list[dict[str, object]]:
+        return [json.loads(line) for line in list(worker.lines)]
+
+    wait_until(lambda: any(e["event"] == "worker.started" for e in events()), 15, "started")
+    emit(setup, 2)
+    wait_until(lambda: len(worker.records()) == 2, 10, "two records")
+    assert worker.terminate() == 0, worker.stderr
+    logged = events()  # every line is JSON, or this raises
+    [started] = [e for e in logged if e["event"] == "worker.started"]
+    assert (started["queue"], started["level"], started["logger"]) == (
+        setup.queue,
+        "info",
+        "logbus.worker",
+    )
+    [stopped] = [e for e in logged if e["event"] == "worker.stopped"]
+    assert stopped["handled"] == 2

@@ -14,7 +14,15 @@ import pytest
 
 from logbus.errors import ConnectionLost, DecodeError
 from logbus.message import Message, Properties
+from logbus.metrics import WorkerMetrics
 from logbus.record import LogRecord
+from logbus.retry import (
+    ATTEMPTS_HEADER,
+    REASON_HEADER,
+    RetryPolicy,
+    dead_queue,
+    remove_retry_queues,
+)
 from logbus.transports.amqp import AmqpTransport
 from logbus.worker import Worker, WorkerSummary, default_prefetch
 
@@ -67,18 +75,20 @@ class ProbeSink:
 
 
 class Running:
-    """A worker running on a thread of its own; ``stop()`` returns its summary."""
+    """A worker started (its queues declared, its consumer registered), then running on a
+    thread of its own; ``stop()`` returns its summary."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.summary: WorkerSummary | None = None
         self.error: BaseException | None = None
+        worker.start()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            self.summary = self.worker.run()
+            self.summary = self.worker.wait()
         except BaseException as exc:
             self.error = exc
 
@@ -102,19 +112,20 @@ def admin(amqp_url: str, unique_name: str) -> Iterator[AmqpTransport]:
         yield transport
 
 
+#: The retry policy of these tests' workers: quick, so that retries do not slow them down.
+QUICK = RetryPolicy(max_attempts=5, delay=0.05, backoff=2)
+
+
 @pytest.fixture
 def work_queue(admin: AmqpTransport, unique_name: str) -> Iterator[str]:
-    """A durable work queue dead-lettering into ``<queue>.dead``; both deleted afterwards."""
+    """A durable work queue; it and the delay and dead-letter queues its workers declared
+    (``<queue>.retry.<ms>``, ``<queue>.dead``) are deleted afterwards."""
     name = f"{unique_name}.tasks"
-    dlx = f"{unique_name}.dlx"
-    admin.declare_exchange(dlx, "fanout", durable=False)
-    admin.declare_queue(f"{name}.dead", durable=False)
-    admin.bind_queue(f"{name}.dead", dlx)
-    admin.declare_queue(name, durable=True, arguments={"x-dead-letter-exchange": dlx})
+    admin.declare_queue(name, durable=True)
     yield name
     admin.delete_queue(name)
-    admin.delete_queue(f"{name}.dead")
-    admin.delete_exchange(dlx)
+    for policy in (QUICK, RetryPolicy()):
+        remove_retry_queues(admin, name, policy)
 
 
 def records(count: int, prefix: str = "record") -> list[LogRecord]:
@@ -201,33 +212,36 @@ def test_a_recoverable_sink_failure_brings_the_record_back(amqp_url, admin, work
         return ConnectionLost("the database went away") if attempt <= 2 else None
 
     sink = ProbeSink(flaky)
-    running = Running(Worker(amqp_url, work_queue, sink))
+    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
     [sent] = records(1)
     publish(admin, work_queue, [sent])
     wait_until(lambda: sink.stored == [sent.id], 10, "the third attempt to store it")
     summary = running.stop()
     assert sink.attempts[sent.id] == 3
-    assert (summary.handled, summary.failed, summary.rejected) == (1, 2, 0)
+    assert (summary.handled, summary.failed, summary.rejected, summary.retried) == (1, 2, 0, 2)
     assert ready(admin, work_queue) == 0
-    assert ready(admin, f"{work_queue}.dead") == 0
+    assert ready(admin, dead_queue(work_queue)) == 0
 
 
-def test_a_failed_for_good_record_is_rejected_to_the_dead_letter_queue(amqp_url, admin, work_queue):
-    """A non-recoverable sink error rejects the record without requeue: it is dead-lettered."""
+def test_a_failed_for_good_record_goes_to_the_dead_letter_queue(amqp_url, admin, work_queue):
+    """A non-recoverable sink error is not retried: the record is dead-lettered at once."""
     sink = ProbeSink(lambda r, n: DecodeError("the sink cannot store this"))
-    running = Running(Worker(amqp_url, work_queue, sink))
+    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
     [sent] = records(1)
     publish(admin, work_queue, [sent])
-    wait_until(lambda: ready(admin, f"{work_queue}.dead") == 1, 10, "the dead-lettered record")
+    wait_until(lambda: ready(admin, dead_queue(work_queue)) == 1, 10, "the dead-lettered record")
     summary = running.stop()
     assert sink.attempts[sent.id] == 1
     assert (summary.handled, summary.failed, summary.rejected) == (0, 1, 1)
-    dead = admin.get(f"{work_queue}.dead", auto_ack=True)
+    assert (summary.retried, summary.dead_lettered) == (0, 1)
+    dead = admin.get(dead_queue(work_queue), auto_ack=True)
     assert dead is not None and dead.properties.message_id == sent.id
+    assert dead.properties.headers[ATTEMPTS_HEADER] == 1
+    assert dead.properties.headers[REASON_HEADER].startswith("not recoverable: DecodeError: ")
 
 
 def test_an_exception_raised_by_write_counts_as_that_records_failure(amqp_url, admin, work_queue):
-    """A sink that raises (a bug) has the record rejected, and the worker keeps going."""
+    """A sink that raises (a bug) has the record dead-lettered, and the worker keeps going."""
     [bad, good] = records(2)
 
     def buggy(record: LogRecord, attempt: int) -> None:
@@ -235,27 +249,27 @@ def test_an_exception_raised_by_write_counts_as_that_records_failure(amqp_url, a
             raise ValueError("a bug in the sink")
 
     sink = ProbeSink(buggy)
-    running = Running(Worker(amqp_url, work_queue, sink))
+    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
     publish(admin, work_queue, [bad, good])
     wait_until(lambda: sink.stored == [good.id], 10, "the good record stored")
-    wait_until(lambda: ready(admin, f"{work_queue}.dead") == 1, 10, "the bad one dead-lettered")
+    wait_until(lambda: ready(admin, dead_queue(work_queue)) == 1, 10, "the bad one dead-lettered")
     summary = running.stop()
     assert (summary.handled, summary.rejected) == (1, 1)
 
 
-def test_an_undecodable_message_is_rejected_and_counted(amqp_url, admin, work_queue):
+def test_an_undecodable_message_is_dead_lettered_and_counted(amqp_url, admin, work_queue):
     """A body that is not a record never reaches the sink and is dead-lettered."""
     sink = ProbeSink()
-    running = Running(Worker(amqp_url, work_queue, sink))
+    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
     bad = Message(b'["not", "a", "record"]', Properties(message_id="bad-1"), "", work_queue)
     admin.publish(bad)
     [good] = records(1)
     publish(admin, work_queue, [good])
     wait_until(lambda: sink.stored == [good.id], 10, "the good record")
-    wait_until(lambda: ready(admin, f"{work_queue}.dead") == 1, 10, "the dead-lettered message")
+    wait_until(lambda: ready(admin, dead_queue(work_queue)) == 1, 10, "the dead-lettered message")
     summary = running.stop()
     assert (summary.handled, summary.undecodable, summary.failed) == (1, 1, 0)
-    dead = admin.get(f"{work_queue}.dead", auto_ack=True)
+    dead = admin.get(dead_queue(work_queue), auto_ack=True)
     assert dead is not None and dead.properties.message_id == "bad-1"
 
 
@@ -311,6 +325,12 @@ def test_default_prefetch_is_two_per_thread_and_at_least_ten():
     assert [default_prefetch(n) for n in (1, 4, 5, 16)] == [10, 10, 10, 32]
 
 
+def test_default_prefetch_is_two_batches_per_thread_for_a_sink_that_fills_batches():
+    """With batches of 50 it is 2 x threads x 50, and never past AMQP's 65535."""
+    assert [default_prefetch(n, 50) for n in (1, 4)] == [100, 400]
+    assert default_prefetch(1024, 1000) == 65535
+
+
 def test_worker_on_a_shared_transport_leaves_it_open(amqp_url, admin, work_queue):
     """A worker given a transport leaves it open (and its consumer cancelled) when it stops."""
     with AmqpTransport(amqp_url) as transport:
@@ -327,12 +347,17 @@ def test_a_deleted_queue_ends_the_worker_with_connection_lost(amqp_url, admin, u
     name = f"{unique_name}.doomed"
     admin.declare_queue(name, durable=False)
     sink = ProbeSink()
-    running = Running(Worker(amqp_url, name, sink))
-    wait_until(lambda: admin.declare_queue(name, passive=True).consumer_count == 1, 10, "consumer")
-    admin.delete_queue(name)
-    with pytest.raises(ConnectionLost, match="deleted"):
-        running.join(10)
-    assert sink.closed == 1
+    running = Running(Worker(amqp_url, name, sink, retry=QUICK))
+    try:
+        wait_until(
+            lambda: admin.declare_queue(name, passive=True).consumer_count == 1, 10, "consumer"
+        )
+        admin.delete_queue(name)
+        with pytest.raises(ConnectionLost, match="deleted"):
+            running.join(10)
+        assert sink.closed == 1
+    finally:
+        remove_retry_queues(admin, name, QUICK)
 
 
 def test_the_worker_keeps_going_after_the_broker_closes_its_connection(
@@ -363,3 +388,118 @@ def test_the_worker_keeps_going_after_the_broker_closes_its_connection(
         summary = running.stop()
     assert summary.handled >= 10
     assert ready(admin, work_queue) == 0
+
+
+# -- batches, metrics, health -------------------------------------------------------------
+
+
+class BatchingSink(ProbeSink):
+    """A ProbeSink with the batching hints ``max_batch`` and ``max_wait``; notes write sizes."""
+
+    def __init__(self, max_batch: int, max_wait: float) -> None:
+        super().__init__()
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.sizes: list[int] = []
+
+    def write(self, batch: Sequence[LogRecord]) -> Sequence[Exception | None]:
+        self.sizes.append(len(batch))
+        return super().write(batch)
+
+
+def test_no_write_holds_more_than_the_sinks_max_batch(amqp_url, admin, work_queue):
+    """30 waiting records reach a sink of max_batch 8 in writes of 8 at most."""
+    publish(admin, work_queue, records(30))
+    sink = BatchingSink(max_batch=8, max_wait=0.2)
+    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    wait_until(lambda: len(sink.stored) == 30, 10, "30 records stored")
+    running.stop()
+    assert sum(sink.sizes) == 30
+    assert max(sink.sizes) == 8
+
+
+def test_the_default_prefetch_holds_two_batches_per_thread_of_a_batching_sink(amqp_url, work_queue):
+    """A sink filling batches of 25 (max_wait) with 3 threads: prefetch 2 x 3 x 25."""
+    worker = Worker(amqp_url, work_queue, BatchingSink(25, 0.1), concurrency=3)
+    assert worker.prefetch == 150
+    assert Worker(amqp_url, work_queue, BatchingSink(25, 0.0), concurrency=3).prefetch == 10
+
+
+def test_a_thread_waits_up_to_max_wait_for_a_batch_to_fill(amqp_url, admin, work_queue):
+    """Three records published one by one reach a sink of max_batch 3 in a single write."""
+    sink = BatchingSink(max_batch=3, max_wait=10.0)
+    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    wait_until(lambda: admin.declare_queue(work_queue, passive=True).consumer_count == 1, 10, "c")
+    for record in records(3):
+        publish(admin, work_queue, [record])
+    wait_until(lambda: len(sink.stored) == 3, 10, "the batch of three")
+    running.stop()
+    assert sink.sizes == [3]
+
+
+def test_stop_does_not_wait_for_a_batch_to_fill(amqp_url, admin, work_queue):
+    """A thread waiting 30 s to fill a batch stops at once; its record goes back unwritten."""
+    sink = BatchingSink(max_batch=100, max_wait=30.0)
+    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    publish(admin, work_queue, records(1))
+    wait_until(lambda: ready(admin, work_queue) == 0, 10, "the record taken")
+    running.stop(timeout=10)  # fails if stop waited for the 30 s
+    assert sink.sizes == []
+    wait_until(lambda: ready(admin, work_queue) == 1, 10, "the record requeued")
+
+
+def counter(metrics: WorkerMetrics, name: str) -> int:
+    """The value of counter ``logbus_worker_<name>_total`` in the metrics' exposition."""
+    prefix = f"logbus_worker_{name}_total{{"
+    [line] = [line for line in metrics.render().splitlines() if line.startswith(prefix)]
+    return int(float(line.rsplit(" ", 1)[1]))
+
+
+def test_the_metrics_hook_counts_what_the_worker_does(amqp_url, admin, work_queue):
+    """Received, written, failed, retried, dead-lettered and undecodable, as they happened."""
+    [good, refused, flaky, other] = records(4)
+
+    def behave(record: LogRecord, attempt: int) -> Exception | None:
+        if record.id == refused.id:
+            return ValueError("never")
+        if record.id == flaky.id and attempt == 1:
+            return ConnectionLost("once")
+        return None
+
+    metrics = WorkerMetrics(work_queue, "probe")
+    sink = ProbeSink(behave)
+    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK, metrics=metrics))
+    publish(admin, work_queue, [good, refused, flaky, other])
+    admin.publish(Message(b"[]", Properties(message_id="bad"), "", work_queue))
+    wait_until(lambda: len(sink.stored) == 3, 10, "three records stored")
+    wait_until(lambda: ready(admin, dead_queue(work_queue)) == 2, 10, "two dead letters")
+    summary = running.stop()
+    counts = {
+        name: counter(metrics, name)
+        for name in ("received", "written", "failed", "retried", "dead_lettered", "undecodable")
+    }
+    # 5 deliveries, and the flaky one again after its delay.
+    assert counts == {
+        "received": 6,
+        "written": 3,
+        "failed": 2,
+        "retried": 1,
+        "dead_lettered": 2,
+        "undecodable": 1,
+    }
+    assert (summary.retried, summary.dead_lettered) == (1, 2)
+    batches = [line for line in metrics.render().splitlines() if "batch_records_count" in line]
+    assert int(batches[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_health_says_whether_the_worker_is_consuming(amqp_url, work_queue):
+    """Unhealthy before start and after stop; healthy, with its queue, while it consumes."""
+    worker = Worker(amqp_url, work_queue, ProbeSink(), retry=QUICK)
+    assert worker.health()[0] is False
+    running = Running(worker)
+    wait_until(lambda: worker.health()[0], 10, "a healthy worker")
+    _, details = worker.health()
+    assert details["queue"] == work_queue
+    assert details["consuming"] is True
+    running.stop()
+    assert worker.health()[0] is False

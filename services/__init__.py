@@ -1,0 +1,1 @@
+"""Runnable services built on logbus: each a worker, its queue and its sinks, from one TOML file."""
