@@ -19,6 +19,19 @@ Options (keys of ``URL``'s query string that are these names, or keys of a
 ``max_batch`` / ``max_wait``
     The batch hints (100 records; 0 s).
 
+Each request says which records it carries, so that the endpoint can drop
+what it already has: the worker delivers at least once, and a record comes
+again when an answer was lost (a timeout), when the worker died before acking
+it, or when the rest of an array failed. ``Idempotency-Key`` is the record's
+``id`` with ``body=record``; with ``body=array``, ``X-Logbus-Ids`` lists the
+ids in the array's order, comma-separated, and ``Idempotency-Key`` is the
+SHA-256 (hex) of that list, the same whenever the same records are sent
+together again. An id is sent as it is (logbus makes 32 hex digits); one with
+a character other than printable ASCII, or a ``,`` or ``%``, is
+percent-encoded (UTF-8). ``X-Logbus-Ids`` takes 33 bytes a record: keep
+``max_batch`` at 200 or less where the endpoint limits a header line to 8 KiB
+(nginx and Apache do by default).
+
 A 2xx answer stores the body's records. 429 and 5xx answers, and connections
 that fail or time out, are tried again within the write, after the pause
 ``Retry-After`` asks for, else 0.5 s doubling each time; when the tries are
@@ -32,6 +45,7 @@ printed: errors name the endpoint as ``scheme://host:port``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import threading
 from collections.abc import Callable, Sequence
@@ -39,7 +53,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, field_validator
 
@@ -47,10 +61,13 @@ from logbus.errors import ConfigError, SinkError
 from logbus.record import LogRecord
 from logbus.sinks._options import ConfigurableSink, SinkOptions
 
-__all__ = ["WebhookOptions", "WebhookSink", "public_endpoint"]
+__all__ = ["WebhookOptions", "WebhookSink", "header_id", "public_endpoint"]
 
 _FIRST_PAUSE = 0.5
 _SHOW_BODY = 200
+# What an id may hold as it is in a header: printable ASCII, less the list's comma and "%".
+_ID_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ",%")
+_ID_SAFE_SET = frozenset(_ID_SAFE)
 
 Body = Literal["record", "array"]
 
@@ -160,14 +177,15 @@ class WebhookSink(ConfigurableSink):
             return []
         if self.body == "array":
             payload = b"[" + b",".join(record.to_bytes() for record in batch) + b"]"
-            return [self._deliver(payload, len(batch))] * len(batch)
+            return [self._deliver(payload, _array_headers(batch), len(batch))] * len(batch)
         results: list[Exception | None] = []
         for record in batch:
             previous = results[-1] if results else None
             if isinstance(previous, SinkError) and previous.recoverable:
                 results.append(previous)  # the endpoint is failing: keep the rest for later
             else:
-                results.append(self._deliver(record.to_bytes(), 1))
+                headers = {"Idempotency-Key": header_id(record.id)}
+                results.append(self._deliver(record.to_bytes(), headers, 1))
         return results
 
     def close(self) -> None:
@@ -182,12 +200,12 @@ class WebhookSink(ConfigurableSink):
     def __repr__(self) -> str:
         return f"<WebhookSink {self.endpoint} body={self.body}>"
 
-    def _deliver(self, payload: bytes, count: int) -> SinkError | None:
+    def _deliver(self, payload: bytes, headers: dict[str, str], count: int) -> SinkError | None:
         """POST one body, trying again on 429, 5xx and connection failures, within bounds."""
         what = "record" if count == 1 else f"{count} records"
         for attempt in range(1, self.tries + 1):
             try:
-                self._post(payload)
+                self._post(payload, headers)
                 return None
             except _Refused as refusal:
                 if not refusal.retry:
@@ -214,18 +232,18 @@ class WebhookSink(ConfigurableSink):
                     )
         raise AssertionError("unreachable: every try returns")  # pragma: no cover
 
-    def _post(self, payload: bytes) -> None:
+    def _post(self, payload: bytes, headers: dict[str, str]) -> None:
         """One request; a connection kept from earlier that turns out dead is replaced once."""
         connection, reused = self._connection()
         try:
             try:
-                response = self._exchange(connection, payload)
+                response = self._exchange(connection, payload, headers)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 if not reused:
                     raise
                 self._drop(connection)  # the server closed it while idle: not a failure
                 connection, _ = self._connection()
-                response = self._exchange(connection, payload)
+                response = self._exchange(connection, payload, headers)
         except (OSError, http.client.HTTPException) as exc:
             self._drop(connection)
             raise _Refused(f"failed: {type(exc).__name__}: {exc}", retry=True) from None
@@ -240,8 +258,11 @@ class WebhookSink(ConfigurableSink):
             raise _Refused(reason, retry=True, wait=_retry_after(response.retry_after))
         raise _Refused(reason, retry=False)
 
-    def _exchange(self, connection: http.client.HTTPConnection, payload: bytes) -> _Response:
-        connection.request("POST", self._target, body=payload, headers=self._headers)
+    def _exchange(
+        self, connection: http.client.HTTPConnection, payload: bytes, headers: dict[str, str]
+    ) -> _Response:
+        sent = {**self._headers, **headers}
+        connection.request("POST", self._target, body=payload, headers=sent)
         response = connection.getresponse()
         data = response.read()  # read it all, so that the connection can be used again
         if response.will_close:
@@ -284,6 +305,19 @@ class _Response:
     reason: str
     text: str
     retry_after: str | None
+
+
+def header_id(record_id: str) -> str:
+    """``record_id`` as the webhook sends it in a header: as it is, or percent-encoded."""
+    if _ID_SAFE_SET.issuperset(record_id):
+        return record_id
+    return quote(record_id, safe=_ID_SAFE)
+
+
+def _array_headers(batch: Sequence[LogRecord]) -> dict[str, str]:
+    """``X-Logbus-Ids`` and ``Idempotency-Key`` (the digest of the ids) for an array body."""
+    ids = ",".join(header_id(record.id) for record in batch)
+    return {"X-Logbus-Ids": ids, "Idempotency-Key": hashlib.sha256(ids.encode()).hexdigest()}
 
 
 def _retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -17,9 +17,9 @@ import pytest
 from logbus.record import LogRecord
 from logbus.sinks import load_sink
 from tests.e2e.support import connection_args, emit, free_port, on_tty, one_error_line
-from tests.integration.test_sinks_postgres import pg_table, postgres_url
+from tests.integration.test_sinks_postgres import pg_table
 
-__all__ = ["pg_table", "postgres_url"]  # fixtures, shared with the integration tests
+__all__ = ["pg_table"]  # a fixture, shared with the integration tests
 
 T0 = datetime(2025, 1, 2, 12, 0, tzinfo=UTC)
 ROWS = [

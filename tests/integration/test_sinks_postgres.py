@@ -1,13 +1,14 @@
-"""The postgres sink and archive against a real PostgreSQL (127.0.0.1:5432, database test).
+"""The postgres sink and archive against a real PostgreSQL.
 
-The ``postgres_url`` fixture skips when PostgreSQL does not answer, unless
+The PostgreSQL is ``tests/conftest.py``'s ``postgres_url`` ($LOGBUS_TEST_POSTGRES_URL,
+else 127.0.0.1:5432, database test): it skips when none answers, unless
 ``LOGBUS_REQUIRE_POSTGRES=1`` (CI), which makes that a failure. Every test
-writes to a table of its own, dropped afterwards.
+writes to a table of its own (``pg_table``, which the end-to-end tests import
+too), dropped afterwards.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -23,24 +24,6 @@ from logbus.sinks.postgres import PostgresSink
 from tests.e2e.support import free_port
 
 psycopg = pytest.importorskip("psycopg")
-
-POSTGRES_URL = os.environ.get(
-    "LOGBUS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """The URL of a PostgreSQL that answered a query (see the module docstring)."""
-    try:
-        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as connection:
-            connection.execute("SELECT 1")
-    except psycopg.Error as exc:
-        reason = f"PostgreSQL at {POSTGRES_URL} does not answer: {exc}".strip()
-        if os.environ.get("LOGBUS_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"LOGBUS_REQUIRE_POSTGRES=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return POSTGRES_URL
 
 
 @pytest.fixture

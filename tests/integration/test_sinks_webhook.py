@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -254,3 +255,49 @@ def test_a_kept_alive_connection_serves_several_writes(server):
     sink.close()
     assert len(script.requests) == 3
     assert len({r.peer for r in script.requests}) == 1
+
+
+# -- what lets the endpoint drop duplicates ---------------------------------------------
+
+
+def test_record_mode_sends_each_records_id_as_its_idempotency_key(server):
+    """body=record: every request carries Idempotency-Key: <the record's id>."""
+    base, script = server
+    sink = sink_for(f"{base}/hook", [])
+    batch = [record("a"), record("b")]
+    sink.write(batch)
+    sink.close()
+    assert [r.headers["Idempotency-Key"] for r in script.requests] == [r.id for r in batch]
+
+
+def test_a_retried_request_repeats_its_idempotency_key(server):
+    """The try after a 503 has the same key as the first, so the endpoint can tell."""
+    base, script = server
+    script.answers = [(503, {}), (200, {})]
+    sink = sink_for(f"{base}/hook", [])
+    one = record()
+    sink.write([one])
+    sink.close()
+    assert [r.headers["Idempotency-Key"] for r in script.requests] == [one.id, one.id]
+
+
+def test_array_mode_lists_the_ids_and_keys_the_request_by_their_digest(server):
+    """body=array: X-Logbus-Ids is the ids in order; Idempotency-Key the SHA-256 of that list."""
+    base, script = server
+    sink = sink_for(f"{base}/hook", [], body="array")
+    batch = [record("a"), record("b"), record("c")]
+    sink.write(batch)
+    sink.close()
+    [request] = script.requests
+    listed = request.headers["X-Logbus-Ids"]
+    assert listed.split(",") == [r.id for r in batch]
+    assert request.headers["Idempotency-Key"] == hashlib.sha256(listed.encode()).hexdigest()
+
+
+def test_an_id_that_is_not_plain_ascii_is_percent_encoded(server):
+    """An id from a plain publisher with a comma, a space or non-ASCII is sent percent-encoded."""
+    base, script = server
+    sink = sink_for(f"{base}/hook", [])
+    sink.write([LogRecord.from_key("kern.info", "x", id="job 7,ü")])
+    sink.close()
+    assert script.requests[0].headers["Idempotency-Key"] == "job%207%2C%C3%BC"

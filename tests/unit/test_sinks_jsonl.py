@@ -225,3 +225,215 @@ def test_writing_before_open_is_a_config_error(tmp_path):
     """A sink must be opened first; the error says so."""
     with pytest.raises(ConfigError, match="before open"):
         JsonlSink(tmp_path / "x.jsonl").write([record()])
+
+
+# -- de-duplication of redeliveries -----------------------------------------------------
+
+
+def ids(path: Path) -> list[str]:
+    """The ids of the records in a jsonl file, skipping lines that are not records."""
+    found = []
+    for line in path.read_bytes().splitlines():
+        try:
+            found.append(json.loads(line)["id"])
+        except ValueError:
+            continue
+    return found
+
+
+def batch_of(count: int, key: str = "kern.info") -> list[LogRecord]:
+    """``count`` records under ``key``, messages numbered from 0."""
+    return [record(key, str(i)) for i in range(count)]
+
+
+def test_a_redelivered_batch_found_at_the_end_of_the_file_is_skipped(tmp_path):
+    """A restarted sink skips the records it finds in the file's tail, and reports them stored."""
+    target = tmp_path / "all.jsonl"
+    written = batch_of(5)
+    first = opened(JsonlSink(target))
+    first.write(written)  # then the worker dies before its acks reach the broker
+    later = batch_of(2)
+    second = opened(JsonlSink(target))
+    assert second.write(written[3:] + later) == [None] * 4
+    second.close()
+    assert ids(target) == [r.id for r in written + later]
+
+
+def test_the_tail_read_at_open_covers_only_the_window(tmp_path):
+    """With dedupe_window=3, the last three lines are known and older ones are written again."""
+    target = tmp_path / "all.jsonl"
+    written = batch_of(10)
+    opened(JsonlSink(target)).write(written)
+    sink = opened(JsonlSink(target, dedupe_window=3))
+    assert sink.write([written[0], *written[7:]]) == [None] * 4
+    sink.close()
+    assert ids(target) == [r.id for r in [*written, written[0]]]
+
+
+def test_the_window_forgets_the_oldest_records_it_wrote(tmp_path):
+    """After dedupe_window more records, a record written earlier is no longer recognised."""
+    target = tmp_path / "all.jsonl"
+    sink = opened(JsonlSink(target, dedupe_window=2))
+    early, *rest = batch_of(3)
+    sink.write([early])
+    sink.write([early])
+    sink.write(rest)
+    sink.write([early])
+    sink.close()
+    assert ids(target) == [r.id for r in [early, *rest, early]]
+
+
+def test_dedupe_false_writes_a_redelivered_batch_again(tmp_path):
+    """dedupe=false (from the spec) appends whatever it is given, as before."""
+    target = tmp_path / "all.jsonl"
+    written = batch_of(3)
+    opened(load_sink(f"jsonl:{target}")).write(written)
+    sink = opened(load_sink(f"jsonl:{target}?dedupe=false"))
+    sink.write(written)
+    sink.close()
+    assert ids(target) == [r.id for r in written + written]
+
+
+def test_the_window_defaults_to_sixteen_batches_and_at_least_2000_lines(tmp_path):
+    """dedupe_window defaults to max(16 x max_batch, 2000); a spec may set it."""
+    assert load_sink(f"jsonl:{tmp_path / 'a'}").dedupe_window == 2000
+    assert load_sink(f"jsonl:{tmp_path / 'a'}?max_batch=500").dedupe_window == 8000
+    assert load_sink(f"jsonl:{tmp_path / 'a'}?dedupe_window=50").dedupe_window == 50
+
+
+def test_a_record_twice_in_one_batch_is_written_once(tmp_path):
+    """Two records with the same id in one batch make one line; both count as stored."""
+    target = tmp_path / "all.jsonl"
+    one = record()
+    sink = opened(JsonlSink(target))
+    assert sink.write([one, one]) == [None, None]
+    sink.close()
+    assert ids(target) == [one.id]
+
+
+def test_lines_another_writer_appended_are_known_before_writing(tmp_path):
+    """A batch that another process wrote to the shared file, redelivered here, is skipped."""
+    target = tmp_path / "all.jsonl"
+    here, there = opened(JsonlSink(target)), opened(JsonlSink(target))
+    mine, written = record("kern.info", "mine"), batch_of(4)
+    here.write([mine])
+    there.write(written)  # the other worker dies before acking; the broker gives them to us
+    assert here.write(written) == [None] * 4
+    here.close()
+    there.close()
+    assert ids(target) == [r.id for r in [mine, *written]]
+
+
+def test_a_torn_last_line_gets_its_end_and_does_not_count_as_stored(tmp_path):
+    """A line cut short by a kill is ended; its record, redelivered, is written whole after it."""
+    target = tmp_path / "all.jsonl"
+    whole, torn = record("kern.info", "whole"), record("kern.info", "torn")
+    target.write_bytes(whole.to_bytes() + b"\n" + torn.to_bytes()[:40])
+    sink = opened(JsonlSink(target))
+    assert sink.write([whole, torn]) == [None, None]
+    sink.close()
+    raw = target.read_bytes().splitlines()
+    assert raw[1] == torn.to_bytes()[:40]
+    assert [json.loads(line)["id"] for line in (raw[0], raw[2])] == [whole.id, torn.id]
+    assert len(raw) == 3
+
+
+def test_a_torn_line_left_by_another_writer_is_ended_before_appending(tmp_path):
+    """A writer that died mid-line while this sink had the file open: the next line starts anew."""
+    target = tmp_path / "all.jsonl"
+    sink = opened(JsonlSink(target))
+    with open(target, "ab") as dying:
+        dying.write(record().to_bytes()[:30])
+    after = record("kern.info", "after")
+    sink.write([after])
+    sink.close()
+    assert target.read_bytes().endswith(b"\n" + after.to_bytes() + b"\n")
+
+
+def test_a_write_that_failed_halfway_is_completed_by_the_retry(tmp_path, monkeypatch):
+    """A full disk halfway through a batch: the retry writes, on new lines, what is not whole."""
+    target = tmp_path / "all.jsonl"
+    sink = opened(JsonlSink(target))
+    real = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        real(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    written = batch_of(3)
+    monkeypatch.setattr(jsonl.os, "write", half_then_full)
+    assert all(isinstance(result, OSError) for result in sink.write(written))
+    monkeypatch.setattr(jsonl.os, "write", real)
+    assert sink.write(written) == [None] * 3  # the worker's retry
+    sink.close()
+    assert len(target.read_bytes().splitlines()) == 4  # 0, half of 1 (ended), 1, 2
+    assert ids(target) == [r.id for r in written]
+
+
+def test_a_template_reads_the_tail_of_each_file_when_first_opened(tmp_path):
+    """Per facility files: a record in kern.jsonl's tail is skipped, a new one appended."""
+    old_kern, old_auth = record("kern.info", "old"), record("auth.info", "old")
+    (tmp_path / "kern.jsonl").write_bytes(old_kern.to_bytes() + b"\n")
+    (tmp_path / "auth.jsonl").write_bytes(old_auth.to_bytes() + b"\n")
+    new = record("kern.info", "new")
+    sink = opened(JsonlSink(tmp_path / "{facility}.jsonl"))
+    assert sink.write([old_kern, new, old_auth]) == [None] * 3
+    sink.close()
+    assert ids(tmp_path / "kern.jsonl") == [old_kern.id, new.id]
+    assert ids(tmp_path / "auth.jsonl") == [old_auth.id]
+
+
+def test_a_file_closed_for_room_forgets_its_ids_and_reads_them_again(tmp_path, monkeypatch):
+    """Beyond MAX_OPEN_FILES a file and its ids are dropped; reopened, its tail is read again."""
+    monkeypatch.setattr(jsonl, "MAX_OPEN_FILES", 1)
+    sink = opened(JsonlSink(tmp_path / "{facility}.jsonl"))
+    kern = record("kern.info")
+    sink.write([kern])
+    sink.write([record("auth.info")])  # kern.jsonl is closed and forgotten
+    assert list(sink._windows) == [tmp_path / "auth.jsonl"]
+    sink.write([kern])
+    sink.close()
+    assert ids(tmp_path / "kern.jsonl") == [kern.id]
+
+
+def test_rotation_keeps_what_the_window_knows(tmp_path):
+    """Records moved to a rotated file by size are still recognised when redelivered."""
+    target = tmp_path / "all.jsonl"
+    first, second = record("kern.info", "1"), record("kern.info", "2")
+    sink = opened(JsonlSink(target, max_bytes=len(first.to_bytes()) + 1))
+    sink.write([first])
+    sink.write([second])  # rotates: first is in all.<time>.jsonl now
+    assert sink.write([first, second]) == [None, None]
+    sink.close()
+    assert ids(target) == [second.id]
+    assert sum(len(ids(f)) for f in tmp_path.iterdir()) == 2
+
+
+def test_a_restart_just_after_a_rotation_reads_the_rotated_file_too(tmp_path):
+    """The new file holds fewer lines than the window: the last rotated file's tail counts."""
+    clock = Clock(datetime(2025, 1, 2, 3, 59, tzinfo=UTC))
+    target = tmp_path / "all.jsonl"
+    before, after = record("kern.info", "at three"), record("kern.info", "at four")
+    sink = opened(JsonlSink(target, rotate="hourly", clock=clock))
+    sink.write([before])
+    clock.now += timedelta(minutes=2)
+    sink.write([after])  # the worker dies; neither was acked
+    os.utime(target, (clock.now.timestamp(), clock.now.timestamp()))  # as the clock says
+    restarted = opened(JsonlSink(target, rotate="hourly", clock=clock))
+    assert restarted.write([before, after]) == [None, None]
+    restarted.close()
+    assert ids(tmp_path / "all.2025-01-02T03.jsonl") == [before.id]
+    assert ids(target) == [after.id]
+
+
+def test_only_files_named_as_rotations_of_the_path_are_read(tmp_path):
+    """all.errors.jsonl is another file, not a rotation of all.jsonl: its ids do not count."""
+    elsewhere = record()
+    other = tmp_path / "all.errors.jsonl"
+    other.write_bytes(elsewhere.to_bytes() + b"\n")
+    later = datetime.now(UTC).timestamp() + 3600  # the newest file there
+    os.utime(other, (later, later))
+    sink = opened(JsonlSink(tmp_path / "all.jsonl"))
+    sink.write([elsewhere])
+    sink.close()
+    assert ids(tmp_path / "all.jsonl") == [elsewhere.id]

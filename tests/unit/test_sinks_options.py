@@ -60,7 +60,9 @@ def test_an_unknown_spec_option_names_it_and_lists_the_sinks_options():
     message = str(caught.value)
     assert "sink jsonl has no option 'fsnyc'" in message
     assert "did you mean 'fsync'?" in message
-    assert message.endswith("its options: path, max_bytes, rotate, fsync, max_batch, max_wait")
+    assert message.endswith(
+        "its options: path, max_bytes, rotate, fsync, dedupe, dedupe_window, max_batch, max_wait"
+    )
 
 
 def test_a_bad_option_value_names_the_option_and_the_value():
