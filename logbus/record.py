@@ -13,13 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import socket
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from enum import IntEnum
-from functools import cache
 from typing import Any, TypeVar
 
 from pydantic import (
@@ -32,8 +27,26 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
-from logbus.errors import DecodeError, FacilityError, RecordError, RoutingKeyError, SeverityError
-from logbus.message import PERSISTENT, Properties
+from logbus._keys import (
+    SYSLOG_FACILITIES,
+    WORDS,
+    Severity,
+    format_routing_key,
+    parse_routing_key,
+    show,
+    validate_facility,
+)
+from logbus._wire import (
+    CONTENT_TYPE,
+    SCHEMA_VERSION,
+    format_ts,
+    hostname,
+    new_id,
+    now,
+    record_properties,
+)
+from logbus.errors import DecodeError, RecordError, RoutingKeyError
+from logbus.message import Properties
 
 __all__ = [
     "CONTENT_TYPE",
@@ -47,168 +60,10 @@ __all__ = [
     "validate_facility",
 ]
 
-CONTENT_TYPE = "application/json"
-SCHEMA_VERSION = 1
-
 _T = TypeVar("_T")
 
-_SHOW_MAX = 40
 _MAX_DEPTH = 100
 _DEFAULT_FACILITY = "user"
-_KEY_SHAPE = "<facility>.<severity> (e.g. kern.critical)"
-
-
-def _show(value: object) -> str:
-    """Quote a bad value for an error message, cut short so one line stays one line."""
-    if isinstance(value, str):
-        if len(value) > _SHOW_MAX:
-            return f"{value[:_SHOW_MAX]!r}... ({len(value)} chars)"
-        return repr(value)
-    text = repr(value)
-    return text if len(text) <= _SHOW_MAX else f"{text[:_SHOW_MAX]}..."
-
-
-class Severity(IntEnum):
-    """The eight syslog severities, most severe first (RFC 5424 codes 0..7).
-
-    ``str()`` and f-strings give the lowercase word (``"critical"``), which is what
-    routing keys, headers and the wire carry; :meth:`parse` accepts words, aliases,
-    codes and digit strings.
-    """
-
-    EMERGENCY = 0
-    ALERT = 1
-    CRITICAL = 2
-    ERROR = 3
-    WARNING = 4
-    NOTICE = 5
-    INFO = 6
-    DEBUG = 7
-
-    @property
-    def word(self) -> str:
-        """The canonical lowercase word, e.g. ``"critical"``."""
-        return _WORDS[self]
-
-    def __str__(self) -> str:
-        return _WORDS[self]
-
-    def __format__(self, format_spec: str) -> str:
-        return format(_WORDS[self], format_spec)
-
-    @classmethod
-    def parse(cls, value: str | int | Severity) -> Severity:
-        """Read a severity from a word, an alias, a code 0..7 or a digit string.
-
-        Words and aliases (``emerg``, ``panic``, ``crit``, ``err``, ``warn``) are
-        case-insensitive. Anything else raises :class:`SeverityError`.
-        """
-        if isinstance(value, Severity):
-            return value
-        if isinstance(value, str):
-            found = _BY_NAME.get(value.lower())
-            if found is not None:
-                return found
-        elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 7:
-            return _ALL[value]
-        raise SeverityError(
-            f"unknown severity {_show(value)}; expected one of {', '.join(_WORDS)}"
-            " (aliases emerg, panic, crit, err, warn; or a code 0-7)"
-        )
-
-
-_ALL: tuple[Severity, ...] = tuple(Severity)
-_WORDS: tuple[str, ...] = tuple(s.name.lower() for s in _ALL)
-_BY_NAME: dict[str, Severity] = {
-    **{s.name.lower(): s for s in _ALL},
-    **{str(s.value): s for s in _ALL},
-    "emerg": Severity.EMERGENCY,
-    "panic": Severity.EMERGENCY,
-    "crit": Severity.CRITICAL,
-    "err": Severity.ERROR,
-    "warn": Severity.WARNING,
-}
-
-SYSLOG_FACILITIES: tuple[str, ...] = (
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
-    "authpriv", "ftp", "ntp", "security", "console",
-    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
-)  # fmt: skip
-"""The syslog facility names, in the order of their codes (15, ``clock``, is not named)."""
-
-_FACILITY_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-_FACILITY_RULE = "a facility is [a-z][a-z0-9_-]{0,31}, e.g. kern or local0"
-
-
-def validate_facility(name: str) -> str:
-    """Return ``name`` if it is a valid facility token, else raise :class:`FacilityError`.
-
-    Valid tokens match ``[a-z][a-z0-9_-]{0,31}``: the syslog names and any
-    subsystem name of that shape. The error says which part of the rule failed.
-    """
-    if isinstance(name, str) and _FACILITY_RE.fullmatch(name):
-        return name
-    raise FacilityError(f"facility {_show(name)} {_facility_problem(name)}; {_FACILITY_RULE}")
-
-
-def _facility_problem(name: object) -> str:
-    if not isinstance(name, str):
-        return f"is a {type(name).__name__}, not a string"
-    if not name:
-        return "is empty"
-    if len(name) > 32:
-        return f"is {len(name)} characters long, more than 32"
-    if name != name.lower():
-        return "contains uppercase letters"
-    if "." in name:
-        return "contains '.', which separates the words of a routing key"
-    if not ("a" <= name[0] <= "z"):
-        return "does not start with a lowercase letter a-z"
-    bad = next(c for c in name if not _FACILITY_RE.fullmatch("a" + c))
-    return f"contains {bad!r}, which is not a-z, 0-9, '_' or '-'"
-
-
-def parse_routing_key(key: str) -> tuple[str, Severity]:
-    """Split ``<facility>.<severity>`` into a valid facility and a :class:`Severity`.
-
-    ``"kern.crit"`` gives ``("kern", Severity.CRITICAL)``. A key with other than
-    two dot-separated words, or whose words are not valid, raises
-    :class:`RoutingKeyError` naming the key, the shape and the reason.
-    """
-    if not isinstance(key, str):
-        raise RoutingKeyError(f"routing key {_show(key)} is not a string; expected {_KEY_SHAPE}")
-    words = key.split(".")
-    if len(words) != 2:
-        reason = "it is empty" if not key else f"it has {len(words)} dot-separated words, not 2"
-        raise RoutingKeyError(f"routing key {_show(key)} is not {_KEY_SHAPE}: {reason}")
-    try:
-        return validate_facility(words[0]), Severity.parse(words[1])
-    except RecordError as exc:
-        raise RoutingKeyError(f"routing key {_show(key)} is not {_KEY_SHAPE}: {exc}") from None
-
-
-def format_routing_key(facility: str, severity: str | int | Severity) -> str:
-    """The canonical routing key: ``format_routing_key("kern", 2) == "kern.critical"``."""
-    return f"{validate_facility(facility)}.{_WORDS[Severity.parse(severity)]}"
-
-
-@cache
-def _hostname() -> str:
-    return socket.gethostname()
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _format_ts(ts: datetime) -> str:
-    # isoformat pads the year to four digits (strftime may not) and is faster;
-    # ts is always UTC, so its "+00:00" suffix is swapped for "Z".
-    return ts.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
@@ -219,16 +74,14 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         return value
     is_map = isinstance(value, Mapping)
     if not is_map and not isinstance(value, list | tuple):
-        raise RecordError(f"fields hold the {type(value).__name__} {_show(value)}; not JSON data")
+        raise RecordError(f"fields hold the {type(value).__name__} {show(value)}; not JSON data")
     if depth >= _MAX_DEPTH:
         raise RecordError(f"fields are nested deeper than {_MAX_DEPTH} levels")
     out: dict[Any, Any] = {}
     changed = type(value) not in (dict, list)  # tuples and other mappings get rebuilt
     for key, item in value.items() if is_map else enumerate(value):
         if is_map and not isinstance(key, str):
-            raise RecordError(
-                f"fields hold the {type(key).__name__} key {_show(key)}; keys are str"
-            )
+            raise RecordError(f"fields hold the {type(key).__name__} key {show(key)}; keys are str")
         out[key] = new = _jsonable(item, depth + 1)
         changed = changed or new is not item
     if not changed:
@@ -249,11 +102,11 @@ class LogRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(default_factory=_new_id, min_length=1, strict=True)
-    ts: datetime = Field(default_factory=_now)
+    id: str = Field(default_factory=new_id, min_length=1, strict=True)
+    ts: datetime = Field(default_factory=now)
     facility: str = Field(strict=True)
     severity: Severity
-    host: str = Field(default_factory=_hostname, strict=True)
+    host: str = Field(default_factory=hostname, strict=True)
     app: str = Field(default="logbus", strict=True)
     pid: int | None = Field(default_factory=os.getpid, strict=True)
     message: str = Field(strict=True)
@@ -296,11 +149,11 @@ class LogRecord(BaseModel):
 
     @field_serializer("severity", when_used="json")
     def _severity_word(self, value: Severity) -> str:
-        return _WORDS[value]
+        return WORDS[value]
 
     @field_serializer("ts", when_used="json")
     def _ts_text(self, value: datetime) -> str:
-        return _format_ts(value)
+        return format_ts(value)
 
     @classmethod
     def from_key(cls, key: str, message: str, **kw: Any) -> LogRecord:
@@ -311,7 +164,7 @@ class LogRecord(BaseModel):
     @property
     def routing_key(self) -> str:
         """``<facility>.<severity>`` with the canonical severity word."""
-        return f"{self.facility}.{_WORDS[self.severity]}"
+        return f"{self.facility}.{WORDS[self.severity]}"
 
     def to_bytes(self) -> bytes:
         """The body to publish: compact UTF-8 JSON, keys in wire order."""
@@ -324,18 +177,8 @@ class LogRecord(BaseModel):
 
     def to_properties(self) -> Properties:
         """The AMQP properties to publish with: persistent, ids, and filterable headers."""
-        return Properties(
-            content_type=CONTENT_TYPE,
-            delivery_mode=PERSISTENT,
-            message_id=self.id,
-            timestamp=int(self.ts.timestamp()),
-            app_id="logbus",
-            headers={
-                "facility": self.facility,
-                "severity": _WORDS[self.severity],
-                "host": self.host,
-                "app": self.app,
-            },
+        return record_properties(
+            self.id, self.ts, self.facility, self.severity, self.host, self.app
         )
 
 
@@ -359,7 +202,7 @@ def _record_error(exc: ValidationError) -> RecordError:
     if first["type"] == "extra_forbidden":
         return RecordError(f"{name!r} is not a record field{more}")
     where = repr(name) + "".join(f"[{part!r}]" for part in loc[1:])
-    return RecordError(f"record field {where}: {first['msg']} (got {_show(first['input'])}){more}")
+    return RecordError(f"record field {where}: {first['msg']} (got {show(first['input'])}){more}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -438,7 +281,7 @@ def _complete(data: dict[str, Any], props: Properties, routing_key: str) -> LogR
         data.setdefault("severity", severity)
     if "id" not in data:
         message_id = props.message_id
-        data["id"] = message_id if isinstance(message_id, str) and message_id else _new_id()
+        data["id"] = message_id if isinstance(message_id, str) and message_id else new_id()
     if "ts" not in data:
         data["ts"] = _timestamp(props.timestamp)
     if "host" not in data:
@@ -469,4 +312,4 @@ def _timestamp(seconds: object) -> datetime:
             return datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             pass  # out of range for datetime: fall back to arrival time
-    return _now()
+    return now()

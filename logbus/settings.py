@@ -9,7 +9,6 @@ The URL may carry a password: :func:`redact_url` is how it is ever shown, and
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,12 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from logbus._env import DEFAULT_URL
+from logbus._urls import redact_url
 from logbus.errors import ConfigError
 from logbus.topology import Topology, default, load
 
 __all__ = ["DEFAULT_URL", "Settings", "load_settings", "redact_url"]
-
-DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 
 
 class Settings(BaseSettings):
@@ -75,28 +74,3 @@ def load_settings(**overrides: Any) -> Settings:
         shown = redact_url(value) if field == "url" and isinstance(value, str) else value
         what = f"setting {field} = {shown!r}: {err['msg'][0].lower()}{err['msg'][1:]}"
         raise ConfigError(f"{what} (fix {env} or the matching option)") from None
-
-
-# A comma starts a new URL only where a scheme follows, so a raw comma inside a
-# password stays inside its URL (and gets redacted with it).
-_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
-
-
-def redact_url(url: str) -> str:
-    """``url`` (one URL or a comma-separated list) with every password replaced by ``***``.
-
-    ``amqp://guest:guest@host:5672/%2F`` becomes ``amqp://guest:***@host:5672/%2F``.
-    """
-    return ",".join(_redact_one(part) for part in _NEXT_URL.split(url))
-
-
-def _redact_one(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    # The credentials end at the *last* "@": a password with a raw "@", "/", "?" or
-    # "#" in it is then still hidden whole. The price, an "@" in a vhost or query,
-    # is that more than the password is hidden; never less.
-    userinfo, at, host = rest.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not (sep and at and colon and password):
-        return url
-    return f"{scheme}{sep}{user}:***@{host}"

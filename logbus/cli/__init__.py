@@ -4,42 +4,25 @@ Each command parses its options, builds :class:`~logbus.settings.Settings`,
 makes one library call and renders the result. Errors are one line on stderr
 with a sysexits status (65 bad input, 69 broker unavailable, 75 try again,
 78 configuration); ``--debug`` shows the traceback instead.
+
+Importing this package is cheap: the typer app is built on first use
+(:func:`build_app`, or the ``app`` attribute), and :func:`main` first offers
+``logbus emit`` to its fast path (:mod:`logbus.cli._fast`), which answers the
+plain one-record case without typer, pydantic or pika and leaves every other
+case to the app.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
-from logbus.cli import demo as _demo
-from logbus.cli.common import run_guarded
-
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="logbus",
-    help=(
-        "Route log records through RabbitMQ (or an in-process broker).\n\n"
-        "Try it with no broker at all:  logbus demo"
-    ),
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain one-line errors, and no rich import at start-up
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-@app.callback()
-def _root() -> None:
-    """Route log records through RabbitMQ (or an in-process broker).
-
-    Global option: --debug shows tracebacks. Exit statuses: 0 ok, 2 usage,
-    65 bad input, 69 broker unavailable, 75 try again later, 78 configuration.
-    """
-
+__all__ = ["COMMANDS", "app", "build_app", "main", "typer_main"]
 
 #: Command modules; each has ``register(app)`` and keeps heavy imports inside its
 #: functions, so that ``logbus emit`` starts quickly.
@@ -53,11 +36,62 @@ COMMANDS: tuple[str, ...] = (
     "query",
     "dlq",
 )
-for _name in COMMANDS:
-    importlib.import_module(f"logbus.cli.{_name}").register(app)
-app.command("demo", epilog=_demo.EPILOG)(_demo.demo)
+
+
+@cache
+def build_app() -> typer.Typer:
+    """The typer app: every command of :data:`COMMANDS`, and ``demo``."""
+    import typer
+
+    from logbus.cli import demo as _demo
+
+    app = typer.Typer(
+        name="logbus",
+        help=(
+            "Route log records through RabbitMQ (or an in-process broker).\n\n"
+            "Try it with no broker at all:  logbus demo"
+        ),
+        no_args_is_help=True,
+        add_completion=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # plain one-line errors, and no rich import at start-up
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def _root() -> None:
+        """Route log records through RabbitMQ (or an in-process broker).
+
+        Global option: --debug shows tracebacks. Exit statuses: 0 ok, 2 usage,
+        65 bad input, 69 broker unavailable, 75 try again later, 78 configuration.
+        """
+
+    for name in COMMANDS:
+        importlib.import_module(f"logbus.cli.{name}").register(app)
+    app.command("demo", epilog=_demo.EPILOG)(_demo.demo)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # `from logbus.cli import app` builds it
+        return build_app()
+    raise AttributeError(f"module 'logbus.cli' has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``logbus`` console script."""
-    sys.exit(run_guarded(app, argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["emit"]:
+        from logbus.cli._fast import emit
+
+        status = emit(args[1:])
+        if status is not None:
+            sys.exit(status)
+    sys.exit(typer_main(argv))
+
+
+def typer_main(argv: list[str] | None = None) -> int:
+    """Run the typer app on ``argv`` (default: ``sys.argv[1:]``); the exit status."""
+    from logbus.cli.common import run_guarded
+
+    return run_guarded(build_app(), argv)

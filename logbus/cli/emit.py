@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 import typer
 
 from logbus.cli.common import ConfigOption, UrlOption, fail, make_settings, quiet_connect
-from logbus.errors import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL
+from logbus.errors import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, NotConfirmed
 
 if TYPE_CHECKING:
     from logbus.emitter import Emitter, LineBatch
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from logbus.topology import EmitTarget, Topology
     from logbus.transports.base import Transport
 
-__all__ = ["CHUNK", "EPILOG", "emit", "register"]
+__all__ = ["CHUNK", "EPILOG", "emit", "register", "send_record", "unconfirmed"]
 
 #: Lines read, checked and handed to the transport at a time; the transport keeps
 #: up to 5,000 publishes in flight, so confirms stay pipelined across chunks.
@@ -339,8 +339,6 @@ def _send(
     batch: LineBatch | None,
     progress: _Progress,
 ) -> None:
-    from logbus.errors import NotConfirmed
-
     sent = 0
 
     def counted() -> Iterator[LogRecord]:
@@ -353,16 +351,46 @@ def _send(
     try:
         emitter.emit_many(counted())
     except NotConfirmed as exc:
-        targets = len(emitter.targets)
-        if targets == 1:
-            what = f"{exc.unconfirmed} of {_records(sent)}"
-        else:
-            what = (
-                f"{exc.unconfirmed} of {sent * targets} messages ({_records(sent)} x "
-                f"{targets} emit targets)"
-            )
         also = f"; also {batch.error}" if batch is not None and batch.error else ""
-        raise fail(f"{what} not confirmed: {exc}{also}", EX_TEMPFAIL) from None
+        raise fail(unconfirmed(exc, sent, len(emitter.targets)) + also, EX_TEMPFAIL) from None
+
+
+def unconfirmed(exc: NotConfirmed, sent: int, targets: int) -> str:
+    """What an emit says when the broker did not confirm: how many of what, and why."""
+    if targets == 1:
+        what = f"{exc.unconfirmed} of {_records(sent)}"
+    else:
+        what = (
+            f"{exc.unconfirmed} of {sent * targets} messages ({_records(sent)} x "
+            f"{targets} emit targets)"
+        )
+    return f"{what} not confirmed: {exc}"
+
+
+def send_record(
+    values: dict[str, Any], url: str | None, config: Path | None, timeout: float | None
+) -> None:
+    """Publish the record ``LogRecord(**values)`` as ``logbus emit KEY MESSAGE`` does.
+
+    The fast path (``logbus.cli._fast``) hands a record over here when its
+    connection ended before the broker confirmed: this sends it again, same
+    record, through the pika transport, which reports as the command does.
+    """
+    from logbus.emitter import Emitter
+    from logbus.record import LogRecord
+    from logbus.transports import connect
+
+    settings = make_settings(url, config, confirm_timeout=timeout)
+    topology = settings.topology()
+    targets, needed = _targets(topology, None, None)
+    record = LogRecord(**values)
+    with quiet_connect():
+        transport = connect(settings.url, settings=settings)
+    try:
+        emitter = Emitter(settings=settings, topology=needed, transport=transport, targets=targets)
+        _send(emitter, [record], None, _Progress(None, visible=False))
+    finally:
+        transport.close()
 
 
 def _records(count: int) -> str:

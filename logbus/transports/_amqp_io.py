@@ -41,6 +41,7 @@ from logbus.errors import (
     TransportError,
 )
 from logbus.transports._amqp_consume import AmqpConsumer
+from logbus.transports._amqp_errors import no_answer
 from logbus.transports._amqp_publish import Publisher
 from logbus.transports._amqp_slot import ChannelSlot, Op, io_callback, local_error
 from logbus.transports._amqp_topology import Declaration, Declared
@@ -185,7 +186,7 @@ class Core:
                 f"{timeout:g}s (last error: {self.last_error}); check that the broker runs "
                 "and is reachable"
             )
-        return ConnectionLost(f"{what}: RabbitMQ at {self.address} did not answer in {timeout:g}s")
+        return no_answer(what, self.address, timeout)
 
     def settle(
         self,

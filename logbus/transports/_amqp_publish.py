@@ -22,9 +22,9 @@ import pika.exceptions as pika_errors
 from pika import spec
 
 from logbus._log import get_logger
-from logbus.errors import LogbusError, NotConfirmed, TransportError, Unroutable
+from logbus.errors import LogbusError, NotConfirmed, TransportError
+from logbus.transports._amqp_errors import nacked, named_exchange, reply_error, unroutable
 from logbus.transports._amqp_slot import io_callback, local_error
-from logbus.transports._pika_convert import named_exchange, reply_error
 
 if TYPE_CHECKING:
     from logbus.transports._amqp_io import Core
@@ -116,23 +116,12 @@ class Outgoing:
 
 def _unroutable(item: Outgoing) -> Failure:
     exchange, key = item.exchange, item.routing_key
-    return lambda count: Unroutable(
-        f"no queue is bound to exchange {exchange!r} for key {key!r}: the broker returned "
-        "the message (bind a queue, or check the key)",
-        exchange=exchange,
-        routing_key=key,
-        unconfirmed=count,
-    )
+    return lambda count: unroutable(exchange, key, count)
 
 
 def _nacked(item: Outgoing) -> Failure:
     exchange = item.exchange
-    return lambda count: NotConfirmed(
-        f"the broker refused {count} message(s) published to exchange {exchange!r} "
-        "(basic.nack: a queue at its x-max-length with reject-publish, or a broker fault); "
-        "retry later",
-        unconfirmed=count,
-    )
+    return lambda count: nacked(exchange, count)
 
 
 def _refused(error: LogbusError) -> Failure:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import re
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
@@ -22,19 +21,10 @@ import pika
 import pika.exceptions as pika_errors
 from pika.adapters.utils import connection_workflow as workflow
 
-from logbus.errors import (
-    AccessRefused,
-    BrokerUnavailable,
-    ChannelError,
-    ConfigError,
-    InputError,
-    NotFound,
-    PreconditionFailed,
-    ResourceLocked,
-    TransportError,
-)
+from logbus._urls import redact_url, split_urls
+from logbus.errors import ConfigError, InputError, TransportError
 from logbus.message import Message, Properties
-from logbus.settings import redact_url
+from logbus.transports._amqp_errors import login_refused, named_exchange, reply_error, unreachable
 from logbus.transports._properties import FastProperties
 
 __all__ = [
@@ -51,9 +41,6 @@ __all__ = [
     "to_pika",
 ]
 
-# A comma starts a new URL only where a scheme follows (as in logbus.settings), so a
-# raw comma inside a password stays in its URL.
-_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
 _SCHEMES = ("amqp", "amqps")
 # Query parameters logbus reads itself for amqps:// and hides from pika's parser.
 _TLS_QUERY = ("cafile", "ca_certs", "capath", "certfile", "keyfile", "server_hostname")
@@ -103,7 +90,7 @@ def endpoints(
     false. TLS (``amqps://``) verifies the broker's certificate and host name against
     the system's CAs, or ``cafile`` (an option, or the URL's ``cafile=`` parameter).
     """
-    parts = [part.strip() for part in _NEXT_URL.split(url) if part.strip()]
+    parts = [part.strip() for part in split_urls(url) if part.strip()]
     if not parts:
         raise ConfigError("no broker URL given (set LOGBUS_URL or pass a URL)")
     return [
@@ -320,33 +307,6 @@ def _decimal(value: decimal.Decimal, where: str) -> decimal.Decimal:
 
 # -- errors -------------------------------------------------------------------
 
-_EXCHANGE_IN_TEXT = re.compile(r"exchange '(.*)' in vhost")
-_INEQUIVALENT_HINT = (
-    " (the broker keeps the existing declaration: declare it with the current value, "
-    "or delete it first)"
-)
-
-
-def reply_error(code: int, text: str) -> TransportError:
-    """The logbus error for an AMQP reply code, keeping the broker's text (it names
-    the entity and, for 406, the property that differs)."""
-    if code == NotFound.reply_code:
-        return NotFound(text)
-    if code == PreconditionFailed.reply_code:
-        return PreconditionFailed(text + _INEQUIVALENT_HINT if "inequivalent" in text else text)
-    if code == ResourceLocked.reply_code:
-        return ResourceLocked(text)
-    if code == 403:
-        hint = " (grant the user permissions on this vhost)" if "refused for user" in text else ""
-        return AccessRefused(text + hint)
-    return ChannelError(f"the broker refused the operation ({code}): {text}")
-
-
-def named_exchange(text: str) -> str | None:
-    """The exchange a broker reply text names (``... exchange 'x' in vhost ...``)."""
-    found = _EXCHANGE_IN_TEXT.search(text)
-    return found.group(1) if found else None
-
 
 def is_auth_failure(exc: BaseException) -> bool:
     """Whether a connection attempt failed on credentials or vhost access."""
@@ -407,14 +367,9 @@ def connect_error(failures: Sequence[tuple[Endpoint, BaseException]]) -> Transpo
     the credentials, else every host with why it could not be reached."""
     for endpoint, exc in failures:
         if is_auth_failure(exc):
-            what = reason(exc)
-            return AccessRefused(
-                f"the broker at {endpoint.address} refused user {endpoint.user!r} on vhost "
-                f"{endpoint.vhost!r}: {what}; check the user name and password in the URL, "
-                f"that the vhost exists and that the user may use it ({endpoint.shown})"
+            return login_refused(
+                endpoint.address, endpoint.user, endpoint.vhost, reason(exc), endpoint.shown
             )
-    tried = "; ".join(f"{endpoint.address}: {reason(exc)}" for endpoint, exc in failures)
-    return BrokerUnavailable(
-        f"cannot reach RabbitMQ ({tried}); check the host and port in the URL, that "
-        "RabbitMQ is running there and that no firewall blocks the port"
+    return unreachable(
+        "; ".join(f"{endpoint.address}: {reason(exc)}" for endpoint, exc in failures)
     )

@@ -22,19 +22,18 @@ per ``publish_many``, default 1000) and ``reconnect_max_delay`` (seconds).
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from itertools import islice
 from typing import Any
 
-from logbus.errors import ConfigError, InputError, NotConfirmed
+from logbus.errors import ConfigError, InputError
 from logbus.message import Message, QueueInfo
 from logbus.settings import Settings, load_settings, redact_url
+from logbus.transports._amqp_codec import default_connection_name
 from logbus.transports._amqp_consume import AmqpConsumer
+from logbus.transports._amqp_errors import blocked, not_confirmed, unconfirmed_in_time
 from logbus.transports._amqp_io import Core
 from logbus.transports._amqp_publish import Outgoing, PublishBatch
 from logbus.transports._amqp_topology import Declaration
@@ -59,11 +58,6 @@ _OPTIONS = frozenset(
 )
 
 Run = Callable[[Any, Callable[[Any], None]], None]
-
-
-def default_connection_name() -> str:
-    """``logbus-<host>-<pid>-<random>``: unique, and says where the connection comes from."""
-    return f"logbus-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class AmqpTransport:
@@ -335,19 +329,12 @@ class AmqpTransport:
         waiting = batch.abandon()
         core = self._core
         if core.publisher.blocked is not None:
-            why = (
-                f"RabbitMQ blocked publishing ({core.publisher.blocked}: a memory or disk "
-                "alarm); free resources on the broker or retry later"
-            )
+            why = blocked(core.publisher.blocked)
         elif not core.is_open:
             why = f"the connection is down and was not restored ({core.last_error})"
         else:
-            why = f"RabbitMQ at {core.address} did not confirm them in time"
-        raise NotConfirmed(
-            f"{waiting + batch.failed} message(s) not confirmed within "
-            f"{self._confirm_timeout:g}s: {why}",
-            unconfirmed=waiting + batch.failed,
-        )
+            why = unconfirmed_in_time(core.address)
+        raise not_confirmed(waiting + batch.failed, self._confirm_timeout, why)
 
     # -- consuming ----------------------------------------------------------------------
 

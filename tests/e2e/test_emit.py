@@ -7,16 +7,20 @@ test and deleted after it, so tests never see each other's records.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
 import pika
 import pytest
 
-from tests.e2e.support import DEAD_URL, emit, one_error_line
+from tests.e2e.support import DEAD_URL, connection_args, emit, one_error_line
 
 
 def test_one_record_is_confirmed_and_lands_in_the_work_queue(amqp_url, deployment):
@@ -201,3 +205,245 @@ def test_help_starts_without_importing_pika_or_records(command):
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
     heavy = {"pika", "logbus.record", "logbus.transports", "logbus.emitter", "logbus.subscriber"}
     assert not heavy & imported
+
+
+# -- the fast path (logbus.cli._fast) and the typer command say the same ------------
+
+FULL_PATH = "import sys; from logbus.cli import typer_main; sys.exit(typer_main(sys.argv[1:]))"
+HEAVY = {"pika", "typer", "pydantic", "pydantic_settings"}
+
+
+def run_both(args: list[str], env: dict[str, str] | None = None) -> tuple[Any, Any, set[str]]:
+    """``logbus emit ARGS`` through ``main`` (fast path first) and through the typer app
+    alone; both completed processes, and the top-level modules the first one imported."""
+    environ = {**os.environ, **(env or {})}
+
+    def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, "emit", *args], capture_output=True, text=True, timeout=60, env=environ,
+            check=False,
+        )  # fmt: skip
+
+    fast = run([sys.executable, "-X", "importtime", "-m", "logbus"])
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in fast.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    fast.stderr = "".join(
+        line
+        for line in fast.stderr.splitlines(keepends=True)
+        if not line.startswith("import time:")
+    )
+    full = run([sys.executable, "-c", FULL_PATH])
+    return fast, full, imported
+
+
+def assert_same(fast: Any, full: Any) -> None:
+    """Same exit status, same stdout, same one error line (or none) on both paths."""
+    assert (fast.returncode, fast.stdout, fast.stderr) == (
+        full.returncode,
+        full.stdout,
+        full.stderr,
+    )
+
+
+def with_password(url: str, password: str) -> str:
+    scheme, rest = url.split("://", 1)
+    userinfo, host = rest.rsplit("@", 1)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{password}@{host}"
+
+
+def test_one_record_takes_the_fast_path_without_pika_typer_or_pydantic(amqp_url, deployment):
+    """`logbus emit KEY MESSAGE` with plain options imports none of the heavy packages."""
+    args = ["kern.crit", "disk", "failed", "--host", "w1", "--pid", "7", "--field", "n:=[1]"]
+    fast, _full, imported = run_both([*args, *connection_args(amqp_url, deployment)])
+    assert (fast.returncode, fast.stdout, fast.stderr) == (0, "", "")
+    assert not HEAVY & imported
+    records = [json.loads(body) for _props, body in deployment.drain()]
+    fields = [(r["facility"], r["severity"], r["host"], r["pid"], r["message"], r["fields"])
+              for r in records]  # fmt: skip
+    assert fields == [("kern", "critical", "w1", 7, "disk failed", {"n": [1]})] * 2  # both paths
+
+
+def test_the_fast_path_publishes_to_every_emit_target(amqp_url, deployment, tmp_path, admin):
+    """A second target (the tutorial's direct exchange keyed by severity) gets the record too."""
+    severity = deployment.name("severity")
+    critical = deployment.name("critical")
+    deployment.extra_queues.append(critical)
+    config = tmp_path / "two.toml"
+    config.write_text(
+        deployment.config.read_text()
+        + f'\n[[exchanges]]\nname = "{severity}"\ntype = "direct"\ndurable = false\n'
+        + f'auto_delete = true\n\n[[queues]]\nname = "{critical}"\ndurable = false\n\n'
+        + f'[[bindings]]\nsource = "{severity}"\ndestination = "{critical}"\n'
+        + 'routing_key = "critical"\n\n'
+        + f'[[emit]]\nexchange = "{severity}"\nkey = "{{severity}}"\n'
+    )
+    try:
+        fast, _full, imported = run_both(
+            ["kern.crit", "disk", "--url", amqp_url, "--config", str(config)]
+        )
+    finally:
+        admin.exchange_delete(severity)
+    assert (fast.returncode, fast.stderr) == (0, "")
+    assert "pika" not in imported
+    # Each path published once: every record reached both targets.
+    by_severity = sorted(body for _props, body in deployment.drain(critical))
+    by_topic = sorted(body for _props, body in deployment.drain())
+    assert len(by_severity) == 2 and by_severity == by_topic
+    assert {json.loads(body)["message"] for body in by_topic} == {"disk"}
+
+
+@pytest.mark.parametrize(
+    "case", ["refused", "unresolved", "password", "vhost", "nack", "unroutable"]
+)
+def test_errors_on_the_fast_path_are_the_typer_commands(case, amqp_url, deploy, tmp_path, admin):
+    """Unreachable, unknown host, refused login or vhost, nack, return: same line, same status,
+    said by the fast path itself (no pika imported)."""
+    deployment = deploy(max_length=0) if case == "nack" else deploy()
+    url = {
+        "refused": DEAD_URL,
+        "unresolved": "amqp://guest:guest@no-such-host.invalid:5672/%2F",
+        "password": with_password(amqp_url, "not-this-s3cret"),
+        "vhost": amqp_url.rsplit("/", 1)[0] + "/no-such-vhost",
+    }.get(case, amqp_url)
+    config = deployment.config
+    if case == "unroutable":
+        lonely = deployment.name("lonely")
+        config = tmp_path / "lonely.toml"
+        config.write_text(
+            f'[[exchanges]]\nname = "{lonely}"\ntype = "topic"\ndurable = false\n'
+            f'auto_delete = true\n\n[[emit]]\nexchange = "{lonely}"\n'
+        )
+    try:
+        fast, full, imported = run_both(["kern.info", "x", "--url", url, "--config", str(config)])
+    finally:
+        if case == "unroutable":  # an auto-delete exchange that never had a binding stays
+            admin.exchange_delete(deployment.name("lonely"))
+    assert_same(fast, full)
+    expected = {"nack": 75, "unroutable": 75}.get(case, 69)
+    assert fast.returncode == expected
+    one_error_line(fast.stderr)
+    assert "pika" not in imported
+    assert "not-this-s3cret" not in fast.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["kern critical", "disk failed"], 65),
+        (["kern.info", "x", "--timeout", "0"], 2),
+        (["kern.info", "x", "--field", "nope"], 2),
+        (["kern.info", "x", "--field", "f:=1.5"], 0),  # floats: pydantic's encoder
+        (["kern.info", "-5", "degrees"], 2),
+        (["kern.info", "x", "--config", "/no/such/file.toml"], 78),
+    ],
+)
+def test_what_the_fast_path_leaves_alone_ends_as_the_typer_command_ends(
+    args, status, amqp_url, deployment
+):
+    """Bad keys, bad options, floats, a missing config: identical output and status."""
+    config = [] if "--config" in args else ["--config", str(deployment.config)]
+    fast, full, _imported = run_both([*args, "--url", amqp_url, *config])
+    assert_same(fast, full)
+    assert fast.returncode == status
+
+
+def test_a_declaration_the_broker_refuses_is_reported_as_the_typer_command_does(
+    amqp_url, deployment, tmp_path
+):
+    """PRECONDITION_FAILED on a declaration: the fast path steps aside, same line, exit 78."""
+    config = tmp_path / "clash.toml"
+    config.write_text(deployment.config.read_text().replace('type = "topic"', 'type = "direct"', 1))
+    fast, full, _imported = run_both(["kern.info", "x", "--url", amqp_url, "--config", str(config)])
+    assert_same(fast, full)
+    assert fast.returncode == 78
+    assert "exists with other properties" in one_error_line(fast.stderr)
+    assert deployment.depth() == 0
+
+
+class _Server:
+    """A local TCP server whose accepted connections ``serve`` handles, one thread each."""
+
+    def __init__(self, serve: Any) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.serve = serve
+        self.count = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.count += 1
+            threading.Thread(target=self.serve, args=(conn, self.count), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("peer", ["hangs-up", "stalls"])
+def test_a_peer_that_is_not_rabbitmq_is_reported_as_the_typer_command_does(peer):
+    """A peer closing at once or never answering the handshake: same line, exit 69."""
+
+    def serve(conn: socket.socket, _count: int) -> None:
+        conn.recv(8)
+        if peer == "hangs-up":
+            conn.close()
+        else:
+            time.sleep(5)
+
+    server = _Server(serve)
+    try:
+        url = f"amqp://guest:guest@127.0.0.1:{server.port}/%2F"
+        fast, full, imported = run_both(["kern.info", "x", "--url", url],
+                                        env={"LOGBUS_CONNECT_TIMEOUT": "1"})  # fmt: skip
+    finally:
+        server.close()
+    assert_same(fast, full)
+    assert fast.returncode == 69
+    assert "pika" not in imported
+
+
+def test_a_connection_cut_after_the_publish_is_sent_again_through_pika(amqp_url, deployment):
+    """The first connection dies as the record goes out; it is sent again, and arrives."""
+    host, port = amqp_url.rsplit("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+
+    def serve(client: socket.socket, count: int) -> None:
+        broker = socket.create_connection((host, int(port)))
+
+        def pump(src: socket.socket, dst: socket.socket, cut: bool) -> None:
+            while data := src.recv(65536):
+                if cut and b"\x00\x3c\x00\x28" in data:  # basic.publish: cut, send nothing
+                    client.close()
+                    broker.close()
+                    return
+                dst.sendall(data)
+            dst.close()
+
+        threading.Thread(target=pump, args=(broker, client, False), daemon=True).start()
+        with contextlib.suppress(OSError):
+            pump(client, broker, count == 1)
+
+    proxy = _Server(serve)
+    try:
+        url = with_password(amqp_url, amqp_url.rsplit("@", 1)[0].rsplit(":", 1)[1])
+        url = url.replace(f"@{host}:{port}/", f"@127.0.0.1:{proxy.port}/")
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "logbus", "emit", "kern.info", "again",
+             "--url", url, "--config", str(deployment.config)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert (proc.returncode, errors) == (0, [])
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert "pika" in imported  # the second attempt went through the pika transport
+    assert proxy.count == 2
+    [(_props, body)] = deployment.drain()
+    assert json.loads(body)["message"] == "again"

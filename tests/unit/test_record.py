@@ -588,3 +588,11 @@ def test_all_lists_only_existing_public_names() -> None:
     for name in logbus.record.__all__:
         assert not name.startswith("_")
         assert hasattr(logbus.record, name)
+
+
+def test_the_light_key_module_is_the_records() -> None:
+    """Severity and key parsing are one implementation, shared with the fast emit path."""
+    import logbus._keys
+
+    for name in ("Severity", "SYSLOG_FACILITIES", "parse_routing_key", "validate_facility"):
+        assert getattr(logbus.record, name) is getattr(logbus._keys, name)

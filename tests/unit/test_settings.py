@@ -129,3 +129,13 @@ def test_other_logbus_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("LOGBUS_TEST_URL", "amqp://ci:ci@broker/%2F")
     monkeypatch.setenv("LOGBUS_REQUIRE_BROKER", "1")
     assert Settings().url == DEFAULT_URL
+
+
+def test_redaction_and_the_default_url_are_the_light_modules() -> None:
+    """redact_url and DEFAULT_URL are one implementation, shared with the fast emit path."""
+    import logbus._env
+    import logbus._urls
+    import logbus.settings
+
+    assert logbus.settings.redact_url is logbus._urls.redact_url
+    assert logbus.settings.DEFAULT_URL == logbus._env.DEFAULT_URL

@@ -1,0 +1,126 @@
+"""The words of AMQP failures: broker replies and failed connects as logbus errors.
+
+Shared by the pika transport (through ``_pika_convert``) and the one-shot
+publisher of ``logbus emit`` (``_oneshot``), so that both say exactly the same
+thing; nothing here imports pika.
+"""
+
+from __future__ import annotations
+
+import re
+
+from logbus.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    ChannelError,
+    ConnectionLost,
+    NotConfirmed,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+    TransportError,
+    Unroutable,
+)
+
+__all__ = [
+    "blocked",
+    "login_refused",
+    "nacked",
+    "named_exchange",
+    "no_answer",
+    "not_confirmed",
+    "reply_error",
+    "unconfirmed_in_time",
+    "unreachable",
+    "unroutable",
+]
+
+_EXCHANGE_IN_TEXT = re.compile(r"exchange '(.*)' in vhost")
+_INEQUIVALENT_HINT = (
+    " (the broker keeps the existing declaration: declare it with the current value, "
+    "or delete it first)"
+)
+
+
+def reply_error(code: int, text: str) -> TransportError:
+    """The logbus error for an AMQP reply code, keeping the broker's text (it names
+    the entity and, for 406, the property that differs)."""
+    if code == NotFound.reply_code:
+        return NotFound(text)
+    if code == PreconditionFailed.reply_code:
+        return PreconditionFailed(text + _INEQUIVALENT_HINT if "inequivalent" in text else text)
+    if code == ResourceLocked.reply_code:
+        return ResourceLocked(text)
+    if code == 403:
+        hint = " (grant the user permissions on this vhost)" if "refused for user" in text else ""
+        return AccessRefused(text + hint)
+    return ChannelError(f"the broker refused the operation ({code}): {text}")
+
+
+def named_exchange(text: str) -> str | None:
+    """The exchange a broker reply text names (``... exchange 'x' in vhost ...``)."""
+    found = _EXCHANGE_IN_TEXT.search(text)
+    return found.group(1) if found else None
+
+
+def login_refused(address: str, user: str, vhost: str, why: str, shown: str) -> AccessRefused:
+    """A broker at ``address`` refused the login (``why``); ``shown`` is the redacted URL."""
+    return AccessRefused(
+        f"the broker at {address} refused user {user!r} on vhost {vhost!r}: {why}; check the "
+        "user name and password in the URL, that the vhost exists and that the user may use "
+        f"it ({shown})"
+    )
+
+
+def unreachable(tried: str) -> BrokerUnavailable:
+    """No broker could be reached; ``tried`` says ``host:port: why`` for each."""
+    return BrokerUnavailable(
+        f"cannot reach RabbitMQ ({tried}); check the host and port in the URL, that "
+        "RabbitMQ is running there and that no firewall blocks the port"
+    )
+
+
+def no_answer(what: str, address: str, timeout: float) -> ConnectionLost:
+    """The broker took no notice of ``what`` (a declaration ...) within ``timeout`` seconds."""
+    return ConnectionLost(f"{what}: RabbitMQ at {address} did not answer in {timeout:g}s")
+
+
+def unroutable(exchange: str, key: str, count: int) -> Unroutable:
+    """``count`` mandatory messages came back: no queue is bound for ``key``."""
+    return Unroutable(
+        f"no queue is bound to exchange {exchange!r} for key {key!r}: the broker returned "
+        "the message (bind a queue, or check the key)",
+        exchange=exchange,
+        routing_key=key,
+        unconfirmed=count,
+    )
+
+
+def nacked(exchange: str, count: int) -> NotConfirmed:
+    """The broker refused ``count`` messages (``basic.nack``)."""
+    return NotConfirmed(
+        f"the broker refused {count} message(s) published to exchange {exchange!r} "
+        "(basic.nack: a queue at its x-max-length with reject-publish, or a broker fault); "
+        "retry later",
+        unconfirmed=count,
+    )
+
+
+def blocked(reason: str) -> str:
+    """Why messages were not confirmed, when RabbitMQ blocked publishing."""
+    return (
+        f"RabbitMQ blocked publishing ({reason}: a memory or disk alarm); free resources on "
+        "the broker or retry later"
+    )
+
+
+def unconfirmed_in_time(address: str) -> str:
+    """Why messages were not confirmed, when the broker was merely silent."""
+    return f"RabbitMQ at {address} did not confirm them in time"
+
+
+def not_confirmed(count: int, timeout: float, why: str) -> NotConfirmed:
+    """``count`` messages were given up after ``timeout`` seconds without a confirm."""
+    return NotConfirmed(
+        f"{count} message(s) not confirmed within {timeout:g}s: {why}", unconfirmed=count
+    )
