@@ -38,6 +38,10 @@ EPILOG = """Examples:
 \b
   logbus worker                  # the topology's work queue, to the console
   logbus worker --sink jsonl:/var/log/logbus.jsonl --concurrency 4
+  logbus worker --sink 'jsonl:/var/log/logbus/{facility}.jsonl?rotate=daily&fsync=batch'
+  logbus worker --sink sqlite:/var/lib/logbus/archive.db     # then: logbus query
+  logbus worker --sink postgres:postgresql://logbus@db1/logs  # logbus[postgres]
+  logbus worker --sink webhook:https://hooks.example.com/alerts
   logbus worker --queue logbus.tasks --prefetch 1   # strictly fair, slow sink
   logbus worker --pool process --concurrency 2     # a sink that needs CPU
   logbus worker --pool gevent --concurrency 200    # a sink that waits on I/O
@@ -55,7 +59,13 @@ SIGTERM or Ctrl-C stops taking records, finishes and acks those in hand, and
 exits 0; a second one quits at once (the broker requeues what was not acked).
 Worker processes (--pool process) finish their batch and exit first; one that
 dies has its records requeued and is replaced. They share a jsonl file
-(appending whole batches). Sinks: console, jsonl:PATH.
+(appending whole batches).
+
+Sinks: console, jsonl:PATH, sqlite:PATH, postgres:URL, webhook:URL, and any
+installed plugin (the logbus.sinks entry point group); options follow a '?'
+(e.g. ?max_batch=500&max_wait=0.1). The sqlite, postgres and jsonl sinks skip a
+record they already hold (by its id), so a batch redelivered after a crash is
+stored once.
 """
 
 USAGE = 2
@@ -91,7 +101,11 @@ def worker(
     ] = None,
     sink: Annotated[
         str,
-        typer.Option("--sink", help="Where records go: console, or jsonl:PATH (appends)."),
+        typer.Option(
+            "--sink",
+            help="Where records go: console, jsonl:PATH, sqlite:PATH, postgres:URL, "
+            "webhook:URL or a plugin's NAME[:ARG], with options after '?'.",
+        ),
     ] = "console",
     prefetch: Annotated[
         int | None,
