@@ -37,14 +37,10 @@ Every problem is a one-line :class:`~logbus.errors.ConfigError`,
 from __future__ import annotations
 
 import difflib
-import json
-import math
 import os
 import re
 import string
-import tomllib
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -55,12 +51,12 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
+from logbus import _topology_toml
+from logbus._topology_toml import FieldError, Loc, toml_value
 from logbus.errors import ConfigError, PreconditionFailed, TopologyError
 
 if TYPE_CHECKING:
@@ -84,24 +80,14 @@ __all__ = [
 PLACEHOLDERS = ("facility", "severity", "host", "app")
 """The names an emit target's key template may use."""
 
-Loc = tuple[str | int, ...]
-
-
-class _FieldError(ValueError):
-    """A validation failure that says what to do, and where relative to its model."""
-
-    def __init__(self, what: str, hint: str, loc: Loc = ()) -> None:
-        super().__init__(f"{what} ({hint})")
-        self.what, self.hint, self.loc = what, hint, loc
-
 
 def _entity_name(name: str) -> str:
     if not name:
-        raise _FieldError("the name is empty", 'give it one, like "logbus.audit"')
+        raise FieldError("the name is empty", 'give it one, like "logbus.audit"')
     if len(name.encode()) > 255:  # an AMQP short string
-        raise _FieldError(f"the name {name[:20]!r}... is over 255 bytes", "shorten it")
+        raise FieldError(f"the name {name[:20]!r}... is over 255 bytes", "shorten it")
     if name.startswith("amq."):  # the broker refuses to declare these
-        raise _FieldError(f"the name {name!r} uses the reserved prefix amq.", "rename it")
+        raise FieldError(f"the name {name!r} uses the reserved prefix amq.", "rename it")
     return name
 
 
@@ -160,21 +146,21 @@ class Queue(_Model):
         for field, key in _FRIENDLY.items():
             if getattr(self, field) is not None and key in self.arguments:
                 what = f"{field} and arguments[{key!r}] are both set"
-                raise _FieldError(what, f"keep only {field}", (field,))
+                raise FieldError(what, f"keep only {field}", (field,))
         args = self.amqp_arguments()
         if args.get("x-queue-type") == "quorum":
             for flag, wanted in (("durable", True), ("exclusive", False), ("auto_delete", False)):
                 if getattr(self, flag) is not wanted:
-                    what = f"a quorum queue cannot have {flag} = {_value(not wanted)}"
-                    hint = f'set {flag} = {_value(wanted)}, or queue_type = "classic"'
-                    raise _FieldError(what, hint, (flag,))
+                    what = f"a quorum queue cannot have {flag} = {toml_value(not wanted)}"
+                    hint = f'set {flag} = {toml_value(wanted)}, or queue_type = "classic"'
+                    raise FieldError(what, hint, (flag,))
             if args.get("x-overflow") == "reject-publish-dlx":
                 what = 'a quorum queue cannot have overflow = "reject-publish-dlx"'
-                raise _FieldError(what, 'use "reject-publish"', ("overflow",))
+                raise FieldError(what, 'use "reject-publish"', ("overflow",))
         if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
             what = "dead_letter_routing_key is set without dead_letter_exchange"
             hint = "set dead_letter_exchange too: the broker refuses the key alone"
-            raise _FieldError(what, hint, ("dead_letter_routing_key",))
+            raise FieldError(what, hint, ("dead_letter_routing_key",))
         return self
 
 
@@ -192,7 +178,7 @@ class Binding(_Model):
     def _bindable(cls, source: str) -> str:
         if not source:
             hint = "bind to a declared exchange; the default one routes by queue name already"
-            raise _FieldError("the default exchange cannot be bound", hint)
+            raise FieldError("the default exchange cannot be bound", hint)
         return source
 
 
@@ -212,10 +198,10 @@ class EmitTarget(_Model):
         try:
             parsed = list(string.Formatter().parse(key))
         except ValueError as exc:
-            raise _FieldError(f"key template {key!r} is malformed: {exc}", hint) from None
+            raise FieldError(f"key template {key!r} is malformed: {exc}", hint) from None
         for _text, name, spec, conversion in parsed:
             if name is not None and (name not in PLACEHOLDERS or spec or conversion):
-                raise _FieldError(f"key template {key!r} has unknown placeholder {{{name}}}", hint)
+                raise FieldError(f"key template {key!r} has unknown placeholder {{{name}}}", hint)
         return key
 
     def render(self, facility: str, severity: str, host: str, app: str) -> str:
@@ -223,17 +209,17 @@ class EmitTarget(_Model):
         return self.key.format(facility=facility, severity=severity, host=host, app=app)
 
 
-def _undeclared(what: str, name: str, known: Iterable[str], section: str, loc: Loc) -> _FieldError:
+def _undeclared(what: str, name: str, known: Iterable[str], section: str, loc: Loc) -> FieldError:
     close = difflib.get_close_matches(name, sorted(known), 1)
     hint = f"did you mean {close[0]!r}?" if close else f"declare it under [[{section}]]"
-    return _FieldError(f"{what} {name!r} is not declared", hint, loc)
+    return FieldError(f"{what} {name!r} is not declared", hint, loc)
 
 
 def _once(items: Sequence[object], section: str, field: str | None = None) -> None:
     for i, item in enumerate(items):
         if item in items[:i]:
             what = f"{item!r} is declared twice" if field else "this entry is declared twice"
-            raise _FieldError(what, "remove one", (section, i, field) if field else (section, i))
+            raise FieldError(what, "remove one", (section, i, field) if field else (section, i))
 
 
 class Topology(_Model):
@@ -273,7 +259,7 @@ class Topology(_Model):
                 raise _undeclared("emit exchange", t.exchange, exchanges, "exchanges", where)
             if t.exchange and exchanges[t.exchange].internal:
                 what = f"exchange {t.exchange!r} is internal and takes no publishes"
-                raise _FieldError(what, "emit to an exchange bound to it", where)
+                raise FieldError(what, "emit to an exchange bound to it", where)
             if not t.exchange and "{" not in t.key and t.key not in queues:
                 raise _undeclared("queue", t.key, queues, "queues", ("emit", i, "key"))
         return self
@@ -366,43 +352,7 @@ def mismatch(exc: PreconditionFailed) -> TopologyError:
     )
 
 
-# -- reading -----------------------------------------------------------------------------
-
-
-def load(path: str | os.PathLike[str]) -> Topology:
-    """Read a topology TOML file; every problem is a one-line :class:`ConfigError`."""
-    name = os.fspath(path)
-    try:
-        text = Path(name).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        hint = "check the path, or unset LOGBUS_CONFIG for the built-in default"
-        raise ConfigError(f"{name}: no such topology file ({hint})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{name}: not valid UTF-8 (save the file as UTF-8)") from None
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read the topology file: {exc.strerror}") from exc
-    return loads(text, source=name)
-
-
-def loads(text: str, *, source: str = "<string>") -> Topology:
-    """Parse and validate topology TOML; ``source`` names it in error messages."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        if at := re.search(r" \(at line (\d+), column (\d+)\)$", msg):
-            line, hint, msg = int(at[1]), f"fix the TOML at column {at[2]}", msg[: at.start()]
-        else:
-            line, hint = text.count("\n") + 1, "the file ends early: close what is open"
-            msg = msg.removesuffix(" (at end of document)")
-        raise ConfigError(f"{source}:{line}: invalid TOML: {msg} ({hint})") from exc
-    try:
-        return Topology.model_validate(data)
-    except ValidationError as exc:
-        problems = sorted((_line_of(text, loc), w, h) for loc, w, h in map(_describe, exc.errors()))
-        line, what, hint = problems[0]  # the first in the file; fixing it shows the next
-        raise ConfigError(" ".join(f"{source}:{line}: {what} ({hint})".splitlines())) from exc
-
+# -- reading and writing (the TOML itself is logbus._topology_toml's) ---------------------
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "exchanges": Exchange,
@@ -410,117 +360,19 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "bindings": Binding,
     "emit": EmitTarget,
 }
-_TYPE_HINTS = {
-    "int_type": "write a whole number, without quotes",
-    "bool_type": "write true or false, without quotes",
-    "string_type": "write a quoted string",
-    "dict_type": "write a table",
-    "model_type": "write a table",
-    "tuple_type": "write an array of tables",
-    "greater_than_equal": "use 0 or more",
-}
 
 
-def _describe(err: ErrorDetails) -> tuple[Loc, str, str]:
-    """One pydantic error as (where in the document, what is wrong, what to do)."""
-    loc: Loc = tuple(err["loc"])
-    ctx = err.get("ctx", {})
-    problem = ctx.get("error")
-    loc += problem.loc if isinstance(problem, _FieldError) else ()
-    entry = f"[[{loc[0]}]] #{loc[1] + 1}: " if len(loc) > 1 and isinstance(loc[1], int) else ""
-    if isinstance(problem, _FieldError):
-        return loc, entry + problem.what, problem.hint
-    key = str(loc[-1]) if loc else "the document"
-    if err["type"] == "extra_forbidden":
-        allowed = list((_SECTIONS[str(loc[0])] if len(loc) > 1 else Topology).model_fields)
-        close = difflib.get_close_matches(key, allowed, 1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
-        return loc, f"{entry}unknown key {key!r}", hint
-    if err["type"] == "missing":
-        return loc, f"{entry}required key {key!r} is missing", f"add {key} = ..."
-    value = err["input"]
-    got = f" = {_value(value)}" if isinstance(value, str | int | float) else ""
-    if err["type"] == "literal_error":
-        return loc, f"{entry}{key}{got} is not allowed", f"use one of {ctx['expected']}"
-    msg = err["msg"][0].lower() + err["msg"][1:]
-    return loc, f"{entry}{key}{got}: {msg}", _TYPE_HINTS.get(err["type"], "fix the value")
+def load(path: str | os.PathLike[str]) -> Topology:
+    """Read a topology TOML file; every problem is a one-line :class:`ConfigError`."""
+    name = os.fspath(path)
+    return loads(_topology_toml.read(name), source=name)
 
 
-_HEADER = re.compile(r"\s*(\[\[?)([^\]]*)\]")
-_KEY_LINE = re.compile(r"""\s*([A-Za-z0-9_\-."' ]+?)\s*=""")
-
-
-def _dotted(key: str) -> list[str]:
-    return [part.strip().strip("\"'") for part in key.split(".")]
-
-
-def _line_of(text: str, loc: Loc) -> int:
-    """The line of the key at ``loc``, else of its nearest enclosing table, else 1.
-
-    tomllib keeps no positions, so the lines are re-read: each table header and
-    ``key =`` line gets a path like ``("queues", 1, "max_length")``, and the first
-    line sharing the longest prefix with ``loc`` wins.
-    """
-    best, best_depth = 1, 0
-    table: list[str | int] = []
-    count: dict[str, int] = {}
-    for number, line in enumerate(text.split("\n"), 1):  # lines as tomllib counts them
-        if header := _HEADER.match(line):
-            keys = _dotted(header[2])
-            if header[1] == "[[":
-                count[keys[0]] = count.get(keys[0], -1) + 1
-            indexed = keys[0] in count
-            path = table = [keys[0], count[keys[0]], *keys[1:]] if indexed else [*keys]
-        elif key := _KEY_LINE.match(line):
-            path = [*table, *_dotted(key[1])]
-        else:
-            continue
-        depth = 0
-        while depth < min(len(path), len(loc)) and path[depth] == loc[depth]:
-            depth += 1
-        if depth > best_depth:
-            best, best_depth = number, depth
-    return best
-
-
-# -- writing -----------------------------------------------------------------------------
-
-_ALWAYS = {"durable", "destination_type", "routing_key", "key"}  # worth reading even if default
+def loads(text: str, *, source: str = "<string>") -> Topology:
+    """Parse and validate topology TOML; ``source`` names it in error messages."""
+    return _topology_toml.loads(Topology, _SECTIONS, text, source)
 
 
 def dumps(topology: Topology) -> str:
     """TOML that :func:`loads` reads back to an equal topology."""
-    out: list[str] = []
-    for section in _SECTIONS:
-        for item in getattr(topology, section):
-            out.append(f"[[{section}]]")
-            for name, info in type(item).model_fields.items():
-                value = getattr(item, name)
-                required = info.is_required()
-                fallback = None if required else info.get_default(call_default_factory=True)
-                if required or name in _ALWAYS or value != fallback:
-                    out.append(f"{_key(name)} = {_value(value)}")
-            out.append("")
-    return "\n".join(out)
-
-
-def _key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _value(key)
-
-
-def _value(value: Any) -> str:
-    """One TOML value, inline, on one line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):  # JSON's escapes are TOML's, but TOML also forbids a raw DEL
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)  # inf, -inf, nan
-    if isinstance(value, dict):
-        inner = ", ".join(f"{_key(str(k))} = {_value(v)}" for k, v in value.items())
-        return f"{{ {inner} }}" if inner else "{}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write a {type(value).__name__} as TOML")
+    return _topology_toml.dumps(topology, _SECTIONS)

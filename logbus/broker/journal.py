@@ -15,56 +15,47 @@ lock and only buffer; :meth:`Journal.commit`, called once an operation has let
 go of that lock, hands the bytes to the OS and applies the fsync policy, so
 publishers under ``fsync="always"`` share one fsync when they commit together.
 
-File format (``<data-dir>/journal``, integers big-endian)::
-
-    b"logbus journal 1\\n"
-    record*: crc32(lengths) u32 | crc32(header + body) u32 | frame
-
-where a frame is :mod:`logbus.transports._frames`'s — header length u32, body
-length u32, a JSON header ``{"op", "id", "args"}``, the raw body — so property
-values JSON lacks (bytes, x-death's datetimes, Decimal, nested tables) use that
-module's tagged encoding. Ops: ``exchange.declare|delete``, ``queue.declare|delete``,
-``bind``, ``unbind``, ``in`` (``id`` is the entry id, ``args`` the queue, the
-message's exchange, routing key and properties, and its wall-clock expiry),
-``out`` (``args``: the queue and the ids that left it).
-
-A record cut short at the end of the file — what a crash mid-write leaves — is
-ignored; a damaged record anywhere else is a :class:`~logbus.errors.ConfigError`
-naming the file and offset, since reading past it would lose or resurrect
-messages silently. Opening compacts: the live state goes to a fresh file
-(temporary name, fsync, atomic rename), as it does again whenever the file
-outgrows ``compact_factor`` times the live size.
+The file format (CRC-checked records, a torn tail versus damage) is
+:mod:`logbus.broker.journal_format`'s; this module locks the data directory,
+replays, appends, fsyncs and compacts. Opening compacts: the live state goes
+to a fresh file (temporary name, fsync, atomic rename), as it does again
+whenever the file outgrows ``compact_factor`` times the live size.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import struct
 import threading
 import time
-import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from logbus._log import get_logger
+from logbus.broker.journal_format import (
+    MAGIC,
+    BindingRecord,
+    ExchangeRecord,
+    Held,
+    LiveState,
+    MessageRecord,
+    QueueRecord,
+    Recovery,
+    binding_frame,
+    binding_key,
+    damaged,
+    exchange_frame,
+    message_frame,
+    put_record,
+    queue_frame,
+    read_records,
+)
 from logbus.broker.queues import Entry, ExchangeState, QueueState, monotonic
 from logbus.errors import ConfigError, DecodeError, InputError, PreconditionFailed
-from logbus.message import PERSISTENT, Message
-from logbus.transports._frames import (
-    Frame,
-    arg_bool,
-    arg_str,
-    arg_table,
-    decode_many,
-    encode,
-    encode_value,
-    message_args,
-    message_from,
-)
+from logbus.message import PERSISTENT
+from logbus.transports._frames import Frame
 
 __all__ = [
     "BindingRecord",
@@ -81,67 +72,13 @@ __all__ = [
 log = get_logger(__name__)
 
 FsyncPolicy = Literal["always", "interval", "never"]
-MAGIC = b"logbus journal 1\n"
 JOURNAL_NAME = "journal"
 _COMPACT_NAME = "journal.compact"
 _LOCK_NAME = "lock"
-_CHECKS = struct.Struct(">II")  # crc32 of the frame's two lengths, crc32 of header + body
-_LENGTHS = struct.Struct(">II")  # how a frame starts: header length, body length
-_RECORD_HEAD = _CHECKS.size + _LENGTHS.size
 _WRITE_CHUNK = 1 << 20
 
 
-# -- what a journal holds ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeRecord:
-    """A durable exchange as declared."""
-
-    name: str
-    type: str
-    auto_delete: bool
-    internal: bool
-    arguments: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class BindingRecord:
-    """A binding between durable entities; ``kind`` is ``queue`` or ``exchange``."""
-
-    source: str
-    kind: str
-    destination: str
-    routing_key: str
-    arguments: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
-    """A persistent message still in a durable queue; ``expires`` is wall-clock seconds."""
-
-    id: int
-    message: Message
-    expires: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class QueueRecord:
-    """A durable queue as declared, with its persistent messages in queue order."""
-
-    name: str
-    auto_delete: bool
-    arguments: Mapping[str, Any]
-    messages: tuple[MessageRecord, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Recovery:
-    """Everything a broker rebuilds from its journal at start."""
-
-    exchanges: tuple[ExchangeRecord, ...]
-    queues: tuple[QueueRecord, ...]
-    bindings: tuple[BindingRecord, ...]
+# -- what a broker keeps in it ------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -167,183 +104,6 @@ class JournaledQueue(QueueState):
         if type(entry) is Entry and entry.message.properties.delivery_mode == PERSISTENT:
             entry = self.journal.entered(self.name, entry)
         QueueState.push(self, entry)
-
-
-@dataclass(slots=True)
-class _Held:
-    message: Message
-    expires: float | None
-    size: int  # bytes of its record in the file, for the compaction threshold
-
-
-class _State:
-    """The live content of the journal, kept in step with every record written."""
-
-    def __init__(self) -> None:
-        self.exchanges: dict[str, ExchangeRecord] = {}
-        self.queues: dict[str, QueueRecord] = {}
-        self.bindings: dict[tuple[str, ...], BindingRecord] = {}
-        self.messages: dict[str, dict[int, _Held]] = {}
-        self.last_id = 0
-
-    def drop_exchange(self, name: str) -> None:
-        self.exchanges.pop(name, None)
-        for key in [k for k in self.bindings if k[0] == name or (k[1:3] == ("exchange", name))]:
-            del self.bindings[key]
-
-    def drop_queue(self, name: str) -> int:
-        self.queues.pop(name, None)
-        for key in [k for k in self.bindings if k[1:3] == ("queue", name)]:
-            del self.bindings[key]
-        return sum(held.size for held in self.messages.pop(name, {}).values())
-
-    def apply(self, frame: Frame, size: int) -> None:
-        """Replay one record read from the file."""
-        op, args = frame.op, frame.args
-        if op == "in":
-            self.last_id = max(self.last_id, frame.id)
-            held = self.messages.get(arg_str(args, "queue"))
-            if held is not None:
-                expires = args.get("expires")
-                if expires is not None and not isinstance(expires, int | float):
-                    raise DecodeError(f"expires must be a number, not {expires!r:.40}")
-                held[frame.id] = _Held(message_from(args, frame.body), expires, size)
-        elif op == "out":
-            held = self.messages.get(arg_str(args, "queue"), {})
-            ids = args.get("ids")
-            if not isinstance(ids, list):
-                raise DecodeError("ids must be a list")
-            for ident in ids:
-                held.pop(ident, None)
-        elif op == "exchange.declare":
-            name = arg_str(args, "name")
-            self.exchanges[name] = ExchangeRecord(
-                name,
-                arg_str(args, "type"),
-                arg_bool(args, "auto_delete"),
-                arg_bool(args, "internal"),
-                arg_table(args, "arguments") or {},
-            )
-        elif op == "exchange.delete":
-            self.drop_exchange(arg_str(args, "name"))
-        elif op == "queue.declare":
-            name = arg_str(args, "name")
-            auto_delete = arg_bool(args, "auto_delete")
-            self.queues[name] = QueueRecord(name, auto_delete, arg_table(args, "arguments") or {})
-            self.messages[name] = {}
-        elif op == "queue.delete":
-            self.drop_queue(arg_str(args, "name"))
-        elif op in ("bind", "unbind"):
-            binding = BindingRecord(
-                arg_str(args, "source"),
-                arg_str(args, "kind"),
-                arg_str(args, "destination"),
-                arg_str(args, "key"),
-                arg_table(args, "arguments") or {},
-            )
-            if op == "bind":
-                self.bindings[_binding_key(binding)] = binding
-            else:
-                self.bindings.pop(_binding_key(binding), None)
-        else:
-            raise DecodeError(f"unknown record type {op!r} (written by a newer logbus?)")
-
-
-def _binding_key(binding: BindingRecord) -> tuple[str, ...]:
-    args = json.dumps(encode_value(binding.arguments), sort_keys=True)
-    return (binding.source, binding.kind, binding.destination, binding.routing_key, args)
-
-
-def _exchange_frame(exchange: ExchangeRecord) -> Frame:
-    args = {
-        "name": exchange.name,
-        "type": exchange.type,
-        "auto_delete": exchange.auto_delete,
-        "internal": exchange.internal,
-        "arguments": exchange.arguments,
-    }
-    return Frame("exchange.declare", 0, args)
-
-
-def _queue_frame(queue: QueueRecord) -> Frame:
-    args = {"name": queue.name, "auto_delete": queue.auto_delete, "arguments": queue.arguments}
-    return Frame("queue.declare", 0, args)
-
-
-def _binding_frame(binding: BindingRecord, op: str = "bind") -> Frame:
-    args = {
-        "source": binding.source,
-        "kind": binding.kind,
-        "destination": binding.destination,
-        "key": binding.routing_key,
-        "arguments": binding.arguments,
-    }
-    return Frame(op, 0, args)
-
-
-def _message_frame(queue: str, ident: int, message: Message, expires: float | None) -> Frame:
-    args = message_args(message)
-    args["queue"] = queue
-    if expires is not None:
-        args["expires"] = expires
-    return Frame("in", ident, args, message.body)
-
-
-# -- records ----------------------------------------------------------------------
-
-
-def _put(buffer: bytearray, frame: Frame) -> int:
-    """Append one record to ``buffer``; returns its size."""
-    data = encode(frame)
-    view = memoryview(data)
-    split = _LENGTHS.size
-    buffer += _CHECKS.pack(zlib.crc32(view[:split]), zlib.crc32(view[split:]))
-    buffer += data
-    return _CHECKS.size + len(data)
-
-
-def _records(path: Path, data: bytes) -> Iterator[tuple[Frame, int]]:
-    """The records of a journal file's bytes, with their sizes; stops at a torn tail."""
-    view = memoryview(data)
-    offset, end = len(MAGIC), len(data)
-    while offset < end:
-        if end - offset < _RECORD_HEAD:
-            _torn(path, offset, end)
-            return
-        length_crc, data_crc = _CHECKS.unpack_from(data, offset)
-        lengths = view[offset + _CHECKS.size : offset + _RECORD_HEAD]
-        if zlib.crc32(lengths) != length_crc:
-            if data.count(0, offset) == end - offset:  # zeros a crash left past the end
-                _torn(path, offset, end)
-                return
-            raise _damaged(path, offset, "its length prefix fails its checksum")
-        header_len, body_len = _LENGTHS.unpack(lengths)
-        stop = offset + _RECORD_HEAD + header_len + body_len
-        if stop > end:
-            _torn(path, offset, end)
-            return
-        if zlib.crc32(view[offset + _RECORD_HEAD : stop]) != data_crc:
-            if stop == end:
-                _torn(path, offset, end)
-                return
-            raise _damaged(path, offset, "its contents fail their checksum")
-        try:
-            frames = decode_many(data[offset + _CHECKS.size : stop])
-        except DecodeError as exc:
-            raise _damaged(path, offset, str(exc)) from None
-        yield frames[0], stop - offset
-        offset = stop
-
-
-def _torn(path: Path, offset: int, end: int) -> None:
-    log.warning("journal torn tail ignored", path=str(path), offset=offset, bytes=end - offset)
-
-
-def _damaged(path: Path, offset: int, reason: str) -> ConfigError:
-    return ConfigError(
-        f"journal {path} is damaged at offset {offset}: {reason}; restore it from a backup, "
-        "or move it aside to start the broker empty"
-    )
 
 
 # -- the journal --------------------------------------------------------------------
@@ -379,7 +139,7 @@ class Journal:
         self._sync_lock = threading.Lock()  # one fsync or rewrite at a time; taken first
         self._buffer = bytearray()
         self._gone: dict[str, list[int]] = {}  # ids that left, written at the next commit
-        self._state = _State()
+        self._state = LiveState()
         self._appended = self._written = self._synced = self._must_sync = 0
         self._size = self._live = 0
         self._compact_floor = 0  # raised after a failed compaction, not to retry it every time
@@ -442,13 +202,11 @@ class Journal:
                 "move it aside or choose another --data-dir"
             )
         offset = len(MAGIC)
-        for frame, size in _records(self.path, data):
+        for frame, size in read_records(self.path, data):
             try:
                 self._state.apply(frame, size)
             except (DecodeError, KeyError, TypeError, ValueError) as exc:
-                raise _damaged(
-                    self.path, offset, f"unreadable {frame.op!r} record: {exc}"
-                ) from None
+                raise damaged(self.path, offset, f"unreadable {frame.op!r} record: {exc}") from None
             offset += size
         log.info("journal replayed", path=str(self.path), bytes=offset)
 
@@ -458,20 +216,7 @@ class Journal:
             if self._attached:
                 raise ConfigError("a journal serves one broker; open another for another broker")
             self._attached = True
-            state = self._state
-            queues = tuple(
-                QueueRecord(
-                    queue.name,
-                    queue.auto_delete,
-                    queue.arguments,
-                    tuple(
-                        MessageRecord(ident, held.message, held.expires)
-                        for ident, held in state.messages[queue.name].items()
-                    ),
-                )
-                for queue in state.queues.values()
-            )
-            return Recovery(tuple(state.exchanges.values()), queues, tuple(state.bindings.values()))
+            return self._state.recovery()
 
     # -- hooks (called under the broker's lock) -------------------------------------
 
@@ -485,7 +230,7 @@ class Journal:
             exchange.arguments,
         )
         with self._lock:
-            if self._append(_exchange_frame(record)):
+            if self._append(exchange_frame(record)):
                 self._state.exchanges[record.name] = record
 
     def exchange_deleted(self, name: str) -> None:
@@ -498,7 +243,7 @@ class Journal:
         """Record a new durable queue."""
         record = QueueRecord(queue.name, queue.auto_delete, queue.arguments)
         with self._lock:
-            if self._append(_queue_frame(record)):
+            if self._append(queue_frame(record)):
                 self._state.queues[record.name] = record
                 self._state.messages[record.name] = {}
 
@@ -512,12 +257,12 @@ class Journal:
     def binding_changed(self, binding: BindingRecord, *, added: bool) -> None:
         """Record a binding between durable entities added (or removed)."""
         with self._lock:
-            if not self._append(_binding_frame(binding, "bind" if added else "unbind")):
+            if not self._append(binding_frame(binding, "bind" if added else "unbind")):
                 return
             if added:
-                self._state.bindings[_binding_key(binding)] = binding
+                self._state.bindings[binding_key(binding)] = binding
             else:
-                self._state.bindings.pop(_binding_key(binding), None)
+                self._state.bindings.pop(binding_key(binding), None)
 
     def entered(self, queue: str, entry: Entry) -> Entry:
         """Write a persistent message entering a durable queue; returns its journaled entry."""
@@ -530,9 +275,9 @@ class Journal:
             ident = self._state.last_id + 1
             if held is None or self._closed:
                 return entry
-            size = self._append(_message_frame(queue, ident, message, expires))
+            size = self._append(message_frame(queue, ident, message, expires))
             self._state.last_id = ident
-            held[ident] = _Held(message, expires, size)
+            held[ident] = Held(message, expires, size)
             self._live += size
         return JournaledEntry(message, entry.expires_at, entry.redelivered, ident)
 
@@ -560,7 +305,7 @@ class Journal:
         if self._closed:
             return 0
         try:
-            size = _put(self._buffer, frame)
+            size = put_record(self._buffer, frame)
         except InputError as exc:
             raise PreconditionFailed(f"PRECONDITION_FAILED - cannot journal it: {exc}") from None
         self._appended += 1
@@ -599,7 +344,7 @@ class Journal:
 
     def _write_locked(self) -> None:
         for queue, ids in self._gone.items():
-            _put(self._buffer, Frame("out", 0, {"queue": queue, "ids": ids}))
+            put_record(self._buffer, Frame("out", 0, {"queue": queue, "ids": ids}))
             self._appended += 1
         self._gone.clear()
         if self._buffer:
@@ -650,16 +395,16 @@ class Journal:
         out, size = bytearray(MAGIC), 0
         try:
             for exchange in state.exchanges.values():
-                _put(out, _exchange_frame(exchange))
+                put_record(out, exchange_frame(exchange))
             for queue in state.queues.values():
-                _put(out, _queue_frame(queue))
+                put_record(out, queue_frame(queue))
             for binding in state.bindings.values():
-                _put(out, _binding_frame(binding))
+                put_record(out, binding_frame(binding))
             live = len(out)
             for name, held in state.messages.items():
                 for ident, item in held.items():
-                    frame = _message_frame(name, ident, item.message, item.expires)
-                    item.size = _put(out, frame)
+                    frame = message_frame(name, ident, item.message, item.expires)
+                    item.size = put_record(out, frame)
                     live += item.size
                     if len(out) >= _WRITE_CHUNK:
                         size += _write_all(fd, out)

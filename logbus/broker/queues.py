@@ -1,4 +1,4 @@
-"""Queue and exchange state inside the in-process broker.
+"""Queue, exchange, consumer and session state inside the in-process broker.
 
 These are plain data holders with the few operations that touch only one
 entity (enqueue with overflow, expire the head, pick the next consumer). The
@@ -17,7 +17,15 @@ from typing import Any
 from logbus.message import Message
 from logbus.routing import BindingTable, table_for
 
-__all__ = ["ConsumerState", "Delivered", "Entry", "ExchangeState", "QueueState"]
+__all__ = [
+    "ConsumerState",
+    "Delivered",
+    "Entry",
+    "ExchangeState",
+    "QueueState",
+    "SessionState",
+    "Unacked",
+]
 
 
 @dataclass(slots=True)
@@ -62,6 +70,27 @@ class ConsumerState:
     def has_capacity(self) -> bool:
         """Whether the consumer may receive another message under its prefetch."""
         return self.prefetch == 0 or self.unacked < self.prefetch
+
+
+@dataclass(slots=True)
+class Unacked:
+    """A delivery its session has not settled yet, and where it came from."""
+
+    entry: Entry
+    queue: str
+    consumer_tag: str | None
+
+
+@dataclass(slots=True)
+class SessionState:
+    """What a session owns: its delivery tags, unacked deliveries and consumers."""
+
+    id: int
+    name: str
+    next_tag: Callable[[], int]
+    unacked: dict[int, Unacked] = field(default_factory=dict)
+    consumers: dict[str, ConsumerState] = field(default_factory=dict)
+    open: bool = True
 
 
 @dataclass(slots=True)

@@ -1,4 +1,8 @@
-"""The :class:`AioTransport` itself; :mod:`logbus.transports.aio` documents and exports it."""
+"""The :class:`AioTransport` itself; :mod:`logbus.transports.aio` documents and exports it.
+
+Here are the connection's life, declarations, ``basic.get``, consumers and
+closing; publishing is :mod:`logbus.transports._aio_publish`'s.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,20 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq.abc
-import aiormq.exceptions as amqp
 from pamqp.commands import Basic
 
 from logbus._log import get_logger
-from logbus.errors import ConnectionLost, LogbusError, NotConfirmed, TransportClosed, Unroutable
+from logbus.errors import ConnectionLost, LogbusError, TransportClosed
 from logbus.message import Message, QueueInfo
 from logbus.settings import Settings, redact_url
 from logbus.transports._aio_connect import Failover, Options, endpoint, open_robust, split_urls
-from logbus.transports._aio_consumer import AioConsumer, from_amqp, to_amqp
-from logbus.transports._aio_errors import nacked, reply_text, translate, unroutable
+from logbus.transports._aio_consumer import AioConsumer, from_amqp
+from logbus.transports._aio_errors import reply_text, translate
+from logbus.transports._aio_publish import send, send_many
 from logbus.transports._aio_settle import AfterSettle, Settlements
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
@@ -349,47 +353,10 @@ class AioTransport:
 
     # -- publishing ----------------------------------------------------------------------
 
-    async def _send(
-        self,
-        underlay: aiormq.abc.AbstractChannel,
-        message: Message,
-        mandatory: bool,
-        *,
-        timed: bool = True,
-    ) -> None:
-        doing = f"publishing to exchange {message.exchange!r}"
-        try:
-            # publish_many times its batch as a whole (timed=False): a timeout context
-            # per message costs more than the rest of logbus's work on it.
-            async with asyncio.timeout(self.options.confirm_timeout if timed else None):
-                await cast(aiormq.Channel, underlay).basic_publish(
-                    message.body,
-                    exchange=message.exchange,
-                    routing_key=message.routing_key,
-                    properties=to_amqp(message.properties),
-                    mandatory=mandatory,
-                    # Do not wait for each frame to reach the socket: the confirm
-                    # awaited below says more, and the writer batches the frames.
-                    wait=False,
-                )
-        except amqp.PublishError as exc:
-            raise unroutable(exc, message) from exc
-        except amqp.DeliveryError as exc:
-            raise nacked(message) from exc
-        except TimeoutError as exc:
-            raise NotConfirmed(
-                f"{doing}: no confirm from {self.endpoint} within "
-                f"{self.options.confirm_timeout:g} s (the broker may be overloaded; retry)"
-            ) from exc
-        except ValueError as exc:  # aiormq refuses an over-long routing key
-            raise translate(exc, doing=doing, endpoint=self.endpoint) from exc
-        except Exception as exc:
-            raise translate(exc, doing=doing, endpoint=self.endpoint, closed=self._closed) from exc
-
     async def publish(self, message: Message, *, mandatory: bool = True) -> None:
         """Publish one message and wait for the broker's confirm."""
         underlay = await self._run("opening the publishing channel", self._publishing.underlay)
-        await self._send(underlay, message, mandatory)
+        await send(self, underlay, message, mandatory)
 
     async def publish_many(self, messages: Iterable[Message], *, mandatory: bool = True) -> None:
         """Publish many messages with pipelined confirms; raise if any was not confirmed.
@@ -400,62 +367,7 @@ class AioTransport:
         error stops it and is raised as is.
         """
         underlay = await self._run("opening the publishing channel", self._publishing.underlay)
-        window = self.options.publish_window
-        failures: list[tuple[int, LogbusError]] = []
-        in_flight: set[asyncio.Task[None]] = set()
-        loop = asyncio.get_running_loop()
-        wake: list[tuple[int, asyncio.Future[None]]] = []  # (at most this many left, waiter)
-        sent = 0
-
-        async def one(index: int, message: Message) -> None:
-            try:
-                await self._send(underlay, message, mandatory, timed=False)
-            except LogbusError as exc:
-                failures.append((index, exc))
-
-        def finished(task: asyncio.Task[None]) -> None:
-            in_flight.discard(task)
-            if wake and len(in_flight) <= wake[0][0] and not wake[0][1].done():
-                wake[0][1].set_result(None)
-
-        async def until_at_most(limit: int) -> None:
-            """Wait (once, not per message) until at most ``limit`` are unconfirmed."""
-            if len(in_flight) <= limit:
-                return
-            waiter: asyncio.Future[None] = loop.create_future()
-            wake[:] = [(limit, waiter)]
-            try:
-                await asyncio.wait_for(waiter, self.options.confirm_timeout)
-            except TimeoutError:
-                raise NotConfirmed(
-                    f"{len(in_flight)} message(s) not confirmed by {self.endpoint} within "
-                    f"{self.options.confirm_timeout:g} s (the broker may be overloaded; retry)",
-                    unconfirmed=len(in_flight) + len(failures),
-                ) from None
-            finally:
-                wake.clear()
-
-        try:
-            for message in messages:
-                if failures and any(not isinstance(e, NotConfirmed) for _, e in failures):
-                    break  # a channel or connection error: stop sending
-                if len(in_flight) >= window:  # refill from half: one wait per half window
-                    await until_at_most(window // 2)
-                sent += 1
-                task = loop.create_task(one(sent, message))
-                in_flight.add(task)
-                task.add_done_callback(finished)
-        except (asyncio.CancelledError, NotConfirmed):
-            for task in in_flight:
-                task.cancel()
-            raise
-        except BaseException:
-            # The iterable failed: the publishes already sent are waited for, so that
-            # their outcome is known, then its error goes on.
-            await until_at_most(0)
-            raise
-        await until_at_most(0)
-        _raise_failures(failures, sent)
+        await send_many(self, underlay, messages, mandatory)
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -546,23 +458,3 @@ class AioTransport:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-def _raise_failures(failures: list[tuple[int, LogbusError]], total: int) -> None:
-    if not failures:
-        return
-    failures.sort(key=lambda f: f[0])
-    hard = [e for _, e in failures if not isinstance(e, NotConfirmed)]
-    if hard:
-        raise hard[0]
-    first = failures[0][1]
-    count = len(failures)
-    note = f" ({count} of {total} messages not confirmed)"
-    if isinstance(first, Unroutable):
-        raise Unroutable(
-            str(first) + note,
-            exchange=first.exchange,
-            routing_key=first.routing_key,
-            unconfirmed=count,
-        ) from first
-    raise NotConfirmed(str(first) + note, unconfirmed=count) from first

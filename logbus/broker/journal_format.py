@@ -1,0 +1,321 @@
+"""The journal's file format: its records, their CRC-checked encoding, and replaying them.
+
+File format (``<data-dir>/journal``, integers big-endian)::
+
+    b"logbus journal 1\\n"
+    record*: crc32(lengths) u32 | crc32(header + body) u32 | frame
+
+where a frame is :mod:`logbus.transports._frames`'s — header length u32, body
+length u32, a JSON header ``{"op", "id", "args"}``, the raw body — so property
+values JSON lacks (bytes, x-death's datetimes, Decimal, nested tables) use that
+module's tagged encoding. Ops: ``exchange.declare|delete``, ``queue.declare|delete``,
+``bind``, ``unbind``, ``in`` (``id`` is the entry id, ``args`` the queue, the
+message's exchange, routing key and properties, and its wall-clock expiry),
+``out`` (``args``: the queue and the ids that left it).
+
+A record cut short at the end of the file — what a crash mid-write leaves — is
+ignored; a damaged record anywhere else is a :class:`~logbus.errors.ConfigError`
+naming the file and offset, since reading past it would lose or resurrect
+messages silently. :class:`LiveState` is what the records add up to: replayed
+from the file at start, kept in step with every record written after, and
+written out alone when :class:`~logbus.broker.journal.Journal` compacts.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from logbus._log import get_logger
+from logbus.errors import ConfigError, DecodeError
+from logbus.message import Message
+from logbus.transports._frames import (
+    Frame,
+    arg_bool,
+    arg_str,
+    arg_table,
+    decode_many,
+    encode,
+    encode_value,
+    message_args,
+    message_from,
+)
+
+__all__ = [
+    "MAGIC",
+    "BindingRecord",
+    "ExchangeRecord",
+    "Held",
+    "LiveState",
+    "MessageRecord",
+    "QueueRecord",
+    "Recovery",
+    "binding_frame",
+    "binding_key",
+    "damaged",
+    "exchange_frame",
+    "message_frame",
+    "put_record",
+    "queue_frame",
+    "read_records",
+]
+
+log = get_logger("logbus.broker.journal")
+
+MAGIC = b"logbus journal 1\n"
+_CHECKS = struct.Struct(">II")  # crc32 of the frame's two lengths, crc32 of header + body
+_LENGTHS = struct.Struct(">II")  # how a frame starts: header length, body length
+_RECORD_HEAD = _CHECKS.size + _LENGTHS.size
+
+
+# -- what a journal holds ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRecord:
+    """A durable exchange as declared."""
+
+    name: str
+    type: str
+    auto_delete: bool
+    internal: bool
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BindingRecord:
+    """A binding between durable entities; ``kind`` is ``queue`` or ``exchange``."""
+
+    source: str
+    kind: str
+    destination: str
+    routing_key: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A persistent message still in a durable queue; ``expires`` is wall-clock seconds."""
+
+    id: int
+    message: Message
+    expires: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecord:
+    """A durable queue as declared, with its persistent messages in queue order."""
+
+    name: str
+    auto_delete: bool
+    arguments: Mapping[str, Any]
+    messages: tuple[MessageRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """Everything a broker rebuilds from its journal at start."""
+
+    exchanges: tuple[ExchangeRecord, ...]
+    queues: tuple[QueueRecord, ...]
+    bindings: tuple[BindingRecord, ...]
+
+
+@dataclass(slots=True)
+class Held:
+    """A persistent message the journal holds, with what it needs to write it again."""
+
+    message: Message
+    expires: float | None
+    size: int  # bytes of its record in the file, for the compaction threshold
+
+
+class LiveState:
+    """The live content of the journal, kept in step with every record written."""
+
+    def __init__(self) -> None:
+        self.exchanges: dict[str, ExchangeRecord] = {}
+        self.queues: dict[str, QueueRecord] = {}
+        self.bindings: dict[tuple[str, ...], BindingRecord] = {}
+        self.messages: dict[str, dict[int, Held]] = {}
+        self.last_id = 0
+
+    def recovery(self) -> Recovery:
+        """What a broker rebuilds from this state, messages in queue order."""
+        queues = tuple(
+            QueueRecord(
+                queue.name,
+                queue.auto_delete,
+                queue.arguments,
+                tuple(
+                    MessageRecord(ident, held.message, held.expires)
+                    for ident, held in self.messages[queue.name].items()
+                ),
+            )
+            for queue in self.queues.values()
+        )
+        return Recovery(tuple(self.exchanges.values()), queues, tuple(self.bindings.values()))
+
+    def drop_exchange(self, name: str) -> None:
+        self.exchanges.pop(name, None)
+        for key in [k for k in self.bindings if k[0] == name or (k[1:3] == ("exchange", name))]:
+            del self.bindings[key]
+
+    def drop_queue(self, name: str) -> int:
+        self.queues.pop(name, None)
+        for key in [k for k in self.bindings if k[1:3] == ("queue", name)]:
+            del self.bindings[key]
+        return sum(held.size for held in self.messages.pop(name, {}).values())
+
+    def apply(self, frame: Frame, size: int) -> None:
+        """Replay one record read from the file."""
+        op, args = frame.op, frame.args
+        if op == "in":
+            self.last_id = max(self.last_id, frame.id)
+            held = self.messages.get(arg_str(args, "queue"))
+            if held is not None:
+                expires = args.get("expires")
+                if expires is not None and not isinstance(expires, int | float):
+                    raise DecodeError(f"expires must be a number, not {expires!r:.40}")
+                held[frame.id] = Held(message_from(args, frame.body), expires, size)
+        elif op == "out":
+            held = self.messages.get(arg_str(args, "queue"), {})
+            ids = args.get("ids")
+            if not isinstance(ids, list):
+                raise DecodeError("ids must be a list")
+            for ident in ids:
+                held.pop(ident, None)
+        elif op == "exchange.declare":
+            name = arg_str(args, "name")
+            self.exchanges[name] = ExchangeRecord(
+                name,
+                arg_str(args, "type"),
+                arg_bool(args, "auto_delete"),
+                arg_bool(args, "internal"),
+                arg_table(args, "arguments") or {},
+            )
+        elif op == "exchange.delete":
+            self.drop_exchange(arg_str(args, "name"))
+        elif op == "queue.declare":
+            name = arg_str(args, "name")
+            auto_delete = arg_bool(args, "auto_delete")
+            self.queues[name] = QueueRecord(name, auto_delete, arg_table(args, "arguments") or {})
+            self.messages[name] = {}
+        elif op == "queue.delete":
+            self.drop_queue(arg_str(args, "name"))
+        elif op in ("bind", "unbind"):
+            binding = BindingRecord(
+                arg_str(args, "source"),
+                arg_str(args, "kind"),
+                arg_str(args, "destination"),
+                arg_str(args, "key"),
+                arg_table(args, "arguments") or {},
+            )
+            if op == "bind":
+                self.bindings[binding_key(binding)] = binding
+            else:
+                self.bindings.pop(binding_key(binding), None)
+        else:
+            raise DecodeError(f"unknown record type {op!r} (written by a newer logbus?)")
+
+
+def binding_key(binding: BindingRecord) -> tuple[str, ...]:
+    args = json.dumps(encode_value(binding.arguments), sort_keys=True)
+    return (binding.source, binding.kind, binding.destination, binding.routing_key, args)
+
+
+def exchange_frame(exchange: ExchangeRecord) -> Frame:
+    args = {
+        "name": exchange.name,
+        "type": exchange.type,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": exchange.arguments,
+    }
+    return Frame("exchange.declare", 0, args)
+
+
+def queue_frame(queue: QueueRecord) -> Frame:
+    args = {"name": queue.name, "auto_delete": queue.auto_delete, "arguments": queue.arguments}
+    return Frame("queue.declare", 0, args)
+
+
+def binding_frame(binding: BindingRecord, op: str = "bind") -> Frame:
+    args = {
+        "source": binding.source,
+        "kind": binding.kind,
+        "destination": binding.destination,
+        "key": binding.routing_key,
+        "arguments": binding.arguments,
+    }
+    return Frame(op, 0, args)
+
+
+def message_frame(queue: str, ident: int, message: Message, expires: float | None) -> Frame:
+    args = message_args(message)
+    args["queue"] = queue
+    if expires is not None:
+        args["expires"] = expires
+    return Frame("in", ident, args, message.body)
+
+
+# -- records ----------------------------------------------------------------------
+
+
+def put_record(buffer: bytearray, frame: Frame) -> int:
+    """Append one record to ``buffer``; returns its size."""
+    data = encode(frame)
+    view = memoryview(data)
+    split = _LENGTHS.size
+    buffer += _CHECKS.pack(zlib.crc32(view[:split]), zlib.crc32(view[split:]))
+    buffer += data
+    return _CHECKS.size + len(data)
+
+
+def read_records(path: Path, data: bytes) -> Iterator[tuple[Frame, int]]:
+    """The records of a journal file's bytes, with their sizes; stops at a torn tail."""
+    view = memoryview(data)
+    offset, end = len(MAGIC), len(data)
+    while offset < end:
+        if end - offset < _RECORD_HEAD:
+            _torn(path, offset, end)
+            return
+        length_crc, data_crc = _CHECKS.unpack_from(data, offset)
+        lengths = view[offset + _CHECKS.size : offset + _RECORD_HEAD]
+        if zlib.crc32(lengths) != length_crc:
+            if data.count(0, offset) == end - offset:  # zeros a crash left past the end
+                _torn(path, offset, end)
+                return
+            raise damaged(path, offset, "its length prefix fails its checksum")
+        header_len, body_len = _LENGTHS.unpack(lengths)
+        stop = offset + _RECORD_HEAD + header_len + body_len
+        if stop > end:
+            _torn(path, offset, end)
+            return
+        if zlib.crc32(view[offset + _RECORD_HEAD : stop]) != data_crc:
+            if stop == end:
+                _torn(path, offset, end)
+                return
+            raise damaged(path, offset, "its contents fail their checksum")
+        try:
+            frames = decode_many(data[offset + _CHECKS.size : stop])
+        except DecodeError as exc:
+            raise damaged(path, offset, str(exc)) from None
+        yield frames[0], stop - offset
+        offset = stop
+
+
+def _torn(path: Path, offset: int, end: int) -> None:
+    log.warning("journal torn tail ignored", path=str(path), offset=offset, bytes=end - offset)
+
+
+def damaged(path: Path, offset: int, reason: str) -> ConfigError:
+    return ConfigError(
+        f"journal {path} is damaged at offset {offset}: {reason}; restore it from a backup, "
+        "or move it aside to start the broker empty"
+    )

@@ -1,0 +1,255 @@
+"""A client's view of the in-process broker: :class:`Session`, one connection with one channel.
+
+A session owns its delivery tags, its unacked messages, its consumers and its
+exclusive queues; closing it requeues what it had not acknowledged, cancels
+its consumers and deletes its exclusive queues, exactly as RabbitMQ does when a
+connection drops. Its methods are AMQP's (``declare_queue`` is ``queue.declare``,
+``ack`` is ``basic.ack``, ...), plus :meth:`Session.settle_later` to pipeline a
+settlement; the work is the :class:`~logbus.broker.core.Broker`'s, under its lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from logbus.broker.queues import ConsumerState, Delivered, SessionState, Unacked, monotonic
+from logbus.broker.registry import EXCHANGE, QUEUE
+from logbus.errors import AccessRefused, PreconditionFailed, TransportClosed
+from logbus.message import Message, QueueInfo
+
+if TYPE_CHECKING:
+    from logbus.broker.core import Broker, PublishOutcome
+    from logbus.broker.settlement import Waiting
+
+__all__ = ["Session"]
+
+
+class Session:
+    """A client's view of the broker: one connection with one channel.
+
+    Every operation raises the :mod:`logbus.errors` counterpart of the AMQP
+    error RabbitMQ would give (``NotFound``, ``PreconditionFailed``, ...).
+    """
+
+    def __init__(self, broker: Broker, state: SessionState) -> None:
+        self._broker = broker
+        self._state = state
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the session has not been closed."""
+        return self._state.open
+
+    def waiting(self) -> Waiting:
+        """Enter before blocking on deliveries: pipelined settlements then apply at once."""
+        return self._broker.waiting(id(threading.current_thread()))
+
+    def close(self) -> None:
+        """Close: requeue unacked messages, cancel consumers, delete exclusive queues."""
+        self._broker._close_session(self._state)
+
+    def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> None:
+        """Declare an exchange (``exchange.declare``)."""
+        self._broker.declare_exchange(
+            name,
+            type,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+            passive=passive,
+        )
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange (``exchange.delete``)."""
+        self._broker.delete_exchange(name, if_unused=if_unused)
+
+    def declare_queue(
+        self,
+        name: str = "",
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> QueueInfo:
+        """Declare a queue (``queue.declare``); an empty name asks for a server-named one."""
+        return self._broker._declare_queue(
+            self._state,
+            name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+            passive=passive,
+        )
+
+    def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False) -> int:
+        """Delete a queue (``queue.delete``); returns how many ready messages went with it."""
+        broker = self._broker
+        with broker._guard:
+            if name not in broker._queues:
+                return 0  # RabbitMQ: deleting what does not exist succeeds, with 0 messages
+            queue = broker._queue(name, self._state)
+            if if_unused and queue.consumers:
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"
+                )
+            if if_empty and queue.ready:
+                raise PreconditionFailed(
+                    f"PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty"
+                )
+            return broker._delete_queue(name)
+
+    def purge_queue(self, name: str) -> int:
+        """Drop a queue's ready messages (``queue.purge``); returns how many."""
+        broker = self._broker
+        with broker._guard:
+            queue = broker._queue(name, self._state)
+            count = len(queue.ready)
+            if broker._journal is not None:
+                broker._journal.purged(name, queue.ready)
+            queue.ready.clear()
+            queue.ready_bytes = 0
+            return count
+
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind a queue to an exchange (``queue.bind``)."""
+        self._broker._bind(self._state, QUEUE, queue, exchange, routing_key, arguments)
+
+    def unbind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Remove a queue binding (``queue.unbind``)."""
+        self._broker._bind(self._state, QUEUE, queue, exchange, routing_key, arguments, unbind=True)
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Bind an exchange to another (``exchange.bind``, RabbitMQ's extension)."""
+        self._broker._bind(self._state, EXCHANGE, destination, source, routing_key, arguments)
+
+    def unbind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Remove an exchange-to-exchange binding (``exchange.unbind``)."""
+        self._broker._bind(
+            self._state, EXCHANGE, destination, source, routing_key, arguments, unbind=True
+        )
+
+    def publish(self, message: Message, *, mandatory: bool = False) -> PublishOutcome:
+        """Publish and return what a publisher confirm (and return) would report."""
+        self._check_open()
+        return self._broker.publish(message, mandatory=mandatory)
+
+    def get(self, queue: str, *, auto_ack: bool = False) -> Delivered | None:
+        """Take the head message (``basic.get``), or None when the queue is empty."""
+        broker = self._broker
+        with broker._guard:
+            self._check_open()
+            state = broker._queue(queue, self._state)
+            now = monotonic()
+            while state.head_expired(now):
+                broker._dead_letter(state, state.pop(), "expired")
+            if not state.ready:
+                return None
+            entry = state.pop()
+            tag = self._state.next_tag()
+            if not auto_ack:
+                self._state.unacked[tag] = Unacked(entry, queue, None)
+            elif broker._journal is not None:
+                broker._journal.left(queue, entry)
+            return Delivered(entry.message, "", tag, entry.redelivered, queue)
+
+    def consume(
+        self,
+        queue: str,
+        deliver: Callable[[Delivered], None],
+        *,
+        prefetch: int = 0,
+        on_cancel: Callable[[str], None] | None = None,
+        exclusive: bool = False,
+    ) -> str:
+        """Register a consumer (``basic.consume``); returns its tag.
+
+        ``deliver`` is called under the broker's lock for each delivery and must
+        not block. ``prefetch`` bounds this consumer's unacked deliveries (0 = no
+        bound), as ``basic.qos`` with ``global=false`` does in RabbitMQ.
+        """
+        broker = self._broker
+        with broker._guard:
+            self._check_open()
+            state = broker._queue(queue, self._state)
+            if (exclusive and state.consumers) or any(c.exclusive for c in state.consumers):
+                raise AccessRefused(
+                    f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
+                )
+            tag = f"ctag-{self._state.id}.{next(broker._consumer_ids)}"
+            consumer = ConsumerState(
+                tag, queue, self._state.id, prefetch, deliver, on_cancel, exclusive
+            )
+            state.consumers.append(consumer)
+            state.had_consumer = True
+            self._state.consumers[tag] = consumer
+            broker._dispatch(state)
+            return tag
+
+    def cancel(self, consumer_tag: str) -> None:
+        """Cancel a consumer (``basic.cancel``); its unacked messages stay unacked."""
+        with self._broker._guard:
+            self._broker._cancel(self._state, consumer_tag)
+
+    def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
+        """Acknowledge a delivery (``basic.ack``)."""
+        self._broker._settle(self._state, delivery_tag, multiple, None)
+
+    def nack(self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True) -> None:
+        """Negatively acknowledge (``basic.nack``): requeue, or dead-letter/drop."""
+        self._broker._settle(self._state, delivery_tag, multiple, requeue)
+
+    def reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
+        """Reject one delivery (``basic.reject``)."""
+        self._broker._settle(self._state, delivery_tag, False, requeue)
+
+    def settle_later(self, delivery_tag: int, *, multiple: bool, requeue: bool | None) -> None:
+        """Pipeline a settlement: applied before the broker's next observable step.
+
+        ``requeue`` None is an ack, True a requeue, False a dead-letter (or drop).
+        Unknown tags are skipped rather than raised, as they can only be stale.
+        """
+        self._broker._settle_later(self._state, delivery_tag, multiple, requeue)
+
+    def _check_open(self) -> None:
+        if not self._state.open:
+            raise TransportClosed("the session is closed; open a new one")

@@ -1,0 +1,154 @@
+"""Publishing on the aio-pika transport: one confirmed publish, or a window of them.
+
+:func:`send` publishes one message on the transport's confirming channel and
+waits for its confirm, turning a return into :class:`~logbus.errors.Unroutable`,
+a nack into :class:`~logbus.errors.NotConfirmed` and any driver error into the
+logbus one. :func:`send_many` keeps up to ``publish_window`` of those in flight,
+refilling from half a window so it waits once per half window rather than per
+message, and raises one error at the end for whatever was not confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
+
+import aiormq.abc
+import aiormq.exceptions as amqp
+
+from logbus.errors import LogbusError, NotConfirmed, Unroutable
+from logbus.message import Message
+from logbus.transports._aio_consumer import to_amqp
+from logbus.transports._aio_errors import nacked, translate, unroutable
+
+if TYPE_CHECKING:
+    from logbus.transports._aio_transport import AioTransport
+
+__all__ = ["send", "send_many"]
+
+
+async def send(
+    transport: AioTransport,
+    underlay: aiormq.abc.AbstractChannel,
+    message: Message,
+    mandatory: bool,
+    *,
+    timed: bool = True,
+) -> None:
+    """Publish one message and wait for its confirm (within ``confirm_timeout`` if ``timed``)."""
+    doing = f"publishing to exchange {message.exchange!r}"
+    try:
+        # send_many times its batch as a whole (timed=False): a timeout context
+        # per message costs more than the rest of logbus's work on it.
+        async with asyncio.timeout(transport.options.confirm_timeout if timed else None):
+            await cast(aiormq.Channel, underlay).basic_publish(
+                message.body,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                properties=to_amqp(message.properties),
+                mandatory=mandatory,
+                # Do not wait for each frame to reach the socket: the confirm
+                # awaited below says more, and the writer batches the frames.
+                wait=False,
+            )
+    except amqp.PublishError as exc:
+        raise unroutable(exc, message) from exc
+    except amqp.DeliveryError as exc:
+        raise nacked(message) from exc
+    except TimeoutError as exc:
+        raise NotConfirmed(
+            f"{doing}: no confirm from {transport.endpoint} within "
+            f"{transport.options.confirm_timeout:g} s (the broker may be overloaded; retry)"
+        ) from exc
+    except ValueError as exc:  # aiormq refuses an over-long routing key
+        raise translate(exc, doing=doing, endpoint=transport.endpoint) from exc
+    except Exception as exc:
+        raise translate(
+            exc, doing=doing, endpoint=transport.endpoint, closed=transport._closed
+        ) from exc
+
+
+async def send_many(
+    transport: AioTransport,
+    underlay: aiormq.abc.AbstractChannel,
+    messages: Iterable[Message],
+    mandatory: bool,
+) -> None:
+    """Publish with up to ``publish_window`` confirms pending; raise if any was not confirmed."""
+    window = transport.options.publish_window
+    failures: list[tuple[int, LogbusError]] = []
+    in_flight: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    wake: list[tuple[int, asyncio.Future[None]]] = []  # (at most this many left, waiter)
+    sent = 0
+
+    async def one(index: int, message: Message) -> None:
+        try:
+            await send(transport, underlay, message, mandatory, timed=False)
+        except LogbusError as exc:
+            failures.append((index, exc))
+
+    def finished(task: asyncio.Task[None]) -> None:
+        in_flight.discard(task)
+        if wake and len(in_flight) <= wake[0][0] and not wake[0][1].done():
+            wake[0][1].set_result(None)
+
+    async def until_at_most(limit: int) -> None:
+        """Wait (once, not per message) until at most ``limit`` are unconfirmed."""
+        if len(in_flight) <= limit:
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        wake[:] = [(limit, waiter)]
+        try:
+            await asyncio.wait_for(waiter, transport.options.confirm_timeout)
+        except TimeoutError:
+            raise NotConfirmed(
+                f"{len(in_flight)} message(s) not confirmed by {transport.endpoint} within "
+                f"{transport.options.confirm_timeout:g} s (the broker may be overloaded; retry)",
+                unconfirmed=len(in_flight) + len(failures),
+            ) from None
+        finally:
+            wake.clear()
+
+    try:
+        for message in messages:
+            if failures and any(not isinstance(e, NotConfirmed) for _, e in failures):
+                break  # a channel or connection error: stop sending
+            if len(in_flight) >= window:  # refill from half: one wait per half window
+                await until_at_most(window // 2)
+            sent += 1
+            task = loop.create_task(one(sent, message))
+            in_flight.add(task)
+            task.add_done_callback(finished)
+    except (asyncio.CancelledError, NotConfirmed):
+        for task in in_flight:
+            task.cancel()
+        raise
+    except BaseException:
+        # The iterable failed: the publishes already sent are waited for, so that
+        # their outcome is known, then its error goes on.
+        await until_at_most(0)
+        raise
+    await until_at_most(0)
+    _raise_failures(failures, sent)
+
+
+def _raise_failures(failures: list[tuple[int, LogbusError]], total: int) -> None:
+    if not failures:
+        return
+    failures.sort(key=lambda f: f[0])
+    hard = [e for _, e in failures if not isinstance(e, NotConfirmed)]
+    if hard:
+        raise hard[0]
+    first = failures[0][1]
+    count = len(failures)
+    note = f" ({count} of {total} messages not confirmed)"
+    if isinstance(first, Unroutable):
+        raise Unroutable(
+            str(first) + note,
+            exchange=first.exchange,
+            routing_key=first.routing_key,
+            unconfirmed=count,
+        ) from first
+    raise NotConfirmed(str(first) + note, unconfirmed=count) from first
