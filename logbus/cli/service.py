@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from logbus.cli.common import UrlOption, run_guarded
+from logbus.cli.worker import LogFormat, log_json_lines
 from logbus.service import ServiceConfig, load_service, run_service
 from logbus.sinks import Sink
 
@@ -50,7 +51,19 @@ def service_main(
     app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
     @app.command(help=summary, epilog=epilog)
-    def run(config: ServiceFileOption = None, url: UrlOption = None) -> None:
+    def run(
+        config: ServiceFileOption = None,
+        url: UrlOption = None,
+        log_format: Annotated[
+            LogFormat,
+            typer.Option(
+                help="console: warnings and errors as text lines. json: every event of the "
+                "service's worker, info and up, one JSON object per line on stderr.",
+            ),
+        ] = LogFormat.console,
+    ) -> None:
+        if log_format is LogFormat.json:
+            log_json_lines()
         if config is None:
             raise typer.BadParameter(
                 f"name the service file, e.g. --config config/services/{name}.toml",

@@ -31,7 +31,15 @@ if TYPE_CHECKING:
     from logbus.topology import Topology
     from logbus.transports.base import Transport
 
-__all__ = ["EPILOG", "LogFormat", "PoolChoice", "register", "stop_on_signals", "worker"]
+__all__ = [
+    "EPILOG",
+    "LogFormat",
+    "PoolChoice",
+    "log_json_lines",
+    "register",
+    "stop_on_signals",
+    "worker",
+]
 
 EPILOG = """Examples:
 
@@ -206,7 +214,7 @@ def worker(
     if pool is PoolChoice.gevent:
         _monkey_patch()  # first: see the module docstring
     if log_format is LogFormat.json:
-        _log_json_lines()
+        log_json_lines()
     from logbus.pools import check_transport
     from logbus.settings import redact_url
     from logbus.sinks import load_sink
@@ -323,7 +331,7 @@ class _JsonLines(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def _log_json_lines() -> None:
+def log_json_lines() -> None:
     """Write logbus's events (info and up) to stderr as JSON lines, not text."""
     root = logging.getLogger()
     for handler in root.handlers:

@@ -42,9 +42,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 class Service:
     """A service subprocess; its stderr is collected line by line."""
 
-    def __init__(self, name: str, config: Path, amqp_url: str) -> None:
+    def __init__(self, name: str, config: Path, amqp_url: str, *more: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}", "--config", str(config), "--url", amqp_url],
+            [
+                *(sys.executable, "-m", f"services.{name}"),
+                *("--config", str(config), "--url", amqp_url, *more),
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -347,3 +350,19 @@ def test_a_service_without_config_says_how_to_name_it() -> None:
     assert result.returncode == 2
     assert "config/services/alerter.toml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_log_format_json_writes_the_services_events_as_json_lines(
+    amqp_url: str, deployment: Deployment, tmp_path: Path, services: list[Service]
+) -> None:
+    """--log-format json: the worker's own events are JSON objects on stderr."""
+    archive = tmp_path / "archive.db"
+    config, queue = service_file(
+        tmp_path, deployment, "archiver", f'[sink]\ntype = "sqlite"\npath = "{archive}"\n'
+    )
+    archiver = Service("archiver", config, amqp_url, "--log-format", "json")
+    services.append(archiver)
+    assert archiver.stop() == 0
+    events = [json.loads(line) for line in archiver.err if line.startswith("{")]
+    started = [e for e in events if e.get("event") == "worker.started"]
+    assert started and started[0]["queue"] == queue
