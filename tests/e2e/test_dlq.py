@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,18 +38,10 @@ from logbus.retry import (
 from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dumps
 from logbus.transports.amqp import AmqpTransport
 from tests.e2e.support import on_tty
+from tests.support import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 20.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        threading.Event().wait(0.05)
 
 
 # -- the gate sink ----------------------------------------------------------------------------

@@ -6,11 +6,8 @@ import json
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from time import monotonic
 
 import pytest
 
@@ -18,6 +15,7 @@ from logbus.record import LogRecord
 from logbus.sinks import load_sink
 from tests.e2e.support import connection_args, emit, free_port, on_tty, one_error_line
 from tests.integration.test_sinks_postgres import pg_table
+from tests.support import wait_until
 
 __all__ = ["pg_table"]  # a fixture, shared with the integration tests
 
@@ -204,15 +202,6 @@ def test_postgres_archive_from_the_environment_with_a_bare_url(logbus, postgres_
     done = logbus("query", "--facility", "mail", env=env)
     assert done.returncode == 0, done.stderr
     assert messages(done.stdout) == ["queue stuck"]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = monotonic() + timeout
-    while not condition():
-        if monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        threading.Event().wait(0.05)
 
 
 def test_records_emitted_reach_the_archive_through_a_worker(logbus, amqp_url, deploy, tmp_path):

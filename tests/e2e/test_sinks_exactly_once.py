@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import monotonic
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -36,6 +35,7 @@ from logbus.retry import RetryPolicy, remove_retry_queues
 from logbus.transports import connect
 from tests.e2e.support import Deployment, emit
 from tests.integration.test_sinks_postgres import pg_table
+from tests.support import wait_until
 
 __all__ = ["pg_table"]  # a fixture, shared with the integration tests
 
@@ -44,15 +44,6 @@ SECOND_WAVE = 2000
 #: Batches that take a while to fill, so that records are in flight when the kill lands.
 BATCHING = "max_batch=100&max_wait=0.5"
 CONCURRENCY = 2  # so the worker's prefetch is 2 x 2 batches of 100: 400 records
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = monotonic() + timeout
-    while not condition():
-        if monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        threading.Event().wait(0.05)
 
 
 class AckHold:

@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import monotonic
 from urllib.parse import urlsplit
 
 import pika
@@ -39,17 +38,9 @@ from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dump
 from logbus.transports import connect
 from tests.e2e.test_dlq import install_gate_plugin
 from tests.e2e.test_dlq import lines as gate_lines
+from tests.support import wait_until
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = monotonic() + timeout
-    while not condition():
-        if monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        threading.Event().wait(0.05)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import pytest
 from logbus.errors import ConnectionLost, LogbusError, NotConfirmed
 from logbus.message import Message, Properties
 from logbus.transports.amqp import AmqpTransport
+from tests.support import wait_until
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
 STREAM = 2000  # records published around a fault
@@ -33,15 +34,6 @@ AFTER_FAULT = 300  # records still published once the fault happened
 
 
 # -- helpers shared with test_amqp_transport ---------------------------------------------
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds, failing with ``what`` after ``timeout`` seconds."""
-    deadline = monotonic() + timeout
-    while not condition():
-        if monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        threading.Event().wait(0.05)
 
 
 def rabbitmqctl(*args: str) -> str:

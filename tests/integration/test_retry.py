@@ -43,18 +43,10 @@ from logbus.retry import (
 from logbus.transports import connect
 from logbus.transports.base import Delivery, Transport
 from logbus.worker import Worker, WorkerSummary
+from tests.support import wait_until
 
 DEADLINE = 15.0
 FAST = RetryPolicy(max_attempts=3, delay=0.05, backoff=1)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = monotonic() + timeout
-    while not condition():
-        if monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        threading.Event().wait(0.02)
 
 
 class ScriptedSink:
