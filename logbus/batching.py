@@ -15,26 +15,39 @@ slow worker holds on to little. A batch is ``max_batch`` records for a sink that
 waits to fill batches (with less, no batch could ever fill and every write
 would wait ``max_wait``), else one record (taking what is waiting needs no
 more). Raise it for a fast sink on a distant broker; set 1 for strict fairness.
+
+*Taking batches.* The worker's threads take their batches from the consumer
+themselves, through a :class:`Taker`: one thread at a time (a lock) takes
+whatever the consumer has received, up to ``max_batch``, in one call, keeps its
+share and leaves the rest for the next thread. So a record passes no queue
+between threads on its way from the transport to the sink, and the thread that
+took a batch writes it while the next thread takes the next one. Only one
+thread ever waits in the consumer's ``get``, which matters: the consumers wait
+on a ``queue.SimpleQueue``, whose ``get`` with a timeout can, with several
+threads waiting, miss its deadline and block until the next message arrives
+(seen on CPython 3.11).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from queue import Empty, Queue
-from typing import Any, TypeVar
+from typing import Any
 
-from logbus.errors import ConfigError
+from logbus.errors import ConfigError, ConnectionLost
 from logbus.sinks import Sink, load_sink
+from logbus.transports.base import Consumer, Delivery, get_many
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
     "MAX_BATCH",
     "MAX_WAIT",
     "Batching",
+    "Taker",
     "batching_of",
     "default_prefetch",
-    "gather",
 ]
 
 #: Records handed to the sink in one write when the sink does not say (its ``max_batch``).
@@ -43,8 +56,6 @@ DEFAULT_MAX_BATCH = 100
 MAX_BATCH = 100_000
 #: The longest a sink may ask a thread to wait for a batch to fill (its ``max_wait``).
 MAX_WAIT = 60.0
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +98,110 @@ def batching_of(sink: Sink | str) -> Batching:
     return Batching(max_batch, float(max_wait))
 
 
-def gather(work: Queue[T | None], first: T, *, limit: int, wait: float = 0.0) -> list[T]:
-    """A batch beginning with ``first``: up to ``limit`` items from ``work``, waiting up to
-    ``wait`` seconds for them (0: only those already there).
+class Taker:
+    """Hands the threads of a worker batches from one consumer (see the module docstring).
 
-    A None in ``work`` is a thread's cue to stop: it ends the batch and is put back,
-    for the caller's loop to see.
+    ``stopping`` says whether the worker is stopping: then :meth:`take` hands out
+    nothing more. ``received``, if given, is told how many deliveries each call
+    to the consumer brought. ``poll`` is how often a thread waiting for records
+    looks at ``stopping``.
     """
-    batch = [first]
-    deadline = time.monotonic() + wait
-    while len(batch) < limit:
-        left = deadline - time.monotonic()
-        try:
-            more = work.get(timeout=left) if left > 0 else work.get_nowait()
-        except Empty:
-            break
-        if more is None:
-            work.put(None)
-            break
-        batch.append(more)
-    return batch
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        batching: Batching,
+        concurrency: int,
+        prefetch: int,
+        *,
+        stopping: Callable[[], bool],
+        received: Callable[[int], object] | None = None,
+        poll: float = 0.2,
+    ) -> None:
+        self.consumer = consumer
+        self.max_batch = batching.max_batch
+        self.max_wait = batching.max_wait
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self._stopping = stopping
+        self._received = received
+        self._poll = poll
+        self._lock = threading.Lock()
+        # Received from the consumer and nobody's yet: the next thread's to take.
+        self._spill: list[Delivery] = []
+
+    def take(self) -> list[Delivery]:
+        """The calling thread's next batch, waiting for it; empty once stopping.
+
+        Raises :class:`~logbus.errors.ConnectionLost` if the broker cancelled the
+        consumer (the queue was deleted, say).
+        """
+        with self._lock:
+            while not self._stopping():
+                if self._fill():
+                    return self._share()
+        return []
+
+    def cancel(self) -> list[Delivery]:
+        """Cancel the consumer while no thread takes from it; what it had received and
+        nobody had taken (for the caller to requeue). Raises what the cancel raised."""
+        with self._lock:
+            self.consumer.cancel()
+            left = self.leftovers()
+            # What the broker sent before the cancel took effect.
+            while len(left) < self.prefetch:
+                more = get_many(self.consumer, self.prefetch - len(left), timeout=0)
+                if not more:
+                    break
+                left.extend(more)
+            return left
+
+    def leftovers(self) -> list[Delivery]:
+        """What was received and not taken (a thread that failed left it); forgotten here."""
+        left, self._spill = self._spill, []
+        return left
+
+    def _fill(self) -> bool:
+        """Receive into the spill what the next batch may hold; whether there is any."""
+        spill = self._spill
+        room = self.max_batch - len(spill)
+        if room > 0:
+            # Waiting only for a first record: with some in hand, take what is there.
+            self._receive(room, 0.0 if spill else self._poll)
+        if not spill:
+            if getattr(self.consumer, "cancelled", False) is True and not self._stopping():
+                raise ConnectionLost(
+                    f"the broker stopped the consumer of queue {self.consumer.queue!r} (was "
+                    "the queue deleted?); its records are safe in the queue, start again"
+                )
+            return False
+        if self.max_wait > 0:
+            deadline = time.monotonic() + self.max_wait
+            while len(spill) < self.max_batch and not self._stopping():
+                left = deadline - time.monotonic()
+                if left <= 0 or getattr(self.consumer, "cancelled", False) is True:
+                    break
+                self._receive(self.max_batch - len(spill), min(left, self._poll))
+        return True
+
+    def _receive(self, limit: int, timeout: float) -> None:
+        more = get_many(self.consumer, limit, timeout)
+        if more:
+            self._spill.extend(more)
+            if self._received is not None:
+                self._received(len(more))
+
+    def _share(self) -> list[Delivery]:
+        """This thread's part of the spill: a full batch for a sink that waits to fill
+        them, else its share of what is waiting, so that the other threads get some too."""
+        spill = self._spill
+        if self.max_wait > 0:
+            count = min(len(spill), self.max_batch)
+        else:
+            count = 1 + (len(spill) - 1) // self.concurrency
+        if count >= len(spill):
+            self._spill = []
+            return spill
+        batch = spill[:count]
+        del spill[:count]
+        return batch

@@ -41,7 +41,7 @@ from logbus.message import Message
 from logbus.pools import RemoteSinkError, Result, Undecodable
 from logbus.retry import Outcome, RetryPolicy, declare_retry_queues, for_dead
 from logbus.sinks import is_recoverable
-from logbus.transports.base import Delivery, Settlement, Transport
+from logbus.transports.base import Delivery, Settlement, Transport, settle_many
 
 if TYPE_CHECKING:
     from logbus.metrics import WorkerMetrics
@@ -122,12 +122,11 @@ class Outcomes:
         """Settle a batch by what the pool made of it: ack the stored, send the rest on."""
         self._local.losses = 0
         metrics = self.metrics
-        stored = 0
+        stored: list[Delivery] = []
         forwards: list[Forward] = []
         for delivery, result in zip(deliveries, results, strict=True):
             if result is None:
-                stored += 1
-                self.settle(delivery, Settlement.ACK)
+                stored.append(delivery)
             elif isinstance(result, Undecodable):
                 log.warning(
                     "worker.undecodable",
@@ -155,9 +154,10 @@ class Outcomes:
                     metrics.failed()
                 forwards.append(decide(delivery, result))
         if stored:
-            self.count("handled", stored)
+            self.settle_all(stored, Settlement.ACK)
+            self.count("handled", len(stored))
             if metrics is not None:
-                metrics.written(stored)
+                metrics.written(len(stored))
         if forwards:
             self.forward(forwards)
 
@@ -186,8 +186,8 @@ class Outcomes:
             self.requeue(forward.delivery for forward in forwards)
             return
         self._local.forward_failures = 0
+        self.settle_all([forward.delivery for forward in forwards], Settlement.ACK)
         for forward in forwards:
-            self.settle(forward.delivery, Settlement.ACK)
             log.info(
                 f"worker.{forward.outcome}",
                 queue=self.queue,
@@ -207,9 +207,9 @@ class Outcomes:
 
     def requeue(self, deliveries: Iterable[Delivery]) -> None:
         """Give back every one of ``deliveries`` not settled yet: requeued, for any worker."""
-        for delivery in deliveries:
-            if delivery.settled is None:
-                self.settle(delivery, Settlement.NACK, requeue=True)
+        unsettled = [delivery for delivery in deliveries if delivery.settled is None]
+        if unsettled:
+            self.settle_all(unsettled, Settlement.NACK, requeue=True)
 
     def lost(self, deliveries: Sequence[Delivery], reason: str) -> None:
         """Records lost with a worker process go back to the queue (counted)."""
@@ -223,6 +223,23 @@ class Outcomes:
         self._local.losses = losses
         if losses > 1:
             self._draining.wait(pause(losses - 1))
+
+    def settle_all(
+        self, deliveries: Sequence[Delivery], how: Settlement, *, requeue: bool = False
+    ) -> None:
+        """Settle ``deliveries`` alike, with as few calls into the transport as it allows;
+        a channel gone meanwhile is logged, not raised."""
+        try:
+            settle_many(deliveries, how, requeue=requeue)
+        except LogbusError as exc:
+            # The channel is gone, and with it the deliveries: the broker requeued them.
+            log.warning(
+                "worker.settle_failed",
+                queue=self.queue,
+                how=how.value,
+                records=len(deliveries),
+                reason=str(exc),
+            )
 
     def settle(self, delivery: Delivery, how: Settlement, *, requeue: bool = False) -> None:
         """Ack, nack or reject ``delivery``; a channel gone meanwhile is logged, not raised."""

@@ -18,24 +18,20 @@ record's way (:class:`~logbus.retry.RetryPolicy` by default).
 fill; the default prefetch is two batches per thread, process or greenlet, at
 least 10 (:mod:`logbus.batching` says why).
 
-*Pools.* The thread that calls :meth:`Worker.run` is the only one taking
-deliveries from the consumer, and the worker's threads are the only ones
-settling them, whatever the pool: :mod:`logbus.pools` only says where records
-are decoded and written — by ``concurrency`` threads here (``thread``), by as
-many worker processes, each fed by a thread of its own (``process``: for a
-sink that needs CPU, past the GIL), or by greenlets (``gevent``: for a sink
-that waits on I/O, in a monkey-patched process). Deliveries reach the pool's
-threads through a ``queue.Queue``. Several threads waiting in one consumer's
-``get(timeout)`` would not do: the consumers wait on a ``queue.SimpleQueue``,
-whose ``get`` with a timeout can, with several threads waiting, miss its
-deadline and block until the next message arrives (seen on CPython 3.11) — a
-worker that never stops.
+*Pools.* The worker's threads take their batches from the consumer themselves,
+one thread at a time (:class:`~logbus.batching.Taker`), and settle them, a
+batch with one call into the transport, whatever the pool: :mod:`logbus.pools`
+only says where records are decoded and written — by ``concurrency`` threads
+here (``thread``), by as many worker processes, each fed by a thread of its own
+(``process``: for a sink that needs CPU, past the GIL), or by greenlets
+(``gevent``: for a sink that waits on I/O, in a monkey-patched process). The
+thread that calls :meth:`Worker.run` only watches for the signal to stop.
 
 *Stopping.* :meth:`Worker.stop` only raises a flag, so it is safe in a signal
 handler. The thread in :meth:`Worker.run` then cancels the consumer (no new
-records), lets every thread finish and ack the record in its hands, requeues
-what was prefetched but not started, stops the pool (worker processes finish
-and exit) and returns a :class:`WorkerSummary`.
+records) and requeues what was prefetched but not started, while every thread
+finishes and acks the batch in its hands; then it stops the pool (worker
+processes finish and exit) and returns a :class:`WorkerSummary`.
 """
 
 from __future__ import annotations
@@ -43,17 +39,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from queue import Empty, Queue
 from typing import TYPE_CHECKING
 
 from logbus._log import get_logger
-from logbus.batching import batching_of, default_prefetch, gather
-from logbus.errors import ConfigError, ConnectionLost, LogbusError
+from logbus.batching import Batching, Taker, batching_of, default_prefetch
+from logbus.errors import ConfigError, LogbusError
 from logbus.outcomes import Forward, Outcomes, describe_failure
 from logbus.pools import Lane, Pool, PoolKind, PoolWorkerLost, check_transport, make_pool
 from logbus.retry import RetryPolicy, declare_retry_queues, restore_origin, route_failure
 from logbus.sinks import Sink, is_recoverable
-from logbus.transports.base import Consumer, Delivery, Settlement, Transport
+from logbus.transports.base import Delivery, Transport
 
 if TYPE_CHECKING:
     from logbus.metrics import WorkerMetrics
@@ -65,7 +60,7 @@ log = get_logger("logbus.worker")
 
 #: More threads (processes, greenlets) than this is a configuration mistake, not a deployment.
 MAX_CONCURRENCY = 1024
-# How often the fetching thread looks at the stop flag: the latency of stop().
+# How often the waiting threads look at the stop flag: the latency of stop().
 _POLL = 0.2
 
 
@@ -154,6 +149,7 @@ class Worker:
             )
         # The pool holds the sink it loaded; the process pool only its spec.
         batching = batching_of(getattr(self.pool, "sink", sink))
+        self._batching: Batching = batching
         self.max_batch, self.max_wait = batching.max_batch, batching.max_wait
         if prefetch is None and settings is not None and "prefetch" in settings.model_fields_set:
             prefetch = settings.prefetch
@@ -176,12 +172,11 @@ class Worker:
             self._transport = transport_or_url
         url = transport_or_url if isinstance(transport_or_url, str) else transport_or_url.url
         check_transport(self.pool.kind, url)
-        self._consumer: Consumer | None = None
+        self._taker: Taker | None = None
         self._threads: list[threading.Thread] = []
         self._stop_requested = False  # a plain flag: the only thing a signal handler touches
+        self._failed = threading.Event()  # set with the flag on a fatal error: wait() sees it now
         self._draining = threading.Event()  # set by run() once it has begun to stop
-        # Deliveries for the pool (None: a thread's cue to end). At most `prefetch` wait here.
-        self._work: Queue[Delivery | None] = Queue()
         self._outcomes = Outcomes(queue, self.retry, metrics, self._draining)
         self._outcomes.transport = self._transport
         self._lock = threading.Lock()
@@ -215,7 +210,7 @@ class Worker:
             declare_retry_queues(self._transport, self.queue, self.retry)
             lanes = self.pool.open(self.concurrency, self.queue)
             try:
-                self._consumer = self._transport.consume(self.queue, prefetch=self.prefetch)
+                consumer = self._transport.consume(self.queue, prefetch=self.prefetch)
             except BaseException:
                 self.pool.close()
                 raise
@@ -223,6 +218,16 @@ class Worker:
             if owned:
                 self._transport.close()
             raise
+        metrics = self.metrics
+        self._taker = Taker(
+            consumer,
+            self._batching,
+            self.concurrency,
+            self.prefetch,
+            stopping=lambda: self._stop_requested,
+            received=None if metrics is None else metrics.received,
+            poll=_POLL,
+        )
         if self.prefetch < self.concurrency:
             log.warning(
                 "worker.prefetch_below_concurrency",
@@ -233,7 +238,7 @@ class Worker:
         for number, lane in enumerate(lanes, 1):
             thread = threading.Thread(
                 target=self._serve,
-                args=(lane,),
+                args=(lane, self._taker),
                 name=f"logbus-worker-{number}:{self.queue}",
                 daemon=True,
             )
@@ -251,18 +256,16 @@ class Worker:
         )
 
     def wait(self) -> WorkerSummary:
-        """Take deliveries for the threads until :meth:`stop` or a fatal error; stop cleanly.
+        """Wait until :meth:`stop` or a fatal error; stop cleanly.
 
         A fatal error (the broker cancelled the consumer, a sink broke its
         contract) is raised once the worker has stopped.
         """
-        if self._started_at is None or self._consumer is None:
+        if self._started_at is None or self._taker is None:
             raise ConfigError("call Worker.start() before Worker.wait()")
-        try:
-            self._fetch(self._consumer)
-        except Exception as exc:
-            self._fail(exc)
-        self._shutdown(self._consumer)
+        while not self._stop_requested:
+            self._failed.wait(_POLL)
+        self._shutdown(self._taker)
         if self._fatal is not None:
             raise self._fatal
         return self.summary()
@@ -288,7 +291,7 @@ class Worker:
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the worker is consuming (started, not stopping, its consumer and
         threads alive, its connection up), with the details; for ``/healthz``."""
-        consumer = self._consumer
+        consumer = None if self._taker is None else self._taker.consumer
         cancelled = consumer is not None and getattr(consumer, "cancelled", False) is True
         consuming = consumer is not None and not cancelled and not self._stop_requested
         connected = getattr(self._transport, "connected", self._transport is not None)
@@ -317,37 +320,28 @@ class Worker:
             f"pool={self.pool.kind} concurrency={self.concurrency}>"
         )
 
-    # -- taking deliveries ----------------------------------------------------------------
-
-    def _fetch(self, consumer: Consumer) -> None:
-        metrics = self.metrics
-        while not self._stop_requested:
-            delivery = consumer.get(timeout=_POLL)
-            if delivery is not None:
-                self._work.put(delivery)
-                if metrics is not None:
-                    metrics.received()
-            elif getattr(consumer, "cancelled", False) is True and not self._stop_requested:
-                raise ConnectionLost(
-                    f"the broker stopped the consumer of queue {self.queue!r} (was the queue "
-                    "deleted?); its records are safe in the queue, start again"
-                )
-
     def _fail(self, exc: BaseException) -> None:
         log.info("worker.failed", queue=self.queue, error=f"{type(exc).__name__}: {exc}")
         with self._lock:
             self._fatal = self._fatal or exc
         self._stop_requested = True
+        self._failed.set()
 
     # -- one thread of the pool ----------------------------------------------------------
 
-    def _serve(self, lane: Lane) -> None:
+    def _serve(self, lane: Lane, taker: Taker) -> None:
         try:
-            while (first := self._work.get()) is not None:
-                batch = self._gather(first)
+            while True:
+                try:
+                    batch = taker.take()
+                except Exception as exc:  # the consumer is gone: stop the worker
+                    self._fail(exc)
+                    return
+                if not batch:
+                    return  # stopping
                 if self._stop_requested:  # prefetched, never started: back to the queue
                     self._outcomes.requeue(batch)
-                    continue
+                    return
                 try:
                     self._handle(lane, batch)
                 except PoolWorkerLost as exc:
@@ -359,24 +353,19 @@ class Worker:
         finally:
             lane.close()  # a worker process finishes and exits
 
-    def _gather(self, first: Delivery) -> list[Delivery]:
-        """A batch for the sink beginning with ``first`` (see :mod:`logbus.batching`)."""
-        if self.max_wait > 0:
-            return gather(self._work, first, limit=self.max_batch, wait=self.max_wait)
-        # Only this thread's share of what is waiting: the others get records to work on too.
-        share = 1 + self._work.qsize() // self.concurrency
-        return gather(self._work, first, limit=min(self.max_batch, share))
-
     def _handle(self, lane: Lane, deliveries: list[Delivery]) -> None:
         """Have the lane decode and write a batch; settle each delivery by its result."""
         for delivery in deliveries:
             # Back from a delay queue (or replayed), a record arrives under the work
             # queue's name; the lane decodes it with the key it was published with.
             delivery.message = restore_origin(delivery.message)
-        started = time.monotonic()
-        results = lane.handle(deliveries)
-        if self.metrics is not None:
-            self.metrics.observe_batch(max(0.0, time.monotonic() - started), len(deliveries))
+        metrics = self.metrics
+        if metrics is None:
+            results = lane.handle(deliveries)
+        else:
+            started = time.monotonic()
+            results = lane.handle(deliveries)
+            metrics.observe_batch(max(0.0, time.monotonic() - started), len(deliveries))
         self._outcomes.finish(deliveries, results, self._on_failure)
 
     def _on_failure(self, delivery: Delivery, exc: Exception) -> Forward:
@@ -400,32 +389,18 @@ class Worker:
 
     # -- stopping ------------------------------------------------------------------------
 
-    def _shutdown(self, consumer: Consumer) -> None:
+    def _shutdown(self, taker: Taker) -> None:
         self._stop_requested = True
         self._draining.set()
         try:
-            consumer.cancel()
+            # What the broker sent that no thread took: back to the queue, where other
+            # workers get it now rather than when this connection closes.
+            self._outcomes.requeue(taker.cancel())
         except LogbusError as exc:  # the connection is down: closing it requeues all
             log.warning("worker.cancel_failed", queue=self.queue, reason=str(exc))
-        else:
-            # What the broker sent before the cancel: back to the queue, where other
-            # workers get it now rather than when this connection closes.
-            for _ in range(self.prefetch):
-                delivery = consumer.get(timeout=0)
-                if delivery is None:
-                    break
-                self._outcomes.settle(delivery, Settlement.NACK, requeue=True)
-        for _ in self._threads:
-            self._work.put(None)
         for thread in self._threads:
             thread.join()
-        while True:  # left behind by threads that ended on a fatal error
-            try:
-                delivery = self._work.get_nowait()
-            except Empty:
-                break
-            if delivery is not None:
-                self._outcomes.settle(delivery, Settlement.NACK, requeue=True)
+        self._outcomes.requeue(taker.leftovers())  # left by a thread that ended on an error
         try:
             if self._url is not None and self._transport is not None:
                 self._transport.close()

@@ -48,15 +48,15 @@ appended since: by itself, by other processes, across the rotations it makes
 or sees. The guarantee: **a redelivered record is written once if fewer than W
 lines were appended to its path after it** — counting, for a sink that opened
 the path in between, only the current file and the one last rotated from it,
-and at most :data:`TAIL_BYTES` of each. A dying worker leaves at most its
-prefetch unacked, so W must exceed the prefetch of all the workers appending
-to one file together; the default covers the worker's default prefetch (two
-batches a thread) up to eight threads. Beyond that bound (a file edited,
-truncated or renamed by hand before a restart; more lines than W) a record
-comes twice, and its ``id`` says so. The cost: W ids held for each open file
-(:data:`MAX_OPEN_FILES` at most), up to W lines read and parsed when a file
-is opened, an ``fstat`` and a lock per batch and file, and parsing the lines
-other processes append to a shared file.
+and at most :data:`~logbus.sinks._tail.TAIL_BYTES` (64 MiB) of each. A dying
+worker leaves at most its prefetch unacked, so W must exceed the prefetch of
+all the workers appending to one file together; the default covers the worker's
+default prefetch (two batches a thread) up to eight threads. Beyond that bound
+(a file edited, truncated or renamed by hand before a restart; more lines than
+W) a record comes twice, and its ``id`` says so. The cost: W ids held for each
+open file (:data:`MAX_OPEN_FILES` at most), up to W lines read and parsed when
+a file is opened, an ``fstat`` and a lock per batch and file, and parsing the
+lines other processes append to a shared file.
 
 *Torn lines.* A write cut short (the worker killed in the middle of a large
 one, a full disk) leaves a last line without its end. The next writer to take
@@ -70,14 +70,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
-import re
 import stat
 import string
 import threading
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import FileIO
@@ -90,6 +88,7 @@ from logbus._log import get_logger
 from logbus.errors import ConfigError
 from logbus.record import LogRecord
 from logbus.sinks._options import ByteSize, ConfigurableSink, SinkOptions
+from logbus.sinks._tail import Window, last_rotated, tail_ids, unseen
 
 __all__ = ["JsonlOptions", "JsonlSink"]
 
@@ -97,13 +96,8 @@ log = get_logger(__name__)
 
 #: Files kept open at once with a template; the least recently used is closed beyond.
 MAX_OPEN_FILES = 64
-#: The most bytes read from the end of a file to learn the ids of its last lines.
-TAIL_BYTES = 64 * 1024 * 1024
-_CHUNK = 256 * 1024
 _PLACEHOLDERS = frozenset({"facility", "severity"})
 _PERIOD_FORMAT = {"hourly": "%Y-%m-%dT%H", "daily": "%Y-%m-%d"}
-# The tags _free_name puts between a rotated file's stem and suffix.
-_ROTATED_TAG = r"\.\d{4}-\d{2}-\d{2}(?:T\d{2}(?:-\d{2}-\d{2})?)?(?:\.\d+)?"
 
 Rotate = Literal["hourly", "daily"]
 Fsync = Literal["always", "batch", "never"]
@@ -123,50 +117,6 @@ class JsonlOptions(SinkOptions):
     fsync: Fsync = "never"
     dedupe: bool = True
     dedupe_window: int | None = Field(default=None, ge=1, le=10_000_000)
-
-
-class _Window:
-    """The ids of the last ``size`` lines of one path: a set to ask, a deque to forget."""
-
-    __slots__ = ("_ids", "_order", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._ids: set[str] = set()
-        self._order: deque[str] = deque()
-
-    def __contains__(self, record_id: object) -> bool:
-        return record_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def isdisjoint(self, ids: set[str]) -> bool:
-        """Whether none of ``ids`` is remembered."""
-        return self._ids.isdisjoint(ids)
-
-    def add(self, record_id: str) -> None:
-        """Remember ``record_id`` as the newest, forgetting the oldest beyond ``size``."""
-        if record_id in self._ids:
-            return  # once is enough: the deque then never holds an id twice
-        if len(self._order) >= self.size:
-            self._ids.discard(self._order.popleft())
-        self._order.append(record_id)
-        self._ids.add(record_id)
-
-    def extend(self, newer: Iterable[str]) -> None:
-        """Remember each of ``newer`` (oldest first), as :meth:`add` does."""
-        for record_id in newer:
-            self.add(record_id)
-
-    def add_older(self, older: Sequence[str]) -> None:
-        """Remember ``older`` (oldest first) as older than every id known, as room allows."""
-        for record_id in reversed(older):
-            if len(self._order) >= self.size:
-                return
-            if record_id not in self._ids:
-                self._order.appendleft(record_id)
-                self._ids.add(record_id)
 
 
 @dataclass
@@ -216,7 +166,7 @@ class JsonlSink(ConfigurableSink):
         self._clock = clock or (lambda: datetime.now(UTC))
         self._fields = _template_fields(str(self.path))
         self._files: OrderedDict[Path, _Open] = OrderedDict()
-        self._windows: dict[Path, _Window] = {}
+        self._windows: dict[Path, Window] = {}
         self._opened = False
         self._lock = threading.Lock()
 
@@ -251,10 +201,13 @@ class JsonlSink(ConfigurableSink):
         A record already in the file (see the module docstring) is skipped and
         counts as stored.
         """
-        groups: dict[Path, list[int]] = {}
         lines = [(record.id, record.to_bytes() + b"\n") for record in batch]
-        for index, record in enumerate(batch):
-            groups.setdefault(self._target(record), []).append(index)
+        groups: dict[Path, list[int]] = {}
+        if self._fields:
+            for index, record in enumerate(batch):
+                groups.setdefault(self._target(record), []).append(index)
+        elif batch:
+            groups[self.path] = list(range(len(batch)))
         results: list[Exception | None] = [None] * len(batch)
         with self._lock:
             if not self._opened:
@@ -262,7 +215,8 @@ class JsonlSink(ConfigurableSink):
             now = self._clock()
             for target, indexes in groups.items():
                 try:
-                    self._append(target, [lines[i] for i in indexes], now)
+                    whole = len(indexes) == len(lines)
+                    self._append(target, lines if whole else [lines[i] for i in indexes], now)
                 except OSError as exc:  # a full disk, say: the worker retries these records
                     self._forget(target)
                     for i in indexes:
@@ -299,7 +253,7 @@ class JsonlSink(ConfigurableSink):
         with _locked_file(state):
             self._catch_up(target, state)  # what others appended: their ids, a torn end
             if window is not None:
-                lines = _unseen(window, lines)
+                lines = unseen(window, lines)
             if lines:
                 self._write(state, [line for _, line in lines])
         if window is not None:
@@ -335,7 +289,7 @@ class JsonlSink(ConfigurableSink):
         start = state.end if size > state.end else 0  # smaller: truncated by someone
         window = self._windows.get(target)
         if window is not None:
-            for record_id in _tail_ids(fd, start, size, window.size):
+            for record_id in tail_ids(fd, start, size, window.size):
                 window.add(record_id)
         if size and os.pread(fd, 1, size - 1) != b"\n":
             _write_all(fd, b"\n")
@@ -374,7 +328,7 @@ class JsonlSink(ConfigurableSink):
         state = _Open(handle, period, regular=regular and stat.S_ISREG(info.st_mode))
         first = self.dedupe and state.regular and target not in self._windows
         if first:
-            self._windows[target] = _Window(self.dedupe_window)
+            self._windows[target] = Window(self.dedupe_window)
         try:
             with _locked_file(state):
                 self._catch_up(target, state)
@@ -395,11 +349,11 @@ class JsonlSink(ConfigurableSink):
     def _learn_rotated(self, target: Path) -> None:
         """Fewer lines at ``target`` than its window holds: learn those of its last rotation."""
         window = self._windows[target]
-        previous = _last_rotated(target) if len(window) < window.size else None
+        previous = last_rotated(target) if len(window) < window.size else None
         if previous is not None:
             with FileIO(previous) as handle:
                 fd = handle.fileno()
-                window.add_older(_tail_ids(fd, 0, os.fstat(fd).st_size, window.size))
+                window.add_older(tail_ids(fd, 0, os.fstat(fd).st_size, window.size))
 
     def _rotate(self, target: Path, state: _Open, now: datetime) -> _Open:
         """Move ``target`` aside under a tag, unless another process already did; reopen it."""
@@ -423,64 +377,6 @@ class JsonlSink(ConfigurableSink):
                 state.file.close()
 
 
-def _unseen(window: _Window, lines: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """The lines whose record is neither in ``window`` nor earlier in ``lines``."""
-    ids = {record_id for record_id, _ in lines}
-    if len(ids) == len(lines) and window.isdisjoint(ids):
-        return lines  # the usual case, at the cost of one set
-    fresh: list[tuple[str, bytes]] = []
-    batch: set[str] = set()
-    for record_id, line in lines:
-        if record_id in window or record_id in batch:
-            continue
-        batch.add(record_id)
-        fresh.append((record_id, line))
-    return fresh
-
-
-def _tail_ids(fd: int, start: int, end: int, limit: int) -> list[str]:
-    """The ids of the records of the last ``limit`` lines between ``start`` and ``end``.
-
-    Oldest first. ``start`` is where a line begins; only lines ending before
-    ``end`` count, and only those that parse as a record (not a torn one).
-    Reads backwards from ``end``, at most :data:`TAIL_BYTES`.
-    """
-    floor = max(start, end - TAIL_BYTES)
-    position = end
-    chunks: list[bytes] = []
-    newlines = 0
-    while position > floor and newlines <= limit:
-        wanted = min(_CHUNK, position - floor)
-        chunk = os.pread(fd, wanted, position - wanted)
-        if len(chunk) != wanted:  # truncated while we read: what we have will do
-            break
-        position -= wanted
-        chunks.append(chunk)
-        newlines += chunk.count(b"\n")
-    lines = b"".join(reversed(chunks)).split(b"\n")
-    lines.pop()  # after the last newline: nothing, or a line not yet ended
-    if position > start and lines:
-        lines.pop(0)  # the end of a line that began before what was read
-    ids: list[str] = []
-    for line in lines[-limit:]:
-        record_id = _record_id(line)
-        if record_id is not None:
-            ids.append(record_id)
-    return ids
-
-
-def _record_id(line: bytes) -> str | None:
-    """The ``id`` of a line that is a whole record's JSON, else None."""
-    if not line.startswith(b"{"):
-        return None
-    try:
-        data = json.loads(line)
-    except (ValueError, RecursionError):  # a torn line, or something else: no record
-        return None
-    record_id = data.get("id") if isinstance(data, dict) else None
-    return record_id if isinstance(record_id, str) and record_id else None
-
-
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of ``data``: ``os.write`` may take only part of it."""
     view = memoryview(data)
@@ -493,21 +389,6 @@ def _regular_or_missing(target: Path) -> bool:
         return stat.S_ISREG(os.stat(target).st_mode)
     except FileNotFoundError:
         return True
-
-
-def _last_rotated(target: Path) -> Path | None:
-    """The file most recently rotated from ``target`` (by its name's tag), if there is one."""
-    pattern = re.compile(re.escape(target.stem) + _ROTATED_TAG + re.escape(target.suffix) + r"\Z")
-    newest: tuple[float, str] | None = None
-    try:
-        with os.scandir(target.parent) as entries:
-            for entry in entries:
-                if pattern.match(entry.name) and entry.is_file():
-                    key = (entry.stat().st_mtime, entry.name)
-                    newest = key if newest is None or key > newest else newest
-    except OSError:
-        return None
-    return None if newest is None else target.with_name(newest[1])
 
 
 def _template_fields(path: str) -> set[str]:

@@ -242,6 +242,10 @@ class PostgresSink(ConfigurableSink):
         self._slots.release()
 
 
+# json.dumps with separators builds an encoder per call; this one is made once.
+_encode_fields = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -257,7 +261,7 @@ def _row(record: LogRecord) -> tuple[Any, ...]:
         record.app,
         record.pid,
         record.message,
-        json.dumps(record.fields, separators=(",", ":")),
+        _encode_fields(record.fields) if record.fields else "{}",
         record.v,
     )
 

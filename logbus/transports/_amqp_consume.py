@@ -25,7 +25,7 @@ from logbus._log import get_logger
 from logbus.errors import TransportClosed, TransportError
 from logbus.transports._amqp_slot import io_callback
 from logbus.transports._pika_convert import from_pika, reply_error
-from logbus.transports.base import Delivery
+from logbus.transports.base import BatchSettler, Delivery, Settler
 
 if TYPE_CHECKING:
     from logbus.transports._amqp_io import Core
@@ -61,6 +61,9 @@ class AmqpConsumer:
         self._ended = False
         self._latest: Any = None
         self._started: Started | None = None
+        # How the deliveries of the live channel settle: made once per channel, not per message.
+        self._settle: Settler | None = None
+        self._settle_many: BatchSettler | None = None
 
     # -- the user's side ------------------------------------------------------
 
@@ -83,6 +86,32 @@ class AmqpConsumer:
             # Its channel is gone, so the broker has requeued it: it will come again.
             log.debug("amqp.stale_delivery_skipped", queue=self.queue, tag=delivery.delivery_tag)
         return None
+
+    def get_many(self, limit: int, timeout: float | None = None) -> list[Delivery]:
+        """Up to ``limit`` deliveries: the first within ``timeout`` seconds, then those
+        already received; empty after the timeout or once cancelled."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        inbox = self._inbox
+        while len(batch) < limit:
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is _END:
+                self._ended = True
+                break
+            assert isinstance(item, tuple)
+            epoch, delivery = item
+            if epoch == self.live_epoch:
+                batch.append(delivery)
+            else:
+                log.debug(
+                    "amqp.stale_delivery_skipped", queue=self.queue, tag=delivery.delivery_tag
+                )
+        return batch
 
     def __iter__(self) -> Iterator[Delivery]:
         while (delivery := self.get()) is not None:
@@ -202,6 +231,8 @@ class AmqpConsumer:
         self.epoch += 1
         self.live_epoch = self.epoch
         self.unacked.clear()
+        self._settle = partial(self._core.settle, self, self.epoch)
+        self._settle_many = partial(self._core.settle_many, self, self.epoch)
         if self.cancelled:  # cancelled while (re)starting
             channel.basic_cancel(self.tag, callback=lambda _frame: self.io_end())
         self._finish_start(None)
@@ -209,16 +240,19 @@ class AmqpConsumer:
     @io_callback
     def _delivered(self, channel: Any, _ch: Any, method: Any, properties: Any, body: bytes) -> None:
         epoch = self.live_epoch
-        if channel is not self.channel or epoch is None:
+        settle = self._settle
+        if channel is not self.channel or epoch is None or settle is None:
             return
-        self.unacked.add(method.delivery_tag)
+        tag = method.delivery_tag
+        self.unacked.add(tag)
         delivery = Delivery(
             from_pika(properties, body, method.exchange, method.routing_key),
-            delivery_tag=method.delivery_tag,
+            delivery_tag=tag,
             redelivered=bool(method.redelivered),
             consumer_tag=self.tag,
             queue=self.queue,
-            settle=partial(self._core.settle, self, epoch),
+            settle=settle,
+            settle_many=self._settle_many,
         )
         self._inbox.put((epoch, delivery))
 

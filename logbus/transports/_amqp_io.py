@@ -22,7 +22,7 @@ import contextlib
 import random
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from functools import partial
 from typing import Any, TypeVar
@@ -48,12 +48,12 @@ from logbus.transports._amqp_topology import Declaration, Declared
 from logbus.transports._pika_convert import Endpoint, connect_error, reason
 from logbus.transports.base import Settlement
 
-__all__ = ["Core", "backoff"]
+__all__ = ["Core", "backoff", "plan_acks"]
 
 log = get_logger("logbus.transports.amqp")
 
-#: A queued settlement: (consumer or channel slot, epoch, how, tag, multiple, requeue).
-_Settle = tuple["ChannelSlot | AmqpConsumer", int, Settlement, int, bool, bool]
+#: A queued settlement: (consumer or channel slot, epoch, how, tags, multiple, requeue).
+_Settle = tuple["ChannelSlot | AmqpConsumer", int, Settlement, tuple[int, ...], bool, bool]
 
 T = TypeVar("T")
 
@@ -205,59 +205,101 @@ class Core:
         unknown tag is logged on the I/O thread (the Delivery already refuses
         a second settle of itself).
         """
+        self._queue_settlement((target, epoch, how, (tag,), multiple, requeue))
+
+    def settle_many(
+        self,
+        target: ChannelSlot | AmqpConsumer,
+        epoch: int,
+        how: Settlement,
+        tags: Sequence[int],
+        requeue: bool,
+    ) -> None:
+        """Settle several deliveries of ``target`` alike, from any thread, without waiting:
+        one entry in the queue for all of them (see :meth:`settle`)."""
+        self._queue_settlement((target, epoch, how, tuple(tags), False, requeue))
+
+    def _queue_settlement(self, settlement: _Settle) -> None:
         if self.closing or not self._accepting:
             raise TransportClosed("the transport is closed; its deliveries went back to the queue")
-        self._settlements.append((target, epoch, how, tag, multiple, requeue))
+        self._settlements.append(settlement)
         if not self._settle_scheduled:
             self._settle_scheduled = True
             self.submit_quietly(self._io_drain_settlements)
 
     def _io_drain_settlements(self) -> None:
+        """Send what was queued: the plain acks of each consumer folded together (see
+        :func:`plan_acks`), everything else as it came, in order for its consumer."""
         self._settle_scheduled = False
         pending = self._settlements
+        # Plain acks gathered per (consumer, epoch), sent when something else for that
+        # consumer comes (a nack must not overtake an ack queued before it) or at the end.
+        acks: dict[tuple[int, int], tuple[ChannelSlot | AmqpConsumer, int, list[int]]] = {}
         while pending:
-            batch = []
-            while pending:
-                try:
-                    batch.append(pending.popleft())
-                except IndexError:
-                    break
-            for target, epoch, how, tag, multiple, requeue in self._coalesce(batch):
+            try:
+                target, epoch, how, tags, multiple, requeue = pending.popleft()
+            except IndexError:
+                break
+            key = (id(target), epoch)
+            if how is Settlement.ACK and not multiple:
+                gathered = acks.get(key)
+                if gathered is None:
+                    acks[key] = (target, epoch, list(tags))
+                else:
+                    gathered[2].extend(tags)
+                continue
+            gathered = acks.pop(key, None)
+            if gathered is not None:
+                self._io_ack_all(*gathered)
+            for tag in tags:
                 try:
                     self._io_settle(target, epoch, how, tag, multiple, requeue)
                 except LogbusError as exc:
                     log.warning("amqp.settlement_refused", how=how.value, tag=tag, reason=str(exc))
+        for gathered in acks.values():
+            self._io_ack_all(*gathered)
 
-    @staticmethod
-    def _coalesce(batch: list[_Settle]) -> list[_Settle]:
-        """Fold single acks into one multiple-ack where that is exactly the same thing.
-
-        A run of plain acks on one channel becomes ``basic.ack(max, multiple)`` only
-        when every delivery still unacked up to ``max`` is in the run — then the
-        broker forgets precisely the same deliveries, with one frame instead of many.
-        """
-        out: list[_Settle] = []
-        i = 0
-        while i < len(batch):
-            target, epoch = batch[i][0], batch[i][1]
-            j = i
-            tags = []
-            while j < len(batch):
-                t, e, h, g, m, _ = batch[j]
-                if t is not target or e != epoch or h is not Settlement.ACK or m:
-                    break
-                tags.append(g)
-                j += 1
-            if len(tags) > 1:
-                top = max(tags)
-                held = {g for g in target.unacked if g <= top}
-                if held == set(tags):
-                    out.append((target, epoch, Settlement.ACK, top, True, False))
-                    i = j
-                    continue
-            out.append(batch[i])
-            i += 1
-        return out
+    def _io_ack_all(self, target: ChannelSlot | AmqpConsumer, epoch: int, tags: list[int]) -> None:
+        """Ack exactly ``tags`` of ``target`` in as few frames as say the same thing."""
+        if self.closing:
+            log.warning(
+                "amqp.settlement_refused",
+                how=Settlement.ACK.value,
+                tags=len(tags),
+                reason="the transport is closed; its deliveries went back to the queue",
+            )
+            return
+        channel = target.channel
+        if channel is None or epoch != target.live_epoch or not channel.is_open:
+            log.info(
+                "amqp.stale_settlement",
+                how=Settlement.ACK.value,
+                tags=len(tags),
+                first=min(tags),
+                on=target.describe(),
+                why="its channel is gone, so the broker requeued them and will deliver them again",
+            )
+            return
+        unacked = target.unacked
+        wanted = set(tags)
+        known = wanted & unacked
+        for tag in sorted(wanted - known):
+            log.warning(
+                "amqp.settlement_refused",
+                how=Settlement.ACK.value,
+                tag=tag,
+                reason=f"PRECONDITION_FAILED - unknown delivery tag {tag} (already settled, "
+                "maybe by an earlier multiple ack); settle each delivery once",
+            )
+        if not known:
+            return
+        top, singles = plan_acks(unacked, known)
+        if top is not None:
+            channel.basic_ack(top, multiple=True)
+        for tag in singles:
+            channel.basic_ack(tag, multiple=False)
+        unacked.difference_update(known)
+        target.io_after_settle()
 
     def close(self) -> None:
         """Close channels and connection, stop the I/O thread; idempotent."""
@@ -554,6 +596,38 @@ class Core:
             # every unacked delivery.
             connection.close()
         self._timer = self.loop.call_later(self.connect_timeout, self._stop)
+
+
+def plan_acks(unacked: set[int], tags: Collection[int]) -> tuple[int | None, list[int]]:
+    """How to ack exactly ``tags`` (distinct, each in ``unacked``) in the fewest frames.
+
+    Returns ``(top, singles)``: ``basic.ack(top, multiple=True)`` (unless ``top`` is
+    None) and one plain ``basic.ack`` per tag of ``singles``. A multiple ack settles
+    every unacked tag up to its own, so ``top`` ends the longest run of the lowest
+    unacked tags that are all in ``tags``; the tags above it, behind one still held
+    (another thread's batch, a record still being written), go one by one.
+    """
+    ordered = sorted(tags)
+    if len(ordered) == len(unacked):  # every delivery held is acked
+        return (ordered[-1], []) if len(ordered) > 1 else (None, ordered)
+    if ordered[0] != min(unacked):
+        return None, ordered
+    end = 1  # ordered[:end] are the lowest unacked tags, with no other unacked among them
+    while end < len(ordered):
+        below, tag = ordered[end - 1], ordered[end]
+        if tag != below + 1 and _held_between(unacked, below, tag):
+            break
+        end += 1
+    if end == 1:
+        return None, ordered
+    return ordered[end - 1], ordered[end:]
+
+
+def _held_between(unacked: set[int], low: int, high: int) -> bool:
+    """Whether some tag strictly between ``low`` and ``high`` is still unacked."""
+    if high - low - 1 <= len(unacked):
+        return any(tag in unacked for tag in range(low + 1, high))
+    return any(low < tag < high for tag in unacked)
 
 
 def _passive_queue(name: str, channel: Any, done: Callable[[Any], None]) -> None:

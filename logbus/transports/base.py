@@ -14,7 +14,7 @@ refused it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,11 +25,14 @@ __all__ = [
     "DEFAULT_PREFETCH",
     "AsyncConsumer",
     "AsyncTransport",
+    "BatchSettler",
     "Consumer",
     "Delivery",
     "QueueInfo",
     "Settlement",
     "Transport",
+    "get_many",
+    "settle_many",
 ]
 
 #: Unacked deliveries a consumer may hold; high enough to keep a pipe full,
@@ -47,6 +50,10 @@ class Settlement(Enum):
 
 #: Called by :class:`Delivery` to tell the transport: (how, delivery_tag, multiple, requeue).
 Settler = Callable[[Settlement, int, bool, bool], None]
+#: Called by :func:`settle_many` to tell the transport of several deliveries of one
+#: consumer at once: (how, delivery tags, requeue). The transport may fold them into
+#: fewer frames (one ``basic.ack`` with ``multiple``), as long as exactly those are settled.
+BatchSettler = Callable[[Settlement, Sequence[int], bool], None]
 
 
 class Delivery:
@@ -55,6 +62,7 @@ class Delivery:
     __slots__ = (
         "_lock",
         "_settle",
+        "_settle_many",
         "consumer_tag",
         "delivery_tag",
         "message",
@@ -72,6 +80,7 @@ class Delivery:
         consumer_tag: str,
         queue: str,
         settle: Settler,
+        settle_many: BatchSettler | None = None,
     ) -> None:
         self.message = message
         self.delivery_tag = delivery_tag
@@ -80,6 +89,8 @@ class Delivery:
         self.queue = queue
         self.settled: Settlement | None = None
         self._settle = settle
+        # The same for every delivery of one consumer (and channel): settle_many groups by it.
+        self._settle_many = settle_many
 
     @property
     def body(self) -> bytes:
@@ -130,6 +141,48 @@ class Delivery:
         )
 
 
+def settle_many(
+    deliveries: Sequence[Delivery], how: Settlement = Settlement.ACK, *, requeue: bool = False
+) -> None:
+    """Settle each of ``deliveries`` once, as ``how``: as ``ack()``, ``nack(requeue=...)``
+    or ``reject(requeue=...)`` on each would, in as few calls into the transport as it allows.
+
+    A transport that settles many deliveries of a consumer at once (the ``amqp://``
+    one folds them into as few ``basic.ack`` frames as say exactly the same) gets one
+    call per consumer; the others (and deliveries of a subclass of :class:`Delivery`)
+    are settled one by one through their own ``ack``, ``nack`` or ``reject``. If any
+    of ``deliveries`` was settled already (or is given twice), raises
+    ``PreconditionFailed`` and settles none.
+    """
+    if len({id(delivery) for delivery in deliveries}) != len(deliveries):
+        raise PreconditionFailed("a delivery was given twice; settle each delivery once")
+    for delivery in deliveries:
+        if delivery.settled is not None:
+            raise PreconditionFailed(
+                f"delivery {delivery.delivery_tag} was already settled "
+                f"({delivery.settled.value}); settle each delivery once"
+            )
+    groups: dict[int, tuple[BatchSettler, list[int]]] = {}
+    for delivery in deliveries:
+        many = delivery._settle_many
+        if many is None or type(delivery) is not Delivery:  # a subclass settles its own way
+            if how is Settlement.ACK:
+                delivery.ack()
+            elif how is Settlement.NACK:
+                delivery.nack(requeue=requeue)
+            else:
+                delivery.reject(requeue=requeue)
+            continue
+        delivery.settled = how
+        group = groups.get(id(many))
+        if group is None:
+            groups[id(many)] = (many, [delivery.delivery_tag])
+        else:
+            group[1].append(delivery.delivery_tag)
+    for many, tags in groups.values():
+        many(how, tags, requeue)
+
+
 @runtime_checkable
 class Consumer(Protocol):
     """A running consumer of one queue; iterate it, or pull with :meth:`get`."""
@@ -148,6 +201,30 @@ class Consumer(Protocol):
     def cancel(self) -> None:
         """Stop receiving; deliveries already received can still be settled."""
         ...
+
+
+def get_many(consumer: Consumer, limit: int, timeout: float | None = None) -> list[Delivery]:
+    """Up to ``limit`` deliveries: waits up to ``timeout`` seconds (None: forever) for the
+    first, then takes only those already there. Empty after the timeout or once cancelled.
+
+    A consumer whose class has a ``get_many(limit, timeout)`` (``amqp://``,
+    ``memory://``) hands them over in one go; any other is asked ``get``
+    repeatedly — so is a wrapper that passes other attributes through to such a
+    consumer but has a ``get`` of its own.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    own = getattr(type(consumer), "get_many", None)
+    if own is not None:
+        batch: list[Delivery] = own(consumer, limit, timeout)
+        return batch
+    first = consumer.get(timeout)
+    if first is None:
+        return []
+    batch = [first]
+    while len(batch) < limit and (more := consumer.get(timeout=0)) is not None:
+        batch.append(more)
+    return batch
 
 
 @runtime_checkable

@@ -9,7 +9,7 @@ had not acknowledged, as a dropped AMQP connection would.
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -64,6 +64,9 @@ class MemoryConsumer:
         self._session = session
         self._inbox: queue.SimpleQueue[Delivered | object] = queue.SimpleQueue()
         self._cancelled = False
+        # Bound once: settle_many groups deliveries by their settler.
+        self._settler = self._settle
+        self._batch_settler = self._settle_many
         self.tag = session.consume(
             queue_name,
             self._inbox.put,
@@ -88,18 +91,46 @@ class MemoryConsumer:
             self._cancelled = True
             return None
         assert isinstance(item, Delivered)
+        return self._delivery(item)
+
+    def get_many(self, limit: int, timeout: float | None = None) -> list[Delivery]:
+        """Up to ``limit`` deliveries: the first within ``timeout`` seconds, then those
+        already delivered; empty after the timeout or once cancelled."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < limit:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is _CANCELLED:
+                self._cancelled = True
+                break
+            assert isinstance(item, Delivered)
+            batch.append(self._delivery(item))
+        return batch
+
+    def _delivery(self, item: Delivered) -> Delivery:
         return Delivery(
             item.message,
             delivery_tag=item.delivery_tag,
             redelivered=item.redelivered,
             consumer_tag=item.consumer_tag,
             queue=item.queue,
-            settle=self._settle,
+            settle=self._settler,
+            settle_many=self._batch_settler,
         )
 
     def _settle(self, how: Settlement, tag: int, multiple: bool, requeue: bool) -> None:
         requeue_or_ack = None if how is Settlement.ACK else requeue
         self._session.settle_later(tag, multiple=multiple, requeue=requeue_or_ack)
+
+    def _settle_many(self, how: Settlement, tags: Sequence[int], requeue: bool) -> None:
+        requeue_or_ack = None if how is Settlement.ACK else requeue
+        for tag in tags:
+            self._session.settle_later(tag, multiple=False, requeue=requeue_or_ack)
 
     def __iter__(self) -> Iterator[Delivery]:
         while (delivery := self.get()) is not None:

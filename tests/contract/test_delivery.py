@@ -9,6 +9,7 @@ import pytest
 from logbus.errors import NotConfirmed, PreconditionFailed, ResourceLocked
 from logbus.message import Message, Properties
 from logbus.transports import Consumer, Delivery, Transport
+from logbus.transports.base import Settlement, get_many, settle_many
 
 
 def put(transport: Transport, queue: str, *bodies: str, properties: Properties | None = None):
@@ -133,6 +134,95 @@ def test_settling_a_delivery_twice_is_refused(make, open_transport):
     d.ack()
     with pytest.raises(PreconditionFailed):
         d.ack()
+
+
+def take_many(consumer: Consumer, n: int, limit: int, timeout: float = 5.0) -> list[list[Delivery]]:
+    """Batches from get_many (at most ``limit`` each) until n deliveries came, in order."""
+    batches: list[list[Delivery]] = []
+    deadline = time.monotonic() + timeout
+    while sum(len(batch) for batch in batches) < n:
+        left = deadline - time.monotonic()
+        got = sum(len(batch) for batch in batches)
+        assert left > 0, f"only {got} of {n} deliveries arrived"
+        batch = get_many(consumer, limit, timeout=left)
+        assert 1 <= len(batch) <= limit
+        batches.append(batch)
+    return batches
+
+
+def test_get_many_hands_over_deliveries_in_order_at_most_limit_at_a_time(make, open_transport):
+    """Batches of get_many hold at most its limit, in queue order; empty after the timeout."""
+    q = make.queue("work")
+    consumer = open_transport().consume(q, prefetch=10)
+    put(make.transport, q, *[str(i) for i in range(7)])
+    batches = take_many(consumer, 7, limit=3)
+    assert [d.body for batch in batches for d in batch] == [str(i).encode() for i in range(7)]
+    assert get_many(consumer, 3, timeout=0.3) == []
+
+
+def test_get_many_waits_for_the_first_delivery(make, open_transport):
+    """A get_many waiting on an empty queue returns the message published meanwhile."""
+    q = make.queue("work")
+    consumer = open_transport().consume(q, prefetch=10)
+    assert get_many(consumer, 5, timeout=0) == []
+    put(make.transport, q, "late")
+    assert [d.body for d in get_many(consumer, 5, timeout=5.0)] == [b"late"]
+
+
+def test_settle_many_acks_exactly_the_deliveries_given(make, open_transport):
+    """Acking the 1st and 3rd of four leaves the 2nd and 4th unacked: they come back."""
+    q = make.queue("work")
+    doomed = open_transport()
+    consumer = doomed.consume(q, prefetch=10)
+    put(make.transport, q, "a", "b", "c", "d")
+    a, b, c, _d = take(consumer, 4)
+    settle_many([c, a])
+    assert (a.settled, b.settled, c.settled) == (Settlement.ACK, None, Settlement.ACK)
+    doomed.close()
+    again = take(open_transport().consume(q, prefetch=10), 2)
+    assert [delivery.body for delivery in again] == [b"b", b"d"]
+    assert all(delivery.redelivered for delivery in again)
+
+
+def test_settle_many_acks_a_whole_batch(make, open_transport):
+    """A batch acked with settle_many is gone from the queue for good."""
+    q = make.queue("work")
+    conn = open_transport()
+    consumer = conn.consume(q, prefetch=10)
+    put(make.transport, q, *[str(i) for i in range(6)])
+    settle_many([d for batch in take_many(consumer, 6, limit=6) for d in batch])
+    conn.close()
+    assert nothing_more(open_transport().consume(q, prefetch=10))
+    assert make.transport.declare_queue(q, passive=True).message_count == 0
+
+
+def test_settle_many_with_requeue_redelivers_the_batch(make, open_transport):
+    """A batch nacked with requeue comes back, each with redelivered=True."""
+    q = make.queue("work")
+    consumer = open_transport().consume(q, prefetch=10)
+    put(make.transport, q, "a", "b")
+    first = take(consumer, 2)
+    settle_many(first, Settlement.NACK, requeue=True)
+    again = take(consumer, 2)
+    assert sorted(d.body for d in again) == [b"a", b"b"]
+    assert all(d.redelivered for d in again)
+    settle_many(again)
+
+
+def test_settle_many_refuses_a_settled_delivery_and_settles_none(make, open_transport):
+    """One delivery of the batch already acked: PreconditionFailed, the others untouched."""
+    q = make.queue("work")
+    consumer = open_transport().consume(q, prefetch=10)
+    put(make.transport, q, "a", "b")
+    a, b = take(consumer, 2)
+    a.ack()
+    with pytest.raises(PreconditionFailed):
+        settle_many([b, a])
+    assert b.settled is None
+    with pytest.raises(PreconditionFailed):
+        settle_many([b, b])
+    settle_many([b])
+    assert b.settled is Settlement.ACK
 
 
 def test_get_takes_one_message_and_none_when_empty(make, transport):

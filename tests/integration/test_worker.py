@@ -183,6 +183,30 @@ def test_every_record_is_stored_then_acked_and_the_queue_empties(amqp_url, admin
     assert (sink.opened, sink.closed) == (1, 1)
 
 
+def test_batches_finishing_out_of_order_are_all_acked_once(amqp_url, admin, work_queue):
+    """1,000 records, 4 threads whose writes end out of order: each stored once, all acked.
+
+    The acks of the threads' batches interleave, and are folded into multiple-acks
+    where that says the same: none may be left unacked (it would be back in the
+    queue once the worker's connection closed). That none is acked early is the
+    unit tests' part (``tests/unit/test_ack_coalescing.py``).
+    """
+    batch = records(1000)
+    publish(admin, work_queue, batch)
+    pauses = iter([0.0, 0.004, 0.001, 0.002] * 1000)
+
+    def uneven(record: LogRecord, attempt: int) -> None:
+        threading.Event().wait(next(pauses) / 10)
+
+    sink = ProbeSink(uneven)
+    running = Running(Worker(amqp_url, work_queue, sink, concurrency=4, prefetch=200))
+    wait_until(lambda: len(sink.stored) == 1000, 30, "1,000 records stored")
+    summary = running.stop()
+    assert sorted(sink.stored) == sorted(r.id for r in batch)
+    assert (summary.handled, summary.failed) == (1000, 0)
+    assert ready(admin, work_queue) == 0
+
+
 def test_a_record_is_not_acked_while_the_sink_is_still_writing_it(
     amqp_url, admin, work_queue, broker_ctl
 ):

@@ -1,42 +1,156 @@
-"""Single acks fold into one multiple-ack only when that acks exactly the same deliveries."""
+"""Acks fold into one multiple-ack only when that acks exactly the same deliveries."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
-from logbus.transports._amqp_io import Core
+import pytest
+
+from logbus.transports._amqp_io import Core, plan_acks
+from logbus.transports._pika_convert import endpoints
 from logbus.transports.base import Settlement
 
 ACK, NACK = Settlement.ACK, Settlement.NACK
 
 
-def acks(target, *tags, epoch=1):
-    """Plain single acks of ``tags`` on ``target``."""
-    return [(target, epoch, ACK, tag, False, False) for tag in tags]
+def test_acking_every_unacked_tag_is_one_multiple_ack():
+    """Acks of 1, 2, 3 while only those are unacked become ack(3, multiple)."""
+    assert plan_acks({1, 2, 3}, {3, 1, 2}) == (3, [])
 
 
-def test_a_run_covering_every_unacked_tag_becomes_one_multiple_ack():
-    """Acks of 1, 2, 3 with nothing else unacked below 3 become ack(3, multiple)."""
-    consumer = SimpleNamespace(unacked={1, 2, 3, 7})
-    assert Core._coalesce(acks(consumer, 1, 2, 3)) == [(consumer, 1, ACK, 3, True, False)]
+def test_a_run_of_the_lowest_unacked_tags_becomes_one_multiple_ack():
+    """Acks of 1, 2, 3 with 7 still held become ack(3, multiple); 7 is untouched."""
+    assert plan_acks({1, 2, 3, 7}, {1, 2, 3}) == (3, [])
+
+
+def test_tags_behind_one_still_held_go_one_by_one():
+    """Acks of 1, 2, 4, 5 while 3 is held: ack(2, multiple), then 4 and 5 alone."""
+    assert plan_acks({1, 2, 3, 4, 5}, {1, 2, 4, 5}) == (2, [4, 5])
 
 
 def test_a_run_with_a_gap_stays_single_acks():
     """Acks of 1 and 3 while 2 is still held must not ack 2 by accident."""
-    consumer = SimpleNamespace(unacked={1, 2, 3})
-    batch = acks(consumer, 1, 3)
-    assert Core._coalesce(batch) == batch
+    assert plan_acks({1, 2, 3}, {1, 3}) == (None, [1, 3])
 
 
-def test_a_nack_breaks_the_run():
-    """A nack between acks keeps its place and its meaning."""
-    consumer = SimpleNamespace(unacked={1, 2, 3})
-    batch = [*acks(consumer, 1), (consumer, 1, NACK, 2, False, True), *acks(consumer, 3)]
-    assert Core._coalesce(batch) == batch
+def test_acks_above_the_lowest_unacked_tag_are_never_multiple():
+    """Acks of 4, 5, 6 while 1 is held (another thread's batch) go one by one."""
+    assert plan_acks({1, 4, 5, 6}, {4, 5, 6}) == (None, [4, 5, 6])
 
 
-def test_runs_on_different_consumers_are_kept_apart():
-    """Acks for two consumers are never folded together."""
-    a, b = SimpleNamespace(unacked={1, 2}), SimpleNamespace(unacked={1, 2})
-    batch = [*acks(a, 1), *acks(b, 1), *acks(a, 2)]
-    assert Core._coalesce(batch) == batch
+def test_tags_settled_earlier_do_not_break_a_run():
+    """Acks of 10 and 20 while 11..19 were settled before: one ack(20, multiple)."""
+    assert plan_acks({10, 20, 30}, {10, 20}) == (20, [])
+
+
+def test_a_lone_ack_is_a_plain_ack():
+    """One tag is one plain ack, whatever else is held."""
+    assert plan_acks({5}, {5}) == (None, [5])
+    assert plan_acks({5, 6}, {5}) == (None, [5])
+
+
+class FakeChannel:
+    """Notes the settlement frames a consumer's channel would send."""
+
+    is_open = True
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[Any, ...]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.frames.append(("ack", tag, multiple))
+
+    def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self.frames.append(("nack", tag, multiple, requeue))
+
+    def basic_reject(self, tag: int, requeue: bool = True) -> None:
+        self.frames.append(("reject", tag, requeue))
+
+
+def consumer(*unacked: int) -> SimpleNamespace:
+    """A stand-in for a consumer on a live channel (epoch 1) holding ``unacked``."""
+    return SimpleNamespace(
+        channel=FakeChannel(),
+        live_epoch=1,
+        unacked=set(unacked),
+        describe=lambda: "consumer",
+        io_after_settle=lambda: None,
+    )
+
+
+@pytest.fixture
+def core() -> Core:
+    """A core that is never started: settlements are drained by hand, as the I/O thread would."""
+    found = endpoints(
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        heartbeat=60,
+        heartbeat_wins=False,
+        connect_timeout=1.0,
+        connection_name="test-ack-coalescing",
+    )
+    made = Core(
+        found, name="test", connect_timeout=1.0, operation_timeout=1.0, max_delay=1.0, window=10
+    )
+    made.submit_quietly = lambda _callback: None  # type: ignore[method-assign]
+    return made
+
+
+def test_batches_of_two_threads_drained_together_are_one_multiple_ack(core):
+    """Two threads' batches (1-3 and 4-6) settled before the I/O thread ran: one frame."""
+    target = consumer(1, 2, 3, 4, 5, 6, 7)
+    core.settle_many(target, 1, ACK, [4, 5, 6], False)
+    core.settle_many(target, 1, ACK, [1, 2, 3], False)
+    core._io_drain_settlements()
+    assert target.channel.frames == [("ack", 6, True)]
+    assert target.unacked == {7}
+
+
+def test_single_acks_fold_with_batch_acks(core):
+    """Delivery.ack() of each and a batch settle of others, in one pass: one frame."""
+    target = consumer(1, 2, 3)
+    core.settle(target, 1, ACK, 2, False, False)
+    core.settle_many(target, 1, ACK, [1, 3], False)
+    core._io_drain_settlements()
+    assert target.channel.frames == [("ack", 3, True)]
+    assert target.unacked == set()
+
+
+def test_a_nack_is_sent_after_the_acks_queued_before_it(core):
+    """Acks of 1, 2 then a nack of 3: the acks go first, folded; the nack keeps its meaning."""
+    target = consumer(1, 2, 3, 4)
+    core.settle_many(target, 1, ACK, [1, 2], False)
+    core.settle(target, 1, NACK, 3, False, True)
+    core.settle(target, 1, ACK, 4, False, False)
+    core._io_drain_settlements()
+    assert target.channel.frames == [("ack", 2, True), ("nack", 3, False, True), ("ack", 4, False)]
+    assert target.unacked == set()
+
+
+def test_acks_of_different_consumers_are_never_folded_together(core):
+    """Each consumer's channel gets only its own acks."""
+    a, b = consumer(1, 2), consumer(1, 2)
+    core.settle_many(a, 1, ACK, [1], False)
+    core.settle_many(b, 1, ACK, [1, 2], False)
+    core.settle_many(a, 1, ACK, [2], False)
+    core._io_drain_settlements()
+    assert a.channel.frames == [("ack", 2, True)]
+    assert b.channel.frames == [("ack", 2, True)]
+
+
+def test_acks_from_a_channel_that_is_gone_send_nothing(core):
+    """Deliveries of an earlier channel (epoch) were requeued by the broker: no frame."""
+    target = consumer(1, 2)
+    core.settle_many(target, 0, ACK, [1, 2], False)
+    core._io_drain_settlements()
+    assert target.channel.frames == []
+    assert target.unacked == {1, 2}
+
+
+def test_an_unknown_tag_is_refused_and_the_others_acked(core):
+    """A tag no longer held (settled twice, somehow) is skipped; the rest are acked."""
+    target = consumer(2, 3)
+    core.settle_many(target, 1, ACK, [1, 2, 3], False)
+    core._io_drain_settlements()
+    assert target.channel.frames == [("ack", 3, True)]
+    assert target.unacked == set()
