@@ -148,6 +148,10 @@ class Queue(_Model):
                 what = f"{field} and arguments[{key!r}] are both set"
                 raise FieldError(what, f"keep only {field}", (field,))
         args = self.amqp_arguments()
+        for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
+            if key in args and not isinstance(args[key], str):
+                what = f"arguments[{key!r}] = {args[key]!r} is not a name"
+                raise FieldError(what, "write a quoted string", ("arguments",))
         if args.get("x-queue-type") == "quorum":
             for flag, wanted in (("durable", True), ("exclusive", False), ("auto_delete", False)):
                 if getattr(self, flag) is not wanted:

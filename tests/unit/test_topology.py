@@ -283,3 +283,10 @@ def test_lookups_return_the_entity_or_a_config_error() -> None:
 def test_all_lists_public_names_that_exist() -> None:
     """Every name in __all__ is defined by the module."""
     assert all(hasattr(topology, name) for name in topology.__all__)
+
+
+def test_a_dead_letter_exchange_that_is_not_a_name_is_refused():
+    """arguments = { x-dead-letter-exchange = true }: one line naming the argument."""
+    text = '[[queues]]\nname = "q"\narguments = { "x-dead-letter-exchange" = true }\n'
+    with pytest.raises(ConfigError, match=r"t\.toml:3: .*x-dead-letter-exchange.*not a name"):
+        loads(text, source="t.toml")
