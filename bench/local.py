@@ -29,8 +29,8 @@ Worker pools — ``Worker`` on ``memory://`` (the broker in this process, so the
              worker process from its spec, as a ``logbus.sinks`` plugin this run
              installs in a temporary directory.
   I/O-bound  records whose sink waits 10 ms (``time.sleep``) each, through
-             ``--pool gevent`` with 1 and then 50 greenlets (prefetch follows: 10,
-             then 100). Greenlets need a monkey-patched process, and patching this
+             ``--pool gevent`` with 1 and then 50 greenlets (the default prefetch,
+             100 for both). Greenlets need a monkey-patched process, and patching this
              one would change what the other parts measure, so each run is a
              patched subprocess (``python -c``) that prints its time.
 

@@ -304,7 +304,7 @@ def test_a_bad_concurrency_is_a_usage_error(logbus):
 def test_records_land_in_the_jsonl_file_and_sigterm_exits_0(setup, start):
     """Every published record becomes one line; SIGTERM exits 0 with a summary line."""
     worker = start("--concurrency", "4")
-    assert "(prefetch 10, 4 threads) → jsonl:" in worker.stderr
+    assert "(prefetch 100, 4 threads) → jsonl:" in worker.stderr
     sent = emit(setup, 300)
     wait_until(lambda: len(worker.records()) >= 300, 15, "300 lines")
     assert worker.terminate() == 0, worker.stderr
@@ -366,14 +366,14 @@ def test_two_equal_workers_share_a_steady_stream_evenly(setup, start):
     assert min(len(a), len(b)) >= 0.35 * len(sent), (len(a), len(b))
 
 
-@pytest.mark.parametrize(("args", "held"), [(("--prefetch", "1"), 1), ((), 10)])
+@pytest.mark.parametrize(("args", "held"), [(("--prefetch", "1"), 1), ((), 100)])
 def test_a_stuck_worker_holds_only_its_prefetch(setup, start, args, held):
     """A worker whose sink blocks keeps just `prefetch` records; another worker does the rest.
 
     The stuck worker's sink is a FIFO whose pipe buffer the test has filled and
     never reads, so its first write blocks for good: the honest slowest worker.
-    With --prefetch 1 it holds one record; with the default (10 for one thread),
-    ten. When it is killed, those come back to the other worker.
+    With --prefetch 1 it holds one record; with the default (100 for one thread),
+    a hundred. When it is killed, those come back to the other worker.
     """
     fifo = setup.tmp / "stuck.fifo"
     os.mkfifo(fifo)
@@ -431,8 +431,8 @@ def test_sigkill_mid_stream_gives_the_unacked_records_to_the_other_worker(setup,
     seen = Counter(victim.records() + survivor.records())
     assert set(seen) == confirmed
     duplicates = sum(n - 1 for n in seen.values())
-    # At most what the victim held unacked: its prefetch (10 for one thread).
-    assert duplicates <= 10, duplicates
+    # At most what the victim held unacked: its prefetch (100 for one thread).
+    assert duplicates <= 100, duplicates
 
 
 # -- the broker restarting --------------------------------------------------------------------
