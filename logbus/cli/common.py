@@ -114,24 +114,27 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def run_guarded(app: typer.Typer, argv: list[str] | None = None) -> int:
-    """Run the app; turn a LogbusError into one stderr line and its exit status."""
+def run_guarded(app: typer.Typer, argv: list[str] | None = None, *, prog: str = "logbus") -> int:
+    """Run the app; turn a LogbusError into one stderr line and its exit status.
+
+    ``prog`` names the program in usage lines and in front of errors.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("LOGBUS_DEBUG") == "1"
     if "--debug" in args:
         args.remove("--debug")
     configure_logging(debug)
     try:
-        app(args=args, prog_name="logbus")
+        app(args=args, prog_name=prog)
     except SystemExit as exc:  # typer ends every run with one, usage errors with 2
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except LogbusError as exc:
         if debug:
             traceback.print_exc()
-        typer.echo(f"logbus: error: {_safe(str(exc))}", err=True)
+        typer.echo(f"{prog}: error: {_safe(str(exc))}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        typer.echo("logbus: interrupted", err=True)
+        typer.echo(f"{prog}: interrupted", err=True)
         return 130
     return 0
 

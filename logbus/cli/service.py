@@ -78,4 +78,5 @@ def service_main(
         )
         typer.echo(f"{name}: stopped: {done}", err=True)
 
-    return run_guarded(app, list(argv) if argv is not None else None)
+    args = list(argv) if argv is not None else None
+    return run_guarded(app, args, prog=f"python -m services.{name}")
