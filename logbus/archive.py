@@ -132,9 +132,13 @@ def sqlite_row(record: LogRecord) -> tuple[Any, ...]:
         record.app,
         record.pid,
         record.message,
-        json.dumps(record.fields, ensure_ascii=False, separators=(",", ":")),
+        _encode_fields(record.fields) if record.fields else "{}",
         record.v,
     )
+
+
+# Built once: json.dumps with options makes a new encoder on every call.
+_encode_fields = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _ts_text(ts: datetime) -> str:

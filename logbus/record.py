@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -185,6 +186,16 @@ class LogRecord(BaseModel):
 _SERIALIZER = LogRecord.__pydantic_serializer__
 _ENCODE_ASCII = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 _KNOWN = frozenset(LogRecord.model_fields)
+# ts as format_ts writes it; other forms get pydantic's own (more lenient) parsing.
+_WIRE_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_NO_FIELDS: Any = object()
+_NEW = LogRecord.__new__
+_SET = object.__setattr__
+# _trusted builds records as model_construct does for a model without these.
+assert LogRecord.__pydantic_post_init__ is None and not LogRecord.__private_attributes__
+assert list(LogRecord.model_fields) == [
+    *("id", "ts", "facility", "severity", "host", "app", "pid", "message", "fields", "v")
+]
 
 
 def _record_error(exc: ValidationError) -> RecordError:
@@ -290,10 +301,86 @@ def _complete(data: dict[str, Any], props: Properties, routing_key: str) -> LogR
         app_id = props.app_id if isinstance(props.app_id, str) else ""
         data["app"] = _from_header(headers, "app", str, app_id)
     data.setdefault("pid", None)
+    trusted = _trusted(data)
+    if trusted is not None:
+        return trusted
     try:
         return LogRecord(**data)
     except RecordError as exc:
         raise DecodeError(f"not a valid record: {exc}") from None
+
+
+def _trusted(data: dict[str, Any]) -> LogRecord | None:
+    """The record validation would build from ``data``, built without running it again,
+    when every value is one validation is known to accept as it is (or, for ``ts`` in
+    the wire's own format, to read as :meth:`datetime.fromisoformat` does); None for
+    anything else, which then gets the full validation and its errors."""
+    if not data.keys() <= _KNOWN:
+        return None
+    try:
+        facility = data["facility"]
+        if type(facility) is not str:
+            return None
+        validate_facility(facility)
+        severity = Severity.parse(data["severity"])
+        ident, host, app, message = data["id"], data["host"], data["app"], data["message"]
+        ts = data["ts"]
+        pid = data["pid"]
+    except (KeyError, RecordError):
+        return None
+    if not (
+        type(ident) is str
+        and ident
+        and type(host) is str
+        and type(app) is str
+        and type(message) is str
+        and (pid is None or type(pid) is int)
+    ):
+        return None
+    if type(ts) is str:
+        if not _WIRE_TS.fullmatch(ts):
+            return None
+        try:
+            ts = datetime.fromisoformat(ts)
+        except ValueError:
+            return None
+    elif type(ts) is not datetime or ts.tzinfo is not UTC:
+        return None
+    fields = data.get("fields", _NO_FIELDS)
+    if fields is _NO_FIELDS:
+        fields = {}
+    elif type(fields) is not dict:
+        return None
+    elif fields:
+        try:
+            fields = _jsonable(fields)
+        except RecordError:
+            return None
+    v = data.get("v", SCHEMA_VERSION)
+    if type(v) is not int or v < 1:
+        return None
+    built = _NEW(LogRecord)
+    # What model_construct does, without its per-field walk (2.5 µs of a record's 3.5).
+    _SET(
+        built,
+        "__dict__",
+        {
+            "id": ident,
+            "ts": ts,
+            "facility": facility,
+            "severity": severity,
+            "host": host,
+            "app": app,
+            "pid": pid,
+            "message": message,
+            "fields": fields,
+            "v": v,
+        },
+    )
+    _SET(built, "__pydantic_fields_set__", set(data))  # as validation marks them: given
+    _SET(built, "__pydantic_extra__", None)
+    _SET(built, "__pydantic_private__", None)
+    return built
 
 
 def _from_header(

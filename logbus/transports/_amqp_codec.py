@@ -1,10 +1,12 @@
 """AMQP 0-9-1 on the wire, as bytes: frames, the methods a publisher sends, tables, properties.
 
-The pika transport uses :func:`encode_properties` (through ``_properties``); the
+The pika transport uses :func:`encode_properties` (through ``_properties``) and
+reads its consumers' deliveries with :func:`decode_properties` (``_amqp_inbound``); the
 one-shot publisher of ``logbus emit`` (``_oneshot``) builds every frame it sends
 here and reads the broker's frames back with :func:`parse_method`. The encodings
 are pika's byte for byte (a test compares them), so a broker cannot tell the two
-clients apart by what they send. Nothing here imports pika.
+clients apart by what they send, and what is read gets pika's values and types. Nothing
+here imports pika at import time (only tables beyond plain strings go to pika's codec).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from logbus.message import Properties
+
 __all__ = [
     "FRAME_END",
     "FRAME_HEARTBEAT",
@@ -25,6 +29,8 @@ __all__ = [
     "PROTOCOL_HEADER",
     "Reader",
     "content",
+    "decode_properties",
+    "decode_table",
     "default_connection_name",
     "encode_properties",
     "encode_table",
@@ -48,6 +54,7 @@ _FRAME = struct.Struct(">BHI")
 _INT32 = 2**31
 _TABLE_CACHE_SIZE = 512
 _tables: dict[tuple[tuple[str, str], ...], bytes] = {}
+_decoded_tables: dict[bytes, dict[Any, Any]] = {}
 
 
 def default_connection_name() -> str:
@@ -299,3 +306,135 @@ def split_frames(buffer: bytearray) -> Iterator[tuple[int, int, bytes]]:
         payload = bytes(buffer[7 : 7 + size])
         del buffer[: 8 + size]
         yield kind, channel, payload
+
+
+# -- content headers, inbound -------------------------------------------------------
+
+
+def _text(raw: bytes) -> str | bytes:
+    """A received string as pika has it: text if it is UTF-8, else the bytes."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def decode_table(data: bytes, at: int) -> tuple[dict[Any, Any], int]:
+    """The field table at ``at`` exactly as ``pika.data.decode_table`` reads it, and where
+    it ends. Tables of string values (what logbus and most clients send) are read here,
+    and the last few kept, as a message's headers repeat; any other value kind hands the
+    whole table to pika's decoder."""
+    (size,) = _UINT32.unpack_from(data, at)
+    end = at + 4 + size
+    raw = data[at:end]
+    known = _decoded_tables.get(raw)
+    if known is not None:
+        return dict(known), end
+    if len(raw) < size + 4:
+        raise ValueError("a header table ended early")
+    table: dict[Any, Any] = {}
+    unpack = _UINT32.unpack_from
+    pos = 4
+    limit = size + 4
+    while pos < limit:
+        klen = raw[pos]
+        key = raw[pos + 1 : pos + 1 + klen]
+        pos += 1 + klen
+        if raw[pos] != 0x53:  # not 'S': some other kind of value
+            from pika import data as pika_data
+
+            decoded: tuple[dict[Any, Any], int] = pika_data.decode_table(data, at)
+            return decoded
+        (vlen,) = unpack(raw, pos + 1)
+        pos += 5
+        value = raw[pos : pos + vlen]
+        pos += vlen
+        if len(value) < vlen:
+            raise ValueError("a header table ended early")
+        try:
+            table[key.decode()] = value.decode()
+        except UnicodeDecodeError:
+            table[_text(key)] = _text(value)
+    if pos != limit:
+        raise ValueError("a header table's last value runs past its end")
+    if len(_decoded_tables) >= _TABLE_CACHE_SIZE:
+        _decoded_tables.clear()
+    _decoded_tables[raw] = table
+    return dict(table), end
+
+
+def decode_properties(data: bytes, at: int) -> Properties:
+    """Basic properties read from ``data`` at ``at`` (a content header's flags), with
+    the values and Python types pika's ``BasicProperties.decode`` gives them; headers
+    absent or empty become ``{}``, as :class:`Properties` has them. ``ValueError``
+    (or ``struct.error``, ``IndexError``) for a header that ends early or uses a second
+    flag word, which AMQP 0-9-1 never needs for basic properties."""
+    (flags,) = _UINT16.unpack_from(data, at)
+    at += 2
+    if flags & 1:
+        raise ValueError("a second property flag word")
+    content_type = content_encoding = correlation_id = reply_to = expiration = None
+    message_id = kind = user_id = app_id = None
+    delivery_mode = priority = timestamp = None
+    headers: dict[Any, Any] = {}
+    if flags & 0x8000:
+        content_type, at = _read_short(data, at)
+    if flags & 0x4000:
+        content_encoding, at = _read_short(data, at)
+    if flags & 0x2000:
+        headers, at = decode_table(data, at)
+    if flags & 0x1000:
+        delivery_mode = data[at]
+        at += 1
+    if flags & 0x0800:
+        priority = data[at]
+        at += 1
+    if flags & 0x0780:
+        if flags & 0x0400:
+            correlation_id, at = _read_short(data, at)
+        if flags & 0x0200:
+            reply_to, at = _read_short(data, at)
+        if flags & 0x0100:
+            expiration, at = _read_short(data, at)
+        if flags & 0x0080:
+            message_id, at = _read_short(data, at)
+    if flags & 0x0040:
+        (timestamp,) = _UINT64.unpack_from(data, at)
+        at += 8
+    if flags & 0x003C:
+        if flags & 0x0020:
+            kind, at = _read_short(data, at)
+        if flags & 0x0010:
+            user_id, at = _read_short(data, at)
+        if flags & 0x0008:
+            app_id, at = _read_short(data, at)
+        if flags & 0x0004:  # cluster_id: read past; Properties has no such field
+            _, at = _read_short(data, at)
+    return Properties(
+        content_type,
+        content_encoding,
+        delivery_mode,
+        priority,
+        correlation_id,
+        reply_to,
+        expiration,
+        message_id,
+        timestamp,
+        kind,
+        user_id,
+        app_id,
+        headers,
+    )
+
+
+def _read_short(data: bytes, at: int) -> tuple[Any, int]:
+    """A short string at ``at`` as pika decodes it (the bytes if not UTF-8), and its end."""
+    size = data[at]
+    end = at + 1 + size
+    raw = data[at + 1 : end]
+    if len(raw) < size:
+        raise ValueError("a content header ended early")
+    try:
+        return raw.decode(), end
+    except UnicodeDecodeError:
+        return raw, end

@@ -23,8 +23,9 @@ import pika.exceptions as pika_errors
 
 from logbus._log import get_logger
 from logbus.errors import TransportClosed, TransportError
+from logbus.message import Message, Properties
 from logbus.transports._amqp_slot import io_callback
-from logbus.transports._pika_convert import from_pika, reply_error
+from logbus.transports._pika_convert import properties_from_pika, reply_error
 from logbus.transports.base import BatchSettler, Delivery, Settler
 
 if TYPE_CHECKING:
@@ -239,16 +240,38 @@ class AmqpConsumer:
 
     @io_callback
     def _delivered(self, channel: Any, _ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        self.io_deliver(
+            channel,
+            method.delivery_tag,
+            bool(method.redelivered),
+            method.exchange,
+            method.routing_key,
+            properties_from_pika(properties),
+            body,
+        )
+
+    @io_callback
+    def io_deliver(
+        self,
+        channel: Any,
+        tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        properties: Properties,
+        body: bytes,
+    ) -> None:
+        """Queue a delivery of ``channel`` for the user (``_amqp_inbound`` reads most of
+        them off the wire itself; pika hands over the rest through ``_delivered``)."""
         epoch = self.live_epoch
         settle = self._settle
         if channel is not self.channel or epoch is None or settle is None:
             return
-        tag = method.delivery_tag
         self.unacked.add(tag)
         delivery = Delivery(
-            from_pika(properties, body, method.exchange, method.routing_key),
+            Message(body, properties, exchange, routing_key),
             delivery_tag=tag,
-            redelivered=bool(method.redelivered),
+            redelivered=redelivered,
             consumer_tag=self.tag,
             queue=self.queue,
             settle=settle,

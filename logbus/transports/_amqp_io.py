@@ -8,7 +8,8 @@ the user is busy elsewhere.
 
 Channels: ``declare`` (declarations, deletes, purges), ``get`` (``basic.get``
 and its settlements), ``publish`` (confirm mode, see ``_amqp_publish``), and one
-per consumer (see ``_amqp_consume``).
+per consumer (see ``_amqp_consume``); the connection reads the consumers'
+deliveries off the wire itself (see ``_amqp_inbound``).
 
 When the connection drops, the core reconnects with exponential backoff and
 jitter, trying the failover URLs in turn (the last good one first), declares
@@ -27,7 +28,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any, TypeVar
 
-from pika.adapters.select_connection import IOLoop, SelectConnection
+from pika.adapters.select_connection import IOLoop
 
 from logbus._log import get_logger
 from logbus.errors import (
@@ -42,6 +43,7 @@ from logbus.errors import (
 )
 from logbus.transports._amqp_consume import AmqpConsumer
 from logbus.transports._amqp_errors import no_answer
+from logbus.transports._amqp_inbound import InboundConnection
 from logbus.transports._amqp_publish import Publisher
 from logbus.transports._amqp_slot import ChannelSlot, Op, io_callback, local_error
 from logbus.transports._amqp_topology import Declaration, Declared
@@ -363,8 +365,9 @@ class Core:
         index = self._order.pop(0)
         endpoint = self.endpoints[index]
         try:
-            self.connection = SelectConnection(
+            self.connection = InboundConnection(
                 endpoint.parameters,
+                consumers=self.consumers,
                 on_open_callback=partial(self._opened, index),
                 on_open_error_callback=partial(self._open_failed, index),
                 on_close_callback=self._closed,

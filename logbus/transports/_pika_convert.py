@@ -36,6 +36,7 @@ __all__ = [
     "is_auth_failure",
     "named_exchange",
     "names",
+    "properties_from_pika",
     "reason",
     "reply_error",
     "to_pika",
@@ -222,24 +223,33 @@ def to_pika(message: Message) -> Any:
 
 def from_pika(props: Any, body: bytes, exchange: str, routing_key: str) -> Message:
     """A :class:`Message` from what pika hands a consumer or ``basic.get``."""
-    timestamp = props.timestamp
-    delivery_mode = props.delivery_mode
-    properties = Properties(
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
-        delivery_mode=None if delivery_mode is None else int(delivery_mode),
-        priority=props.priority,
-        correlation_id=props.correlation_id,
-        reply_to=props.reply_to,
-        expiration=props.expiration,
-        message_id=props.message_id,
-        timestamp=None if timestamp is None else int(timestamp),
-        type=props.type,
-        user_id=props.user_id,
-        app_id=props.app_id,
-        headers=dict(props.headers) if props.headers else {},
+    if type(body) is not bytes:
+        body = bytes(body)
+    return Message(body, properties_from_pika(props), exchange, routing_key)
+
+
+def properties_from_pika(props: Any) -> Properties:
+    """:class:`Properties` from pika's ``BasicProperties`` of a received message.
+
+    pika decodes a fresh headers dict for every message and nothing else holds it,
+    so it is taken as it is rather than copied.
+    """
+    headers = props.headers
+    return Properties(
+        props.content_type,
+        props.content_encoding,
+        props.delivery_mode,
+        props.priority,
+        props.correlation_id,
+        props.reply_to,
+        props.expiration,
+        props.message_id,
+        props.timestamp,
+        props.type,
+        props.user_id,
+        props.app_id,
+        headers if type(headers) is dict else dict(headers) if headers else {},
     )
-    return Message(bytes(body), properties, exchange, routing_key)
 
 
 def arguments(value: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:

@@ -596,3 +596,86 @@ def test_the_light_key_module_is_the_records() -> None:
 
     for name in ("Severity", "SYSLOG_FACILITIES", "parse_routing_key", "validate_facility"):
         assert getattr(logbus.record, name) is getattr(logbus._keys, name)
+
+
+# -- the trusted path of decode (validation skipped for values known to pass) -------
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.sampled_from(["", "x", "info", "INFO", "crit", "7", "kern", "Kern", "2024-01-02"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_RECORD_VALUES = {
+    "id": st.one_of(st.just("abc"), _ANY_VALUE),
+    "ts": st.one_of(
+        st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()[:-6] + "Z"),
+        st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat(timespec="microseconds")),
+        st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=2))])),
+        st.sampled_from(["2024-13-01T00:00:00.000000Z", "2024-02-30T00:00:00.000000Z"]),
+        _ANY_VALUE,
+    ),
+    "facility": st.one_of(st.sampled_from(["kern", "local0", "x-y_1"]), _ANY_VALUE),
+    "severity": st.one_of(st.sampled_from(list(Severity)), _ANY_VALUE),
+    "host": st.one_of(st.just("web1"), _ANY_VALUE),
+    "app": st.one_of(st.just("api"), _ANY_VALUE),
+    "pid": st.one_of(st.integers(0, 2**40), _ANY_VALUE),
+    "message": st.one_of(st.text(max_size=10), _ANY_VALUE),
+    "fields": st.one_of(
+        st.dictionaries(st.text(max_size=4), _ANY_VALUE, max_size=3),
+        st.just({"n": float("inf")}),
+        _ANY_VALUE,
+    ),
+    "v": st.one_of(st.integers(-1, 3), _ANY_VALUE),
+    "other": _ANY_VALUE,
+}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.fixed_dictionaries({}, optional=_RECORD_VALUES))
+def test_trusted_records_equal_validated_ones(data: dict[str, Any]) -> None:
+    """Whenever decode's trusted path builds a record, validation builds an equal one."""
+    trusted = logbus.record._trusted(dict(data))
+    if trusted is None:
+        return
+    validated = LogRecord(**data)
+    assert trusted == validated
+    assert trusted.model_fields_set == validated.model_fields_set
+    assert trusted.ts.tzinfo is validated.ts.tzinfo is UTC
+    assert trusted.to_bytes() == validated.to_bytes()
+
+
+def test_trusted_path_takes_a_record_as_logbus_publishes_it() -> None:
+    """A record's own bytes decode through the trusted path, to an equal record."""
+    record = LogRecord(facility="kern", severity="crit", message="m", fields={"a": [1, 2.5]})
+    assert logbus.record._trusted(json.loads(record.to_bytes())) == record
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.fixed_dictionaries({}, optional=_RECORD_VALUES))
+def test_decode_without_the_trusted_path_gives_the_same_result(data: dict[str, Any]) -> None:
+    """decode returns the same record or raises the same error with the trusted path off."""
+    body = json.dumps(data, default=str).encode()
+
+    def outcome() -> Any:
+        try:
+            return decode(body, Properties(message_id="m1", timestamp=1), "kern.crit")
+        except DecodeError as exc:
+            return repr(exc)
+
+    fast = outcome()
+    saved = logbus.record._trusted
+    logbus.record._trusted = lambda _data: None
+    try:
+        slow = outcome()
+    finally:
+        logbus.record._trusted = saved
+    if isinstance(fast, LogRecord) and isinstance(slow, LogRecord):
+        # ids and timestamps filled in from "now" differ between two calls
+        assert fast.model_dump(exclude={"id", "ts"}) == slow.model_dump(exclude={"id", "ts"})
+    else:
+        assert fast == slow
