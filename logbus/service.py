@@ -41,6 +41,7 @@ the section and the key.
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from logbus._signals import stop_on_signals
 from logbus.errors import ConfigError, InputError
 from logbus.record import LogRecord
 
@@ -335,7 +337,8 @@ def run_service(
             server = serve_metrics(
                 metrics, config.metrics.port, config.metrics.host, health=worker.health
             )
-        with _stop_on_signals(worker.stop, enabled=stop_signals):
+        stopping = stop_on_signals(worker.stop) if stop_signals else contextlib.nullcontext()
+        with stopping:
             worker.start()
             if on_started is not None:
                 where = f"; metrics on {server.url}" if server is not None else ""
@@ -345,11 +348,3 @@ def run_service(
         if server is not None:
             server.close()
         transport.close()
-
-
-def _stop_on_signals(stop: Callable[[], None], *, enabled: bool) -> Any:
-    import contextlib
-
-    from logbus.cli.worker import stop_on_signals
-
-    return stop_on_signals(stop) if enabled else contextlib.nullcontext()

@@ -14,16 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
-import threading
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from logbus._signals import stop_on_signals
 from logbus.cli.common import ConfigOption, UrlOption, fail, make_settings, quiet_connect
 
 if TYPE_CHECKING:
@@ -365,27 +362,3 @@ def _ensure_queue(transport: Transport, name: str) -> None:
         transport.declare_queue(name, passive=True)
     except NotFound:
         transport.declare_queue(name, durable=True)
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGTERM and SIGINT call ``stop``; a second one gets the default behaviour back."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (e.g. an embedding test runner)
-        return
-    defaults: dict[int, Any] = {
-        signal.SIGINT: signal.default_int_handler,
-        signal.SIGTERM: signal.SIG_DFL,
-    }
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        stop()
-        for number, default in defaults.items():
-            signal.signal(number, default)
-
-    previous = {number: signal.signal(number, handler) for number in defaults}
-    try:
-        yield
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)
