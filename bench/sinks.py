@@ -39,7 +39,7 @@ from typing import Any
 import pika
 import psycopg
 
-from logbus.archive import COLUMNS, postgres_schema, sqlite_row, sqlite_schema
+from logbus.archive import COLUMNS, postgres_row, postgres_schema, sqlite_row, sqlite_schema
 from logbus.demo import demo_topology
 from logbus.record import LogRecord
 from logbus.retry import RetryPolicy, dead_queue, delay_queue
@@ -59,13 +59,6 @@ def records(count: int) -> list[LogRecord]:
     return [
         LogRecord(facility="app", severity="info", message=f"job {i} done") for i in range(count)
     ]
-
-
-def postgres_row(record: LogRecord) -> tuple[Any, ...]:
-    """The record as a PostgreSQL row (ts as a datetime, fields as JSON text)."""
-    row = list(sqlite_row(record))
-    row[1] = record.ts
-    return tuple(row)
 
 
 class Archive:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote
 
+from logbus.durations import UNITS
 from logbus.errors import ArchiveUnavailable, ConfigError, InputError
 from logbus.record import LogRecord, Severity
 
@@ -63,8 +64,9 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 _SQLITE_TABLE = re.compile(_NAME)
 _POSTGRES_TABLE = re.compile(rf"(?:{_NAME}\.)?{_NAME}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SELECT = ", ".join(COLUMNS)
+# A time "ago" also takes weeks, which retry delays and windows have no use for.
+_AGO_UNITS = {**UNITS, "w": 7 * UNITS["d"]}
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -122,10 +124,19 @@ def _quote_pg(table: str) -> str:
 
 
 def sqlite_row(record: LogRecord) -> tuple[Any, ...]:
-    """The record as a row of the SQLite table, in :data:`COLUMNS` order."""
+    """The record as a row of the SQLite table, in :data:`COLUMNS` order (ts as text)."""
+    return _row(record, _ts_text(record.ts))
+
+
+def postgres_row(record: LogRecord) -> tuple[Any, ...]:
+    """The record as a row of the PostgreSQL table, in :data:`COLUMNS` order (ts as is)."""
+    return _row(record, record.ts)
+
+
+def _row(record: LogRecord, ts: object) -> tuple[Any, ...]:
     return (
         record.id,
-        _ts_text(record.ts),
+        ts,
         record.facility,
         int(record.severity),
         record.host,
@@ -222,7 +233,7 @@ def parse_time(text: str, *, now: datetime | None = None, option: str = "time") 
     value = text.strip()
     match = _DURATION.fullmatch(value.lower())
     if match is not None:
-        seconds = float(match[1]) * _UNITS[match[2]]
+        seconds = float(match[1]) * _AGO_UNITS[match[2]]
         try:
             return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
         except OverflowError:

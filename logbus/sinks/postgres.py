@@ -25,7 +25,6 @@ Needs psycopg: ``pip install 'logbus[postgres]'``.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from logbus.archive import (
     DEFAULT_TABLE,
     connect_postgres,
     import_psycopg,
+    postgres_row,
     postgres_schema,
     public_postgres_url,
     validate_table,
@@ -202,7 +202,7 @@ class PostgresSink(ConfigurableSink):
                 results.append(gone)
                 continue
             try:
-                connection.execute(self._insert_one, _row(record))
+                connection.execute(self._insert_one, postgres_row(record))
                 results.append(None)
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.NotSupportedError) as exc:
                 results.append(
@@ -242,30 +242,12 @@ class PostgresSink(ConfigurableSink):
         self._slots.release()
 
 
-# json.dumps with separators builds an encoder per call; this one is made once.
-_encode_fields = json.JSONEncoder(separators=(",", ":")).encode
-
-
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _row(record: LogRecord) -> tuple[Any, ...]:
-    return (
-        record.id,
-        record.ts,
-        record.facility,
-        int(record.severity),
-        record.host,
-        record.app,
-        record.pid,
-        record.message,
-        _encode_fields(record.fields) if record.fields else "{}",
-        record.v,
-    )
-
-
 def _columns(batch: Sequence[LogRecord]) -> list[list[Any]]:
     """The batch as one list per column, for ``unnest``."""
-    return [list(column) for column in zip(*(_row(record) for record in batch), strict=True)]
+    rows = (postgres_row(record) for record in batch)
+    return [list(column) for column in zip(*rows, strict=True)]

@@ -96,13 +96,7 @@ class AlertGate:
         with self._lock:
             now = self._clock()
             for index, record in enumerate(batch):
-                key = (
-                    record.facility,
-                    int(record.severity),
-                    record.host,
-                    record.app,
-                    record.message,
-                )
+                key = _key(record)
                 if self._is_repeat(key, now):
                     self.repeats += 1
                     continue
@@ -126,15 +120,7 @@ class AlertGate:
                 if result is None:
                     self.sent += 1
                 else:  # not sent after all: a retry must not be taken for a repeat
-                    record = batch[index]
-                    key = (
-                        record.facility,
-                        int(record.severity),
-                        record.host,
-                        record.app,
-                        record.message,
-                    )
-                    self._last_sent.pop(key, None)
+                    self._last_sent.pop(_key(batch[index]), None)
         return results
 
     def _is_repeat(self, key: _Key, now: float) -> bool:
@@ -162,3 +148,8 @@ class AlertGate:
         }
         self.repeats = self.over_limit = 0
         return record.model_copy(update={"fields": fields})
+
+
+def _key(record: LogRecord) -> _Key:
+    """What makes two alerts the same: facility, severity, host, app and message."""
+    return (record.facility, int(record.severity), record.host, record.app, record.message)
