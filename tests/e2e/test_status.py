@@ -47,7 +47,12 @@ def test_status_shows_the_depth_of_a_topology_queue(logbus, scratch, via):
     queue = scratch.topology.queues[0].name
 
     def seven(report: dict[str, Any]) -> bool:
-        return any(q["name"] == queue and q["ready"] == 7 for q in report["queues"])
+        # The management API lists a new queue before its first statistics (consumers
+        # then unknown, None): wait for both.
+        return any(
+            q["name"] == queue and q["ready"] == 7 and q["consumers"] is not None
+            for q in report["queues"]
+        )
 
     report = status_until(logbus, env, ok=seven)
     assert report["via"] == how
