@@ -22,11 +22,18 @@ sides, and every figure is printed next to its baseline as a ratio:
     written and flushed per message). Skipped if ``logbus worker`` is missing.
 
 Each case gets its own durable topology (the default one, renamed under a
-random prefix) and deletes it afterwards.
+random prefix) and deletes it afterwards, with the delay and dead-letter queues
+the logbus worker declared for it.
+
+logbus's modules are compiled to bytecode first, as pip compiles pika's (and
+logbus's own, in a regular install): an editable install run with
+``PYTHONDONTWRITEBYTECODE`` set would otherwise compile logbus from source in
+every subprocess, a cost the baselines do not pay.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 import secrets
 import signal
@@ -40,7 +47,9 @@ from pathlib import Path
 
 import pika
 
+import logbus
 from logbus.record import LogRecord
+from logbus.retry import RetryPolicy, dead_queue, delay_queue
 from logbus.topology import Binding, EmitTarget, Topology, default, dumps
 
 URL = sys.argv[1] if len(sys.argv) > 1 else "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -227,6 +236,10 @@ class Case:
     def remove(self) -> None:
         for q in self.topology.queues:
             self.channel.queue_delete(q.name)
+            # The delay and dead-letter queues a logbus worker declared for it.
+            for ms in RetryPolicy().delays_ms():
+                self.channel.queue_delete(delay_queue(q.name, ms))
+            self.channel.queue_delete(dead_queue(q.name))
         for e in self.topology.exchanges:
             self.channel.exchange_delete(e.name)
 
@@ -433,6 +446,7 @@ def drained(outs: list[Path], procs: list[subprocess.Popen[bytes]]) -> float:
 
 def main() -> None:
     """Run the three parts and print their ratios."""
+    compileall.compile_dir(Path(logbus.__file__).parent, quiet=1)
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     channel = connection.channel()
     try:

@@ -16,7 +16,7 @@ record's way (:class:`~logbus.retry.RetryPolicy` by default).
 *Fair dispatch and batches.* A thread of the pool hands the sink up to its
 ``max_batch`` records at once, waiting up to its ``max_wait`` for a batch to
 fill; the default prefetch is two batches per thread, process or greenlet, at
-least 10 (:mod:`logbus.batching` says why).
+least 2000 (:mod:`logbus.batching` says why).
 
 *Pools.* The worker's threads take their batches from the consumer themselves,
 one thread at a time (:class:`~logbus.batching.Taker`), and settle them, a

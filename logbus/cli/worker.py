@@ -118,9 +118,9 @@ def worker(
             min=1,
             max=65535,
             help="Unacked records this worker may hold. Default: $LOGBUS_PREFETCH, else two "
-            "per thread, process or greenlet (at least 100), or two of the sink's batches each "
-            "if it waits to fill them (its max_wait). Low keeps competing workers strictly "
-            "fair (1: the tutorial's fair dispatch).",
+            "per thread, process or greenlet (at least 2000), or two of the sink's batches each "
+            "if it waits to fill them (its max_wait). A stuck worker holds this many; lower "
+            "keeps competing workers fairer (1: the tutorial's fair dispatch).",
             show_default=False,
         ),
     ] = None,

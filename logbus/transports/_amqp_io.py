@@ -57,9 +57,15 @@ log = get_logger("logbus.transports.amqp")
 #: A queued settlement: (consumer or channel slot, epoch, how, tags, multiple, requeue).
 _Settle = tuple["ChannelSlot | AmqpConsumer", int, Settlement, tuple[int, ...], bool, bool]
 
+#: Acks held back for a consumer or channel slot: (it, epoch, tags).
+_Held = tuple["ChannelSlot | AmqpConsumer", int, set[int]]
+
 T = TypeVar("T")
 
 _FIRST_DELAY = 0.1
+# How long an ack that cannot join a multiple ack yet (a lower delivery is still held,
+# by another thread, say) waits for the ack that lets it join; then it goes alone.
+_ACK_DELAY = 0.02
 # Reconnects to wait for the broker to release an exclusive queue of the old connection.
 _LOCKED_RETRIES = 5
 
@@ -112,6 +118,11 @@ class Core:
         self._lock = threading.Lock()
         self._settlements: deque[_Settle] = deque()
         self._settle_scheduled = False
+        # Acks held back by _io_ack_all, per (consumer or slot, epoch), and their timer.
+        self._held_acks: dict[
+            tuple[int, int], tuple[ChannelSlot | AmqpConsumer, int, set[int]]
+        ] = {}
+        self._held_timer: Any = None
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name=f"logbus-amqp:{name}", daemon=True)
 
@@ -250,9 +261,10 @@ class Core:
                 else:
                     gathered[2].extend(tags)
                 continue
+            # What this consumer acked before goes first, held-back acks included.
             gathered = acks.pop(key, None)
-            if gathered is not None:
-                self._io_ack_all(*gathered)
+            if gathered is not None or key in self._held_acks:
+                self._io_ack_all(target, epoch, gathered[2] if gathered else [], hold=False)
             for tag in tags:
                 try:
                     self._io_settle(target, epoch, how, tag, multiple, requeue)
@@ -261,8 +273,24 @@ class Core:
         for gathered in acks.values():
             self._io_ack_all(*gathered)
 
-    def _io_ack_all(self, target: ChannelSlot | AmqpConsumer, epoch: int, tags: list[int]) -> None:
-        """Ack exactly ``tags`` of ``target`` in as few frames as say the same thing."""
+    def _io_ack_all(
+        self, target: ChannelSlot | AmqpConsumer, epoch: int, tags: list[int], *, hold: bool = True
+    ) -> None:
+        """Ack exactly ``tags`` of ``target`` (and the acks held back for it) in as few
+        frames as say the same thing.
+
+        Tags that cannot join a multiple ack because a lower delivery is still
+        unacked (another thread's batch, finishing a moment later) are held back
+        for up to ``_ACK_DELAY``: the ack of the lower ones then usually carries
+        them in the same multiple ack, instead of one frame each. ``hold=False``
+        sends everything now.
+        """
+        key = (id(target), epoch)
+        held = self._held_acks.pop(key, None)
+        if held is not None:
+            tags = [*tags, *held[2]]
+        if not tags:
+            return
         if self.closing:
             log.warning(
                 "amqp.settlement_refused",
@@ -298,10 +326,28 @@ class Core:
         top, singles = plan_acks(unacked, known)
         if top is not None:
             channel.basic_ack(top, multiple=True)
+        if singles and hold:
+            # Those above a delivery still unacked wait for it; the rest go now.
+            lowest_held = min((tag for tag in unacked if tag not in known), default=None)
+            if lowest_held is not None and singles[-1] > lowest_held:
+                waiting = {tag for tag in singles if tag > lowest_held}
+                singles = [tag for tag in singles if tag < lowest_held]
+                self._held_acks[key] = (target, epoch, waiting)
+                known.difference_update(waiting)
+                if self._held_timer is None:
+                    self._held_timer = self.loop.call_later(_ACK_DELAY, self._io_release_acks)
         for tag in singles:
             channel.basic_ack(tag, multiple=False)
         unacked.difference_update(known)
         target.io_after_settle()
+
+    def _io_release_acks(self) -> None:
+        """Send every held-back ack now."""
+        if self._held_timer is not None:
+            self.loop.remove_timeout(self._held_timer)
+            self._held_timer = None
+        for target, epoch, _tags in list(self._held_acks.values()):
+            self._io_ack_all(target, epoch, [], hold=False)
 
     def close(self) -> None:
         """Close channels and connection, stop the I/O thread; idempotent."""
@@ -582,6 +628,7 @@ class Core:
 
     @io_callback
     def _io_shutdown(self) -> None:
+        self._io_release_acks()  # acked by the user: the broker must hear of it
         self.closing = True
         self.ready = False
         closed = TransportClosed("the transport was closed; open a new one")

@@ -43,7 +43,9 @@ FIRST_WAVE = 1000
 SECOND_WAVE = 2000
 #: Batches that take a while to fill, so that records are in flight when the kill lands.
 BATCHING = "max_batch=100&max_wait=0.5"
-CONCURRENCY = 2  # so the worker's prefetch is 2 x 2 batches of 100: 400 records
+CONCURRENCY = 2
+#: Two batches of 100 per thread: fewer than the second wave, so the kill finds some unsent.
+PREFETCH = 400
 
 
 class AckHold:
@@ -210,7 +212,7 @@ def start(amqp_url: str, deployment: Deployment) -> Iterator[Callable[..., Worke
         proc = subprocess.Popen(
             [sys.executable, "-m", "logbus", "worker", "--sink", spec, "--url", url,
              "--config", str(deployment.config), "--queue", deployment.tasks,
-             "--concurrency", str(CONCURRENCY)],
+             "--concurrency", str(CONCURRENCY), "--prefetch", str(PREFETCH)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

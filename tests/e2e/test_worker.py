@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import pika
 import pytest
 
+from logbus.batching import PREFETCH_FLOOR
 from logbus.emitter import Emitter
 from logbus.errors import TransportError
 from logbus.record import LogRecord
@@ -304,7 +305,7 @@ def test_a_bad_concurrency_is_a_usage_error(logbus):
 def test_records_land_in_the_jsonl_file_and_sigterm_exits_0(setup, start):
     """Every published record becomes one line; SIGTERM exits 0 with a summary line."""
     worker = start("--concurrency", "4")
-    assert "(prefetch 100, 4 threads) → jsonl:" in worker.stderr
+    assert "(prefetch 2000, 4 threads) → jsonl:" in worker.stderr
     sent = emit(setup, 300)
     wait_until(lambda: len(worker.records()) >= 300, 15, "300 lines")
     assert worker.terminate() == 0, worker.stderr
@@ -366,31 +367,32 @@ def test_two_equal_workers_share_a_steady_stream_evenly(setup, start):
     assert min(len(a), len(b)) >= 0.35 * len(sent), (len(a), len(b))
 
 
-@pytest.mark.parametrize(("args", "held"), [(("--prefetch", "1"), 1), ((), 100)])
+@pytest.mark.parametrize(("args", "held"), [(("--prefetch", "1"), 1), ((), PREFETCH_FLOOR)])
 def test_a_stuck_worker_holds_only_its_prefetch(setup, start, args, held):
     """A worker whose sink blocks keeps just `prefetch` records; another worker does the rest.
 
     The stuck worker's sink is a FIFO whose pipe buffer the test has filled and
     never reads, so its first write blocks for good: the honest slowest worker.
-    With --prefetch 1 it holds one record; with the default (100 for one thread),
-    a hundred. When it is killed, those come back to the other worker.
+    With --prefetch 1 it holds one record; with the default (2000 for one
+    thread), two thousand. When it is killed, those come back to the other worker.
     """
     fifo = setup.tmp / "stuck.fifo"
     os.mkfifo(fifo)
     holder = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a reader that never reads
+    total = held + 200
     try:
         with contextlib.suppress(BlockingIOError):
             while True:
                 os.write(holder, b"x" * 65536)
         stuck = start(*args, sink=f"jsonl:{fifo}")
-        sent = emit(setup, 200)
-        wait_until(lambda: setup.ready() == 200 - held, 10, f"the stuck worker to take {held}")
+        sent = emit(setup, total)
+        wait_until(lambda: setup.ready() == total - held, 10, f"the stuck worker to take {held}")
         fast = start()
-        wait_until(lambda: len(fast.records()) == 200 - held, 15, "the rest at the fast worker")
+        wait_until(lambda: len(fast.records()) == total - held, 15, "the rest at the fast worker")
         assert setup.ready() == 0
         stuck.proc.kill()
         stuck.proc.wait(10)
-        wait_until(lambda: len(fast.records()) == 200, 15, "the stuck worker's records")
+        wait_until(lambda: len(fast.records()) == total, 15, "the stuck worker's records")
         assert sorted(fast.records()) == sorted(sent)
         assert fast.terminate() == 0
     finally:

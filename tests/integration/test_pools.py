@@ -288,7 +288,7 @@ def test_logbus_worker_pool_gevent_writes_on_many_greenlets_at_once(
 def test_sigterm_drains_logbus_worker_pool_process(command, admin, work_queue, probe_dir):
     """SIGTERM: worker processes finish the records in hand, all is acked, they exit, exit 0."""
     worker = command("--pool", "process", "--concurrency", "2", "--sink", f"probe:{probe_dir}")
-    assert "(prefetch 100, 2 processes)" in worker.stderr
+    assert "(prefetch 2000, 2 processes)" in worker.stderr
     children = pids(probe_dir, "opened")
     assert len(children) == 2
     sent = publish(admin, work_queue, ["sleep 0.1"] * 60)

@@ -344,15 +344,15 @@ def test_stop_finishes_and_acks_in_flight_records_and_requeues_the_rest(
         wait_until(lambda: ready(admin, work_queue) == left, 10, "the unstarted records requeued")
 
 
-def test_default_prefetch_is_two_per_thread_and_at_least_a_hundred():
-    """The default keeps enough in flight and a worker's share modest: max(100, 2 x threads)."""
-    assert [default_prefetch(n) for n in (1, 4, 50, 64)] == [100, 100, 100, 128]
+def test_default_prefetch_is_two_per_thread_and_at_least_two_thousand():
+    """The default keeps enough in flight: max(2000, 2 x threads)."""
+    assert [default_prefetch(n) for n in (1, 4, 1000, 1024)] == [2000, 2000, 2000, 2048]
 
 
 def test_default_prefetch_is_two_batches_per_thread_for_a_sink_that_fills_batches():
     """With batches of 50 it is 2 x threads x 50, and never past AMQP's 65535."""
-    assert [default_prefetch(n, 50) for n in (1, 4)] == [100, 400]
-    assert default_prefetch(1, 20) == 100  # two batches of 20 are fewer than the floor
+    assert [default_prefetch(n, 50) for n in (1, 40)] == [2000, 4000]
+    assert default_prefetch(1, 20) == 2000  # two batches of 20 are fewer than the floor
     assert default_prefetch(1024, 1000) == 65535
 
 
@@ -444,10 +444,10 @@ def test_no_write_holds_more_than_the_sinks_max_batch(amqp_url, admin, work_queu
 
 
 def test_the_default_prefetch_holds_two_batches_per_thread_of_a_batching_sink(amqp_url, work_queue):
-    """A sink filling batches of 25 (max_wait) with 3 threads: prefetch 2 x 3 x 25."""
-    worker = Worker(amqp_url, work_queue, BatchingSink(25, 0.1), concurrency=3)
-    assert worker.prefetch == 150
-    assert Worker(amqp_url, work_queue, BatchingSink(25, 0.0), concurrency=3).prefetch == 100
+    """A sink filling batches of 500 (max_wait) with 3 threads: prefetch 2 x 3 x 500."""
+    worker = Worker(amqp_url, work_queue, BatchingSink(500, 0.1), concurrency=3)
+    assert worker.prefetch == 3000
+    assert Worker(amqp_url, work_queue, BatchingSink(500, 0.0), concurrency=3).prefetch == 2000
 
 
 def test_a_thread_waits_up_to_max_wait_for_a_batch_to_fill(amqp_url, admin, work_queue):

@@ -154,3 +154,47 @@ def test_an_unknown_tag_is_refused_and_the_others_acked(core):
     core._io_drain_settlements()
     assert target.channel.frames == [("ack", 3, True)]
     assert target.unacked == set()
+
+
+def test_acks_above_a_delivery_still_held_wait_and_fold_with_its_ack(core):
+    """Thread B acks 4-6 while thread A still holds 1-3: nothing is sent until A's ack,
+    then one ack(6, multiple) says both."""
+    target = consumer(1, 2, 3, 4, 5, 6, 7)
+    core.settle_many(target, 1, ACK, [4, 5, 6], False)
+    core._io_drain_settlements()
+    assert target.channel.frames == []
+    assert target.unacked == {1, 2, 3, 4, 5, 6, 7}  # still unsettled: the channel stays open
+    core.settle_many(target, 1, ACK, [1, 2, 3], False)
+    core._io_drain_settlements()
+    assert target.channel.frames == [("ack", 6, True)]
+    assert target.unacked == {7}
+
+
+def test_held_acks_go_alone_once_the_delay_is_over(core):
+    """Thread A never acks 1: after the delay, 2 and 3 go one by one, 1 stays unacked."""
+    target = consumer(1, 2, 3)
+    core.settle_many(target, 1, ACK, [2, 3], False)
+    core._io_drain_settlements()
+    assert target.channel.frames == []
+    core._io_release_acks()  # what the timer calls
+    assert target.channel.frames == [("ack", 2, False), ("ack", 3, False)]
+    assert target.unacked == {1}
+
+
+def test_held_acks_go_before_a_nack_of_the_same_consumer(core):
+    """A nack never overtakes an ack made before it, held or not."""
+    target = consumer(1, 2, 3)
+    core.settle_many(target, 1, ACK, [3], False)
+    core._io_drain_settlements()
+    core.settle(target, 1, NACK, 1, False, True)
+    core._io_drain_settlements()
+    assert target.channel.frames == [("ack", 3, False), ("nack", 1, False, True)]
+    assert target.unacked == {2}
+
+
+def test_an_ack_with_nothing_unacked_below_it_is_not_held(core):
+    """The lowest unacked delivery's ack has nothing to wait for: it goes at once."""
+    target = consumer(1, 2, 5)
+    core.settle_many(target, 1, ACK, [1], False)
+    core._io_drain_settlements()
+    assert target.channel.frames == [("ack", 1, False)]

@@ -477,10 +477,10 @@ def test_the_process_pool_refuses_a_sink_object(transport, probe_dir):
 
 @pytest.mark.parametrize("pool", ["thread", "process", "gevent"])
 def test_default_prefetch_follows_the_concurrency_of_every_pool(transport, pool):
-    """Two records per thread, process or greenlet, at least a hundred."""
+    """Two records per thread, process or greenlet, at least two thousand."""
     one = Worker(transport, "tasks", "console", pool=pool, concurrency=1)
-    many = Worker(transport, "tasks", "console", pool=pool, concurrency=80)
-    assert (one.prefetch, many.prefetch) == (100, 160)
+    many = Worker(transport, "tasks", "console", pool=pool, concurrency=1024)
+    assert (one.prefetch, many.prefetch) == (2000, 2048)
 
 
 def test_an_unknown_pool_is_a_config_error(transport):
