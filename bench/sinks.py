@@ -360,12 +360,13 @@ def main() -> None:
         )
         for kind in ("sqlite", "postgres"):
             measured: dict[str, float] = {}
-            for name, run in (
+            cases: list[tuple[str, Callable[[Archive], float]]] = [
                 ("archiver", lambda a: archiver(a, workdir)),
                 ("plain batch", lambda a: batch_consumer(a, workdir)),
                 ("per-record", lambda a: per_record(a, rows[:PER_RECORD])),
                 ("bulk", lambda a: bulk(a, rows)),
-            ):
+            ]
+            for name, run in cases:
                 archive = Archive(kind, workdir)
                 try:
                     measured[name] = run(archive)
