@@ -161,11 +161,14 @@ def test_archiver_killed_mid_batch_still_archives_each_record_exactly_once(
         "archiver",
         f'[sink]\ntype = "postgres"\nurl = "{postgres_url}"\ntable = "{table}"\nmax_batch = 50\n',
     )
-    count = 20_000  # enough that the kill lands while records are still flowing
+    count = 20_000  # about a second of work: the kill lands while records still flow
     lines = "".join(f"job {i} done\n" for i in range(count))
-    # The queue must exist before the records are emitted, so the first run declares it.
-    first = Service("archiver", config, amqp_url)
-    services.append(first)
+    # The queue must exist before the records are emitted: a first run declares it. It
+    # stops before they are, so that they are all waiting when the run to be killed
+    # starts (an archiver running during the emit would keep up and finish with it).
+    declaring = Service("archiver", config, amqp_url)
+    services.append(declaring)
+    assert declaring.stop() == 0, declaring.err
 
     def archived() -> int:
         with psycopg.connect(postgres_url) as db:
@@ -178,6 +181,8 @@ def test_archiver_killed_mid_batch_still_archives_each_record_exactly_once(
     try:
         emitted = emit(amqp_url, deployment, "app.info", "-", stdin=lines)
         assert emitted.returncode == 0, emitted.stderr
+        first = Service("archiver", config, amqp_url)
+        services.append(first)
         wait_until(lambda: archived() > 0, 60, "the first records in PostgreSQL")
         first.kill()
         assert archived() < count, "the archiver finished before it could be killed"
