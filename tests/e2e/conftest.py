@@ -13,6 +13,7 @@ import pika
 import pytest
 
 from logbus.demo import demo_topology
+from logbus.retry import RetryPolicy, dead_queue, delay_queue
 from logbus.topology import Queue, declare, dumps
 from logbus.transports import connect
 from tests.e2e.support import Deployment, Scratch, management_env, remove
@@ -76,6 +77,11 @@ def deploy(
     for deployment in reversed(made):
         for queue in [*deployment.extra_queues, *(q.name for q in deployment.topology.queues)]:
             admin.queue_delete(queue)
+        for q in deployment.topology.queues:
+            # The delay and dead-letter queues a worker on it declared (deleting none is fine).
+            for ms in RetryPolicy().delays_ms():
+                admin.queue_delete(delay_queue(q.name, ms))
+            admin.queue_delete(dead_queue(q.name))
         for exchange in reversed(deployment.topology.exchanges):
             admin.exchange_delete(exchange.name)
 

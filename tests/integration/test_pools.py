@@ -24,6 +24,7 @@ import pytest
 
 from logbus.message import Message
 from logbus.record import LogRecord
+from logbus.retry import RetryPolicy, remove_retry_queues
 from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dumps
 from logbus.transports.amqp import AmqpTransport
 from logbus.worker import Worker
@@ -56,6 +57,7 @@ def work_queue(admin: AmqpTransport, unique_name: str) -> Iterator[str]:
     admin.declare_queue(name, durable=True)
     yield name
     admin.delete_queue(name)
+    remove_retry_queues(admin, name, RetryPolicy())  # declared by the workers
 
 
 @pytest.fixture
