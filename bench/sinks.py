@@ -10,6 +10,8 @@ archiver    COUNT records are put in a durable queue with ``logbus emit --queue`
             holds COUNT rows: start-up, consuming, batched inserts, acks. (The rows
             are counted only once the broker has handed every record out: counting
             costs the database a scan each time, which would slow what it measures.)
+broker      The same consumer storing the rows nowhere: what the broker hands one
+            consumer here, the ceiling of any archiver's rate through it.
 plain batch The same, drained by the plainest batching consumer we could write
             (``BATCH_CONSUMER``: pika, prefetch 2000, rows straight from the JSON,
             one insert and one multiple ack per 500 records, nothing else): what any
@@ -66,11 +68,14 @@ CONCURRENCY = 2
 # arrived when the queue goes quiet for 50 ms). No retries, no dead letters, no metrics.
 BATCH_CONSUMER = """
 import json, sqlite3, sys, pika
-url, queue, kind, target, table = sys.argv[1:6]
+url, queue, kind, target, table, count = sys.argv[1:7]
 SEVERITY = {w: i for i, w in enumerate(
     ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug"))}
 COLUMNS = "id, ts, facility, severity, host, app, pid, message, fields, v"
-if kind == "sqlite":
+if kind == "none":  # the broker's part alone: rows made, stored nowhere
+    def insert(rows):
+        pass
+elif kind == "sqlite":
     db = sqlite3.connect(target, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
@@ -93,9 +98,10 @@ else:
 connection = pika.BlockingConnection(pika.URLParameters(url))
 channel = connection.channel()
 channel.basic_qos(prefetch_count=2000)
-rows, last = [], None
+rows, last, seen = [], None, 0
 for method, properties, body in channel.consume(queue, inactivity_timeout=0.05):
     if method is not None:
+        seen += 1
         r = json.loads(body)
         rows.append((r["id"], r["ts"], r["facility"], SEVERITY[r["severity"]], r["host"],
                      r["app"], r["pid"], r["message"], json.dumps(r["fields"]), r["v"]))
@@ -104,6 +110,9 @@ for method, properties, body in channel.consume(queue, inactivity_timeout=0.05):
         insert(rows)
         channel.basic_ack(last, multiple=True)
         rows = []
+        if seen == int(count):
+            break
+connection.close()
 """
 
 
@@ -255,24 +264,32 @@ def archiver(archive: Archive, workdir: Path) -> float:
     return drain(archive, workdir, command)
 
 
-def batch_consumer(archive: Archive, workdir: Path) -> float:
-    """Records/s of :data:`BATCH_CONSUMER` draining COUNT queued records into the archive."""
+def batch_consumer(archive: Archive | None, workdir: Path) -> float:
+    """Records/s of :data:`BATCH_CONSUMER` draining COUNT queued records into the archive
+    (None: into nothing, the broker's part alone; it exits once it has acked COUNT)."""
     script = workdir / "batch_consumer.py"
     script.write_text(BATCH_CONSUMER)
-    (sqlite_db if archive.kind == "sqlite" else postgres_db)(archive).close()  # its table
-    target = str(archive.path) if archive.kind == "sqlite" else POSTGRES
+    if archive is None:
+        kind, target, table = "none", "", ""
+    else:
+        (sqlite_db if archive.kind == "sqlite" else postgres_db)(archive).close()  # its table
+        kind, table = archive.kind, archive.table
+        target = str(archive.path) if archive.kind == "sqlite" else POSTGRES
     return drain(
         archive,
         workdir,
         lambda _prefix, queue, _config: [
-            *(PY, str(script), URL, queue, archive.kind, target, archive.table)
+            *(PY, str(script), URL, queue, kind, target, table, str(COUNT))
         ],
     )
 
 
-def drain(archive: Archive, workdir: Path, command: Callable[[str, str, Path], list[str]]) -> float:
+def drain(
+    archive: Archive | None, workdir: Path, command: Callable[[str, str, Path], list[str]]
+) -> float:
     """Records/s of ``command(prefix, queue, topology file)`` draining COUNT records
-    queued on ``queue`` into ``archive``, timed from its start until the rows are there."""
+    queued on ``queue`` into ``archive``, timed from its start until the rows are there
+    (with no archive: until it exits)."""
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     try:
         return _drain(archive, workdir, command, connection.channel())
@@ -282,7 +299,7 @@ def drain(archive: Archive, workdir: Path, command: Callable[[str, str, Path], l
 
 
 def _drain(
-    archive: Archive,
+    archive: Archive | None,
     workdir: Path,
     command: Callable[[str, str, Path], list[str]],
     channel: Any,
@@ -309,11 +326,16 @@ def _drain(
             stderr=subprocess.PIPE,
         )
         try:
-            # Counting rows costs the database a scan, which would compete with the
-            # archiver on a small machine: the broker says when every record has been
-            # handed out, and only the last prefetch's worth is counted for.
-            until(lambda: ready(channel, queue) == 0, proc)
-            seconds = until(lambda: archive.count() >= COUNT, proc) - started
+            if archive is None:
+                if proc.wait(600) != 0:
+                    raise SystemExit(f"the consumer exited {proc.returncode}")
+                seconds = time.perf_counter() - started
+            else:
+                # Counting rows costs the database a scan, which would compete with the
+                # archiver on a small machine: the broker says when every record has been
+                # handed out, and only the last prefetch's worth is counted for.
+                until(lambda: ready(channel, queue) == 0, proc)
+                seconds = until(lambda: archive.count() >= COUNT, proc) - started
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
@@ -358,6 +380,11 @@ def main() -> None:
             f"# archiver (--concurrency {CONCURRENCY}) draining {COUNT:,} records vs "
             "inserting the same rows without a broker (whole archiver process timed)"
         )
+        ceiling = batch_consumer(None, workdir)
+        print(
+            f"broker    plain batch {ceiling:>10,.0f} records/s   (rows stored nowhere: what "
+            "the broker hands one consumer here)"
+        )
         for kind in ("sqlite", "postgres"):
             measured: dict[str, float] = {}
             cases: list[tuple[str, Callable[[Archive], float]]] = [
@@ -387,7 +414,8 @@ def main() -> None:
             print(
                 f"{kind:<9}   bound: the plain batch consumer gets "
                 f"{plain / measured['per-record']:.1f}x of per-record commits through this "
-                f"broker; archiver / plain batch consumer = {measured['archiver'] / plain:.2f}x"
+                f"broker; archiver / plain batch consumer = {measured['archiver'] / plain:.2f}x; "
+                f"storing nowhere, {ceiling / measured['per-record']:.1f}x"
             )
 
 
