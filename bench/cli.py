@@ -49,7 +49,7 @@ import pika
 
 import logbus
 from logbus.record import LogRecord
-from logbus.retry import RetryPolicy, dead_queue, delay_queue
+from logbus.retry import RetryPolicy, retry_queues
 from logbus.topology import Binding, EmitTarget, Topology, default, dumps
 
 URL = sys.argv[1] if len(sys.argv) > 1 else "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -236,10 +236,8 @@ class Case:
     def remove(self) -> None:
         for q in self.topology.queues:
             self.channel.queue_delete(q.name)
-            # The delay and dead-letter queues a logbus worker declared for it.
-            for ms in RetryPolicy().delays_ms():
-                self.channel.queue_delete(delay_queue(q.name, ms))
-            self.channel.queue_delete(dead_queue(q.name))
+            for name in retry_queues(q.name, RetryPolicy()):  # declared by logbus worker
+                self.channel.queue_delete(name)
         for e in self.topology.exchanges:
             self.channel.exchange_delete(e.name)
 

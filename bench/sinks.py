@@ -51,7 +51,7 @@ import psycopg
 from logbus.archive import COLUMNS, postgres_row, postgres_schema, sqlite_row, sqlite_schema
 from logbus.demo import demo_topology
 from logbus.record import LogRecord
-from logbus.retry import RetryPolicy, dead_queue, delay_queue
+from logbus.retry import RetryPolicy, retry_queues
 from logbus.topology import dumps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,7 +340,7 @@ def _drain(
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
     finally:
-        for name in (queue, dead_queue(queue), *_retry_queues(queue)):
+        for name in (queue, *retry_queues(queue, RetryPolicy())):
             channel.queue_delete(name)
         for q in topology.queues:
             channel.queue_delete(q.name)
@@ -352,11 +352,6 @@ def _drain(
 def ready(channel: Any, queue: str) -> int:
     """Records in ``queue`` not yet handed to a consumer."""
     return int(channel.queue_declare(queue, passive=True).method.message_count)
-
-
-def _retry_queues(queue: str) -> list[str]:
-    """The delay queues the archiver declared for ``queue`` (its default retry policy)."""
-    return [delay_queue(queue, ms) for ms in RetryPolicy().delays_ms()]
 
 
 def until(condition: Callable[[], bool], proc: subprocess.Popen[bytes]) -> float:

@@ -96,6 +96,7 @@ __all__ = [
     "history_of",
     "remove_retry_queues",
     "restore_origin",
+    "retry_queues",
     "route_failure",
 ]
 
@@ -230,6 +231,11 @@ def dead_queue(queue: str) -> str:
     return f"{_base(queue)}.dead"
 
 
+def retry_queues(queue: str, policy: RetryPolicy) -> list[str]:
+    """The names of ``queue``'s delay queues for ``policy`` and of its dead-letter queue."""
+    return [*(delay_queue(queue, ms) for ms in policy.delays_ms()), dead_queue(queue)]
+
+
 def _base(queue: str) -> str:
     # Brokers reserve "amq." for names they make up (a server-named queue,
     # amq.gen-...): the retry queues of such a queue are logbus.amq.gen-....
@@ -276,7 +282,7 @@ def remove_retry_queues(transport: Transport, queue: str, policy: RetryPolicy) -
     tearing a deployment down, never for a queue in use.
     """
     held = 0
-    for name in [*(delay_queue(queue, ms) for ms in policy.delays_ms()), dead_queue(queue)]:
+    for name in retry_queues(queue, policy):
         try:
             held += transport.delete_queue(name)
         except NotFound:

@@ -119,9 +119,7 @@ class Core:
         self._settlements: deque[_Settle] = deque()
         self._settle_scheduled = False
         # Acks held back by _io_ack_all, per (consumer or slot, epoch), and their timer.
-        self._held_acks: dict[
-            tuple[int, int], tuple[ChannelSlot | AmqpConsumer, int, set[int]]
-        ] = {}
+        self._held_acks: dict[tuple[int, int], _Held] = {}
         self._held_timer: Any = None
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name=f"logbus-amqp:{name}", daemon=True)

@@ -13,7 +13,7 @@ import pika
 import pytest
 
 from logbus.demo import demo_topology
-from logbus.retry import RetryPolicy, dead_queue, delay_queue
+from logbus.retry import RetryPolicy, retry_queues
 from logbus.topology import Queue, declare, dumps
 from logbus.transports import connect
 from tests.e2e.support import Deployment, Scratch, management_env, remove
@@ -79,9 +79,8 @@ def deploy(
             admin.queue_delete(queue)
         for q in deployment.topology.queues:
             # The delay and dead-letter queues a worker on it declared (deleting none is fine).
-            for ms in RetryPolicy().delays_ms():
-                admin.queue_delete(delay_queue(q.name, ms))
-            admin.queue_delete(dead_queue(q.name))
+            for name in retry_queues(q.name, RetryPolicy()):
+                admin.queue_delete(name)
         for exchange in reversed(deployment.topology.exchanges):
             admin.exchange_delete(exchange.name)
 

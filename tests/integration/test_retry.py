@@ -39,6 +39,7 @@ from logbus.retry import (
     dead_queue,
     delay_queue,
     remove_retry_queues,
+    retry_queues,
 )
 from logbus.transports import connect
 from logbus.transports.base import Delivery, Transport
@@ -491,6 +492,17 @@ def test_remove_retry_queues_tolerates_queues_that_are_not_there():
     """Cleaning up after a worker that never ran deletes nothing and raises nothing."""
     with connect("memory://retry-remove") as transport:
         assert remove_retry_queues(transport, "nothing-here", RetryPolicy()) == 0
+
+
+def test_retry_queues_names_the_delay_queues_of_a_policy_and_the_dead_letter_queue():
+    """What a worker declares for a queue, by name: one delay queue per delay, then .dead."""
+    policy = RetryPolicy(max_attempts=4, delay=1.0, backoff=2)
+    assert retry_queues("jobs", policy) == [
+        "jobs.retry.1000",
+        "jobs.retry.2000",
+        "jobs.retry.4000",
+        "jobs.dead",
+    ]
 
 
 def test_a_server_named_queue_gets_retry_queues_outside_the_reserved_prefix():
