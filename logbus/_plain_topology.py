@@ -17,11 +17,19 @@ publishing to the emit targets.
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT", "PlainTopology", "declarations", "plain_topology", "render_key"]
+__all__ = [
+    "DEFAULT",
+    "FRIENDLY_ARGUMENTS",
+    "PlainTopology",
+    "declarations",
+    "plain_topology",
+    "reachable_names",
+    "render_key",
+]
 
 Item = dict[str, Any]
 
@@ -43,7 +51,8 @@ _EMIT = {"key": "{facility}.{severity}"}
 _EXCHANGE_TYPES = ("fanout", "direct", "topic", "headers")
 _QUEUE_TYPES = ("classic", "quorum")
 _OVERFLOWS = ("drop-head", "reject-publish", "reject-publish-dlx")
-_FRIENDLY = {
+#: A queue's friendly fields and the x-arguments they stand for.
+FRIENDLY_ARGUMENTS = {
     "queue_type": "x-queue-type",
     "max_length": "x-max-length",
     "overflow": "x-overflow",
@@ -68,7 +77,7 @@ class PlainTopology:
 def amqp_arguments(queue: Mapping[str, Any]) -> dict[str, Any]:
     """A queue's x-arguments: ``arguments`` plus the friendly fields that are set."""
     args = dict(queue["arguments"])
-    args.update((key, queue[f]) for f, key in _FRIENDLY.items() if queue[f] is not None)
+    args.update((key, queue[f]) for f, key in FRIENDLY_ARGUMENTS.items() if queue[f] is not None)
     return args
 
 
@@ -170,7 +179,7 @@ def _queue(raw: Any) -> Item:
     _optional(item["message_ttl"], int)
     _optional(item["dead_letter_exchange"], str)
     _optional(item["dead_letter_routing_key"], str)
-    for field, key in _FRIENDLY.items():
+    for field, key in FRIENDLY_ARGUMENTS.items():
         _require(item[field] is None or key not in item["arguments"])
     args = amqp_arguments(item)
     if args.get("x-queue-type") == "quorum":
@@ -261,33 +270,56 @@ def declarations(topology: PlainTopology) -> list[tuple[str, Item]]:
 def _reachable(
     topology: PlainTopology, exchanges: Iterable[str], queues: Iterable[str]
 ) -> PlainTopology:
-    exchange_by_name = {e["name"]: e for e in topology.exchanges}
-    queue_by_name = {q["name"]: q for q in topology.queues}
+    names = reachable_names(
+        {e["name"] for e in topology.exchanges},
+        {q["name"]: amqp_arguments(q).get("x-dead-letter-exchange") for q in topology.queues},
+        [(b["source"], b["destination_type"], b["destination"]) for b in topology.bindings],
+        exchanges,
+        queues,
+    )
+    if names is None:
+        return topology
+    found_exchanges, found_queues = names
+    return PlainTopology(
+        exchanges=tuple(e for e in topology.exchanges if e["name"] in found_exchanges),
+        queues=tuple(q for q in topology.queues if q["name"] in found_queues),
+        bindings=tuple(b for b in topology.bindings if b["source"] in found_exchanges),
+    )
+
+
+def reachable_names(
+    exchanges: Collection[str],
+    dead_letters: Mapping[str, object],
+    bindings: Iterable[tuple[str, str, str]],
+    from_exchanges: Iterable[str],
+    from_queues: Iterable[str],
+) -> tuple[set[str], set[str]] | None:
+    """The exchanges and queues that publishing to ``from_exchanges`` (or ``from_queues``)
+    can reach, of those declared: ``exchanges`` by name, ``dead_letters`` mapping each
+    queue to its ``x-dead-letter-exchange`` (None without one), ``bindings`` as
+    (source, destination type, destination). None when a dead-letter route goes
+    through the default exchange, which is not followed by name: anything may be reached.
+    """
+    routes: dict[str, list[tuple[str, str]]] = {}
+    for source, kind, destination in bindings:
+        routes.setdefault(source, []).append((kind, destination))
     found: dict[str, set[str]] = {"exchange": set(), "queue": set()}
-    todo = [("exchange", x) for x in exchanges] + [("queue", q) for q in queues]
+    todo = [("exchange", x) for x in from_exchanges] + [("queue", q) for q in from_queues]
     while todo:
         kind, name = todo.pop()
-        known = exchange_by_name if kind == "exchange" else queue_by_name
+        known = exchanges if kind == "exchange" else dead_letters
         if name in found[kind] or name not in known:
             continue
         found[kind].add(name)
         if kind == "exchange":
-            todo += [
-                (b["destination_type"], b["destination"])
-                for b in topology.bindings
-                if b["source"] == name
-            ]
+            todo += routes.get(name, [])
             continue
-        dlx = amqp_arguments(queue_by_name[name]).get("x-dead-letter-exchange")
+        dlx = dead_letters[name]
         if dlx == "":
-            return topology
+            return None
         if dlx is not None:
             todo.append(("exchange", str(dlx)))
-    return PlainTopology(
-        exchanges=tuple(e for e in topology.exchanges if e["name"] in found["exchange"]),
-        queues=tuple(q for q in topology.queues if q["name"] in found["queue"]),
-        bindings=tuple(b for b in topology.bindings if b["source"] in found["exchange"]),
-    )
+    return found["exchange"], found["queue"]
 
 
 def _default() -> PlainTopology:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
+from logbus._plain_topology import reachable_names
 from logbus.errors import InputError, RecordError, TransportError
 from logbus.message import Message
 from logbus.record import LogRecord, parse_routing_key
@@ -268,30 +269,20 @@ def reachable(
     emit targets. A dead-letter route through the default exchange is not
     followed by name, so then the whole topology is returned.
     """
-    exchange_by_name = {e.name: e for e in topology.exchanges}
-    queue_by_name = {q.name: q for q in topology.queues}
-    found: dict[str, set[str]] = {"exchange": set(), "queue": set()}
-    todo = [("exchange", x) for x in exchanges] + [("queue", q) for q in queues]
-    while todo:
-        kind, name = todo.pop()
-        known = exchange_by_name if kind == "exchange" else queue_by_name
-        if name in found[kind] or name not in known:
-            continue
-        found[kind].add(name)
-        if kind == "exchange":
-            todo += [
-                (b.destination_type, b.destination) for b in topology.bindings if b.source == name
-            ]
-            continue
-        dlx = queue_by_name[name].amqp_arguments().get("x-dead-letter-exchange")
-        if dlx == "":
-            return topology.model_copy(update={"emit": ()})
-        if dlx is not None:
-            todo.append(("exchange", str(dlx)))
+    names = reachable_names(
+        {e.name for e in topology.exchanges},
+        {q.name: q.amqp_arguments().get("x-dead-letter-exchange") for q in topology.queues},
+        [(b.source, b.destination_type, b.destination) for b in topology.bindings],
+        exchanges,
+        queues,
+    )
+    if names is None:
+        return topology.model_copy(update={"emit": ()})
+    found_exchanges, found_queues = names
     return Topology(
-        exchanges=tuple(e for e in topology.exchanges if e.name in found["exchange"]),
-        queues=tuple(q for q in topology.queues if q.name in found["queue"]),
-        bindings=tuple(b for b in topology.bindings if b.source in found["exchange"]),
+        exchanges=tuple(e for e in topology.exchanges if e.name in found_exchanges),
+        queues=tuple(q for q in topology.queues if q.name in found_queues),
+        bindings=tuple(b for b in topology.bindings if b.source in found_exchanges),
     )
 
 

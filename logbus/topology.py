@@ -56,6 +56,7 @@ from pydantic import (
 )
 
 from logbus import _topology_toml
+from logbus._plain_topology import FRIENDLY_ARGUMENTS
 from logbus._topology_toml import FieldError, Loc, toml_value
 from logbus.errors import ConfigError, PreconditionFailed, TopologyError
 
@@ -110,16 +111,6 @@ class Exchange(_Model):
     arguments: Arguments = Field(default_factory=dict)
 
 
-_FRIENDLY = {
-    "queue_type": "x-queue-type",
-    "max_length": "x-max-length",
-    "overflow": "x-overflow",
-    "message_ttl": "x-message-ttl",
-    "dead_letter_exchange": "x-dead-letter-exchange",
-    "dead_letter_routing_key": "x-dead-letter-routing-key",
-}
-
-
 class Queue(_Model):
     """A queue to declare; the optional friendly fields are its common x-arguments."""
 
@@ -138,12 +129,13 @@ class Queue(_Model):
     def amqp_arguments(self) -> dict[str, Any]:
         """The x-arguments to declare with: ``arguments`` plus the friendly fields that are set."""
         args = dict(self.arguments)
-        args.update((k, v) for f, k in _FRIENDLY.items() if (v := getattr(self, f)) is not None)
+        friendly = FRIENDLY_ARGUMENTS.items()
+        args.update((k, v) for f, k in friendly if (v := getattr(self, f)) is not None)
         return args
 
     @model_validator(mode="after")
     def _consistent(self) -> Queue:
-        for field, key in _FRIENDLY.items():
+        for field, key in FRIENDLY_ARGUMENTS.items():
             if getattr(self, field) is not None and key in self.arguments:
                 what = f"{field} and arguments[{key!r}] are both set"
                 raise FieldError(what, f"keep only {field}", (field,))

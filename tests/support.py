@@ -5,8 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from time import monotonic
+from typing import TYPE_CHECKING
 
-__all__ = ["wait_until"]
+if TYPE_CHECKING:
+    from logbus.worker import Worker, WorkerSummary
+
+__all__ = ["RunningWorker", "wait_until"]
 
 
 def wait_until(
@@ -19,3 +23,39 @@ def wait_until(
         if monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         threading.Event().wait(every)
+
+
+class RunningWorker:
+    """A worker started (its queues declared, its consumer registered), then waited for
+    on a thread of its own; ``stop()`` and ``join()`` return its summary or raise what it
+    raised, failing if it has not ended within ``timeout`` seconds (default: the class's)."""
+
+    timeout = 10.0
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.summary: WorkerSummary | None = None
+        self.error: BaseException | None = None
+        worker.start()
+        self.thread = threading.Thread(target=self._wait, daemon=True)
+        self.thread.start()
+
+    def _wait(self) -> None:
+        try:
+            self.summary = self.worker.wait()
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self, timeout: float | None = None) -> WorkerSummary:
+        """Ask the worker to stop, then :meth:`join` it."""
+        self.worker.stop()
+        return self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> WorkerSummary:
+        """Wait for the worker to end by itself (or after stop)."""
+        self.thread.join(self.timeout if timeout is None else timeout)
+        assert not self.thread.is_alive(), "the worker did not stop in time"
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary

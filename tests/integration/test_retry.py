@@ -43,8 +43,8 @@ from logbus.retry import (
 )
 from logbus.transports import connect
 from logbus.transports.base import Delivery, Transport
-from logbus.worker import Worker, WorkerSummary
-from tests.support import wait_until
+from logbus.worker import Worker
+from tests.support import RunningWorker, wait_until
 
 DEADLINE = 15.0
 FAST = RetryPolicy(max_attempts=3, delay=0.05, backoff=1)
@@ -134,31 +134,10 @@ class Recorder:
         return getattr(self._inner, name)
 
 
-class Running:
-    """A worker running on a thread of its own; ``stop()`` returns its summary."""
+class Running(RunningWorker):
+    """A worker on a thread of its own, given this module's deadline to stop."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.summary: WorkerSummary | None = None
-        self.error: BaseException | None = None
-        worker.start()
-        self.thread = threading.Thread(target=self._wait, daemon=True)
-        self.thread.start()
-
-    def _wait(self) -> None:
-        try:
-            self.summary = self.worker.wait()
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> WorkerSummary:
-        self.worker.stop()
-        self.thread.join(DEADLINE)
-        assert not self.thread.is_alive(), "the worker did not stop in time"
-        if self.error is not None:
-            raise self.error
-        assert self.summary is not None
-        return self.summary
+    timeout = DEADLINE
 
 
 @dataclass

@@ -24,7 +24,8 @@ from logbus.retry import (
     remove_retry_queues,
 )
 from logbus.transports.amqp import AmqpTransport
-from logbus.worker import Worker, WorkerSummary, default_prefetch
+from logbus.worker import Worker, default_prefetch
+from tests.support import RunningWorker
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
 
@@ -72,37 +73,6 @@ class ProbeSink:
 
     def close(self) -> None:
         self.closed += 1
-
-
-class Running:
-    """A worker started (its queues declared, its consumer registered), then running on a
-    thread of its own; ``stop()`` returns its summary."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.summary: WorkerSummary | None = None
-        self.error: BaseException | None = None
-        worker.start()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.summary = self.worker.wait()
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self, timeout: float = 10.0) -> WorkerSummary:
-        self.worker.stop()
-        return self.join(timeout)
-
-    def join(self, timeout: float = 10.0) -> WorkerSummary:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the worker did not stop in time"
-        if self.error is not None:
-            raise self.error
-        assert self.summary is not None
-        return self.summary
 
 
 @pytest.fixture
@@ -174,7 +144,7 @@ def test_every_record_is_stored_then_acked_and_the_queue_empties(amqp_url, admin
     batch = records(50)
     publish(admin, work_queue, batch)
     sink = ProbeSink()
-    running = Running(Worker(amqp_url, work_queue, sink, concurrency=3))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, concurrency=3))
     wait_until(lambda: len(sink.stored) == 50, 10, "50 records stored")
     summary = running.stop()
     assert sorted(sink.stored) == sorted(r.id for r in batch)
@@ -199,7 +169,7 @@ def test_batches_finishing_out_of_order_are_all_acked_once(amqp_url, admin, work
         threading.Event().wait(next(pauses) / 10)
 
     sink = ProbeSink(uneven)
-    running = Running(Worker(amqp_url, work_queue, sink, concurrency=4, prefetch=200))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, concurrency=4, prefetch=200))
     wait_until(lambda: len(sink.stored) == 1000, 30, "1,000 records stored")
     summary = running.stop()
     assert sorted(sink.stored) == sorted(r.id for r in batch)
@@ -219,7 +189,7 @@ def test_a_record_is_not_acked_while_the_sink_is_still_writing_it(
         release.wait(10)
 
     sink = ProbeSink(slow)
-    running = Running(Worker(amqp_url, work_queue, sink))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink))
     publish(admin, work_queue, records(1))
     assert writing.wait(10)
     assert unacked(work_queue) == 1
@@ -236,7 +206,7 @@ def test_a_recoverable_sink_failure_brings_the_record_back(amqp_url, admin, work
         return ConnectionLost("the database went away") if attempt <= 2 else None
 
     sink = ProbeSink(flaky)
-    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK))
     [sent] = records(1)
     publish(admin, work_queue, [sent])
     wait_until(lambda: sink.stored == [sent.id], 10, "the third attempt to store it")
@@ -250,7 +220,7 @@ def test_a_recoverable_sink_failure_brings_the_record_back(amqp_url, admin, work
 def test_a_failed_for_good_record_goes_to_the_dead_letter_queue(amqp_url, admin, work_queue):
     """A non-recoverable sink error is not retried: the record is dead-lettered at once."""
     sink = ProbeSink(lambda r, n: DecodeError("the sink cannot store this"))
-    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK))
     [sent] = records(1)
     publish(admin, work_queue, [sent])
     wait_until(lambda: ready(admin, dead_queue(work_queue)) == 1, 10, "the dead-lettered record")
@@ -273,7 +243,7 @@ def test_an_exception_raised_by_write_counts_as_that_records_failure(amqp_url, a
             raise ValueError("a bug in the sink")
 
     sink = ProbeSink(buggy)
-    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK))
     publish(admin, work_queue, [bad, good])
     wait_until(lambda: sink.stored == [good.id], 10, "the good record stored")
     wait_until(lambda: ready(admin, dead_queue(work_queue)) == 1, 10, "the bad one dead-lettered")
@@ -284,7 +254,7 @@ def test_an_exception_raised_by_write_counts_as_that_records_failure(amqp_url, a
 def test_an_undecodable_message_is_dead_lettered_and_counted(amqp_url, admin, work_queue):
     """A body that is not a record never reaches the sink and is dead-lettered."""
     sink = ProbeSink()
-    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK))
     bad = Message(b'["not", "a", "record"]', Properties(message_id="bad-1"), "", work_queue)
     admin.publish(bad)
     [good] = records(1)
@@ -305,7 +275,7 @@ def test_n_threads_hand_n_records_to_the_sink_at_once(amqp_url, admin, work_queu
         barrier.wait()  # BrokenBarrierError (a failure) unless 4 threads write at once
 
     sink = ProbeSink(meet)
-    running = Running(Worker(amqp_url, work_queue, sink, concurrency=4))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, concurrency=4))
     publish(admin, work_queue, records(8))
     wait_until(lambda: len(sink.stored) == 8, 15, "two rounds of four")
     summary = running.stop()
@@ -327,7 +297,7 @@ def test_stop_finishes_and_acks_in_flight_records_and_requeues_the_rest(
     sink = ProbeSink(held)
     # A transport of the test's: it stays open, so what is requeued is the worker's doing.
     with AmqpTransport(amqp_url) as transport:
-        running = Running(Worker(transport, work_queue, sink, concurrency=2, prefetch=10))
+        running = RunningWorker(Worker(transport, work_queue, sink, concurrency=2, prefetch=10))
         publish(admin, work_queue, records(10))
         for _ in range(2):
             assert in_flight.acquire(timeout=10)
@@ -360,7 +330,7 @@ def test_worker_on_a_shared_transport_leaves_it_open(amqp_url, admin, work_queue
     """A worker given a transport leaves it open (and its consumer cancelled) when it stops."""
     with AmqpTransport(amqp_url) as transport:
         sink = ProbeSink()
-        running = Running(Worker(transport, work_queue, sink))
+        running = RunningWorker(Worker(transport, work_queue, sink))
         publish(admin, work_queue, records(1))
         wait_until(lambda: len(sink.stored) == 1, 10, "the record")
         running.stop()
@@ -372,7 +342,7 @@ def test_a_deleted_queue_ends_the_worker_with_connection_lost(amqp_url, admin, u
     name = f"{unique_name}.doomed"
     admin.declare_queue(name, durable=False)
     sink = ProbeSink()
-    running = Running(Worker(amqp_url, name, sink, retry=QUICK))
+    running = RunningWorker(Worker(amqp_url, name, sink, retry=QUICK))
     try:
         wait_until(
             lambda: admin.declare_queue(name, passive=True).consumer_count == 1, 10, "consumer"
@@ -392,7 +362,7 @@ def test_the_worker_keeps_going_after_the_broker_closes_its_connection(
     name = f"worker-{unique_name}"
     with AmqpTransport(amqp_url, connection_name=name) as transport:
         sink = ProbeSink()
-        running = Running(Worker(transport, work_queue, sink))
+        running = RunningWorker(Worker(transport, work_queue, sink))
         first = records(5, "before")
         publish(admin, work_queue, first)
         wait_until(lambda: len(set(sink.stored)) == 5, 10, "records before the close")
@@ -436,7 +406,7 @@ def test_no_write_holds_more_than_the_sinks_max_batch(amqp_url, admin, work_queu
     """30 waiting records reach a sink of max_batch 8 in writes of 8 at most."""
     publish(admin, work_queue, records(30))
     sink = BatchingSink(max_batch=8, max_wait=0.2)
-    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK))
     wait_until(lambda: len(sink.stored) == 30, 10, "30 records stored")
     running.stop()
     assert sum(sink.sizes) == 30
@@ -453,7 +423,7 @@ def test_the_default_prefetch_holds_two_batches_per_thread_of_a_batching_sink(am
 def test_a_thread_waits_up_to_max_wait_for_a_batch_to_fill(amqp_url, admin, work_queue):
     """Three records published one by one reach a sink of max_batch 3 in a single write."""
     sink = BatchingSink(max_batch=3, max_wait=10.0)
-    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK))
     wait_until(lambda: admin.declare_queue(work_queue, passive=True).consumer_count == 1, 10, "c")
     for record in records(3):
         publish(admin, work_queue, [record])
@@ -465,7 +435,7 @@ def test_a_thread_waits_up_to_max_wait_for_a_batch_to_fill(amqp_url, admin, work
 def test_stop_does_not_wait_for_a_batch_to_fill(amqp_url, admin, work_queue):
     """A thread waiting 30 s to fill a batch stops at once; its record goes back unwritten."""
     sink = BatchingSink(max_batch=100, max_wait=30.0)
-    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK))
     publish(admin, work_queue, records(1))
     wait_until(lambda: ready(admin, work_queue) == 0, 10, "the record taken")
     running.stop(timeout=10)  # fails if stop waited for the 30 s
@@ -493,7 +463,7 @@ def test_the_metrics_hook_counts_what_the_worker_does(amqp_url, admin, work_queu
 
     metrics = WorkerMetrics(work_queue, "probe")
     sink = ProbeSink(behave)
-    running = Running(Worker(amqp_url, work_queue, sink, retry=QUICK, metrics=metrics))
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK, metrics=metrics))
     publish(admin, work_queue, [good, refused, flaky, other])
     admin.publish(Message(b"[]", Properties(message_id="bad"), "", work_queue))
     wait_until(lambda: len(sink.stored) == 3, 10, "three records stored")
@@ -521,7 +491,7 @@ def test_health_says_whether_the_worker_is_consuming(amqp_url, work_queue):
     """Unhealthy before start and after stop; healthy, with its queue, while it consumes."""
     worker = Worker(amqp_url, work_queue, ProbeSink(), retry=QUICK)
     assert worker.health()[0] is False
-    running = Running(worker)
+    running = RunningWorker(worker)
     wait_until(lambda: worker.health()[0], 10, "a healthy worker")
     _, details = worker.health()
     assert details["queue"] == work_queue

@@ -33,7 +33,8 @@ from logbus.message import Message, Properties
 from logbus.pools import GeventPool, gevent_patched
 from logbus.record import LogRecord
 from logbus.transports import Transport, connect
-from logbus.worker import Worker, WorkerSummary
+from logbus.worker import Worker
+from tests.support import RunningWorker
 
 DEADLINE = 20.0
 REPO = Path(__file__).resolve().parents[2]
@@ -217,31 +218,10 @@ def publish(transport: Transport, messages: Sequence[str], queue: str = "tasks")
     return [r.id for r in records]
 
 
-class Running:
-    """A worker running on a thread of its own; ``stop()`` returns its summary."""
+class Running(RunningWorker):
+    """A worker on a thread of its own, given this module's deadline to stop."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.summary: WorkerSummary | None = None
-        self.error: BaseException | None = None
-        worker.start()
-        self.thread = threading.Thread(target=self._wait, daemon=True)
-        self.thread.start()
-
-    def _wait(self) -> None:
-        try:
-            self.summary = self.worker.wait()
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self, timeout: float = DEADLINE) -> WorkerSummary:
-        self.worker.stop()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the worker did not stop in time"
-        if self.error is not None:
-            raise self.error
-        assert self.summary is not None
-        return self.summary
+    timeout = DEADLINE
 
 
 def ready(transport: Transport, queue: str = "tasks") -> int:
