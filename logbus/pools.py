@@ -49,6 +49,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from logbus._log import get_logger
+from logbus._urls import redact_url
 from logbus.errors import ConfigError, DecodeError, InputError, LogbusError
 from logbus.record import LogRecord, decode
 from logbus.sinks import Sink, is_recoverable, load_sink
@@ -94,8 +95,9 @@ PoolKind = Literal["thread", "process", "gevent"]
 POOL_KINDS: tuple[PoolKind, ...] = ("thread", "process", "gevent")
 #: How long a worker process may take to start and open its sink.
 START_TIMEOUT = 60.0
-# How long a worker process told to stop may take to close its sink, before it is killed.
-_STOP_TIMEOUT = 30.0
+#: How long a worker process told to stop may take to close its sink, before it is killed
+#: (a worker sets its pool's ``stop_timeout`` to its own shutdown timeout).
+STOP_TIMEOUT = 20.0
 # What must be patched for greenlets to stand in for threads, and waits to be cooperative.
 _PATCHED = ("threading", "queue", "socket", "time")
 
@@ -375,16 +377,23 @@ class _ProcessLane:
         if not kill:
             with contextlib.suppress(OSError, ValueError):
                 conn.send_bytes(encode(Frame("stop")))
-            process.join(_STOP_TIMEOUT)
+            process.join(self._pool.stop_timeout)
         if process.is_alive():
             if not kill:
-                log.warning("pool.process_stuck", pid=process.pid, seconds=_STOP_TIMEOUT)
+                log.warning("pool.process_stuck", pid=process.pid, seconds=self._pool.stop_timeout)
             process.kill()
             process.join(5)
         conn.close()
 
     def close(self) -> None:
         self._stop()
+
+    def kill(self) -> None:
+        """Kill the worker process at once (a stop that timed out); never raises."""
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
 
 
 class ProcessPool:
@@ -409,6 +418,7 @@ class ProcessPool:
         load_sink(spec)  # an unknown sink fails here, in this process, with the suggestion
         self.sink = spec
         self.start_timeout = start_timeout
+        self.stop_timeout = STOP_TIMEOUT
         self.replaced = 0
         self._lanes: list[_ProcessLane] = []
         self._lock = threading.Lock()
@@ -424,7 +434,9 @@ class ProcessPool:
         except BaseException:
             self.close()
             raise
-        log.info("pool.started", sink=self.sink, pids=[lane.pid for lane in self._lanes])
+        log.info(
+            "pool.started", sink=redact_url(self.sink), pids=[lane.pid for lane in self._lanes]
+        )
         lanes: list[Lane] = [*self._lanes]
         return lanes
 
@@ -433,8 +445,14 @@ class ProcessPool:
         for lane in self._lanes:
             lane.close()
 
+    def kill(self) -> None:
+        """Kill every worker process now: a stop that ran out of time. Their records,
+        never acked, were requeued; the lanes' threads see their pipes end."""
+        for lane in self._lanes:
+            lane.kill()
+
     def __repr__(self) -> str:
-        return f"<ProcessPool sink={self.sink!r}>"
+        return f"<ProcessPool sink={redact_url(self.sink)!r}>"
 
 
 def _result(frame: Frame) -> Result:

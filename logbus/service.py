@@ -20,8 +20,9 @@ The file::
     bindings = ["#"]                # ... with these keys
     max_length = 1000000            # optional: also overflow, queue_type
 
-    [worker]                        # optional: pool, concurrency, prefetch
+    [worker]                        # optional: pool, concurrency, prefetch, shutdown_timeout
     concurrency = 2
+    shutdown_timeout = "20s"        # SIGTERM: what the sink has not finished by then is requeued
 
     [retry]                         # optional: max_attempts, delay, backoff, max_delay
     max_attempts = 5
@@ -98,6 +99,7 @@ class WorkerSection(_Section):
     pool: Literal["thread", "process", "gevent"] = "thread"
     concurrency: int = Field(default=1, ge=1, le=1024)
     prefetch: int | None = Field(default=None, ge=1, le=65535)
+    shutdown_timeout: str | float = "20s"
 
 
 class RetrySection(_Section):
@@ -282,12 +284,14 @@ def run_service(
     wrap: Callable[[Sink], Sink] | None = None,
     on_started: Callable[[str], None] | None = None,
     stop_signals: bool = True,
+    report: Callable[[str], object] | None = None,
 ) -> WorkerSummary:
     """Declare, consume and write until SIGTERM/SIGINT; returns the worker's summary.
 
     ``url`` overrides the file's; ``wrap`` lets a service put its own logic around
     the sink (the alerter's de-duplication); ``on_started`` gets a one-line
-    description once the worker consumes.
+    description once the worker consumes; ``report`` is told what a stopping worker
+    does (see :class:`~logbus.worker.Worker`).
     """
     from logbus.durations import parse_duration
     from logbus.metrics import WorkerMetrics, serve_metrics
@@ -312,6 +316,9 @@ def run_service(
             backoff=r.backoff,
             max_delay=parse_duration(r.max_delay, what="[retry] max_delay"),
         )
+        shutdown_timeout = parse_duration(
+            config.worker.shutdown_timeout, what="[worker] shutdown_timeout"
+        )
     except InputError as exc:
         raise ConfigError(f"{config.source}: {exc}") from exc
     sink = build_sink(config)
@@ -332,6 +339,8 @@ def run_service(
             settings=settings,
             retry=retry,
             metrics=metrics,
+            shutdown_timeout=shutdown_timeout,
+            report=report,
         )
         if config.metrics.port is not None:
             server = serve_metrics(

@@ -31,13 +31,20 @@ thread that calls :meth:`Worker.run` only watches for the signal to stop.
 handler. The thread in :meth:`Worker.run` then cancels the consumer (no new
 records) and requeues what was prefetched but not started, while every thread
 finishes and acks the batch in its hands; then it stops the pool (worker
-processes finish and exit) and returns a :class:`WorkerSummary`.
+processes finish and exit) and returns a :class:`WorkerSummary`. All of that
+takes at most ``shutdown_timeout`` seconds (20 by default, under the 30 s after
+which Kubernetes kills a pod): a batch the sink has not finished by then goes
+back to the queue (nacked with requeue) and the worker returns without waiting
+for it, so a stuck sink delays a stop, never prevents it. A record the sink
+finished just then may be stored *and* requeued: a duplicate, never a loss.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,7 +52,15 @@ from logbus._log import get_logger
 from logbus.batching import Batching, Taker, batching_of, default_prefetch
 from logbus.errors import ConfigError, LogbusError
 from logbus.outcomes import Forward, Outcomes, describe_failure
-from logbus.pools import Lane, Pool, PoolKind, PoolWorkerLost, check_transport, make_pool
+from logbus.pools import (
+    Lane,
+    Pool,
+    PoolKind,
+    PoolWorkerLost,
+    ProcessPool,
+    check_transport,
+    make_pool,
+)
 from logbus.retry import RetryPolicy, declare_retry_queues, restore_origin, route_failure
 from logbus.sinks import Sink, is_recoverable
 from logbus.transports.base import Delivery, Transport
@@ -54,7 +69,14 @@ if TYPE_CHECKING:
     from logbus.metrics import WorkerMetrics
     from logbus.settings import Settings
 
-__all__ = ["MAX_CONCURRENCY", "Worker", "WorkerSummary", "default_prefetch", "units"]
+__all__ = [
+    "MAX_CONCURRENCY",
+    "SHUTDOWN_TIMEOUT",
+    "Worker",
+    "WorkerSummary",
+    "default_prefetch",
+    "units",
+]
 
 log = get_logger("logbus.worker")
 
@@ -62,6 +84,8 @@ log = get_logger("logbus.worker")
 MAX_CONCURRENCY = 1024
 # How often the waiting threads look at the stop flag: the latency of stop().
 _POLL = 0.2
+#: Seconds a stopping worker waits for the sink to finish what it holds (Kubernetes: 30).
+SHUTDOWN_TIMEOUT = 20.0
 
 
 def units(unit: str, count: int) -> str:
@@ -124,8 +148,11 @@ class Worker:
     was set explicitly (``LOGBUS_PREFETCH``), else :func:`default_prefetch`.
     ``retry`` says when a failed record is tried again (default
     :class:`~logbus.retry.RetryPolicy`: 5 attempts, 1 s doubling); ``metrics``,
-    if given, is told what happens. The queue must exist: declare the topology
-    first; the worker declares the queue's delay and dead-letter queues itself.
+    if given, is told what happens. ``shutdown_timeout`` bounds a stop (see the
+    module docstring); ``report``, if given, is told in words what a stopping
+    worker does (``draining 12 in flight, returning 1,988 prefetched``), for a
+    command line to print. The queue must exist: declare the topology first; the
+    worker declares the queue's delay and dead-letter queues itself.
     """
 
     def __init__(
@@ -140,8 +167,22 @@ class Worker:
         settings: Settings | None = None,
         retry: RetryPolicy | None = None,
         metrics: WorkerMetrics | None = None,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+        report: Callable[[str], object] | None = None,
     ) -> None:
+        if (
+            isinstance(shutdown_timeout, bool)
+            or not isinstance(shutdown_timeout, int | float)
+            or not 0 <= shutdown_timeout < math.inf
+        ):
+            raise ConfigError(
+                f"the shutdown timeout must be a number of seconds >= 0, not {shutdown_timeout!r}"
+            )
+        self.shutdown_timeout = float(shutdown_timeout)
+        self._report = report
         self.pool: Pool = make_pool(pool, sink)
+        if isinstance(self.pool, ProcessPool):  # worker processes stop within the bound too
+            self.pool.stop_timeout = self.shutdown_timeout
         if not 1 <= concurrency <= MAX_CONCURRENCY:
             raise ConfigError(
                 f"concurrency must be 1..{MAX_CONCURRENCY} {units(self.pool.unit, 2)}, "
@@ -180,6 +221,9 @@ class Worker:
         self._outcomes = Outcomes(queue, self.retry, metrics, self._draining)
         self._outcomes.transport = self._transport
         self._lock = threading.Lock()
+        # The batch each thread is writing, by thread: what "in flight" means when stopping.
+        self._in_hand: dict[int, list[Delivery]] = {}
+        self._abandoned = False  # stopped past the timeout: late results settle nothing
         self._fatal: BaseException | None = None
         self._started_at: float | None = None
 
@@ -342,14 +386,22 @@ class Worker:
                 if self._stop_requested:  # prefetched, never started: back to the queue
                     self._outcomes.requeue(batch)
                     return
+                ident = threading.get_ident()
+                with self._lock:
+                    self._in_hand[ident] = batch
                 try:
                     self._handle(lane, batch)
                 except PoolWorkerLost as exc:
-                    self._outcomes.lost(batch, str(exc))
+                    if not self._abandoned:
+                        self._outcomes.lost(batch, str(exc))
                 except BaseException as exc:
-                    self._outcomes.requeue(batch)
+                    if not self._abandoned:
+                        self._outcomes.requeue(batch)
                     self._fail(exc)
                     return
+                finally:
+                    with self._lock:
+                        self._in_hand.pop(ident, None)
         finally:
             lane.close()  # a worker process finishes and exits
 
@@ -366,6 +418,8 @@ class Worker:
             started = time.monotonic()
             results = lane.handle(deliveries)
             metrics.observe_batch(max(0.0, time.monotonic() - started), len(deliveries))
+        if self._abandoned:  # the stop timed out meanwhile: these went back to the queue
+            return
         self._outcomes.finish(deliveries, results, self._on_failure)
 
     def _on_failure(self, delivery: Delivery, exc: Exception) -> Forward:
@@ -389,21 +443,70 @@ class Worker:
 
     # -- stopping ------------------------------------------------------------------------
 
+    def _in_flight(self) -> list[Delivery]:
+        with self._lock:
+            return [delivery for batch in self._in_hand.values() for delivery in batch]
+
+    def _tell(self, text: str) -> None:
+        if self._report is not None:
+            try:
+                self._report(text)
+            except Exception as exc:  # a broken pipe on stderr must not stop the stop
+                log.debug("worker.report_failed", error=str(exc))
+
     def _shutdown(self, taker: Taker) -> None:
         self._stop_requested = True
         self._draining.set()
+        deadline = time.monotonic() + self.shutdown_timeout
+        returned: list[Delivery] = []
         try:
             # What the broker sent that no thread took: back to the queue, where other
             # workers get it now rather than when this connection closes.
-            self._outcomes.requeue(taker.cancel())
+            returned = taker.cancel()
+            self._outcomes.requeue(returned)
         except LogbusError as exc:  # the connection is down: closing it requeues all
             log.warning("worker.cancel_failed", queue=self.queue, reason=str(exc))
+        in_flight = len(self._in_flight())
+        log.info(
+            "worker.stopping",
+            queue=self.queue,
+            in_flight=in_flight,
+            returned=len(returned),
+            timeout=self.shutdown_timeout,
+        )
+        self._tell(
+            f"draining {in_flight:,} in flight, returning {len(returned):,} prefetched "
+            f"(at most {self.shutdown_timeout:g}s)"
+        )
         for thread in self._threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread for thread in self._threads if thread.is_alive()]
+        if stuck:
+            self._give_up(len(stuck))
         self._outcomes.requeue(taker.leftovers())  # left by a thread that ended on an error
         try:
             if self._url is not None and self._transport is not None:
                 self._transport.close()
         finally:
-            self.pool.close()
+            if not stuck:  # a sink still inside write() is left open: closing it could block
+                self.pool.close()
         log.info("worker.stopped", pool=self.pool.kind, **vars(self.summary()))
+
+    def _give_up(self, stuck: int) -> None:
+        """Past the shutdown timeout: what the sink still holds goes back to the queue."""
+        self._abandoned = True
+        left = [delivery for delivery in self._in_flight() if delivery.settled is None]
+        self._outcomes.requeue(left)
+        log.info(  # info: the report says it on a console; json lines carry this event
+            "worker.shutdown_timed_out",
+            queue=self.queue,
+            timeout=self.shutdown_timeout,
+            requeued=len(left),
+            busy=stuck,
+        )
+        self._tell(
+            f"shutdown timeout ({self.shutdown_timeout:g}s): {len(left):,} records the sink "
+            "has not finished go back to the queue"
+        )
+        if isinstance(self.pool, ProcessPool):  # worker processes still writing: stop them now
+            self.pool.kill()

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from logbus.cli.common import UrlOption, run_guarded
-from logbus.cli.worker import LogFormat, log_json_lines
+from logbus.cli.worker import LogFormat, log_json_lines, stopping_reporter
 from logbus.service import ServiceConfig, load_service, run_service
 from logbus.sinks import Sink
 
@@ -75,6 +75,7 @@ def service_main(
             url=url,
             wrap=wrap(loaded) if wrap is not None else None,
             on_started=lambda text: typer.echo(f"{name}: {text}", err=True),
+            report=stopping_reporter(name) if log_format is LogFormat.console else None,
         )
         typer.echo(f"{name}: stopped: {done}", err=True)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
@@ -35,6 +36,7 @@ __all__ = [
     "log_json_lines",
     "register",
     "stop_on_signals",
+    "stopping_reporter",
     "worker",
 ]
 
@@ -60,8 +62,11 @@ up to --max-attempts; then, or at once if the failure is not recoverable or
 the message is not a record, it goes to <queue>.dead with the reason and
 its attempt history (see logbus dlq). The worker declares these queues.
 
-SIGTERM or Ctrl-C stops taking records, finishes and acks those in hand, and
-exits 0; a second one quits at once (the broker requeues what was not acked).
+SIGTERM or Ctrl-C stops taking records, returns the prefetched ones to the
+queue, finishes and acks those in hand, saying so on stderr, and exits 0
+within --shutdown-timeout (what the sink has not finished by then goes back
+to the queue too); a second one quits at once (the broker requeues what was
+not acked: nothing is lost either way).
 Worker processes (--pool process) finish their batch and exit first; one that
 dies has its records requeued and is replaced. They share a jsonl file
 (appending whole batches).
@@ -198,6 +203,15 @@ def worker(
             "worker, info and up, one JSON object per line on stderr (for log shippers).",
         ),
     ] = LogFormat.console,
+    shutdown_timeout: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="On SIGTERM or Ctrl-C, how long to wait for the sink to finish the records "
+            "in hand; then they go back to the queue and the worker exits 0. Keep it under "
+            "the time your supervisor allows (Kubernetes: 30s).",
+        ),
+    ] = "20s",
     url: UrlOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -221,6 +235,7 @@ def worker(
     from logbus.worker import Worker, units
 
     policy = _retry_policy(max_attempts, retry_delay, retry_backoff, retry_max_delay, no_retry)
+    bound = _shutdown_timeout(shutdown_timeout)
     settings = make_settings(url, config)
     check_transport(pool.value, settings.url)  # before connecting: gevent blocks some
     topology = settings.topology()
@@ -247,6 +262,8 @@ def worker(
             settings=settings,
             retry=policy,
             metrics=metrics,
+            shutdown_timeout=bound,
+            report=stopping_reporter("logbus worker") if log_format is LogFormat.console else None,
         )
         with contextlib.ExitStack() as serving, stop_on_signals(runner.stop):
             served = ""
@@ -285,6 +302,29 @@ def _monkey_patch() -> None:
     except ImportError:
         raise fail("--pool gevent needs gevent: pip install 'logbus[gevent]'", CONFIG) from None
     monkey.patch_all()
+
+
+def _shutdown_timeout(text: str) -> float:
+    """``--shutdown-timeout`` in seconds; a usage error if it is not a duration."""
+    from logbus.durations import parse_duration
+    from logbus.errors import InputError
+
+    try:
+        return parse_duration(text, what="--shutdown-timeout")
+    except InputError as exc:
+        raise fail(str(exc), USAGE) from None
+
+
+def stopping_reporter(prog: str) -> Callable[[str], None]:
+    """Prints what a stopping worker does on stderr; the first line says how to hurry it."""
+    told: list[str] = []
+
+    def report(text: str) -> None:
+        hint = "" if told else "; Ctrl-C again to stop now"
+        told.append(text)
+        typer.echo(f"{prog}: {text}{hint}", err=True)
+
+    return report
 
 
 def _retry_policy(

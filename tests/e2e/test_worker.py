@@ -596,3 +596,40 @@ def test_log_format_json_writes_every_event_as_a_json_line(setup, start):
     )
     [stopped] = [e for e in logged if e["event"] == "worker.stopped"]
     assert stopped["handled"] == 2
+
+
+# -- stopping within a bound ------------------------------------------------------------------
+
+
+def _gate(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``gate`` sink directory (see tests/e2e/test_dlq.py), its plugin found by workers."""
+    gate = setup.tmp / "gate"
+    gate.mkdir()
+    plugin = setup.tmp / "plugin"
+    plugin.mkdir()
+    monkeypatch.setenv("PYTHONPATH", install_gate_plugin(plugin)["PYTHONPATH"])
+    return gate
+
+
+def test_sigterm_with_a_slow_sink_says_what_it_does_and_exits_0_within_the_timeout(
+    setup, start, monkeypatch
+):
+    """A sink stuck in a write: SIGTERM says what is drained and returned, then at the
+    --shutdown-timeout gives the stuck batch back too and exits 0; nothing is lost."""
+    gate = _gate(setup, monkeypatch)
+    (gate / "pause").write_text("120")  # each write takes two minutes: far past any bound
+    worker = start("--shutdown-timeout", "1s", sink=f"gate:{gate}")
+    sent = emit(setup, 500)
+    wait_until(lambda: setup.ready() == 0, 10, "the worker to prefetch every record")
+    # The proc.wait deadline is generous; what matters is that the worker ends by itself.
+    assert worker.signal(signal.SIGTERM, timeout=60) == 0, worker.stderr
+    found = re.search(r"draining ([\d,]+) in flight, returning ([\d,]+) prefetched", worker.stderr)
+    assert found is not None, worker.stderr
+    in_flight, returned = (int(group.replace(",", "")) for group in found.groups())
+    assert in_flight + returned == 500, worker.stderr
+    assert "Ctrl-C again to stop now" in worker.stderr
+    assert "shutdown timeout" in worker.stderr
+    stored = set(gate_lines(gate, "stored"))
+    wait_until(lambda: setup.ready() + len(stored) >= 500, 10, "every record back or stored")
+    back = set(setup.drain())
+    assert back | stored == set(sent)  # each record stored or back in the queue: none lost
