@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from logbus._log import get_logger
+from logbus._log import Repeats, get_logger
 from logbus.errors import LogbusError, Unroutable
 from logbus.message import Message
 from logbus.pools import RemoteSinkError, Result, Undecodable
@@ -105,6 +105,8 @@ class Outcomes:
         self._local = threading.local()  # consecutive failures, per thread
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNTS, 0)
+        # One warning per record would flood stderr: the first of a kind per window, then a count.
+        self.repeats = Repeats(log)
 
     def counts(self) -> dict[str, int]:
         """Each of :data:`COUNTS` so far."""
@@ -128,8 +130,9 @@ class Outcomes:
             if result is None:
                 stored.append(delivery)
             elif isinstance(result, Undecodable):
-                log.warning(
+                self.repeats.warning(
                     "worker.undecodable",
+                    key=(self.queue,),
                     queue=self.queue,
                     message_id=delivery.properties.message_id,
                     routing_key=delivery.routing_key,
@@ -142,8 +145,9 @@ class Outcomes:
                 dead = for_dead(delivery.message, queue=self.queue, reason=reason)
                 forwards.append(Forward(delivery, dead, "dead_lettered"))
             else:
-                log.warning(
+                self.repeats.warning(
                     "worker.sink_failed",
+                    key=(self.queue, type(result).__name__, is_recoverable(result)),
                     queue=self.queue,
                     message_id=delivery.properties.message_id,
                     recoverable=is_recoverable(result),
@@ -168,8 +172,9 @@ class Outcomes:
         try:
             self.transport.publish_many([forward.message for forward in forwards])
         except LogbusError as exc:
-            log.warning(
+            self.repeats.warning(
                 "worker.forward_failed",
+                key=(self.queue, type(exc).__name__),
                 queue=self.queue,
                 records=len(forwards),
                 error=f"{type(exc).__name__}: {exc}",
@@ -233,8 +238,9 @@ class Outcomes:
             settle_many(deliveries, how, requeue=requeue)
         except LogbusError as exc:
             # The channel is gone, and with it the deliveries: the broker requeued them.
-            log.warning(
+            self.repeats.warning(
                 "worker.settle_failed",
+                key=(self.queue, how.value),
                 queue=self.queue,
                 how=how.value,
                 records=len(deliveries),

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-from logbus._log import get_logger
+from logbus._log import Repeats, get_logger
 from logbus.emitter import declare_async
 from logbus.errors import ConfigError, ConnectionLost, DecodeError, TransportError
 from logbus.record import LogRecord, Severity, decode
@@ -28,6 +28,8 @@ from logbus.transports.base import AsyncConsumer, AsyncTransport
 __all__ = ["AsyncSubscriber", "Subscriber"]
 
 log = get_logger("logbus.subscriber")
+# One warning per undecodable body would flood stderr: a line per window, then a count.
+_repeats = Repeats(log)
 
 
 def exchange_of_type(topology: Topology, exchange_type: str) -> str:
@@ -114,21 +116,32 @@ class Subscriber:
         self.undecodable = 0
         declare(self.transport, self.topology)
         temporary = queue is None
-        self.queue = self.transport.declare_queue(
+        name = self.transport.declare_queue(
             queue or "",
             durable=durable and not temporary,
             exclusive=temporary,
             auto_delete=temporary,
         ).name
         for exchange, key, arguments in self.bindings:
-            self.transport.bind_queue(self.queue, exchange, key, arguments)
+            self.transport.bind_queue(name, exchange, key, arguments)
         self._consumer: Consumer = self.transport.consume(
-            self.queue, prefetch=prefetch or self.settings.prefetch
+            name, prefetch=prefetch or self.settings.prefetch
         )
         self._pending: Delivery | None = None
 
+    @property
+    def queue(self) -> str:
+        """The subscription's queue: a temporary one is named anew by each reconnect."""
+        return self._consumer.queue
+
     def get(self, timeout: float | None = None) -> LogRecord | None:
-        """The next record, waiting up to ``timeout`` seconds; None when none came."""
+        """The next record, waiting up to ``timeout`` seconds; None when none came, or
+        when the broker ended the subscription (its queue was deleted).
+
+        A :class:`~logbus.errors.TransportError` when the subscription could not
+        be restored after a reconnect (its queue or a binding could not be
+        declared again): it would otherwise receive nothing more.
+        """
         self._settle_pending()
         while (delivery := self._consumer.get(timeout)) is not None:
             try:
@@ -137,7 +150,9 @@ class Subscriber:
                 self.undecodable += 1
                 delivery.reject(requeue=False)
                 if self._on_undecodable is None:
-                    log.warning("undecodable", queue=self.queue, reason=str(exc))
+                    _repeats.warning(
+                        "undecodable", key=(self.queue,), queue=self.queue, reason=str(exc)
+                    )
                 else:
                     log.debug("undecodable", queue=self.queue, reason=str(exc))
                     self._on_undecodable(delivery, exc)
@@ -267,7 +282,9 @@ class AsyncSubscriber:
                 record = decode(delivery.body, delivery.properties, delivery.routing_key)
             except DecodeError as exc:
                 self.undecodable += 1
-                log.warning("undecodable", queue=self.queue, reason=str(exc))
+                _repeats.warning(
+                    "undecodable", key=(self.queue,), queue=self.queue, reason=str(exc)
+                )
                 self._settle(delivery, reject=True)
                 continue
             self._pending = delivery

@@ -490,6 +490,7 @@ class Worker:
         finally:
             if not stuck:  # a sink still inside write() is left open: closing it could block
                 self.pool.close()
+        self._outcomes.repeats.flush()  # the counts of repeated warnings, before the summary
         log.info("worker.stopped", pool=self.pool.kind, **vars(self.summary()))
 
     def _give_up(self, stuck: int) -> None:

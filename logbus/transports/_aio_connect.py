@@ -23,7 +23,7 @@ import aio_pika
 import aiormq.exceptions as amqp
 from yarl import URL
 
-from logbus._log import get_logger
+from logbus._log import Repeats, get_logger
 from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusError
 from logbus.settings import Settings, redact_url
 from logbus.transports._aio_errors import reply_text
@@ -31,6 +31,8 @@ from logbus.transports._aio_errors import reply_text
 __all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls"]
 
 log = get_logger("logbus.transports.aio")
+# A broker down for minutes fails every round: a line per window, then a count.
+_repeats = Repeats(log)
 
 # As in logbus.settings: a comma starts a new URL only where a scheme follows.
 _NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
@@ -177,6 +179,7 @@ async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.Robus
     """
     problems: dict[str, str] = {}
     refused: AccessRefused | None = None
+    delay = 0.0  # the backoff that came before this round, reported with its failures
     for round_ in range(options.connection_attempts):
         if round_:
             # Exponential backoff with jitter between rounds, capped at 5 s.
@@ -194,7 +197,14 @@ async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.Robus
                 if why is not None:
                     refused, refusals = why, refusals + 1
                 problems[where] = str(why) if why is not None else _why(exc)
-                log.warning("connect failed", endpoint=where, reason=problems[where])
+                _repeats.warning(
+                    "connect failed",
+                    key=(where,),
+                    endpoint=where,
+                    reason=problems[where],
+                    round=round_ + 1,
+                    backoff=round(delay, 3),
+                )
                 continue
             log.info("connected", endpoint=where, name=options.connection_name)
             return connection, index

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from pika.adapters.select_connection import IOLoop
 
-from logbus._log import get_logger
+from logbus._log import Repeats, get_logger
 from logbus.errors import (
     BrokerUnavailable,
     ConnectionLost,
@@ -41,7 +41,7 @@ from logbus.errors import (
     TransportClosed,
     TransportError,
 )
-from logbus.transports._amqp_consume import AmqpConsumer
+from logbus.transports._amqp_consume import AmqpConsumer, restore_error
 from logbus.transports._amqp_errors import no_answer
 from logbus.transports._amqp_inbound import InboundConnection
 from logbus.transports._amqp_publish import Publisher
@@ -53,6 +53,8 @@ from logbus.transports.base import Settlement
 __all__ = ["Core", "backoff", "plan_acks"]
 
 log = get_logger("logbus.transports.amqp")
+# A broker down for minutes fails every attempt: a line per window, then a count.
+_repeats = Repeats(log)
 
 #: A queued settlement: (consumer or channel slot, epoch, how, tags, multiple, requeue).
 _Settle = tuple["ChannelSlot | AmqpConsumer", int, Settlement, tuple[int, ...], bool, bool]
@@ -431,23 +433,39 @@ class Core:
             return
         endpoint = self.endpoints[index]
         self.last_error = f"{endpoint.address}: {reason(exc)}"
-        log.warning("amqp.connect_failed", endpoint=endpoint.address, reason=reason(exc))
         self._failures.append((endpoint, exc))
         if self._order:
+            _repeats.warning(
+                "amqp.connect_failed",
+                key=(endpoint.address,),
+                endpoint=endpoint.address,
+                reason=reason(exc),
+            )
             self._try_next()
         elif not self._started.done():
+            log.warning("amqp.connect_failed", endpoint=endpoint.address, reason=reason(exc))
             with self._lock:
                 self._accepting = False
             self.closing = True
             self._started.set_exception(connect_error(self._failures))
             self._stop()
         else:
-            self._schedule_reconnect()
+            self._schedule_reconnect(endpoint.address, reason(exc))
 
-    def _schedule_reconnect(self) -> None:
+    def _schedule_reconnect(self, endpoint: str | None = None, why: str = "") -> None:
         delay = backoff(self._attempt, self.max_delay)
         self._attempt += 1
-        log.info("amqp.reconnect_scheduled", delay=round(delay, 3), attempt=self._attempt)
+        if endpoint is None:
+            log.info("amqp.reconnect_scheduled", delay=round(delay, 3), attempt=self._attempt)
+        else:  # an attempt failed: say so with its backoff, summarised while it goes on
+            _repeats.warning(
+                "amqp.reconnect_failed",
+                key=(endpoint,),
+                endpoint=endpoint,
+                reason=why,
+                attempt=self._attempt - 1,
+                retry_in=round(delay, 3),
+            )
         self._timer = self.loop.call_later(delay, self._connect_round)
 
     @io_callback
@@ -517,19 +535,21 @@ class Core:
 
     def _restore_op(self, declaration: Declaration) -> Op:
         def run(channel: Any, done: Callable[[Any], None]) -> None:
+            # A step before this one may have renamed its queue (a server-named queue
+            # comes back under a new name): bind and declare what the queue is called now.
+            current = declaration.following(self.resolve)
+
             def declared(method: Any) -> None:
-                if declaration.server_named and method.queue != declaration.name:
-                    self._rename(declaration.name, method.queue)
+                if current.server_named and method.queue != current.name:
+                    self._rename(current.name, method.queue)
                 done(None)
 
-            declaration.run(channel, declared)
+            current.run(channel, declared)
 
-        return Op(
-            f"declare {declaration.describe()} again",
-            run,
-            internal=True,
-            on_error=partial(self._restore_failed, declaration),
-        )
+        def failed(error: LogbusError) -> None:
+            self._restore_failed(declaration.following(self.resolve), error)
+
+        return Op(f"declare {declaration.describe()} again", run, internal=True, on_error=failed)
 
     def _server_named_gone(self, declaration: Declaration, error: LogbusError) -> None:
         if isinstance(error, NotFound):
@@ -538,6 +558,8 @@ class Core:
             self._restore_failed(declaration, error)
 
     def _restore_failed(self, declaration: Declaration, error: LogbusError) -> None:
+        if self.closing:
+            return
         if isinstance(error, ResourceLocked):
             tries = self._locked.get(declaration.key, 0) + 1
             self._locked[declaration.key] = tries
@@ -548,6 +570,15 @@ class Core:
         log.error("amqp.redeclare_failed", entity=declaration.describe(), error=str(error))
         if isinstance(error, NotFound | PreconditionFailed | ResourceLocked):
             self.declared.discard(declaration)
+        # What the consumers were set up on is not all back: going on would receive less
+        # than was asked for, or nothing. Each ends with the error, for its user to report.
+        lost = restore_error(
+            error,
+            f"{declaration.describe()} could not be declared again after a reconnect, so "
+            "consuming stopped",
+        )
+        for consumer in list(self.consumers.values()):
+            consumer.io_end(lost)
 
     def _rename(self, old: str, new: str) -> None:
         log.warning("amqp.queue_renamed", old=old, new=new, why="server-named queue redeclared")

@@ -633,3 +633,21 @@ def test_sigterm_with_a_slow_sink_says_what_it_does_and_exits_0_within_the_timeo
     wait_until(lambda: setup.ready() + len(stored) >= 500, 10, "every record back or stored")
     back = set(setup.drain())
     assert back | stored == set(sent)  # each record stored or back in the queue: none lost
+
+
+def test_a_flood_of_failing_records_is_summarised_not_logged_line_by_line(
+    setup, start, monkeypatch
+):
+    """2,000 records the sink refuses: a few warning lines whose counts add up to 2,000,
+    one of them saying how many more there were, rather than a line per record."""
+    gate = _gate(setup, monkeypatch)
+    (gate / "broken").touch()  # every write fails, recoverably
+    worker = start("--no-retry", sink=f"gate:{gate}")
+    emit(setup, 2000)
+    wait_until(lambda: setup.depth(f"{setup.queue}.dead") == 2000, 30, "2,000 dead letters")
+    assert worker.terminate() == 0, worker.stderr
+    failed = [line for line in worker.lines if "worker.sink_failed" in line]
+    assert len(failed) < 20, worker.stderr[-2000:]
+    more = [int(found[1]) for line in failed if (found := re.search(r" more=(\d+)", line))]
+    assert any("more like this in the last" in line for line in failed), failed
+    assert len(failed) - len(more) + sum(more) == 2000, failed
