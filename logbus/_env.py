@@ -23,6 +23,8 @@ DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 
 _PREFIX = "logbus_"
 _FIELDS = ("url", "config", "prefetch", "confirm_timeout", "connect_timeout", "heartbeat")
+# Credentials read from files: ``Settings`` reads them (and says what is wrong with them).
+_FROM_FILES = ("url_file", "password_file")
 _INT = re.compile(r"0|[1-9][0-9]{0,8}")
 _FLOAT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
@@ -37,6 +39,8 @@ class QuickSettings:
     confirm_timeout: float = 30.0
     connect_timeout: float = 10.0
     heartbeat: int = 30
+    url_file: Path | None = None  # always None here: set, it sends the caller to Settings
+    password_file: Path | None = None
 
 
 def quick_settings(
@@ -51,6 +55,8 @@ def quick_settings(
     found: dict[str, str] = {}
     for name, value in (os.environ if environ is None else environ).items():
         lowered = name.lower()
+        if lowered.startswith(_PREFIX) and lowered[len(_PREFIX) :] in _FROM_FILES and value:
+            return None
         if lowered.startswith(_PREFIX) and lowered[len(_PREFIX) :] in _FIELDS:
             field = lowered[len(_PREFIX) :]
             if field in found:

@@ -1,4 +1,8 @@
-"""Broker URLs as they may be shown: :func:`redact_url` hides every password.
+"""URLs and sink specs as they may be shown: :func:`redact_url`, the one redaction function.
+
+Everything logbus prints, logs or labels that may hold a secret goes through
+:func:`redact_url`: broker URLs (a password), sink specs and the URLs in them
+(a webhook's token in its path or query, a database password in a query).
 
 It lives apart from :mod:`logbus.settings` (which re-exports it) so that code
 which only shows URLs, such as error messages on the fast ``logbus emit`` path,
@@ -9,11 +13,25 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["redact_url", "split_urls"]
+__all__ = ["HIDDEN", "redact_url", "split_urls"]
+
+#: What stands where a secret was.
+HIDDEN = "***"
 
 # A comma starts a new URL only where a scheme follows, so a raw comma inside a
 # password stays inside its URL (and gets redacted with it).
 _NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+# `NAME:ARG` of a sink spec whose ARG is a URL (`webhook:https://...`); a URL's own
+# scheme cannot be followed by a second `:` before its `//`, so the two never mix.
+_SPEC = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*):(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
+# Schemes whose URLs carry nothing secret but a password: their paths (vhosts,
+# socket paths) and queries (cafile=, heartbeat=) are what an operator needs to see.
+_BROKER_SCHEMES = frozenset({"amqp", "amqps", "memory", "gevent", "process", "local"})
+# Schemes whose path is a database's name, worth showing; any other URL's path may
+# itself be the secret (Slack's /services/T000/B000/XXXX, Discord's
+# /api/webhooks/ID/TOKEN, any "secret URL" webhook) and is hidden.
+_DATABASE_SCHEMES = frozenset({"postgres", "postgresql"})
 
 
 def split_urls(url: str) -> list[str]:
@@ -21,21 +39,59 @@ def split_urls(url: str) -> list[str]:
     return _NEXT_URL.split(url)
 
 
-def redact_url(url: str) -> str:
-    """``url`` (one URL or a comma-separated list) with every password replaced by ``***``.
+def redact_url(text: str) -> str:
+    """``text`` (a URL, a comma-separated list of them, or a sink spec) fit to show.
 
-    ``amqp://guest:guest@host:5672/%2F`` becomes ``amqp://guest:***@host:5672/%2F``.
+    * every password is replaced by ``***``:
+      ``amqp://guest:guest@host:5672/%2F`` → ``amqp://guest:***@host:5672/%2F``;
+    * broker URLs (``amqp``, ``amqps``, ``memory``, ``gevent``, ``process``,
+      ``local``) keep the rest: host, port, vhost and query say where, not how to get in;
+    * any other URL keeps its scheme, host and port, and the names of its query's
+      keys but not their values (``?token=***``); its path is hidden too
+      (``https://hooks.slack.com/***``), since webhooks put their token there,
+      except a database's name (``postgresql://logbus:***@db1:5432/logs``);
+    * a sink spec ``NAME:URL`` keeps its name and redacts its URL
+      (``webhook:https://hooks.slack.com/***?body=***``); other specs
+      (``jsonl:/var/log/x.jsonl``, ``console``) are shown as they are.
+
+    When in doubt it hides more, never less.
     """
-    return ",".join(_redact_one(part) for part in _NEXT_URL.split(url))
+    spec = _SPEC.match(text)
+    if spec is not None:
+        return text[: spec.end()] + redact_url(text[spec.end() :])
+    return ",".join(_redact_one(part) for part in _NEXT_URL.split(text))
 
 
 def _redact_one(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    found = _SCHEME.search(head)
+    scheme = found.group(0).lower() if found else ""
     # The credentials end at the *last* "@": a password with a raw "@", "/", "?" or
     # "#" in it is then still hidden whole. The price, an "@" in a vhost or query,
     # is that more than the password is hidden; never less.
-    userinfo, at, host = rest.rpartition("@")
+    userinfo, at, after = rest.rpartition("@")
     user, colon, password = userinfo.partition(":")
-    if not (sep and at and colon and password):
-        return url
-    return f"{scheme}{sep}{user}:***@{host}"
+    prefix = ""
+    if at and colon and password:
+        prefix, rest = f"{user}:{HIDDEN}@", after
+    if scheme in _BROKER_SCHEMES:
+        return f"{head}{sep}{prefix}{rest}"
+    return f"{head}{sep}{prefix}{_hide_location(rest, scheme not in _DATABASE_SCHEMES)}"
+
+
+def _hide_location(rest: str, hide_path: bool) -> str:
+    """``[user@]host[:port][/path][?query][#fragment]`` with query values, the
+    fragment and (``hide_path``) the path hidden."""
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]  # RFC 3986: the authority ends at / ? or #
+    path, _, query = tail.partition("#")[0].partition("?")
+    fragment = "#" + HIDDEN if "#" in tail else ""
+    if hide_path and path not in ("", "/"):
+        path = "/" + HIDDEN
+    if query:  # a key without "=" may be the secret itself (`?s3cr3t`): hidden whole
+        pairs = (pair.partition("=") for pair in query.split("&") if pair)
+        query = "?" + "&".join(f"{k}={HIDDEN}" if eq else HIDDEN for k, eq, _ in pairs)
+    return f"{authority}{path}{query}{fragment}"
+

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from logbus._urls import redact_url
 from logbus.emitter import Emitter
 from logbus.errors import TransportError
 from logbus.record import LogRecord, decode
@@ -99,7 +100,7 @@ class DemoReport:
             }
 
         return {
-            "url": self.url,
+            "url": redact_url(self.url),  # the report is printed and piped: never a password
             "emitted": self.emitted,
             "seconds": round(self.seconds, 3),
             "complete": self.complete,

@@ -36,8 +36,10 @@ UrlOption = Annotated[
         "--url",
         help=(
             "Broker URL: amqp://user:pass@host:5672/vhost (several, comma-separated, are "
-            "failover hosts), amqps://, memory://. Default: $LOGBUS_URL, else "
-            "amqp://guest:***@localhost:5672/%2F."
+            "failover hosts), amqps://, memory://. Default: $LOGBUS_URL, else the URL in "
+            "the file $LOGBUS_URL_FILE, else amqp://guest:***@localhost:5672/%2F. "
+            "$LOGBUS_PASSWORD_FILE: a file whose content is the password (keeps it out "
+            "of argv and the environment)."
         ),
         show_default=False,
     ),

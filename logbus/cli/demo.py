@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
 
-from logbus.cli.common import fail, wants_json
+from logbus.cli.common import fail, make_settings, wants_json
 from logbus.errors import EX_TEMPFAIL
 
 EPILOG = """Examples:
@@ -23,7 +24,11 @@ EPILOG = """Examples:
 def demo(
     url: Annotated[
         str | None,
-        typer.Option(help="Transport URL; default: a fresh in-process memory:// broker."),
+        typer.Option(
+            help="Transport URL. Default: $LOGBUS_URL (or the URL in the file "
+            "$LOGBUS_URL_FILE), else a fresh in-process memory:// broker.",
+            show_default=False,
+        ),
     ] = None,
     records: Annotated[int, typer.Option(min=1, max=100_000, help="How many records.")] = 120,
     seed: Annotated[int | None, typer.Option(help="Seed for a repeatable stream.")] = None,
@@ -40,7 +45,18 @@ def demo(
     """
     from logbus.demo import run_demo  # imported here to keep `logbus --help` fast
 
-    report = run_demo(url, records=records, seed=seed, timeout=timeout)
+    settings = make_settings(url)
+    # The demo's own default is a fresh memory:// broker, not the settings' localhost:
+    # it runs with no RabbitMQ. A URL given in any way (--url, LOGBUS_URL, a file) wins.
+    named = {name.lower() for name, value in os.environ.items() if value}
+    given = url is not None or bool(named & {"logbus_url", "logbus_url_file"})
+    report = run_demo(
+        settings.url if given else None,
+        records=records,
+        seed=seed,
+        timeout=timeout,
+        settings=settings,
+    )
     if wants_json(as_json):
         typer.echo(json.dumps(report.to_dict()))
     else:
