@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -34,7 +35,14 @@ from logbus.errors import (
 )
 from logbus.transports.local import LocalTransport
 
-__all__ = ["ProcessTransport", "broker_name", "broker_socket", "env_var", "stop_broker"]
+__all__ = [
+    "ProcessTransport",
+    "broker_name",
+    "broker_socket",
+    "env_var",
+    "remove_stale",
+    "stop_broker",
+]
 
 log = get_logger("logbus.transports.process")
 
@@ -93,6 +101,53 @@ _started: dict[str, _Started] = {}
 _start_lock = threading.Lock()
 
 
+#: The broker's directory: ``<tmp>/logbus-process-<pid of the owner>-<random>``; the
+#: owner's pid in its name is how a later start tells a stale one (see :func:`remove_stale`).
+_DIR_PREFIX = "logbus-process-"
+_STALE = re.compile(re.escape(_DIR_PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale(directory: str | None = None) -> list[str]:
+    """Remove broker directories (socket and key file) left behind by owners that died
+    without cleaning up (SIGKILL, OOM killer); the paths removed.
+
+    Only this user's directories whose owner process is gone are touched; a live
+    owner's, or another user's, stay. A recycled pid keeps a stale directory a
+    while longer, never removes a live one.
+    """
+    directory = directory or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in names:
+        found = _STALE.fullmatch(entry)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        log.info("process.stale_removed", directory=path, owner=int(found.group(1)))
+    return removed
+
+
 def _serve_child(path: str, name: str) -> None:
     """The broker process's main: serve until SIGTERM or until the parent is gone."""
     from logbus.broker import Broker
@@ -109,6 +164,10 @@ def _serve_child(path: str, name: str) -> None:
 
     threading.Thread(target=stop_with_parent, name="logbus-parent-watch", daemon=True).start()
     serve(path, broker=Broker(f"process:{name}"), stop=stop, signals=(signal.SIGTERM,))
+    if parent is not None and not parent.is_alive():
+        # The parent died without its atexit (SIGKILL): the directory and its key file
+        # are nobody's now. A normal stop has the parent remove them itself.
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def broker_socket(name: str, *, timeout: float = 30.0) -> str:
@@ -121,7 +180,8 @@ def broker_socket(name: str, *, timeout: float = 30.0) -> str:
         inherited = os.environ.get(var)
         if inherited:
             return inherited
-        directory = tempfile.mkdtemp(prefix="logbus-")  # mode 0700
+        remove_stale()  # the leftovers of SIGKILLed owners, before adding one more
+        directory = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-")  # mode 0700
         path = os.path.join(directory, "broker.sock")
         context = multiprocessing.get_context("spawn")
         process = context.Process(
