@@ -41,6 +41,7 @@ from logbus.message import Message
 from logbus.pools import RemoteSinkError, Result, Undecodable
 from logbus.retry import Outcome, RetryPolicy, declare_retry_queues, for_dead
 from logbus.sinks import is_recoverable
+from logbus.sinks._partial import PartlyStored, stored_by
 from logbus.transports.base import Delivery, Settlement, Transport, settle_many
 
 if TYPE_CHECKING:
@@ -71,10 +72,13 @@ class Forward:
 
 
 def describe_failure(exc: BaseException) -> str:
-    """``Type: message`` for a sink's failure (a worker process's says its own type)."""
-    if isinstance(exc, RemoteSinkError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    """``Type: message`` for a sink's failure (a worker process's says its own type; a
+    multi-sink's names the sinks that stored the record all the same)."""
+    stored = stored_by(exc)
+    if isinstance(exc, PartlyStored):
+        exc = exc.error
+    text = str(exc) if isinstance(exc, RemoteSinkError) else f"{type(exc).__name__}: {exc}"
+    return f"{text} (stored by {', '.join(sorted(stored))})" if stored else text
 
 
 def pause(failures: int) -> float:

@@ -52,7 +52,9 @@ from logbus._log import get_logger
 from logbus._urls import redact_url
 from logbus.errors import ConfigError, DecodeError, InputError, LogbusError
 from logbus.record import LogRecord, decode
+from logbus.retry import stored_of
 from logbus.sinks import Sink, is_recoverable, load_sink
+from logbus.sinks._partial import stored_by, write_rest
 from logbus.transports import scheme_of
 from logbus.transports._frames import (
     Frame,
@@ -120,11 +122,15 @@ class PoolWorkerLost(LogbusError):
 
 
 class RemoteSinkError(Exception):
-    """A sink failure reported by a worker process: its type, message and recoverability."""
+    """A sink failure reported by a worker process: its type, message and recoverability
+    (and, from a multi-sink, the sinks that stored the record all the same)."""
 
-    def __init__(self, kind: str, message: str, *, recoverable: bool) -> None:
+    def __init__(
+        self, kind: str, message: str, *, recoverable: bool, stored: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__(f"{kind}: {message}")
         self.recoverable = recoverable  # what is_recoverable() reads
+        self.stored = stored  # what stored_by() reads
 
 
 class Lane(Protocol):
@@ -159,13 +165,16 @@ class Pool(Protocol):
 # -- decoding and writing, wherever the sink lives ---------------------------------------
 
 
-def write_batch(sink: Sink, records: list[LogRecord]) -> list[Exception | None]:
+def write_batch(
+    sink: Sink, records: list[LogRecord], stored: Sequence[frozenset[str]] | None = None
+) -> list[Exception | None]:
     """The sink's result per record; raises ``ConfigError`` if the sink breaks its contract.
 
-    A batch whose write raised is written again one record at a time, so that
-    one bad record does not fail the others.
+    ``stored`` names, per record, the sinks of a multi-sink that have it already
+    (:mod:`logbus.sinks._partial`). A batch whose write raised is written again one
+    record at a time, so that one bad record does not fail the others.
     """
-    results = _write(sink, records)
+    results = _write(sink, records, stored or [frozenset()] * len(records))
     if len(results) != len(records):
         raise ConfigError(
             f"sink {sink!r} returned {len(results)} results for a batch of "
@@ -174,19 +183,26 @@ def write_batch(sink: Sink, records: list[LogRecord]) -> list[Exception | None]:
     return results
 
 
-def _write(sink: Sink, records: list[LogRecord]) -> list[Exception | None]:
+def _write(
+    sink: Sink, records: list[LogRecord], stored: Sequence[frozenset[str]]
+) -> list[Exception | None]:
     try:
-        return list(sink.write(records))
+        return list(write_rest(sink, records, stored))
     except Exception as exc:
         if len(records) == 1:
             return [exc]
-    return [result for record in records for result in _write(sink, [record])]
+    return [
+        result
+        for record, done in zip(records, stored, strict=True)
+        for result in _write(sink, [record], [done])
+    ]
 
 
 def handle_batch(sink: Sink, messages: Sequence[Message]) -> list[Result]:
     """Decode ``messages`` and write what decoded in one sink call; a result per message."""
     results: list[Result] = [None] * len(messages)
     records: list[LogRecord] = []
+    stored: list[frozenset[str]] = []
     positions: list[int] = []
     for position, message in enumerate(messages):
         try:
@@ -195,8 +211,9 @@ def handle_batch(sink: Sink, messages: Sequence[Message]) -> list[Result]:
             results[position] = Undecodable(str(exc))
         else:
             positions.append(position)
+            stored.append(stored_of(message.properties))
     if records:
-        for position, result in zip(positions, write_batch(sink, records), strict=True):
+        for position, result in zip(positions, write_batch(sink, records, stored), strict=True):
             results[position] = result
     return results
 
@@ -461,10 +478,12 @@ def _result(frame: Frame) -> Result:
     if frame.op == "undecodable":
         return Undecodable(arg_str(frame.args, "reason"))
     if frame.op == "failed":
+        stored = arg_str(frame.args, "stored", "")
         return RemoteSinkError(
             arg_str(frame.args, "type"),
             arg_str(frame.args, "message"),
             recoverable=arg_bool(frame.args, "recoverable"),
+            stored=frozenset(stored.split("\n")) if stored else frozenset(),
         )
     raise ConfigError(f"a worker process sent an unknown result {frame.op!r}")
 
@@ -474,8 +493,14 @@ def _result_frame(position: int, result: Result) -> Frame:
         return Frame("stored", position)
     if isinstance(result, Undecodable):
         return Frame("undecodable", position, {"reason": result.reason})
-    failure = {"type": type(result).__name__, "message": str(result)}
-    return Frame("failed", position, {**failure, "recoverable": is_recoverable(result)})
+    cause = getattr(result, "error", result)  # a multi-sink's failure: say the sink's own
+    failure = {"type": type(cause).__name__, "message": str(result)}
+    stored = "\n".join(sorted(stored_by(result)))
+    return Frame(
+        "failed",
+        position,
+        {**failure, "recoverable": is_recoverable(result), "stored": stored},
+    )
 
 
 class _ChildState:

@@ -43,6 +43,10 @@ header                     value
 ``x-logbus-reason``        on ``Q.dead`` only: why (``gave up after 5 attempts: ...``,
                            ``not recoverable: ...``, ``undecodable: ...``)
 ``x-logbus-queue``         on ``Q.dead`` only: the work queue the record failed in
+``x-logbus-stored``        the sinks of a multi-sink service that stored the record already
+                           (a list of names): the next attempt skips them, so a console
+                           prints an alert once however often its webhook fails
+                           (:mod:`logbus.sinks._partial`); kept by a replay too
 =========================  ===================================================================
 
 The broker's own ``x-death`` headers are dropped on the way: the history says
@@ -84,6 +88,7 @@ __all__ = [
     "QUEUE_HEADER",
     "REASON_HEADER",
     "ROUTING_KEY_HEADER",
+    "STORED_HEADER",
     "Outcome",
     "RetryPolicy",
     "attempts_of",
@@ -98,6 +103,7 @@ __all__ = [
     "restore_origin",
     "retry_queues",
     "route_failure",
+    "stored_of",
 ]
 
 ATTEMPTS_HEADER = "x-logbus-attempts"
@@ -106,6 +112,7 @@ REASON_HEADER = "x-logbus-reason"
 EXCHANGE_HEADER = "x-logbus-exchange"
 ROUTING_KEY_HEADER = "x-logbus-routing-key"
 QUEUE_HEADER = "x-logbus-queue"
+STORED_HEADER = "x-logbus-stored"
 #: The headers of a failed record's journey, reset when it is replayed (origin aside).
 LOGBUS_HEADERS = (ATTEMPTS_HEADER, HISTORY_HEADER, REASON_HEADER, QUEUE_HEADER)
 #: Entries of ``x-logbus-history`` kept (the latest); the count in ``x-logbus-attempts`` goes on.
@@ -305,6 +312,14 @@ def attempts_of(properties: Properties) -> int:
     return max(0, value)
 
 
+def stored_of(properties: Properties) -> frozenset[str]:
+    """The sinks a delivery's headers say already stored it (see ``x-logbus-stored``)."""
+    value = properties.headers.get(STORED_HEADER)
+    if not isinstance(value, list | tuple):
+        return frozenset()
+    return frozenset(name for item in value if (name := _text(item)))
+
+
 def history_of(properties: Properties) -> list[dict[str, Any]]:
     """The attempt history a delivery's headers carry (entries that are not tables are left out)."""
     history = properties.headers.get(HISTORY_HEADER)
@@ -375,22 +390,42 @@ def _send(message: Message, headers: dict[str, Any], queue: str) -> Message:
     return Message(message.body, properties, "", queue)
 
 
-def _with_attempt(message: Message, attempt: int, error: str) -> dict[str, Any]:
+def _with_attempt(
+    message: Message, attempt: int, error: str, stored: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     headers = _journey(message)
     entry = {"attempt": attempt, "at": _now(), "error": _clip(error)}
     headers[HISTORY_HEADER] = [*history_of(message.properties), entry][-HISTORY_LIMIT:]
     headers[ATTEMPTS_HEADER] = attempt
+    stored = stored | stored_of(message.properties)
+    if stored:
+        headers[STORED_HEADER] = sorted(stored)
     return headers
 
 
-def for_retry(message: Message, *, queue: str, attempt: int, error: str, delay_ms: int) -> Message:
-    """What to publish to ``queue``'s delay queue after failed attempt ``attempt``."""
-    headers = _with_attempt(message, attempt, error)
+def for_retry(
+    message: Message,
+    *,
+    queue: str,
+    attempt: int,
+    error: str,
+    delay_ms: int,
+    stored: frozenset[str] = frozenset(),
+) -> Message:
+    """What to publish to ``queue``'s delay queue after failed attempt ``attempt``;
+    ``stored`` names the sinks that have it already (they are not asked again)."""
+    headers = _with_attempt(message, attempt, error, stored)
     return _send(message, headers, delay_queue(queue, delay_ms))
 
 
 def for_dead(
-    message: Message, *, queue: str, reason: str, attempt: int | None = None, error: str = ""
+    message: Message,
+    *,
+    queue: str,
+    reason: str,
+    attempt: int | None = None,
+    error: str = "",
+    stored: frozenset[str] = frozenset(),
 ) -> Message:
     """What to publish to ``queue``'s dead-letter queue, saying why (``reason``).
 
@@ -401,7 +436,7 @@ def for_dead(
         headers = _journey(message)
         headers.setdefault(ATTEMPTS_HEADER, attempts_of(message.properties))
     else:
-        headers = _with_attempt(message, attempt, error)
+        headers = _with_attempt(message, attempt, error, stored)
     headers[REASON_HEADER] = _clip(reason)
     headers[QUEUE_HEADER] = queue
     return _send(message, headers, dead_queue(queue))
@@ -416,14 +451,21 @@ def for_replay(message: Message, queue: str) -> Message:
 
 
 def route_failure(
-    message: Message, *, queue: str, policy: RetryPolicy, error: str, recoverable: bool
+    message: Message,
+    *,
+    queue: str,
+    policy: RetryPolicy,
+    error: str,
+    recoverable: bool,
+    stored: frozenset[str] = frozenset(),
 ) -> tuple[Message, Outcome]:
     """What to publish after the sink failed to store ``message`` (``error``), and where to.
 
     A recoverable failure before the policy's last attempt goes to the delay
     queue for that attempt; the last attempt's failure (counted from the
     record's own headers, so nothing loops) and any failure that is not
-    recoverable go to the dead-letter queue, with the reason.
+    recoverable go to the dead-letter queue, with the reason. ``stored`` names the
+    sinks of a multi-sink that stored it all the same (``x-logbus-stored``).
     """
     attempt = attempts_of(message.properties) + 1
     if not recoverable:
@@ -431,8 +473,12 @@ def route_failure(
     else:
         delay = policy.delay_ms(attempt)
         if delay is not None:
-            retry = for_retry(message, queue=queue, attempt=attempt, error=error, delay_ms=delay)
+            retry = for_retry(
+                message, queue=queue, attempt=attempt, error=error, delay_ms=delay, stored=stored
+            )
             return retry, "retried"
         reason = f"gave up after {attempt} {'attempt' if attempt == 1 else 'attempts'}: {error}"
-    dead = for_dead(message, queue=queue, reason=reason, attempt=attempt, error=error)
+    dead = for_dead(
+        message, queue=queue, reason=reason, attempt=attempt, error=error, stored=stored
+    )
     return dead, "dead_lettered"

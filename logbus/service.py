@@ -221,14 +221,20 @@ def service_topology(config: ServiceConfig, base: Topology) -> Topology:
 class TeeSink:
     """Writes every record to each of several sinks; stored when all of them stored it.
 
-    A record one sink refused is retried on all of them (so a console line may
-    repeat): delivery is at least once, and the archive sinks de-duplicate by id.
+    Each sink settles a record on its own: a record one sink refused is answered
+    with :class:`~logbus.sinks._partial.PartlyStored` naming the sinks that took
+    it, and is retried on the others only (so a console prints an alert once,
+    however often the webhook beside it fails). ``names`` (default: each sink's
+    position) are what the record's ``x-logbus-stored`` header remembers.
     """
 
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+    def __init__(self, sinks: Sequence[Sink], names: Sequence[str] | None = None) -> None:
         if not sinks:
             raise ConfigError("a service needs at least one sink")
         self.sinks = tuple(sinks)
+        self.names = tuple(names) if names is not None else tuple(map(str, range(len(sinks))))
+        if len(self.names) != len(self.sinks) or len(set(self.names)) != len(self.names):
+            raise ConfigError("each sink of a service needs a name of its own")
         self.max_batch = min(int(getattr(s, "max_batch", 100)) for s in self.sinks)
         self.max_wait = max(float(getattr(s, "max_wait", 0.0)) for s in self.sinks)
 
@@ -245,17 +251,36 @@ class TeeSink:
             raise
 
     def write(self, batch: Sequence[LogRecord]) -> Sequence[Exception | None]:
-        """Each sink gets the batch; a record's result is the first failure, else None."""
-        results: list[Exception | None] = [None] * len(batch)
-        for sink in self.sinks:
+        """Each sink gets the batch; a record's result is None when every sink stored it."""
+        return self.write_rest(batch, [frozenset()] * len(batch))
+
+    def write_rest(
+        self, batch: Sequence[LogRecord], stored: Sequence[frozenset[str]]
+    ) -> Sequence[Exception | None]:
+        """Each sink gets the records it does not have yet (``stored`` names, per record,
+        the sinks that do); a record's result is None once every sink has it, else the
+        first failure, as :class:`~logbus.sinks._partial.PartlyStored` if some sink has it."""
+        from logbus.sinks._partial import PartlyStored
+
+        failures: list[Exception | None] = [None] * len(batch)
+        have = [set(names) for names in stored]
+        for name, sink in zip(self.names, self.sinks, strict=True):
+            todo = [index for index in range(len(batch)) if name not in have[index]]
+            if not todo:
+                continue
             try:
-                outcome: Sequence[Exception | None] = sink.write(batch)
-            except Exception as exc:  # a sink that raises fails every record of the batch
-                outcome = [exc] * len(batch)
-            for index, result in enumerate(outcome):
-                if results[index] is None and result is not None:
-                    results[index] = result
-        return results
+                outcome: Sequence[Exception | None] = sink.write([batch[i] for i in todo])
+            except Exception as exc:  # a sink that raises fails every record it was given
+                outcome = [exc] * len(todo)
+            for index, result in zip(todo, outcome, strict=True):
+                if result is None:
+                    have[index].add(name)
+                elif failures[index] is None:
+                    failures[index] = result
+        return [
+            None if failure is None else PartlyStored(failure, frozenset(done)) if done else failure
+            for failure, done in zip(failures, have, strict=True)
+        ]
 
     def close(self) -> None:
         """Close every sink, even when one fails to close."""
@@ -273,8 +298,18 @@ def build_sink(config: ServiceConfig) -> Sink:
     """The sink (or :class:`TeeSink` of sinks) the file's ``[sink]``/``[[sinks]]`` describe."""
     from logbus.sinks import load_sink_table
 
-    sinks = [load_sink_table(table) for table in config.sink_tables()]
-    return sinks[0] if len(sinks) == 1 else TeeSink(sinks)
+    tables = config.sink_tables()
+    sinks = [load_sink_table(table) for table in tables]
+    if len(sinks) == 1:
+        return sinks[0]
+    # Named by type (console, webhook, webhook#2 ...): what x-logbus-stored remembers.
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for table in tables:
+        kind = str(table.get("type", "sink")).strip().lower()
+        seen[kind] = seen.get(kind, 0) + 1
+        names.append(kind if seen[kind] == 1 else f"{kind}#{seen[kind]}")
+    return TeeSink(sinks, names)
 
 
 def run_service(

@@ -63,6 +63,7 @@ from logbus.pools import (
 )
 from logbus.retry import RetryPolicy, declare_retry_queues, restore_origin, route_failure
 from logbus.sinks import Sink, is_recoverable
+from logbus.sinks._partial import stored_by
 from logbus.transports.base import Delivery, Transport
 
 if TYPE_CHECKING:
@@ -438,6 +439,7 @@ class Worker:
             policy=self.retry,
             error=describe_failure(exc),
             recoverable=recoverable,
+            stored=stored_by(exc),  # those sinks of several are not asked again
         )
         return Forward(delivery, message, outcome)
 

@@ -9,6 +9,13 @@ the counts in its fields (``suppressed_repeats``, ``suppressed_over_limit``), so
 an on-call engineer learns that more happened without being paged for each.
 A suppressed alert is still acked: it is in the archive, and re-sending it later
 would page for something already summarised.
+
+*Retries.* An alert that went through the gate and failed (the webhook was
+down) is retried by the worker; its retry is the same alert, not a repeat, so
+it passes the gate again (known by its id, or by the sinks that already have
+it) while its key stays in the window: new copies of it are still folded. The
+sinks behind a :class:`~logbus.service.TeeSink` settle apart, so the console
+that printed it is not asked again.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ from logbus.durations import parse_duration
 from logbus.errors import ConfigError, InputError
 from logbus.record import LogRecord
 from logbus.sinks import Sink
+from logbus.sinks._partial import write_rest
 
 __all__ = ["AlertGate", "AlertSettings", "alert_settings"]
 
 _Key = tuple[str, int, str, str, str]
+# Alerts that went through and failed, by id, kept for their retries (the oldest forgotten).
+_RETRYING_LIMIT = 10_000
 
 
 class AlertSettings(BaseModel):
@@ -76,6 +86,7 @@ class AlertGate:
         self._lock = threading.Lock()
         self._last_sent: OrderedDict[_Key, float] = OrderedDict()  # oldest first
         self._sent_at: deque[float] = deque()  # send times within the rate period
+        self._retrying: OrderedDict[str, None] = OrderedDict()  # ids passed that failed
         self.repeats = 0  # suppressed since the last alert that went out
         self.over_limit = 0
         self.sent = 0
@@ -90,6 +101,13 @@ class AlertGate:
 
     def write(self, batch: Sequence[LogRecord]) -> Sequence[Exception | None]:
         """Send what passes the gate; what does not counts as handled (None)."""
+        return self.write_rest(batch, [frozenset()] * len(batch))
+
+    def write_rest(
+        self, batch: Sequence[LogRecord], stored: Sequence[frozenset[str]]
+    ) -> Sequence[Exception | None]:
+        """Send what passes the gate to the sinks that do not have it yet (``stored``
+        names, per record, those that do); what does not pass counts as handled (None)."""
         results: list[Exception | None] = [None] * len(batch)
         passing: list[int] = []
         outgoing: list[LogRecord] = []
@@ -97,6 +115,10 @@ class AlertGate:
             now = self._clock()
             for index, record in enumerate(batch):
                 key = _key(record)
+                if stored[index] or record.id in self._retrying:
+                    passing.append(index)  # a retry of an alert that went through: not a repeat
+                    outgoing.append(record)
+                    continue
                 if self._is_repeat(key, now):
                     self.repeats += 1
                     continue
@@ -111,16 +133,21 @@ class AlertGate:
         if not outgoing:
             return results
         try:
-            sent = self.inner.write(outgoing)
+            sent = write_rest(self.inner, outgoing, [stored[index] for index in passing])
         except Exception as exc:
             sent = [exc] * len(outgoing)
         with self._lock:
             for index, result in zip(passing, sent, strict=True):
                 results[index] = result
+                record_id = batch[index].id
                 if result is None:
+                    self._retrying.pop(record_id, None)
                     self.sent += 1
-                else:  # not sent after all: a retry must not be taken for a repeat
-                    self._last_sent.pop(_key(batch[index]), None)
+                else:  # its retry must pass again, and its copies still count as repeats
+                    self._retrying[record_id] = None
+                    self._retrying.move_to_end(record_id)
+                    while len(self._retrying) > _RETRYING_LIMIT:
+                        self._retrying.popitem(last=False)
         return results
 
     def _is_repeat(self, key: _Key, now: float) -> bool:

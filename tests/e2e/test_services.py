@@ -362,3 +362,67 @@ def test_log_format_json_writes_the_services_events_as_json_lines(
     events = [json.loads(line) for line in archiver.err if line.startswith("{")]
     started = [e for e in events if e.get("event") == "worker.started"]
     assert started and started[0]["queue"] == queue
+
+
+class FlakyWebhook(Webhook):
+    """A webhook that answers 503 to its first ``failures`` requests, then takes them."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.refused = 0
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                body = json.loads(self.rfile.read(length))
+                if hook.refused < failures:
+                    hook.refused += 1
+                    self.send_response(503)
+                else:
+                    hook.bodies.append(body)
+                    self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server.RequestHandlerClass = Handler
+
+
+def test_alerter_prints_each_alert_once_while_its_webhook_fails_then_recovers(
+    amqp_url: str, deployment: Deployment, tmp_path: Path, services: list[Service]
+) -> None:
+    """Console and webhook settle apart: the console prints the alert once although the
+    webhook refused it twice, and the webhook gets it once, on the third attempt."""
+    hook = FlakyWebhook(failures=2)
+    try:
+        body = f"""
+[alerts]
+window = "10m"
+
+[[sinks]]
+type = "console"
+
+[[sinks]]
+type = "webhook"
+url = "{hook.url}"
+tries = 1
+"""
+        config, queue = service_file(
+            tmp_path, deployment, "alerter", body, bindings='["*.critical"]'
+        )
+        alerter = Service("alerter", config, amqp_url)
+        services.append(alerter)
+        result = emit(amqp_url, deployment, "kern.critical", "disk failed", "--host", "web1")
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: len(hook.bodies) >= 1, 60, "the alert at the webhook")
+        wait_until(lambda: deployment.depth(queue) == 0, 10, "nothing left to retry")
+        assert alerter.stop() == 0, alerter.err
+        assert hook.refused == 2
+        assert [b["message"] for b in hook.bodies] == ["disk failed"]
+        printed = [line for line in alerter.out if "disk failed" in line]
+        assert len(printed) == 1, alerter.out
+    finally:
+        hook.close()

@@ -9,6 +9,8 @@ import pytest
 from logbus.errors import ConfigError
 from logbus.record import LogRecord
 from logbus.service import TeeSink, loads_service, service_topology
+from logbus.sinks import is_recoverable
+from logbus.sinks._partial import PartlyStored
 from logbus.topology import default
 from services.alerter.alerts import AlertGate, AlertSettings, alert_settings
 
@@ -105,12 +107,10 @@ def test_a_service_queue_on_an_unknown_exchange_is_a_config_error():
 
 
 def test_tee_stores_when_every_sink_stored_and_fails_with_the_first_failure():
-    """A record is stored only when all sinks stored it."""
-    good, bad = Recorder(), Recorder(fail=OSError("down"))
-    tee = TeeSink([good, bad])
-    results = tee.write([record()])
-    assert len(good.stored) == 1
-    assert isinstance(results[0], OSError)
+    """A record is stored only when all sinks stored it; else the first failure is its result."""
+    first, second = Recorder(fail=OSError("first")), Recorder(fail=ValueError("second"))
+    [result] = TeeSink([first, second]).write([record()])
+    assert isinstance(result, OSError) and str(result) == "first"
     assert TeeSink([Recorder(), Recorder()]).write([record()]) == [None]
 
 
@@ -169,13 +169,43 @@ def test_alerts_beyond_the_rate_are_held_back_and_counted():
 
 
 def test_an_alert_the_sink_failed_to_send_is_not_taken_for_a_repeat_when_retried():
-    """A failed send is forgotten, so its retry is sent rather than suppressed."""
+    """The retry of a failed send (the same record, by id) is sent rather than suppressed."""
     clock, inner = Clock(), Recorder(fail=OSError("webhook down"))
     gate = AlertGate(inner, AlertSettings(window=60, rate=100, per=60), clock=clock)
-    assert isinstance(gate.write([record()])[0], OSError)
+    alert = record()
+    assert isinstance(gate.write([alert])[0], OSError)
+    inner.fail = None
+    assert gate.write([alert]) == [None]
+    assert len(inner.stored) == 1
+
+
+def test_an_alert_that_failed_stays_in_the_window_for_its_copies():
+    """While the first one is retried, a new identical alert is still a repeat."""
+    clock, inner = Clock(), Recorder(fail=OSError("webhook down"))
+    gate = AlertGate(inner, AlertSettings(window=60, rate=100, per=60), clock=clock)
+    gate.write([record()])
     inner.fail = None
     assert gate.write([record()]) == [None]
-    assert len(inner.stored) == 1
+    assert inner.stored == []
+
+
+def test_tee_names_the_sinks_that_stored_a_record_another_refused():
+    """One sink of two failed: PartlyStored names the other, recoverable as the failure."""
+    good, bad = Recorder(), Recorder(fail=OSError("down"))
+    [result] = TeeSink([good, bad], ["console", "webhook"]).write([record()])
+    assert isinstance(result, PartlyStored)
+    assert result.stored == frozenset({"console"})
+    assert is_recoverable(result) and str(result) == "down"
+
+
+def test_tee_asks_only_the_sinks_that_do_not_have_the_record_yet():
+    """write_rest skips, per record, the sinks already named: the console prints once."""
+    console, webhook = Recorder(), Recorder()
+    tee = TeeSink([console, webhook], ["console", "webhook"])
+    first, second = record("a"), record("b")
+    assert tee.write_rest([first, second], [frozenset({"console"}), frozenset()]) == [None, None]
+    assert [r.message for r in console.stored] == ["b"]
+    assert [r.message for r in webhook.stored] == ["a", "b"]
 
 
 def test_alert_settings_read_durations_and_refuse_unknown_keys():
