@@ -87,6 +87,7 @@ from pydantic import Field
 from logbus._log import get_logger
 from logbus.errors import ConfigError
 from logbus.record import LogRecord
+from logbus.sinks._dirs import ensure_directory
 from logbus.sinks._options import ByteSize, ConfigurableSink, SinkOptions
 from logbus.sinks._tail import Window, last_rotated, tail_ids, unseen
 
@@ -178,13 +179,9 @@ class JsonlSink(ConfigurableSink):
         """
         with self._lock:
             if self._fields:
-                root = _fixed_directory(str(self.path))
-                if not root.is_dir():
-                    raise ConfigError(
-                        f"sink jsonl: directory {str(root)!r} of the template "
-                        f"{str(self.path)!r} does not exist (create it first)"
-                    )
+                ensure_directory(_fixed_directory(str(self.path)), "jsonl")
             else:
+                ensure_directory(self.path.parent, "jsonl")
                 try:
                     self._file_for(self.path, self._clock())
                 except OSError as exc:

@@ -32,6 +32,7 @@ from pydantic import Field
 from logbus.archive import COLUMNS, DEFAULT_TABLE, sqlite_row, sqlite_schema, validate_table
 from logbus.errors import ConfigError, SinkError
 from logbus.record import LogRecord
+from logbus.sinks._dirs import ensure_directory
 from logbus.sinks._options import ConfigurableSink, SinkOptions
 
 __all__ = ["SqliteOptions", "SqliteSink"]
@@ -87,7 +88,9 @@ class SqliteSink(ConfigurableSink):
         )
 
     def open(self) -> None:
-        """Open (or create) the database and its table; switch it to WAL."""
+        """Open (or create) the database, its directory (0750) and its table; switch it to WAL."""
+        if str(self.path) != ":memory:":
+            ensure_directory(self.path.parent, "sqlite")
         try:
             # Autocommit mode: transactions are begun and ended here, explicitly.
             db = sqlite3.connect(

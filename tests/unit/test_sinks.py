@@ -188,11 +188,13 @@ def test_jsonl_lines_stay_whole_under_concurrent_writers(tmp_path):
     assert len({json.loads(line)["id"] for line in lines}) == 400
 
 
-def test_jsonl_open_in_a_missing_directory_is_a_config_error(tmp_path):
-    """A path whose directory does not exist fails at open with a ConfigError naming it."""
+def test_jsonl_open_in_a_missing_directory_creates_it(tmp_path):
+    """A path whose directory does not exist gets it (0750) at open, then the file."""
     sink = JsonlSink(tmp_path / "missing" / "out.jsonl")
-    with pytest.raises(ConfigError, match="missing"):
-        sink.open()
+    sink.open()
+    sink.close()
+    assert oct((tmp_path / "missing").stat().st_mode & 0o777) == "0o750"
+    assert (tmp_path / "missing" / "out.jsonl").exists()
 
 
 def test_jsonl_write_error_is_returned_per_record_not_raised():

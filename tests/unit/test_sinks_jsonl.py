@@ -52,11 +52,12 @@ def test_a_template_sends_each_record_to_its_facility_and_severity_file(tmp_path
     assert [r["message"] for r in lines(tmp_path / "auth" / "info.jsonl")] == ["b"]
 
 
-def test_a_template_whose_fixed_directory_is_missing_fails_at_open(tmp_path):
-    """The directory before the first placeholder must exist; open says which."""
-    sink = JsonlSink(tmp_path / "missing" / "{facility}.jsonl")
-    with pytest.raises(ConfigError, match="missing"):
-        sink.open()
+def test_a_template_whose_fixed_directory_is_missing_gets_it_created_at_open(tmp_path):
+    """The directory before the first placeholder is created (0750) on first run."""
+    sink = JsonlSink(tmp_path / "missing" / "deeper" / "{facility}.jsonl")
+    sink.open()
+    sink.close()
+    assert oct((tmp_path / "missing" / "deeper").stat().st_mode & 0o777) == "0o750"
 
 
 def test_a_template_writes_with_a_bounded_number_of_open_files(tmp_path, monkeypatch):

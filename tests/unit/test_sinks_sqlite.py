@@ -153,10 +153,26 @@ def test_threads_writing_at_once_store_every_record(tmp_path):
     assert len(rows(path)) == 400
 
 
-def test_opening_in_a_missing_directory_is_a_config_error(tmp_path):
-    """A database whose directory does not exist fails at open, naming the path."""
-    sink = SqliteSink(tmp_path / "missing" / "a.db")
-    with pytest.raises(ConfigError, match="missing"):
+def test_opening_in_a_missing_directory_creates_it_and_says_so(tmp_path, caplog):
+    """The shipped archiver's /var/lib/logbus on first run: created 0750, logged, used."""
+    sink = SqliteSink(tmp_path / "missing" / "deeper" / "a.db")
+    sink.open()
+    sink.write([record()])
+    sink.close()
+    for made in (tmp_path / "missing", tmp_path / "missing" / "deeper"):
+        assert oct(made.stat().st_mode & 0o777) == "0o750"
+        assert any(
+            "sink.directory_created" in r.getMessage() and str(made) in r.getMessage()
+            for r in caplog.records
+        )
+    assert len(rows(tmp_path / "missing" / "deeper" / "a.db")) == 1
+
+
+def test_a_directory_that_cannot_be_created_is_a_config_error_naming_it(tmp_path):
+    """Under a regular file no directory can be made: one ConfigError naming the path."""
+    (tmp_path / "file").write_text("")
+    sink = SqliteSink(tmp_path / "file" / "sub" / "a.db")
+    with pytest.raises(ConfigError, match=r"cannot create directory .*sub"):
         sink.open()
 
 
