@@ -30,9 +30,11 @@ from logbus.management import (
     QueueState,
     Snapshot,
     Via,
+    is_amqp,
     passive_snapshot,
     server_info,
     vhost_of,
+    where,
 )
 
 __all__ = ["Applied", "Difference", "Drift", "Status", "apply", "diff", "name_prefix", "status"]
@@ -260,10 +262,12 @@ def apply(transport: Transport, topology: Topology) -> tuple[Applied, ...]:
 @dataclass(frozen=True, slots=True)
 class Status:
     """What ``logbus status`` shows: the broker, queues, exchanges and bindings (None: unknown);
-    ``missing`` names what was asked about and is not there."""
+    ``missing`` names what was asked about and is not there. ``url`` is the URL with its
+    password hidden, or a ``local://`` broker's socket path; ``vhost`` is None for
+    logbus's own brokers, which have no vhosts."""
 
     url: str
-    vhost: str
+    vhost: str | None
     via: Via
     broker: BrokerInfo
     queues: tuple[QueueState, ...]
@@ -292,7 +296,6 @@ def status(
     Raises :class:`~logbus.errors.BrokerUnavailable` when AMQP does not answer, even if
     the management API does: AMQP is what logbus itself needs.
     """
-    from logbus.settings import redact_url
     from logbus.transports import connect
 
     names = list(dict.fromkeys(queues)) or [q.name for q in topology.queues]
@@ -301,7 +304,9 @@ def status(
         note, seen = _NO_API, None
         if management is not None:
             try:
-                seen = management.snapshot(vhost_of(settings.url))
+                seen = _same_broker(
+                    management, management.snapshot(vhost_of(settings.url)), amqp_info
+                )
             except ManagementUnavailable as exc:
                 note = str(exc)
         if seen is None:
@@ -320,8 +325,8 @@ def status(
     missing = [f"queue '{n}'" for n in names if n not in seen.queues]
     missing += [f"exchange '{n}'" for n in sorted(own - set(seen.exchanges))]
     return Status(
-        url=redact_url(settings.url),
-        vhost=seen.vhost,
+        url=where(settings.url),
+        vhost=seen.vhost if is_amqp(settings.url) else None,
         via=seen.via,
         broker=seen.info.merged(amqp_info),
         queues=tuple(seen.queues[n] for n in shown),
@@ -331,3 +336,17 @@ def status(
         management=None if management is None else str(management),
         note=seen.note,
     )
+
+
+def _same_broker(api: ManagementApi, seen: Snapshot, amqp: BrokerInfo) -> Snapshot:
+    """``seen`` if the management API answered for the broker AMQP reached; else
+    :class:`ManagementUnavailable` (two brokers on one host: the other's statistics
+    would be shown as this one's)."""
+    theirs, ours = seen.info.cluster_name, amqp.cluster_name
+    if theirs and ours and theirs != ours:
+        raise ManagementUnavailable(
+            f"the management API at {api} answers for cluster {theirs!r}, but AMQP reached "
+            f"cluster {ours!r}; give that broker's API with --management-url or "
+            "LOGBUS_MANAGEMENT_URL"
+        )
+    return seen

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
+from logbus._urls import redact_url
 from logbus.errors import BrokerUnavailable, NotFound, ResourceLocked
 from logbus.topology import Topology
 
@@ -41,12 +42,14 @@ __all__ = [
     "ManagementUnavailable",
     "QueueState",
     "Snapshot",
+    "is_amqp",
     "management_api",
     "passive_snapshot",
     "server_info",
     "snapshot",
     "snapshot_from_management",
     "vhost_of",
+    "where",
 ]
 
 Via = Literal["management", "amqp"]
@@ -78,6 +81,9 @@ class ManagementApi:
     user: str
     password: str = field(repr=False)
     timeout: float = 5.0
+    #: Set when ``base`` was derived from an AMQP URL (a guess): the AMQP port the
+    #: broker behind the API must listen on, else the API is another broker's.
+    amqp_port: int | None = None
 
     def __str__(self) -> str:
         scheme, _, rest = self.base.partition("://")
@@ -114,6 +120,7 @@ class ManagementApi:
         """Everything the vhost has, with queue statistics and the cluster's alarms."""
         v = quote(vhost, safe="")
         overview = self.get("/api/overview")
+        self._check_guess(overview)
         exchanges, queues = self.get(f"/api/exchanges/{v}"), self.get(f"/api/queues/{v}")
         bindings = self.get(f"/api/bindings/{v}")
         try:
@@ -121,6 +128,30 @@ class ManagementApi:
         except ManagementUnavailable:
             nodes = None
         return snapshot_from_management(vhost, exchanges, queues, bindings, overview, nodes)
+
+    def _check_guess(self, overview: Any) -> None:
+        """A derived API that belongs to a broker not listening on the AMQP port is
+        another broker's (two nodes on one host): its statistics would mislead."""
+        if self.amqp_port is None or not isinstance(overview, Mapping):
+            return
+        listeners = overview.get("listeners")
+        if not isinstance(listeners, list):
+            return
+        ports = sorted(
+            {
+                listener.get("port")
+                for listener in listeners
+                if isinstance(listener, Mapping)
+                and str(listener.get("protocol", "")).startswith("amqp")
+            }
+            - {None}
+        )
+        if ports and self.amqp_port not in ports:
+            raise ManagementUnavailable(
+                f"the management API at {self} belongs to a broker listening for AMQP on "
+                f"{', '.join(map(str, ports))}, not {self.amqp_port}; name this broker's "
+                "with --management-url or LOGBUS_MANAGEMENT_URL"
+            )
 
 
 def _reason(exc: object) -> str:
@@ -135,8 +166,25 @@ def _first_url(url: str) -> str:
     return _NEXT_URL.split(url, 1)[0].strip()
 
 
+def is_amqp(url: str) -> bool:
+    """Whether ``url`` (its first, for a failover list) is ``amqp://`` or ``amqps://``."""
+    return _first_url(url).partition("://")[0].strip().lower() in ("amqp", "amqps")
+
+
+def where(url: str) -> str:
+    """How to name the broker at ``url`` to an operator: a ``local://`` broker as its
+    socket path, any other as its URL with the password hidden."""
+    first = _first_url(url)
+    if first.partition("://")[0].strip().lower() == "local":
+        return unquote(first.partition("://")[2].partition("?")[0]) or first
+    return redact_url(url)
+
+
 def vhost_of(url: str) -> str:
-    """The vhost an AMQP URL names (its first, for a failover list), read as pika reads it."""
+    """The vhost an AMQP URL names (its first, for a failover list), read as pika reads it;
+    ``/`` for logbus's own brokers (``local://``, ``memory://`` ...), which have only that one."""
+    if not is_amqp(url):
+        return "/"
     path = urlsplit(_first_url(url)).path
     return unquote(path.split("/")[1]) if len(path) > 1 else "/"
 
@@ -169,8 +217,10 @@ def management_api(
         return None
     host = amqp.hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
-    web = "https://{}:15671" if amqp.scheme.lower() == "amqps" else "http://{}:15672"
-    return ManagementApi(web.format(host), user, password, timeout)
+    tls = amqp.scheme.lower() == "amqps"
+    web = "https://{}:15671" if tls else "http://{}:15672"
+    port = amqp.port or (5671 if tls else 5672)
+    return ManagementApi(web.format(host), user, password, timeout, amqp_port=port)
 
 
 # -- what the broker has ---------------------------------------------------------------

@@ -82,7 +82,11 @@ def status(
 
 def _render(report: Status) -> None:
     info = report.broker
-    who = " ".join(w for w in (info.product, info.version) if w) or "broker"
+    own = report.vhost is None  # logbus's own broker (local://, memory://): no vhosts
+    who = " ".join(w for w in (info.product, info.version) if w) or (
+        "logbus broker" if own else "broker"
+    )
+    place = report.url if own else f"{report.url} (vhost {report.vhost})"
     where = ", ".join(
         f"{k} {v}" for k, v in (("node", info.node), ("cluster", info.cluster_name)) if v
     )
@@ -91,7 +95,7 @@ def _render(report: Status) -> None:
     else:
         alarms = "alarms: " + (", ".join(info.alarms) or "none")
     typer.secho(
-        f"{who} at {report.url} (vhost {report.vhost}); {where}{'; ' if where else ''}{alarms}",
+        f"{who} at {place}; {where}{'; ' if where else ''}{alarms}",
         bold=True,
         fg=typer.colors.RED if info.alarms else None,
     )
