@@ -114,7 +114,18 @@ class ManagementApi:
             why = _reason(exc.reason)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             why = _reason(exc)
-        raise ManagementUnavailable(f"the management API at {self} does not answer ({why})")
+        raise ManagementUnavailable(
+            f"the management API at {self} does not answer ({why}){self._guess_hint()}"
+        )
+
+    def _guess_hint(self) -> str:
+        """What to do when a guessed address does not answer for a broker on other ports."""
+        if self.amqp_port is None or self.amqp_port in (5672, 5671):
+            return ""
+        return (
+            f"; it was guessed, and AMQP is on port {self.amqp_port}: name the management "
+            "API with --management-url or LOGBUS_MANAGEMENT_URL"
+        )
 
     def snapshot(self, vhost: str) -> Snapshot:
         """Everything the vhost has, with queue statistics and the cluster's alarms."""

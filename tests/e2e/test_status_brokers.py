@@ -45,6 +45,17 @@ def test_status_does_not_show_another_brokers_statistics(
     assert "answers for cluster" in report["note"] and "--management-url" in report["note"]
 
 
+@pytest.mark.faults
+def test_status_on_other_ports_without_a_management_url_says_how_to_name_it(
+    logbus: Any, private_broker: PrivateBroker
+) -> None:
+    """AMQP on another port and no management URL: the guess is not trusted, and the note
+    names --management-url (whether :15672 is closed or another broker's)."""
+    report = _status(logbus, "--url", private_broker.url, env={"LOGBUS_MANAGEMENT_URL": ""})
+    assert report["via"] == "amqp"
+    assert "--management-url" in report["note"], report["note"]
+
+
 def test_a_guessed_management_api_of_another_node_is_refused() -> None:
     """The API derived for AMQP on port 5722 refuses an overview that listens on 5672 only."""
 
