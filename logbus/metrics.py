@@ -21,9 +21,20 @@ metric                                     type       what
 ``logbus_worker_retried_total``            counter    records sent to a delay queue
 ``logbus_worker_dead_lettered_total``      counter    records parked on ``<queue>.dead``
 ``logbus_worker_undecodable_total``        counter    deliveries that were not records
+``logbus_worker_redelivered_total``        counter    records written again after a
+                                                      redelivery (in ``written_total`` too;
+                                                      sinks that de-duplicate keep one)
+``logbus_worker_queue_depth``              gauge      messages ready in the queue, from a
+                                                      passive declare every few seconds
 ``logbus_worker_batch_seconds``            histogram  time of one sink write, 1 ms..10 s
 ``logbus_worker_batch_records``            histogram  records in one sink write
 =========================================  =========  =====================================
+
+And, unlabelled, the process's own, under the names every Prometheus client
+library uses (read from ``/proc`` on Linux; elsewhere only the CPU time and
+start time): ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+``process_virtual_memory_bytes``, ``process_open_fds``, ``process_max_fds``,
+``process_start_time_seconds``.
 
 The sink label is the sink's spec with any password in it replaced by ``***``:
 a plugin's spec may hold a database URL, and ``/metrics`` is not a secret.
@@ -40,6 +51,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import socket
 import socketserver
 import threading
@@ -99,6 +111,11 @@ _COUNTERS = (
     ("retried", "Records sent to a delay queue, to be retried later."),
     ("dead_lettered", "Records parked on the dead-letter queue."),
     ("undecodable", "Deliveries that could not be decoded into a record."),
+    (
+        "redelivered",
+        "Records written again after a redelivery (in written_total too; sinks that "
+        "de-duplicate by id keep one copy).",
+    ),
 )
 # A histogram's bounds, its per-bucket counts (the last one +Inf) and its sum.
 _Snapshot = tuple[tuple[float, ...], list[int], float]
@@ -162,6 +179,7 @@ class WorkerMetrics:
         self._counts = dict.fromkeys((name for name, _ in _COUNTERS), 0)
         self._seconds = _Histogram(BATCH_SECONDS_BUCKETS)
         self._records = _Histogram(BATCH_RECORDS_BUCKETS)
+        self._depth: int | None = None  # not known until the worker first looked
 
     def received(self, n: int = 1) -> None:
         """``n`` deliveries were taken from the queue."""
@@ -187,6 +205,17 @@ class WorkerMetrics:
         """``n`` deliveries could not be decoded into records."""
         self._add("undecodable", n)
 
+    def redelivered(self, n: int = 1) -> None:
+        """``n`` records the sink stored came redelivered (perhaps stored before)."""
+        self._add("redelivered", n)
+
+    def queue_depth(self, ready: int) -> None:
+        """The queue holds ``ready`` messages ready for delivery (a gauge)."""
+        if ready < 0:
+            raise ValueError(f"a queue holds 0 or more messages, not {ready}")
+        with self._lock:
+            self._depth = ready
+
     def observe_batch(self, seconds: float, size: int) -> None:
         """One sink write of ``size`` records took ``seconds``."""
         if not 0 <= seconds < math.inf or size < 0:
@@ -203,6 +232,7 @@ class WorkerMetrics:
             counts = dict(self._counts)
             seconds = self._seconds.snapshot()
             records = self._records.snapshot()
+            depth = self._depth
         labels = self._labels
         lines = [
             *self._family("up", "gauge", "1 while the worker's metrics are served."),
@@ -213,8 +243,12 @@ class WorkerMetrics:
         for name, text in _COUNTERS:
             lines += self._family(f"{name}_total", "counter", text)
             lines.append(f"{_PREFIX}{name}_total{{{labels}}} {counts[name]}")
+        if depth is not None:
+            lines += self._family("queue_depth", "gauge", "Messages ready in the queue.")
+            lines.append(f"{_PREFIX}queue_depth{{{labels}}} {depth}")
         lines += self._histogram("batch_seconds", "Time of one sink write.", seconds)
         lines += self._histogram("batch_records", "Records in one sink write.", records)
+        lines += _process_lines()
         return "\n".join(lines) + "\n"
 
     def __repr__(self) -> str:
@@ -240,6 +274,62 @@ class WorkerMetrics:
         lines.append(f"{metric}_sum{{{self._labels}}} {_number(total)}")
         lines.append(f"{metric}_count{{{self._labels}}} {sum(counts)}")
         return lines
+
+
+# -- the process collector -----------------------------------------------------------------
+
+_PROCESS_HELP = {
+    "process_cpu_seconds_total": ("counter", "Total user and system CPU time spent in seconds."),
+    "process_resident_memory_bytes": ("gauge", "Resident memory size in bytes."),
+    "process_virtual_memory_bytes": ("gauge", "Virtual memory size in bytes."),
+    "process_open_fds": ("gauge", "Number of open file descriptors."),
+    "process_max_fds": ("gauge", "Maximum number of open file descriptors."),
+    "process_start_time_seconds": (
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    ),
+}
+
+
+def process_metrics() -> dict[str, float]:
+    """This process's CPU seconds, memory, file descriptors and start time, by the metric
+    names Prometheus' client libraries use; what the platform cannot tell is left out."""
+    times = os.times()
+    found: dict[str, float] = {"process_cpu_seconds_total": times.user + times.system}
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            # The command (field 2) may hold spaces: the fields after its ")" are plain.
+            fields = stat.read().rpartition(b")")[2].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        page = os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/stat", "rb") as system:
+            boot = next(float(line.split()[1]) for line in system if line.startswith(b"btime"))
+        # Fields 3.. of stat(5): vsize is field 23, rss field 24, starttime field 22.
+        found["process_virtual_memory_bytes"] = float(fields[20])
+        found["process_resident_memory_bytes"] = float(int(fields[21]) * page)
+        found["process_start_time_seconds"] = boot + int(fields[19]) / ticks
+        found["process_open_fds"] = float(len(os.listdir("/proc/self/fd")))
+    except (OSError, ValueError, IndexError, StopIteration):
+        found.setdefault("process_start_time_seconds", _STARTED)
+    try:
+        import resource
+
+        found["process_max_fds"] = float(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, OSError, ValueError):
+        pass
+    return found
+
+
+def _process_lines() -> list[str]:
+    lines: list[str] = []
+    for name, value in process_metrics().items():
+        kind, text = _PROCESS_HELP[name]
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
+    return lines
+
+
+# When this module was imported: the start time where /proc cannot tell it.
+_STARTED = time.time()
 
 
 class _Server(ThreadingHTTPServer):

@@ -52,7 +52,16 @@ __all__ = ["COUNTS", "Forward", "Outcomes", "describe_failure", "pause"]
 log = get_logger("logbus.worker")
 
 #: What :meth:`Outcomes.counts` counts (the fields of ``WorkerSummary`` it fills).
-COUNTS = ("handled", "failed", "rejected", "undecodable", "requeued", "retried", "dead_lettered")
+COUNTS = (
+    "handled",
+    "redelivered",
+    "failed",
+    "rejected",
+    "undecodable",
+    "requeued",
+    "retried",
+    "dead_lettered",
+)
 # Pauses after consecutive failures to publish to a delay or dead-letter queue (or
 # consecutive worker process deaths): 0.05 s doubling to 2 s.
 _FIRST_PAUSE = 0.05
@@ -163,9 +172,16 @@ class Outcomes:
                 forwards.append(decide(delivery, result))
         if stored:
             self.settle_all(stored, Settlement.ACK)
-            self.count("handled", len(stored))
+            # Delivered before (to a worker that died, or that gave them back): perhaps
+            # stored before too, so counted apart; sinks that de-duplicate keep one copy.
+            again = sum(delivery.redelivered for delivery in stored)
+            with self._lock:
+                self._counts["handled"] += len(stored)
+                self._counts["redelivered"] += again
             if metrics is not None:
                 metrics.written(len(stored))
+                if again:
+                    metrics.redelivered(again)
         if forwards:
             self.forward(forwards)
 

@@ -85,6 +85,8 @@ log = get_logger("logbus.worker")
 MAX_CONCURRENCY = 1024
 # How often the waiting threads look at the stop flag: the latency of stop().
 _POLL = 0.2
+# How often a worker with metrics asks the broker how deep its queue is (a passive declare).
+_DEPTH_EVERY = 5.0
 #: Seconds a stopping worker waits for the sink to finish what it holds (Kubernetes: 30).
 SHUTDOWN_TIMEOUT = 20.0
 
@@ -100,7 +102,10 @@ def units(unit: str, count: int) -> str:
 class WorkerSummary:
     """What a worker did between start and stop.
 
-    ``handled`` records were stored and acked. ``failed`` counts the sink's
+    ``handled`` records were stored and acked; ``redelivered`` of them came
+    redelivered (delivered before, to a worker that died or gave them back), so
+    they may have been stored before: sinks that de-duplicate by id keep one
+    copy, which is why an archive may hold fewer rows than ``handled``. ``failed`` counts the sink's
     failures, one per record and attempt; ``rejected`` of them were for good
     (not recoverable). ``retried`` records went to a delay queue, to come back
     later; ``dead_lettered`` went to the dead-letter queue: failed on their last
@@ -119,10 +124,17 @@ class WorkerSummary:
     replaced: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    redelivered: int = 0
 
     def __str__(self) -> str:
+        again = ""
+        if self.redelivered:
+            again = (
+                f" ({self.redelivered} of them redelivered, perhaps written before: "
+                "sinks that de-duplicate by id keep one copy)"
+            )
         text = (
-            f"{self.handled} handled, {self.failed} failed ({self.retried} retried, "
+            f"{self.handled} handled{again}, {self.failed} failed ({self.retried} retried, "
             f"{self.dead_lettered} dead-lettered), {self.undecodable} undecodable "
             f"from {self.queue} in {self.seconds:.1f}s"
         )
@@ -280,6 +292,13 @@ class Worker:
                 concurrency=self.concurrency,
                 idle=self.concurrency - self.prefetch,
             )
+        if metrics is not None:
+            threading.Thread(
+                target=self._watch_depth,
+                args=(metrics,),
+                name=f"logbus-depth:{self.queue}",
+                daemon=True,
+            ).start()
         for number, lane in enumerate(lanes, 1):
             thread = threading.Thread(
                 target=self._serve,
@@ -354,6 +373,7 @@ class Worker:
             "connected": connected is not False,
             "threads": threads,
             "handled": counts.handled,
+            "redelivered": counts.redelivered,
             "failed": counts.failed,
             "retried": counts.retried,
             "dead_lettered": counts.dead_lettered,
@@ -364,6 +384,20 @@ class Worker:
             f"<Worker queue={self.queue!r} sink={self.sink!r} prefetch={self.prefetch} "
             f"pool={self.pool.kind} concurrency={self.concurrency}>"
         )
+
+    def _watch_depth(self, metrics: WorkerMetrics) -> None:
+        """Tell ``metrics`` the queue's depth every few seconds, until the worker stops."""
+        while not self._draining.is_set():
+            transport = self._transport
+            if transport is None:
+                return
+            try:
+                ready = transport.declare_queue(self.queue, passive=True).message_count
+            except LogbusError as exc:  # the connection is down, say: the next look may do
+                log.debug("worker.depth_unknown", queue=self.queue, reason=str(exc))
+            else:
+                metrics.queue_depth(ready)
+            self._draining.wait(_DEPTH_EVERY)
 
     def _fail(self, exc: BaseException) -> None:
         log.info("worker.failed", queue=self.queue, error=f"{type(exc).__name__}: {exc}")

@@ -498,3 +498,51 @@ def test_health_says_whether_the_worker_is_consuming(amqp_url, work_queue):
     assert details["consuming"] is True
     running.stop()
     assert worker.health()[0] is False
+
+
+def test_redelivered_records_are_counted_apart_from_first_deliveries(
+    amqp_url, admin, work_queue, unique_name
+):
+    """Four records taken before by a consumer that went away come back redelivered: the
+    summary and the metrics count them apart (they may have been written before)."""
+    batch = records(10)
+    publish(admin, work_queue, batch)
+    with AmqpTransport(amqp_url, connection_name=f"taker-{unique_name}") as taker:
+        for _ in range(4):
+            assert taker.get(work_queue) is not None  # never acked: back when it closes
+    wait_until(lambda: ready(admin, work_queue) == 10, 10, "the four back in the queue")
+    metrics = WorkerMetrics(work_queue, "probe")
+    sink = ProbeSink()
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, metrics=metrics))
+    wait_until(lambda: len(sink.stored) == 10, 10, "ten records stored")
+    summary = running.stop()
+    assert (summary.handled, summary.redelivered) == (10, 4)
+    assert "10 handled (4 of them redelivered, perhaps written before" in str(summary)
+    assert (counter(metrics, "written"), counter(metrics, "redelivered")) == (10, 4)
+
+
+def test_the_metrics_gauge_the_queue_depth(amqp_url, admin, work_queue):
+    """A worker holding one record (prefetch 1, its sink busy) sees 9 of 10 left ready."""
+    release = threading.Event()
+
+    def behave(record: LogRecord, attempt: int) -> Exception | None:
+        release.wait(30)
+        return None
+
+    publish(admin, work_queue, records(10))
+    metrics = WorkerMetrics(work_queue, "probe")
+    sink = ProbeSink(behave)
+    running = RunningWorker(Worker(amqp_url, work_queue, sink, prefetch=1, metrics=metrics))
+
+    def depth() -> float | None:
+        found = [
+            line for line in metrics.render().splitlines() if line.startswith("logbus_worker_queue")
+        ]
+        return float(found[0].rsplit(" ", 1)[1]) if found else None
+
+    try:
+        wait_until(lambda: depth() == 9, 20, "the depth gauge to read 9")
+    finally:
+        release.set()
+    wait_until(lambda: len(sink.stored) == 10, 10, "ten records stored")
+    running.stop()

@@ -23,7 +23,24 @@ from hypothesis import strategies as st
 import logbus.metrics
 from logbus.metrics import BATCH_RECORDS_BUCKETS, BATCH_SECONDS_BUCKETS, WorkerMetrics
 
-COUNTERS = ["received", "written", "failed", "retried", "dead_lettered", "undecodable"]
+COUNTERS = [
+    "received",
+    "written",
+    "failed",
+    "retried",
+    "dead_lettered",
+    "undecodable",
+    "redelivered",
+]
+#: The process collector's families, under the names Prometheus' client libraries use.
+PROCESS = {
+    "process_cpu_seconds_total": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+    "process_start_time_seconds": "gauge",
+}
 HISTOGRAMS = ["logbus_worker_batch_seconds", "logbus_worker_batch_records"]
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -164,20 +181,47 @@ def test_the_metric_families_are_the_documented_ones(metrics):
         "logbus_worker_retried_total": "counter",
         "logbus_worker_dead_lettered_total": "counter",
         "logbus_worker_undecodable_total": "counter",
+        "logbus_worker_redelivered_total": "counter",
         "logbus_worker_batch_seconds": "histogram",
         "logbus_worker_batch_records": "histogram",
+        **PROCESS,
     }
     assert exposition.helps.keys() == exposition.types.keys()
     assert all(exposition.helps.values())
 
 
 def test_every_sample_is_labelled_with_queue_and_sink(metrics):
-    """Each sample carries queue and sink (and le, on buckets only)."""
+    """Each sample carries queue and sink (and le, on buckets only); the process's own none."""
     for name, labels, _ in parse(metrics.render()).samples:
+        if name.startswith("process_"):
+            assert labels == {}, name
+            continue
         expected = {"queue", "sink", "le"} if name.endswith("_bucket") else {"queue", "sink"}
         assert labels.keys() == expected, name
         assert labels["queue"] == "logbus.tasks"
         assert labels["sink"] == "jsonl:/tmp/all.jsonl"
+
+
+def test_the_process_collector_reads_this_process(metrics):
+    """CPU seconds, memory, open fds and the start time of the process serving them."""
+    exposition = parse(metrics.render())
+    assert exposition.value("process_cpu_seconds_total") > 0
+    assert exposition.value("process_resident_memory_bytes") > 1_000_000
+    assert exposition.value("process_virtual_memory_bytes") >= exposition.value(
+        "process_resident_memory_bytes"
+    )
+    assert 3 <= exposition.value("process_open_fds") <= exposition.value("process_max_fds")
+    assert 0 < time.time() - exposition.value("process_start_time_seconds") < 86400
+
+
+def test_the_queue_depth_is_a_gauge_once_known(metrics):
+    """No depth sample before the worker looked; then the last depth it saw."""
+    assert "logbus_worker_queue_depth" not in parse(metrics.render()).types
+    metrics.queue_depth(12)
+    metrics.queue_depth(7)
+    exposition = parse(metrics.render())
+    assert exposition.types["logbus_worker_queue_depth"] == "gauge"
+    assert exposition.value("logbus_worker_queue_depth") == 7
 
 
 def test_up_is_one(metrics):
@@ -333,7 +377,9 @@ def test_backslash_quote_and_newline_are_escaped_in_label_values():
 def test_any_queue_and_sink_read_back_unchanged(queue, sink):
     """Whatever the names, the text parses and the labels read back as given."""
     metrics = WorkerMetrics(queue, sink)
-    for _, labels, _ in parse(metrics.render()).samples:
+    for name, labels, _ in parse(metrics.render()).samples:
+        if name.startswith("process_"):
+            continue  # the process's own, unlabelled
         assert labels["queue"] == queue
         assert labels["sink"] == metrics.sink
 
