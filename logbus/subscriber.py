@@ -5,9 +5,14 @@
 ...     print(record.routing_key, record.message)
 
 By default the queue is temporary (server-named, exclusive, auto-delete): it
-lives as long as the subscriber. ``queue=NAME, durable=True`` makes a named
-subscription that keeps records while nobody listens. :class:`AsyncSubscriber`
-is the async twin, on the aio-pika transport (``async for record in sub``).
+lives as long as the subscriber's connection. After a reconnect the transport
+declares it again (under a new name) with its bindings and consumes it, so the
+subscription goes on, but records routed while it was disconnected are missed.
+``queue=NAME, durable=True`` makes a named subscription that keeps records
+while nobody listens. A subscription that cannot be restored raises the
+transport's error from ``get`` instead of waiting for records that cannot come.
+:class:`AsyncSubscriber` is the async twin, on the aio-pika transport
+(``async for record in sub``).
 """
 
 from __future__ import annotations
@@ -200,7 +205,7 @@ class AsyncSubscriber:
     opened for ``url``. Each record is acked when the next one is asked for.
     The aio-pika transport resumes the subscription after a connection drop,
     its temporary queue and bindings included; records that were in flight
-    are redelivered.
+    are redelivered. One that cannot be restored raises its error from ``get``.
     """
 
     def __init__(

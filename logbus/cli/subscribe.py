@@ -56,8 +56,10 @@ Exit status:
   2   usage (nothing to subscribe to, a bad option)
   69  the broker cannot be reached
   75  --timeout passed before --count records arrived, or the broker ended
-      the subscription (e.g. its queue was deleted)
-  78  configuration (topology file, settings, a queue that exists otherwise)
+      the subscription (e.g. its queue was deleted), or it could not be
+      restored after a reconnect
+  78  configuration (topology file, settings, a queue that exists otherwise,
+      also when found so after a reconnect)
   130/143  Ctrl-C/SIGTERM before --count records arrived
 """
 
@@ -151,6 +153,9 @@ def subscribe(
     bound with every selector given: binding keys and --severity on the topic
     exchange, --exact on the direct exchange, --header on the headers exchange,
     --all on the fanout exchange; a record matching several is printed once.
+    After a dropped connection or a broker restart the queue is declared and
+    bound again and printing goes on; a temporary queue misses what was emitted
+    while disconnected, --queue NAME --durable keeps it.
 
     On a terminal each record is one coloured line: time, host, app, key
     (coloured by severity), message and fields. Piped, or with --json, each is
@@ -189,25 +194,22 @@ def subscribe(
         try:
             from logbus.subscriber import Subscriber
 
-            try:
-                with quiet_connect():
-                    sub = Subscriber(
-                        settings.url,
-                        keys=keys or (),
-                        severities=severities,
-                        exact=exact or (),
-                        headers=headers,
-                        match=match,
-                        all=everything,
-                        queue=queue,
-                        durable=durable,
-                        prefetch=min(count, settings.prefetch) if count else None,
-                        settings=settings,
-                        topology=topology,
-                        on_undecodable=_show_undecodable,
-                    )
-            except PreconditionFailed as exc:
-                raise mismatch(exc) from exc
+            with quiet_connect():
+                sub = Subscriber(
+                    settings.url,
+                    keys=keys or (),
+                    severities=severities,
+                    exact=exact or (),
+                    headers=headers,
+                    match=match,
+                    all=everything,
+                    queue=queue,
+                    durable=durable,
+                    prefetch=min(count, settings.prefetch) if count else None,
+                    settings=settings,
+                    topology=topology,
+                    on_undecodable=_show_undecodable,
+                )
             typer.echo(f"logbus: subscribed: {_describe(sub)}; Ctrl-C to stop", err=True)
             deadline = None if timeout is None else monotonic() + timeout
             while count is None or got < count:
@@ -220,6 +222,10 @@ def subscribe(
                 show(record)
                 shown = True
                 got += 1
+        except PreconditionFailed as exc:
+            # Declaring, or declaring again after a reconnect: the broker has the entity
+            # with other properties. Say which and how to fix it, then exit 78.
+            raise mismatch(exc) from exc
         except _Stopped as exc:
             stop.signum = exc.signum
         except BrokenPipeError:

@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractRobustChannel
 from pamqp.commands import Basic
 
 from logbus._log import get_logger
-from logbus.errors import AccessRefused, ChannelError
+from logbus.errors import AccessRefused, ChannelError, LogbusError
 from logbus.message import Message, Properties
 from logbus.transports._aio_errors import translate
 from logbus.transports._properties import FastPamqpProperties
@@ -90,11 +90,13 @@ class AioConsumer:
     cancel()`` stops it (what was already received can still be read and
     settled). After a connection drop aio-pika reopens the channel and restores
     its prefetch; the consumer then consumes again under the same tag — first
-    re-declaring the queue and its bindings if this transport declared it
-    exclusive or auto-delete, since the broker deleted it with the old
-    connection. Deliveries received before the drop are skipped: the broker
-    requeued them and redelivers them, flagged ``redelivered``. The consumer ends
-    when its queue is deleted or cannot be restored.
+    declaring again the exchanges, the queue and the bindings this transport
+    declared, since the broker deleted an exclusive or auto-delete queue with
+    the old connection, and a restarted broker forgets non-durable ones.
+    Deliveries received before the drop are skipped: the broker requeued them
+    and redelivers them, flagged ``redelivered``. The consumer ends when its
+    queue is deleted (``get`` returns None) or cannot be restored (``get``
+    raises why).
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class AioConsumer:
         self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | object] = asyncio.Queue()
         self._stopping = False  # cancelled, by us or by the broker: nothing new will come
         self._ended = False  # the end marker was read: get() returns None from now on
+        self._error: LogbusError | None = None  # why it could not be restored, raised by get()
         self._unsettled: set[int] = set()
         self._release: asyncio.Task[None] | None = None
 
@@ -143,6 +146,7 @@ class AioConsumer:
             return
         endpoint = self._transport.endpoint
         try:
+            await self._transport._restore_exchanges()
             await self._transport._prepare_queue(self.queue, restoring=True)
             try:
                 await self.start()
@@ -152,6 +156,12 @@ class AioConsumer:
             # The queue is gone or refused: end this consumer. The channel is closed
             # from a new task, since this runs under aio-pika's channel restore lock.
             log.warning("consumer not restored", queue=self.queue, reason=str(exc))
+            try:  # the same kind of error (its exit status), saying what it stopped
+                self._error = type(exc)(
+                    f"consuming queue {self.queue!r} could not resume after a reconnect: {exc}"
+                )
+            except TypeError:
+                self._error = exc
             self._stop()
             self._release = asyncio.get_running_loop().create_task(self.close_channel())
         except Exception as exc:  # the connection dropped again; its return retries
@@ -161,8 +171,11 @@ class AioConsumer:
             log.info("consumer restored", queue=self.queue, tag=self.tag)
 
     async def get(self, timeout: float | None = None) -> Delivery | None:
-        """The next delivery, or None after ``timeout`` seconds (None: wait) or once cancelled."""
+        """The next delivery, or None after ``timeout`` seconds (None: wait) or once cancelled;
+        raises why, once it could not resume after a reconnect."""
         if self._ended:
+            if self._error is not None:
+                raise self._error
             return None
         try:
             async with asyncio.timeout(timeout):
@@ -171,6 +184,8 @@ class AioConsumer:
                     if item is _END:
                         self._ended = True
                         self._maybe_release()
+                        if self._error is not None:
+                            raise self._error
                         return None
                     assert isinstance(item, aiormq.abc.DeliveredMessage)
                     if item.channel.is_closed:

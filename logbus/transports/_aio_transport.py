@@ -37,7 +37,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class _QueueSpec:
-    """How a queue that vanishes with its connection was declared, to declare it again."""
+    """How a queue of this transport was declared, to declare it again after a reconnect
+    (an exclusive or auto-delete one goes with the connection, any non-durable one with
+    a broker restart)."""
 
     durable: bool
     exclusive: bool
@@ -112,6 +114,12 @@ class AioTransport:
         self._consumers: set[AioConsumer] = set()
         self._owned: dict[str, _QueueSpec] = {}
         self._owned_bindings: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {}
+        # Exchanges and exchange bindings declared here, declared again after a reconnect
+        # before any queue is bound to them (a restarted broker forgets non-durable ones).
+        self._exchanges: dict[str, dict[str, Any]] = {}
+        self._exchange_bindings: dict[str, tuple[str, str, str, dict[str, Any]]] = {}
+        self._restored_on: object = None  # the connection's transport they were restored on
+        self._restore_lock = asyncio.Lock()
         self._settlements = Settlements(self.endpoint, self.options.confirm_timeout)
         self._closed = False
 
@@ -217,6 +225,14 @@ class AioTransport:
             )
 
         await self._run(f"declaring exchange {name!r}", call)
+        if not passive:
+            self._exchanges[name] = {
+                "type": type,
+                "durable": durable,
+                "auto_delete": auto_delete,
+                "internal": internal,
+                "arguments": dict(arguments or {}),
+            }
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         """Delete an exchange and its bindings."""
@@ -226,6 +242,15 @@ class AioTransport:
             await channel.exchange_delete(name, if_unused=if_unused)
 
         await self._run(f"deleting exchange {name!r}", call)
+        self._exchanges.pop(name, None)
+        self._exchange_bindings = {
+            key: bound
+            for key, bound in self._exchange_bindings.items()
+            if name not in (bound[0], bound[1])
+        }
+        for bindings in self._owned_bindings.values():
+            for key in [k for k, (exchange, _, _) in bindings.items() if exchange == name]:
+                del bindings[key]
 
     async def declare_queue(
         self,
@@ -255,7 +280,7 @@ class AioTransport:
             return queue.declaration_result
 
         ok = await self._run(f"declaring queue {name!r}", call)
-        if not passive and (exclusive or auto_delete):
+        if not passive:
             self._owned[name] = _QueueSpec(durable, exclusive, auto_delete, args)
         return QueueInfo(ok.queue or name, ok.message_count or 0, ok.consumer_count or 0)
 
@@ -334,6 +359,24 @@ class AioTransport:
             await target.bind(source, routing_key, arguments=dict(arguments or {}))
 
         await self._run(f"binding exchange {destination!r} to {source!r}", call)
+        args = dict(arguments or {})
+        key = _binding_key(source, routing_key, args) + destination
+        self._exchange_bindings[key] = (destination, source, routing_key, args)
+
+    async def _restore_exchanges(self) -> None:
+        """Declare this transport's exchanges and exchange bindings again, once per
+        reconnect (every consumer's restore asks; the first does it)."""
+        connection = await self._open()
+        async with self._restore_lock:
+            if self._restored_on is connection.transport:
+                return
+            for name, how in list(self._exchanges.items()):
+                await self.declare_exchange(
+                    name, how["type"], **{k: v for k, v in how.items() if k != "type"}
+                )
+            for destination, source, key, args in list(self._exchange_bindings.values()):
+                await self.bind_exchange(destination, source, key, args)
+            self._restored_on = connection.transport
 
     async def _prepare_queue(self, name: str, *, restoring: bool = False) -> None:
         """Check a queue is there before consuming; after a reconnect, re-create our own."""

@@ -5,7 +5,10 @@ An :class:`AmqpConsumer` is both the user's handle (``get``, iteration,
 unacked delivery tags; methods named ``io_*``). Its consumer tag stays the same
 across reconnects. Deliveries carry the *epoch* of the channel they came on;
 once that channel is gone the broker has requeued them, so ``get`` skips those
-still waiting and settling one already handed out is a logged no-op.
+still waiting and settling one already handed out is a logged no-op. A consumer
+that cannot resume after a reconnect (its queue or a binding could not be
+declared again, the broker refused ``basic.consume``) ends with that error:
+``get`` raises it rather than wait for deliveries that will never come.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pika.exceptions as pika_errors
 
 from logbus._log import get_logger
-from logbus.errors import TransportClosed, TransportError
+from logbus.errors import LogbusError, TransportClosed, TransportError
 from logbus.message import Message, Properties
 from logbus.transports._amqp_slot import io_callback
 from logbus.transports._pika_convert import properties_from_pika, reply_error
@@ -31,7 +34,7 @@ from logbus.transports.base import BatchSettler, Delivery, Settler
 if TYPE_CHECKING:
     from logbus.transports._amqp_io import Core
 
-__all__ = ["AmqpConsumer"]
+__all__ = ["AmqpConsumer", "restore_error"]
 
 log = get_logger("logbus.transports.amqp")
 
@@ -39,6 +42,16 @@ _END = object()
 
 #: Told once whether (re)starting the consumer worked: None, or why not.
 Started = Callable[[TransportError | None], None]
+
+
+def restore_error(error: LogbusError, what: str) -> TransportError:
+    """Why something could not be restored after a reconnect: ``what``, then ``error``,
+    as an error of ``error``'s kind (so its exit status), else a TransportError."""
+    message = f"{what}: {error}"
+    if isinstance(error, TransportError):
+        with contextlib.suppress(TypeError):  # a class that wants more than a message
+            return type(error)(message)
+    return TransportError(message)
 
 
 class AmqpConsumer:
@@ -60,6 +73,7 @@ class AmqpConsumer:
         self._owner = owner  # keeps the transport alive while its consumer is in use
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._ended = False
+        self._error: TransportError | None = None  # why it ended, if not by a cancel
         self._latest: Any = None
         self._started: Started | None = None
         # How the deliveries of the live channel settle: made once per channel, not per message.
@@ -69,7 +83,8 @@ class AmqpConsumer:
     # -- the user's side ------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> Delivery | None:
-        """The next delivery, or None after ``timeout`` seconds or once cancelled."""
+        """The next delivery, or None after ``timeout`` seconds or once cancelled; raises
+        why, once it could not resume after a reconnect."""
         deadline = None if timeout is None else monotonic() + timeout
         while not self._ended:
             wait = None if deadline is None else max(0.0, deadline - monotonic())
@@ -86,6 +101,8 @@ class AmqpConsumer:
                 return delivery  # type: ignore[no-any-return]
             # Its channel is gone, so the broker has requeued it: it will come again.
             log.debug("amqp.stale_delivery_skipped", queue=self.queue, tag=delivery.delivery_tag)
+        if self._error is not None:
+            raise self._error
         return None
 
     def get_many(self, limit: int, timeout: float | None = None) -> list[Delivery]:
@@ -177,8 +194,11 @@ class AmqpConsumer:
         else:
             channel.basic_cancel(self.tag, callback=cancelled)
 
-    def io_end(self) -> None:
-        """No more deliveries: end the user's iteration and forget the consumer."""
+    def io_end(self, error: TransportError | None = None) -> None:
+        """No more deliveries: end the user's iteration (raising ``error`` to the user, if
+        given) and forget the consumer."""
+        if error is not None and self._error is None:
+            self._error = error
         self.cancelled = True
         self._core.consumers.pop(self.tag, None)
         self._inbox.put(_END)
@@ -199,7 +219,11 @@ class AmqpConsumer:
     def _restarted(self, error: TransportError | None) -> None:
         if error is not None:
             log.error("amqp.consumer_lost", queue=self.queue, tag=self.tag, error=str(error))
-            self.io_end()
+            self.io_end(
+                restore_error(
+                    error, f"consuming queue {self.queue!r} could not resume after a reconnect"
+                )
+            )
         else:
             log.info("amqp.consumer_restored", queue=self.queue, tag=self.tag)
 
@@ -298,8 +322,8 @@ class AmqpConsumer:
         if isinstance(reason, pika_errors.ChannelClosedByBroker):
             error = reply_error(reason.reply_code, reason.reply_text)
             if self._started is not None or self.cancelled:
+                self._finish_start(error)  # first: a restart ends it with the error
                 self.io_end()
-                self._finish_start(error)
                 return
             # e.g. 406 for an unacked delivery held past the broker's consumer_timeout:
             # the broker requeued what this channel held; consume again on a new one.

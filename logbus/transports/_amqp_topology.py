@@ -56,6 +56,15 @@ class Declaration:
             return f"binding of exchange {self.name!r} to {self.source!r} ({self.routing_key!r})"
         return f"{self.kind} {self.name!r}"
 
+    def following(self, resolve: Callable[[str], str]) -> Declaration:
+        """This declaration with its queue's current name: a reconnect renames a
+        server-named queue, after the restore steps for its bindings were made."""
+        if self.kind in ("queue", "bind_queue"):
+            name = resolve(self.name)
+            if name != self.name:
+                return replace(self, name=name)
+        return self
+
     def run(self, channel: Any, done: Callable[[Any], None]) -> None:
         """Issue this declaration on ``channel``; ``done(frame.method)`` on success."""
 
