@@ -102,7 +102,7 @@ SYSTEM_DIRS = ("tmp", "var/log", "var/lib", "etc", "run")
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 ENTITIES = "topic|fanout|direct|headers|tasks|archive|alerts"
 
-#: (pattern, what it becomes) — the whole substitution table, applied in one pass.
+#: The whole substitution table (what each becomes: :func:`substitute`), applied in one pass.
 SUBSTITUTIONS = {
     "dir": r"(?<![\w.-])/(?P<dir>tmp|var|etc|run)/",
     "url": re.escape(DEFAULT_URL),
@@ -227,7 +227,7 @@ def test_python_block_runs_and_prints_what_the_readme_shows(
         env=python_env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=30,
         check=False,
     )
     if "Async" in block.text and python_env["LOGBUS_URL"] == "memory://":
@@ -254,8 +254,12 @@ def matches(sample: str, screen: str) -> bool:
 
 
 @pytest.mark.parametrize("block", TRANSCRIPTS, ids=[b.id for b in TRANSCRIPTS])
-def test_transcript_shows_what_the_command_prints_on_a_terminal(block: Block) -> None:
+def test_transcript_shows_what_the_command_prints_on_a_terminal(
+    block: Block, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A ``$ logbus ...`` transcript is what that command prints on a terminal."""
+    for name in [n for n in os.environ if n.startswith("LOGBUS_")]:
+        monkeypatch.delenv(name)  # the transcript shows the defaults
     command, _, sample = block.text.partition("\n")
     args = shlex.split(command.removeprefix("$ "))
     assert args[0] == "logbus", "transcripts show logbus commands"
