@@ -58,13 +58,9 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
-    @app.callback()
-    def _root() -> None:
-        """Route log records through RabbitMQ (or an in-process broker).
+    from logbus.cli._root import root
 
-        Global option: --debug shows tracebacks. Exit statuses: 0 ok, 2 usage,
-        65 bad input, 69 broker unavailable, 75 try again later, 78 configuration.
-        """
+    app.callback()(root)
 
     for name in COMMANDS:
         importlib.import_module(f"logbus.cli.{name}").register(app)

@@ -111,6 +111,9 @@ def emit(args: list[str]) -> int | None:
     status, or ``None`` when the typer command must run instead."""
     if "_LOGBUS_COMPLETE" in os.environ or os.environ.get("LOGBUS_DEBUG") == "1":
         return None
+    level = (os.environ.get("LOGBUS_LOG_LEVEL") or "warning").strip().lower()
+    if level not in ("warning", "error"):
+        return None  # events asked for (or a level to refuse): the typer command logs them
     try:
         return _emit(args)
     except KeyboardInterrupt:

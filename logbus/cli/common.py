@@ -73,28 +73,70 @@ def make_settings(url: str | None = None, config: Path | None = None, **more: An
     return load_settings(**overrides)
 
 
-def configure_logging(debug: bool) -> None:
-    """logbus's events on stderr: warnings and worse, everything with ``--debug``."""
+#: ``--log-level`` choices: logbus's own events from that level up; ``trace`` is
+#: ``debug`` plus the AMQP drivers' (pika, aio-pika, aiormq) own debug output, which
+#: is hundreds of lines per connection and so never shown unless asked for.
+LOG_LEVELS = ("trace", "debug", "info", "warning", "error")
+_DRIVERS = ("pika", "aiormq", "aio_pika")
+
+
+def configure_logging(debug: bool, level: str | None = None) -> None:
+    """Events on stderr: logbus's from ``level`` up (default ``warning``, ``debug`` with
+    ``--debug``); the drivers' own only with ``trace`` (see :data:`LOG_LEVELS`)."""
+    chosen = level or ("debug" if debug else "warning")
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
+        level=logging.DEBUG if chosen == "trace" else logging.WARNING,
         stream=sys.stderr,
         format="logbus: %(levelname)s %(name)s: %(message)s",
     )
-    if not debug:  # the drivers' own tracebacks on a dropped connection are noise here
-        for name in ("pika", "aiormq", "aio_pika"):
+    if chosen != "trace":
+        logging.getLogger("logbus").setLevel(getattr(logging, chosen.upper()))
+        for name in _DRIVERS:  # their tracebacks on a dropped connection are noise here
             logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def take_global_options(args: list[str]) -> tuple[bool, str | None, list[str]]:
+    """``--debug`` and ``--log-level LEVEL`` taken out of ``args``, wherever they are
+    (``logbus emit ... --debug`` works as ``logbus --debug emit ...``), with
+    ``LOGBUS_DEBUG=1`` and ``LOGBUS_LOG_LEVEL`` as defaults: (debug, level, the rest).
+
+    A level not in :data:`LOG_LEVELS` is a usage error (exit 2).
+    """
+    debug = "--debug" in args or os.environ.get("LOGBUS_DEBUG") == "1"
+    level = os.environ.get("LOGBUS_LOG_LEVEL") or None
+    rest: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg == "--debug":
+            continue
+        if arg == "--log-level":
+            level = next(items, "")
+        elif arg.startswith("--log-level="):
+            level = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    if level is not None:
+        level = level.strip().lower()
+        if level not in LOG_LEVELS:
+            typer.echo(
+                f"logbus: error: --log-level (or LOGBUS_LOG_LEVEL) {level!r} is not one of "
+                f"{', '.join(LOG_LEVELS)}",
+                err=True,
+            )
+            raise SystemExit(2)
+    return debug, level, rest
 
 
 @contextlib.contextmanager
 def quiet_connect() -> Iterator[None]:
-    """Without --debug, a broker that cannot be reached is one error line, not warnings too.
+    """At the default level, a broker that cannot be reached is one error line, not warnings too.
 
     The transport warns about each failed attempt; the error that follows already
     names every host and why. Warnings after the first connect (a dropped
     connection, a reconnect) still show: an operator wants those.
     """
     logger = logging.getLogger("logbus.transports")
-    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+    if logger.getEffectiveLevel() <= logging.INFO:  # --log-level info or debug: all of it
         yield
         return
     level = logger.level
@@ -121,11 +163,11 @@ def run_guarded(app: typer.Typer, argv: list[str] | None = None, *, prog: str = 
 
     ``prog`` names the program in usage lines and in front of errors.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("LOGBUS_DEBUG") == "1"
-    if "--debug" in args:
-        args.remove("--debug")
-    configure_logging(debug)
+    try:
+        debug, level, args = take_global_options(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # a --log-level that is not a level: a usage error
+        return exc.code if isinstance(exc.code, int) else 2
+    configure_logging(debug, level)
     try:
         app(args=args, prog_name=prog)
     except SystemExit as exc:  # typer ends every run with one, usage errors with 2
