@@ -48,6 +48,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -354,8 +355,11 @@ class Shell:
                 name, _, value = word.partition("=")
                 self.env[name] = value
             return
-        self._remember_queues(words)
         env = {**self.env, **assignments}
+        for program in programs(words):
+            if shutil.which(program, path=env["PATH"]) is None:
+                pytest.fail(f"{program} is not installed: README line {written!r} needs it")
+        self._remember_queues(words)
         if tuple(words[:2]) in LONG_RUNNING:
             self._start(written, line, words, env)
             return
@@ -410,6 +414,11 @@ class Shell:
             elif running.subscriber and not running.printed(PROBE):
                 problems.append(f"{running.line!r} did not print the probe: {running.out}")
         assert not problems, problems
+
+
+def programs(words: list[str]) -> list[str]:
+    """The programs a line runs: its first word and the first after each ``|``."""
+    return [words[0], *(words[i + 1] for i, w in enumerate(words[:-1]) if w == "|")]
 
 
 def probe_keys(words: list[str]) -> list[str]:
