@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -196,9 +197,16 @@ def peek(transport: Transport, queue: str, *, limit: int = DEFAULT_SHOW) -> list
         _requeue(held)
 
 
-def replay(transport: Transport, queue: str, *, limit: int | None = None) -> Replayed:
+def replay(
+    transport: Transport,
+    queue: str,
+    *,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Replayed:
     """Move up to ``limit`` records (default: all there now) from ``queue``'s dead-letter
-    queue back to ``queue``, oldest first, attempts reset."""
+    queue back to ``queue``, oldest first, attempts reset; ``progress(moved, total)`` is
+    called before the first batch and after each."""
     dead, depth = _existing_dead_queue(transport, queue)
     if _depth(transport, queue) is None:
         raise ConfigError(
@@ -208,6 +216,8 @@ def replay(transport: Transport, queue: str, *, limit: int | None = None) -> Rep
     # What is there now, at most: records a running worker dead-letters meanwhile wait.
     budget = depth if limit is None else min(limit, depth)
     moved = 0
+    if progress is not None:
+        progress(0, budget)
     while moved < budget:
         batch: list[Delivery] = []
         try:
@@ -225,6 +235,8 @@ def replay(transport: Transport, queue: str, *, limit: int | None = None) -> Rep
         for delivery in batch:
             delivery.ack()
         moved += len(batch)
+        if progress is not None:
+            progress(moved, budget)
     return Replayed(queue, moved, _depth(transport, dead) or 0)
 
 

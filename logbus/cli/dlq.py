@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from logbus.cli._progress import progress
 from logbus.cli.common import (
     ConfigOption,
     JsonOption,
@@ -167,8 +168,8 @@ def replay(
 
     settings = make_settings(url, config)
     name = _one_queue(settings, queue)
-    with _connected(settings) as transport:
-        done = dlq.replay(transport, name, limit=limit)
+    with _connected(settings) as transport, progress(f"replaying {dead_queue(name)}") as update:
+        done = dlq.replay(transport, name, limit=limit, progress=update)
     if wants_json(as_json):
         typer.echo(json.dumps(done.to_dict()))
         return

@@ -123,7 +123,13 @@ def query(
         limit=limit or None,
         oldest_first=reverse,
     )
-    records = archives.search(archive, search)
+    from logbus._urls import redact_url
+    from logbus.cli._progress import progress
+
+    # A search over a large archive takes seconds; the rows arrive all at once, so the
+    # terminal gets a spinner with the time elapsed, not a bar.
+    with progress(f"searching {redact_url(archive)}"):
+        records = archives.search(archive, search)
     if wants_json(as_json):
         for record in records:
             typer.echo(record.to_bytes().decode())
