@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from logbus.cli.common import ConfigOption, make_settings
+
+if TYPE_CHECKING:
+    from logbus.broker import Broker
+    from logbus.topology import Topology
 
 __all__ = ["SERVE_EPILOG", "register", "serve"]
 
@@ -23,6 +29,7 @@ SERVE_EPILOG = """Examples:
   LOGBUS_URL=local:///run/logbus/broker.sock logbus subscribe 'kern.*'
 
 \b
+  logbus broker serve --listen /run/logbus/broker.sock --config /etc/logbus/logbus.toml
   logbus broker serve --listen /run/logbus/broker.sock --data-dir /var/lib/logbus
   logbus broker serve --listen ./broker.sock --data-dir ./data --fsync always
 
@@ -80,20 +87,31 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Serve an in-process broker (RabbitMQ's semantics) on a Unix socket until stopped.
 
     Clients on this machine reach it with --url local://PATH; each connection
     is one AMQP-style connection, and a client that dies has its unacked
-    records redelivered to others.
+    records redelivered to others. The topology (--config, $LOGBUS_CONFIG, else
+    the built-in default) is declared before the first client connects, as
+    `logbus topology apply` would, so that records emitted at once have their
+    queues.
     """
     from logbus.broker.server import make_broker
     from logbus.broker.server import serve as run
 
+    # The file is read before anything listens: a bad one stops here with one line (78).
+    topology = make_settings(config=config).topology()
     broker = make_broker(
         data_dir=None if data_dir is None else str(data_dir),
         fsync=None if fsync is None else fsync.value,
     )
+    try:
+        _declare(broker, topology)
+    except BaseException:
+        broker.close()
+        raise
     stored = "in memory" if data_dir is None else f"journal in {data_dir}"
 
     def ready(path: str, key_file: str) -> None:
@@ -107,6 +125,15 @@ def serve(
         run(str(listen), broker=broker, on_ready=ready)
     finally:
         broker.close()  # flushes the journal
+
+
+def _declare(broker: Broker, topology: Topology) -> None:
+    """Declare ``topology`` on ``broker`` through a session of its own, as a client would."""
+    from logbus.topology import declare
+    from logbus.transports.memory import SessionTransport
+
+    with SessionTransport("local://", broker) as session:
+        declare(session, topology)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from logbus.cli.common import JsonOption, wants_json
+from logbus.cli.common import ConfigOption, JsonOption, make_settings, wants_json
 
 if TYPE_CHECKING:
     from logbus.record import LogRecord
@@ -95,17 +95,21 @@ def query(
         bool, typer.Option("--reverse", help="Oldest first (and the limit keeps the oldest).")
     ] = False,
     as_json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Search the archive of records that a sqlite or postgres sink stored.
 
     Every filter given must match; repeating one (--host a --host b) matches any
     of its values. A table on a terminal, the records' wire JSON one per line
-    when piped or with --json.
+    when piped or with --json. --config is the topology file, as for every
+    command (so that one LOGBUS_CONFIG or --config serves them all); query reads
+    the archive, not the broker, so it only checks that the file is valid.
     """
     from logbus import archive as archives
     from logbus.errors import ConfigError
     from logbus.record import Severity, validate_facility
 
+    make_settings(config=config).topology()  # a bad file is 78 here as everywhere
     if not archive:
         raise ConfigError(
             "no archive to query: give --archive sqlite:PATH or --archive postgres:URL, "
