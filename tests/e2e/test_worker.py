@@ -611,14 +611,15 @@ def _gate(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> Path:
     return gate
 
 
+@pytest.mark.parametrize("pool", ["thread", "process"])
 def test_sigterm_with_a_slow_sink_says_what_it_does_and_exits_0_within_the_timeout(
-    setup, start, monkeypatch
+    setup, start, monkeypatch, pool
 ):
     """A sink stuck in a write: SIGTERM says what is drained and returned, then at the
     --shutdown-timeout gives the stuck batch back too and exits 0; nothing is lost."""
     gate = _gate(setup, monkeypatch)
     (gate / "pause").write_text("120")  # each write takes two minutes: far past any bound
-    worker = start("--shutdown-timeout", "1s", sink=f"gate:{gate}")
+    worker = start("--shutdown-timeout", "1s", "--pool", pool, sink=f"gate:{gate}")
     sent = emit(setup, 500)
     wait_until(lambda: setup.ready() == 0, 10, "the worker to prefetch every record")
     # The proc.wait deadline is generous; what matters is that the worker ends by itself.
@@ -651,3 +652,20 @@ def test_a_flood_of_failing_records_is_summarised_not_logged_line_by_line(
     more = [int(found[1]) for line in failed if (found := re.search(r" more=(\d+)", line))]
     assert any("more like this in the last" in line for line in failed), failed
     assert len(failed) - len(more) + sum(more) == 2000, failed
+
+
+def test_a_second_sigterm_stops_at_once_and_the_broker_gets_every_record_back(
+    setup, start, monkeypatch
+):
+    """While draining a stuck sink, a second SIGTERM ends the worker now; what it held
+    returns to the queue when its connection closes, so all 300 are ready again."""
+    gate = _gate(setup, monkeypatch)
+    (gate / "pause").write_text("120")
+    worker = start("--shutdown-timeout", "60s", sink=f"gate:{gate}")
+    sent = emit(setup, 300)
+    wait_until(lambda: setup.ready() == 0, 10, "the worker to prefetch every record")
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "Ctrl-C again to stop now" in worker.stderr, 10, "the draining line")
+    assert worker.signal(signal.SIGTERM, timeout=30) != 0  # stopped now, not after 60 s
+    wait_until(lambda: setup.ready() == 300, 10, "every record back in the queue")
+    assert sorted(setup.drain()) == sorted(sent)
