@@ -148,15 +148,13 @@ class ManagementApi:
         listeners = overview.get("listeners")
         if not isinstance(listeners, list):
             return
-        ports = sorted(
-            {
-                listener.get("port")
-                for listener in listeners
-                if isinstance(listener, Mapping)
-                and str(listener.get("protocol", "")).startswith("amqp")
-            }
-            - {None}
-        )
+        found: set[int] = set()
+        for listener in listeners:
+            if isinstance(listener, Mapping) and str(listener.get("protocol")).startswith("amqp"):
+                port = listener.get("port")
+                if isinstance(port, int):
+                    found.add(port)
+        ports = sorted(found)
         if ports and self.amqp_port not in ports:
             raise ManagementUnavailable(
                 f"the management API at {self} belongs to a broker listening for AMQP on "

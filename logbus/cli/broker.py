@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -17,6 +17,7 @@ from logbus.cli.common import ConfigOption, make_settings
 if TYPE_CHECKING:
     from logbus.broker import Broker
     from logbus.topology import Topology
+    from logbus.transports import Transport
 
 __all__ = ["SERVE_EPILOG", "register", "serve"]
 
@@ -133,7 +134,8 @@ def _declare(broker: Broker, topology: Topology) -> None:
     from logbus.transports.memory import SessionTransport
 
     with SessionTransport("local://", broker) as session:
-        declare(session, topology)
+        # A session has every operation declaring needs; consuming it has not, and needs not.
+        declare(cast("Transport", session), topology)
 
 
 def register(app: typer.Typer) -> None:

@@ -126,7 +126,7 @@ def remove_stale(directory: str | None = None) -> list[str]:
     while longer, never removes a live one.
     """
     directory = directory or tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
