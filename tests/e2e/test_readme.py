@@ -388,17 +388,21 @@ class Shell:
 
     def _remember_queues(self, words: list[str]) -> None:
         """Queues the line may make that the scratch topology does not hold, to delete."""
-        if "--queue" in words:
-            self.queues.append(words[words.index("--queue") + 1])
-        if words[:2] == ["logbus", "worker"]:
-            self.queues += retry_queues(self.prefix + "logbus.tasks", RetryPolicy())
+        named = words[words.index("--queue") + 1] if "--queue" in words else None
+        if named is not None:
+            self.queues.append(named)
+        if words[:2] == ["logbus", "worker"]:  # its delay and dead-letter queues
+            queue = named or self.prefix + "logbus.tasks"
+            self.queues += retry_queues(queue, RetryPolicy())
         if words[:2] == ["python", "-m"] and "--config" in words:
-            service = tomllib.loads((self.cwd / words[words.index("--config") + 1]).read_text())
+            config = self.cwd / words[words.index("--config") + 1]
+            service = tomllib.loads(config.read_text())
             queue, retry = service["queue"]["name"], service.get("retry", {})
+            default = RetryPolicy()
             policy = RetryPolicy(
-                max_attempts=retry.get("max_attempts", RetryPolicy.max_attempts),
+                max_attempts=retry.get("max_attempts", default.max_attempts),
                 delay=parse_duration(retry.get("delay", "1s"), what="delay"),
-                backoff=retry.get("backoff", RetryPolicy.backoff),
+                backoff=retry.get("backoff", default.backoff),
                 max_delay=parse_duration(retry.get("max_delay", "5m"), what="max_delay"),
             )
             self.queues += [queue, *retry_queues(queue, policy)]
