@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from logbus._log import get_logger
+from logbus._urls import redact_url
 from logbus.batching import Batching, Taker, batching_of, default_prefetch
 from logbus.errors import ConfigError, LogbusError
 from logbus.outcomes import Forward, Outcomes, describe_failure
@@ -381,7 +382,7 @@ class Worker:
 
     def __repr__(self) -> str:
         return (
-            f"<Worker queue={self.queue!r} sink={self.sink!r} prefetch={self.prefetch} "
+            f"<Worker queue={self.queue!r} sink={_shown(self.sink)} prefetch={self.prefetch} "
             f"pool={self.pool.kind} concurrency={self.concurrency}>"
         )
 
@@ -547,3 +548,8 @@ class Worker:
         )
         if isinstance(self.pool, ProcessPool):  # worker processes still writing: stop them now
             self.pool.kill()
+
+
+def _shown(sink: object) -> str:
+    """A sink as a repr may show it: a spec (the process pool's) redacted, as any URL."""
+    return repr(redact_url(sink)) if isinstance(sink, str) else repr(sink)

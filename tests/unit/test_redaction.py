@@ -69,3 +69,15 @@ def test_metrics_labels_carry_the_redacted_sink() -> None:
     text = WorkerMetrics("q", SLACK).render()
     assert "SECRET" not in text
     assert 'sink="webhook:https://hooks.slack.com/***?token=***&body=***"' in text
+
+
+def test_a_workers_repr_hides_the_webhook_token_of_its_spec() -> None:
+    """A process-pool worker holds the spec as text; its repr and its pool's show it redacted."""
+    from logbus.transports import connect
+    from logbus.worker import Worker
+
+    with connect("memory://redaction-repr") as transport:
+        worker = Worker(transport, "q", SLACK, pool="process")
+        shown = repr(worker) + repr(worker.pool)
+    assert "SECRET" not in shown
+    assert "webhook:https://hooks.slack.com/***" in shown
