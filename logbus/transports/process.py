@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -117,13 +118,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _answers(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:  # no such file, refused: nobody serves there
+            return False
+    return True
+
+
 def remove_stale(directory: str | None = None) -> list[str]:
     """Remove broker directories (socket and key file) left behind by owners that died
     without cleaning up (SIGKILL, OOM killer); the paths removed.
 
-    Only this user's directories whose owner process is gone are touched; a live
-    owner's, or another user's, stay. A recycled pid keeps a stale directory a
-    while longer, never removes a live one.
+    Only this user's directories whose owner process is gone and whose socket
+    nobody serves are touched; a live owner's, or another user's, stay. A
+    recycled pid keeps a stale directory a while longer, never removes a live one.
     """
     directory = directory or tempfile.gettempdir()
     removed: list[str] = []
@@ -142,6 +154,8 @@ def remove_stale(directory: str | None = None) -> list[str]:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             continue
+        if _answers(os.path.join(path, "broker.sock")):
+            continue  # a broker still serves there (its owner in another pid namespace?)
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
         log.info("process.stale_removed", directory=path, owner=int(found.group(1)))
