@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+from logbus.broker.server import serve
+from logbus.transports.process import remove_stale
 from tests.support import wait_until
 
 # Opens process://, prints the broker's socket path, then waits to be killed.
@@ -80,3 +83,28 @@ def test_a_live_owners_directory_is_kept(tmp_path: Path) -> None:
     finally:
         first.kill()
         first.wait(10)
+
+
+def test_a_directory_whose_socket_still_answers_is_kept(tmp_path: Path) -> None:
+    """Owner pid gone (another pid namespace?) but a broker serving there: not stale."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    directory = tmp_path / f"logbus-process-{gone.pid}-abc123"
+    directory.mkdir(mode=0o700)
+    ready, stop = threading.Event(), threading.Event()
+    server = threading.Thread(
+        target=serve,
+        args=(str(directory / "broker.sock"),),
+        kwargs={"stop": stop, "on_ready": lambda *_: ready.set(), "signals": ()},
+        daemon=True,
+    )
+    server.start()
+    try:
+        assert ready.wait(20)
+        assert remove_stale(str(tmp_path)) == []
+        assert directory.exists()
+    finally:
+        stop.set()
+        server.join(20)
+    assert remove_stale(str(tmp_path)) == [str(directory)]
+    assert not directory.exists()
