@@ -12,8 +12,9 @@ does not import pydantic.
 from __future__ import annotations
 
 import re
+from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["HIDDEN", "redact_url", "split_urls"]
+__all__ = ["HIDDEN", "parse_url", "redact_url", "split_urls"]
 
 #: What stands where a secret was.
 HIDDEN = "***"
@@ -95,3 +96,39 @@ def _hide_location(rest: str, hide_path: bool) -> str:
         query = "?" + "&".join(f"{k}={HIDDEN}" if eq else HIDDEN for k, eq, _ in pairs)
     return f"{authority}{path}{query}{fragment}"
 
+
+# -- reading a URL: the one parser --------------------------------------------------------
+
+
+def parse_url(url: str, *, fix: str = "--url or LOGBUS_URL") -> SplitResult:
+    """One URL (not a list) split as :func:`urllib.parse.urlsplit` splits it, port checked.
+
+    Every URL logbus reads goes through here, so that a malformed one (an unclosed
+    ``[``, a port that is not a number from 0 to 65535, a host whose characters
+    change under Unicode normalisation) is a :class:`~logbus.errors.ConfigError`
+    naming the URL, password hidden, and ``fix`` (where it came from) — never
+    urllib's ``ValueError``, which would escape the command line as a traceback.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError as exc:
+        from logbus.errors import ConfigError  # here: the redaction side stays import-free
+
+        raise ConfigError(
+            f"malformed URL {redact_url(url)!r}: {_malformed(str(exc))}; fix {fix}"
+        ) from None
+    return parts
+
+
+def _malformed(reason: str) -> str:
+    """urllib's reason in an operator's words (urllib's own may quote the password)."""
+    if "IPv4 or IPv6" in reason:
+        return "the host between '[' and ']' is not an IP address"
+    if "IPv6" in reason:
+        return "a host opened with '[' is not closed with ']'"
+    if "Port" in reason:
+        return "the port is not a number from 0 to 65535"
+    if "NFKC" in reason:
+        return "the host or user has characters that change under Unicode normalisation (NFKC)"
+    return "it cannot be split into scheme, host, port and path"

@@ -15,6 +15,7 @@ worker's retry logic and the CLI's exit statuses read that flag.
     │   │   ├── RoutingKeyError     not <facility>.<severity>
     │   │   ├── SeverityError       unknown severity word or code
     │   │   └── FacilityError       facility is not a valid token
+    │   ├── RecordTooLarge          over the broker's max_message_size (also a TransportError)
     │   └── DecodeError             bytes on the wire are not a record
     ├── SinkError                   a sink could not store records    (recoverable: each error says)
     │   └── ArchiveUnavailable      the archive (database) cannot be reached (69, recoverable)
@@ -27,11 +28,11 @@ worker's retry logic and the CLI's exit statuses read that flag.
         │   ├── NotFound            the entity does not exist (404)
         │   ├── PreconditionFailed  redeclared with other arguments (406)
         │   └── ResourceLocked      exclusive to another connection (405)
-        ├── AccessRefused           credentials or permissions refused (not recoverable)
+        ├── AccessRefused           credentials or permissions refused (77, not recoverable)
         └── TransportClosed         used after close()                (not recoverable)
 
 Exit statuses follow sysexits: 65 bad input, 69 unavailable, 75 temporary
-failure, 78 configuration.
+failure, 77 permission denied, 78 configuration.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "NotFound",
     "PreconditionFailed",
     "RecordError",
+    "RecordTooLarge",
     "ResourceLocked",
     "RoutingKeyError",
     "SeverityError",
@@ -66,6 +68,7 @@ __all__ = [
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 
@@ -141,6 +144,20 @@ class TransportError(LogbusError):
     exit_code = EX_TEMPFAIL
 
 
+class RecordTooLarge(InputError, TransportError):
+    """A record is larger than the broker accepts (RabbitMQ's ``max_message_size``).
+
+    ``size`` and ``limit`` are in bytes. Bad input (65, not recoverable: sending it
+    again cannot help), and a transport's refusal too, so it travels where broker
+    refusals do. Make the record smaller, or raise the limit on the broker.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
 class BrokerUnavailable(TransportError):
     """No broker could be reached; check the host, the port and that it runs."""
 
@@ -199,9 +216,12 @@ class ResourceLocked(ChannelError):
 
 
 class AccessRefused(TransportError):
-    """The broker refused the credentials or the permissions; fix the URL or the user."""
+    """The broker refused the credentials or the permissions; fix the URL or the user.
 
-    exit_code = EX_UNAVAILABLE
+    Exit status 77 (permission denied), not 69: trying again later will not help.
+    """
+
+    exit_code = EX_NOPERM
 
 
 class TransportClosed(TransportError):

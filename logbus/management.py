@@ -24,9 +24,9 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
-from logbus._urls import redact_url
+from logbus._urls import parse_url, redact_url
 from logbus.errors import BrokerUnavailable, NotFound, ResourceLocked
 from logbus.topology import Topology
 
@@ -194,8 +194,8 @@ def vhost_of(url: str) -> str:
     ``/`` for logbus's own brokers (``local://``, ``memory://`` ...), which have only that one."""
     if not is_amqp(url):
         return "/"
-    path = urlsplit(_first_url(url)).path
-    return unquote(path.split("/")[1]) if len(path) > 1 else "/"
+    segments = parse_url(_first_url(url)).path.split("/")
+    return unquote(segments[1]) if len(segments) > 1 and segments[1] else "/"
 
 
 def management_api(
@@ -208,14 +208,17 @@ def management_api(
     URL that is not AMQP (``memory://``). An override without credentials borrows
     the AMQP URL's.
     """
-    amqp = urlsplit(_first_url(url))
+    amqp = parse_url(_first_url(url))
     user = unquote(amqp.username) if amqp.username is not None else "guest"  # pika's default
     password = unquote(amqp.password) if amqp.password is not None else "guest"
     override = (override or "").strip()
     if override.lower() in OFF:
         return None
     if override:
-        given = urlsplit(override if "://" in override else f"http://{override}")
+        given = parse_url(
+            override if "://" in override else f"http://{override}",
+            fix="--management-url or LOGBUS_MANAGEMENT_URL",
+        )
         if given.username is not None:
             user, password = unquote(given.username), unquote(given.password or "")
         netloc = given.netloc.rpartition("@")[2]

@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from logbus._env import DEFAULT_URL
-from logbus._urls import redact_url
+from logbus._urls import parse_url, redact_url, split_urls
 from logbus.errors import ConfigError
 from logbus.topology import Topology, default, load
 
@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     def _unset_when_empty(cls, value: object) -> object:
         # LOGBUS_CONFIG= (empty) means "no file", not the current directory.
         return None if value == "" else value
+
+    @field_validator("url")
+    @classmethod
+    def _url_reads(cls, value: str) -> str:
+        # Every URL of the list is read once here, so that a malformed one is a one-line
+        # ConfigError (password hidden) on every command, before anything connects.
+        for one in split_urls(value):
+            if one.strip():
+                parse_url(one.strip())
+        return value
 
     def topology(self) -> Topology:
         """The topology to use: ``config`` loaded, or :func:`logbus.topology.default`."""

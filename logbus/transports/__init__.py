@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 from typing import Any, cast
-from urllib.parse import urlsplit
 
+from logbus._urls import parse_url, split_urls
 from logbus.errors import ConfigError
 from logbus.transports.base import DEFAULT_PREFETCH, Consumer, Delivery, Transport
 
@@ -28,8 +28,12 @@ TRANSPORTS: dict[str, str] = {
 
 
 def scheme_of(url: str) -> str:
-    """The URL's scheme (of its first host, for a comma-separated failover list)."""
-    return urlsplit(url.split(",", 1)[0].strip()).scheme.lower()
+    """The URL's scheme (of its first host, for a comma-separated failover list).
+
+    Every URL of the list is read first: a malformed one is a ``ConfigError``.
+    """
+    parts = [parse_url(part.strip()) for part in split_urls(url) if part.strip()]
+    return parts[0].scheme.lower() if parts else ""
 
 
 def connect(url: str, **options: Any) -> Transport:

@@ -17,18 +17,21 @@ import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aio_pika
 import aiormq.exceptions as amqp
 from yarl import URL
 
 from logbus._log import Repeats, get_logger
+from logbus._urls import parse_url
 from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusError
 from logbus.settings import Settings, redact_url
 from logbus.transports._aio_errors import reply_text
+from logbus.transports._amqp_errors import tls_refused
+from logbus.transports._tls import client_context, verify_failure
 
-__all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls"]
+__all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls", "tls_contexts"]
 
 log = get_logger("logbus.transports.aio")
 # A broker down for minutes fails every round: a line per window, then a count.
@@ -44,11 +47,17 @@ def split_urls(url: str) -> list[str]:
     """The URLs of a comma-separated failover list; each must be amqp:// or amqps://."""
     urls = [part.strip() for part in _NEXT_URL.split(url) if part.strip()]
     for one in urls:
-        scheme = urlsplit(one).scheme.lower()
+        scheme = parse_url(one).scheme.lower()
         if scheme not in _SCHEMES:
             raise ConfigError(
                 f"the aio-pika transport needs amqp:// or amqps:// URLs, not {redact_url(one)!r}"
             )
+        try:
+            URL(one)  # aio-pika reads it with yarl, which may refuse what urllib splits
+        except (ValueError, TypeError):  # its words may quote the password: not shown
+            raise ConfigError(
+                f"malformed URL {redact_url(one)!r}: aio-pika cannot read it; fix the URL"
+            ) from None
     if not urls:
         raise ConfigError("no broker URL given (set LOGBUS_URL or pass url=...)")
     return urls
@@ -118,16 +127,25 @@ class Options:
         return built
 
 
-def _tls_context(url: URL) -> ssl.SSLContext:
-    # Built here rather than by aiormq so that verification cannot be switched off
-    # by a URL parameter: amqps:// always checks the certificate and the host name.
-    query = url.query
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=query.get("cafile"), capath=query.get("capath")
-    )
-    if query.get("certfile"):
-        context.load_cert_chain(query["certfile"], query.get("keyfile"))
-    return context
+def tls_contexts(urls: list[str], options: Options) -> list[ssl.SSLContext | None]:
+    """The TLS context of each URL (None for amqp://), built before any connect.
+
+    Built by logbus rather than aiormq so that verification cannot be switched off
+    by a URL parameter: amqps:// always checks the certificate and the host name.
+    A TLS file that cannot be loaded is a ConfigError now, as on the pika path,
+    not a connect failure retried for rounds.
+    """
+    contexts: list[ssl.SSLContext | None] = []
+    for url in urls:
+        split = urlsplit(url)
+        if split.scheme.lower() != "amqps":
+            contexts.append(None)
+        elif options.ssl_context is not None:
+            contexts.append(options.ssl_context)
+        else:
+            query = dict(parse_qsl(split.query, keep_blank_values=True))
+            contexts.append(client_context(query, redact_url(url)))
+    return contexts
 
 
 def _broker_url(url: str, options: Options) -> URL:
@@ -137,11 +155,10 @@ def _broker_url(url: str, options: Options) -> URL:
     return parsed
 
 
-async def _connect_one(url: str, options: Options) -> aio_pika.RobustConnection:
+async def _connect_one(
+    url: str, options: Options, context: ssl.SSLContext | None
+) -> aio_pika.RobustConnection:
     broker_url = _broker_url(url, options)
-    context = None
-    if broker_url.scheme == "amqps":
-        context = options.ssl_context or _tls_context(broker_url)
     interval = options.reconnect_interval * random.uniform(0.8, 1.2)
     return await aio_pika.connect_robust(
         broker_url,
@@ -177,6 +194,7 @@ async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.Robus
     Raises :class:`AccessRefused` when every URL refused the credentials or the
     virtual host, else :class:`BrokerUnavailable` naming each ``host:port`` tried.
     """
+    contexts = tls_contexts(urls, options)
     problems: dict[str, str] = {}
     refused: AccessRefused | None = None
     delay = 0.0  # the backoff that came before this round, reported with its failures
@@ -189,7 +207,7 @@ async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.Robus
         for index, url in enumerate(urls):
             where = endpoint(url)
             try:
-                connection = await _connect_one(url, options)
+                connection = await _connect_one(url, options, contexts[index])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -213,13 +231,21 @@ async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.Robus
     if refused is not None:
         raise refused
     tried = "; ".join(f"{where}: {why}" for where, why in problems.items())
+    if problems and all(why.startswith(_TLS_REFUSED) for why in problems.values()):
+        raise tls_refused(tried)  # in the pika transport's words
     raise BrokerUnavailable(
         f"cannot reach any broker after {options.connection_attempts} round(s) ({tried}); "
         "check the host and port, and that RabbitMQ runs"
     )
 
 
+_TLS_REFUSED = "TLS certificate verify failed"
+
+
 def _why(exc: BaseException) -> str:
+    refused = verify_failure(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, LogbusError):

@@ -29,6 +29,7 @@ from logbus.errors import (
     Unroutable,
 )
 from logbus.message import Message
+from logbus.transports._amqp_errors import too_large
 
 __all__ = ["nacked", "reply_text", "translate", "unroutable"]
 
@@ -81,6 +82,9 @@ def translate(
     if isinstance(exc, amqp.ChannelClosed) and not isinstance(exc, amqp.DuplicateConsumerTag):
         if exc.args and exc.args[0] is None:  # closed along with its connection, no reply
             return _lost(doing, endpoint, "the channel closed")
+        oversized = too_large(reply_text(exc))  # in the pika transport's words
+        if oversized is not None:
+            return oversized
         return _channel_error(exc, doing)
     if isinstance(exc, amqp.ConnectionNotAllowed):
         return AccessRefused(f"{doing}: {endpoint} refused: {reply_text(exc)}")

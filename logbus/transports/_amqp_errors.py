@@ -17,6 +17,7 @@ from logbus.errors import (
     NotConfirmed,
     NotFound,
     PreconditionFailed,
+    RecordTooLarge,
     ResourceLocked,
     TransportError,
     Unroutable,
@@ -30,12 +31,16 @@ __all__ = [
     "no_answer",
     "not_confirmed",
     "reply_error",
+    "tls_refused",
+    "too_large",
     "unconfirmed_in_time",
     "unreachable",
     "unroutable",
 ]
 
 _EXCHANGE_IN_TEXT = re.compile(r"exchange '(.*)' in vhost")
+# RabbitMQ's words (406) for a message over its max_message_size.
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
 _INEQUIVALENT_HINT = (
     " (the broker keeps the existing declaration: declare it with the current value, "
     "or delete it first)"
@@ -45,6 +50,10 @@ _INEQUIVALENT_HINT = (
 def reply_error(code: int, text: str) -> TransportError:
     """The logbus error for an AMQP reply code, keeping the broker's text (it names
     the entity and, for 406, the property that differs)."""
+    if code == PreconditionFailed.reply_code:
+        oversized = too_large(text)
+        if oversized is not None:
+            return oversized
     if code == NotFound.reply_code:
         return NotFound(text)
     if code == PreconditionFailed.reply_code:
@@ -55,6 +64,25 @@ def reply_error(code: int, text: str) -> TransportError:
         hint = " (grant the user permissions on this vhost)" if "refused for user" in text else ""
         return AccessRefused(text + hint)
     return ChannelError(f"the broker refused the operation ({code}): {text}")
+
+
+def too_large(text: str) -> RecordTooLarge | None:
+    """The error for a broker reply refusing a message over its ``max_message_size``.
+
+    RabbitMQ does not announce the limit to clients (neither ``connection.start``
+    nor ``connection.tune`` carries it), so it is learnt from this refusal.
+    """
+    found = _TOO_LARGE.search(text)
+    if found is None:
+        return None
+    size, limit = int(found[1]), int(found[2])
+    return RecordTooLarge(
+        f"a record of {size:,} bytes is larger than the broker accepts: its max_message_size "
+        f"is {limit:,} bytes ({limit / 1024**2:g} MiB); send smaller records, or raise "
+        "max_message_size in rabbitmq.conf",
+        size=size,
+        limit=limit,
+    )
 
 
 def named_exchange(text: str) -> str | None:
@@ -77,6 +105,14 @@ def unreachable(tried: str) -> BrokerUnavailable:
     return BrokerUnavailable(
         f"cannot reach RabbitMQ ({tried}); check the host and port in the URL, that "
         "RabbitMQ is running there and that no firewall blocks the port"
+    )
+
+
+def tls_refused(tried: str) -> BrokerUnavailable:
+    """Every broker's TLS certificate was refused; ``tried`` says ``host:port: why`` for each."""
+    return BrokerUnavailable(
+        f"the broker's TLS certificate was refused ({tried}); trust the CA that signed it "
+        "(?cafile=/path/ca.pem in the URL) and dial the host name it was issued for"
     )
 
 

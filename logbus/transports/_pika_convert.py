@@ -15,17 +15,24 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlunsplit
 
 import pika
 import pika.exceptions as pika_errors
 from pika.adapters.utils import connection_workflow as workflow
 
-from logbus._urls import redact_url, split_urls
+from logbus._urls import parse_url, redact_url, split_urls
 from logbus.errors import ConfigError, InputError, TransportError
 from logbus.message import Message, Properties
-from logbus.transports._amqp_errors import login_refused, named_exchange, reply_error, unreachable
+from logbus.transports._amqp_errors import (
+    login_refused,
+    named_exchange,
+    reply_error,
+    tls_refused,
+    unreachable,
+)
 from logbus.transports._properties import FastProperties
+from logbus.transports._tls import TLS_QUERY, client_context, verify_failure
 
 __all__ = [
     "Endpoint",
@@ -43,8 +50,6 @@ __all__ = [
 ]
 
 _SCHEMES = ("amqp", "amqps")
-# Query parameters logbus reads itself for amqps:// and hides from pika's parser.
-_TLS_QUERY = ("cafile", "ca_certs", "capath", "certfile", "keyfile", "server_hostname")
 _SHORTSTR = 255
 _INT64 = 2**63
 _INT32 = 2**31
@@ -119,13 +124,20 @@ def _endpoint(
     cafile: str | None,
 ) -> Endpoint:
     shown = redact_url(url)
-    split = urlsplit(url)
+    split = parse_url(url)
     scheme = split.scheme.lower()
     if scheme not in _SCHEMES:
         raise ConfigError(f"not an amqp:// or amqps:// URL: {shown}")
     query = parse_qsl(split.query, keep_blank_values=True)
-    tls = {key: value for key, value in query if key in _TLS_QUERY}
-    rest = [(key, value) for key, value in query if key not in _TLS_QUERY]
+    tls = {key: value for key, value in query if key in TLS_QUERY}
+    rest = [(key, value) for key, value in query if key not in TLS_QUERY]
+    if "ssl_options" in dict(rest):
+        # pika's own TLS parameter would build a context that logbus does not check
+        # (and evaluate Python literals from the URL): TLS has one way in.
+        raise ConfigError(
+            f"ssl_options is not read in broker URLs ({shown}); use amqps:// with cafile=, "
+            "capath=, certfile=, keyfile= or server_hostname="
+        )
     plain = urlunsplit(split._replace(query=urlencode(rest)))
     try:
         params = pika.URLParameters(plain)
@@ -140,10 +152,9 @@ def _endpoint(
     params.stack_timeout = connect_timeout
     params.blocked_connection_timeout = None  # publishes time out on their own
     params.client_properties = {"connection_name": connection_name}
-    if scheme == "amqps" and "ssl_options" not in dict(rest):
-        params.ssl_options = pika.SSLOptions(
-            _tls_context(tls, ssl_context, cafile, shown), tls.get("server_hostname")
-        )
+    if scheme == "amqps":
+        context = ssl_context or client_context(tls, shown, cafile=cafile)
+        params.ssl_options = pika.SSLOptions(context, tls.get("server_hostname"))
     elif tls:
         raise ConfigError(f"{', '.join(tls)} only apply to amqps:// URLs: {shown}")
     host = split.hostname or params.host
@@ -154,27 +165,6 @@ def _endpoint(
         user=unquote(split.username) if split.username else params.credentials.username,
         shown=shown,
     )
-
-
-def _tls_context(
-    query: Mapping[str, str],
-    context: ssl.SSLContext | None,
-    cafile: str | None,
-    shown: str,
-) -> ssl.SSLContext:
-    if context is not None:
-        return context
-    try:
-        # create_default_context: CERT_REQUIRED and host name checking, system CAs.
-        made = ssl.create_default_context(
-            cafile=cafile or query.get("cafile") or query.get("ca_certs"),
-            capath=query.get("capath"),
-        )
-        if "certfile" in query:
-            made.load_cert_chain(query["certfile"], query.get("keyfile"))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load TLS files for {shown}: {exc}") from None
-    return made
 
 
 # -- messages -----------------------------------------------------------------
@@ -355,8 +345,9 @@ def reason(exc: BaseException | None) -> str:
     if type(exc) is pika_errors.AMQPConnectionError and exc.args:
         inner = exc.args[0]
         return reason(inner) if isinstance(inner, BaseException) else str(inner)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+    refused = verify_failure(exc) if isinstance(exc, ssl.SSLCertVerificationError) else None
+    if refused is not None:
+        return refused
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
     if isinstance(exc, socket.gaierror):
@@ -380,6 +371,7 @@ def connect_error(failures: Sequence[tuple[Endpoint, BaseException]]) -> Transpo
             return login_refused(
                 endpoint.address, endpoint.user, endpoint.vhost, reason(exc), endpoint.shown
             )
-    return unreachable(
-        "; ".join(f"{endpoint.address}: {reason(exc)}" for endpoint, exc in failures)
-    )
+    tried = "; ".join(f"{endpoint.address}: {reason(exc)}" for endpoint, exc in failures)
+    if failures and all(verify_failure(exc) is not None for _endpoint, exc in failures):
+        return tls_refused(tried)
+    return unreachable(tried)

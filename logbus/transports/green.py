@@ -33,8 +33,8 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
+from logbus._urls import parse_url
 from logbus.errors import ConfigError, TransportError
 
 try:
@@ -64,7 +64,7 @@ _brokers_lock = threading.Lock()
 
 def broker_name(url: str) -> str:
     """The broker name in ``gevent://name`` (empty for the default broker)."""
-    parts = urlsplit(url)
+    parts = parse_url(url)
     if parts.scheme != "gevent":
         raise ConfigError(f"not a gevent:// URL: {url!r}")
     return (parts.netloc + parts.path).strip("/")

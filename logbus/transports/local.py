@@ -32,8 +32,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from multiprocessing.connection import Client, Connection
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
+from logbus._urls import parse_url
 from logbus.broker import PublishOutcome
 from logbus.errors import (
     BrokerUnavailable,
@@ -61,7 +62,7 @@ _live: weakref.WeakSet[LocalTransport] = weakref.WeakSet()
 
 def socket_path(url: str) -> str:
     """The socket path of ``local:///path/to.sock`` (``local://rel.sock``: relative to cwd)."""
-    parts = urlsplit(url)
+    parts = parse_url(url)
     if parts.scheme != "local":
         raise ConfigError(f"not a local:// URL: {url!r}")
     path = unquote(parts.netloc + parts.path)

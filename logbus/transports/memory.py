@@ -11,9 +11,9 @@ from __future__ import annotations
 import queue
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 from logbus import broker as _broker
+from logbus._urls import parse_url
 from logbus.broker import Broker, Delivered, PublishOutcome, Session
 from logbus.errors import ConfigError, NotConfirmed, TransportClosed, Unroutable
 from logbus.message import Message, QueueInfo
@@ -26,7 +26,7 @@ _CANCELLED = object()
 
 def broker_name(url: str) -> str:
     """The broker name in ``memory://name`` (empty for the default broker)."""
-    parts = urlsplit(url)
+    parts = parse_url(url)
     if parts.scheme != "memory":
         raise ConfigError(f"not a memory:// URL: {url!r}")
     return (parts.netloc + parts.path).strip("/")

@@ -27,9 +27,10 @@ import tempfile
 import threading
 import time
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from logbus._log import get_logger
+from logbus._urls import parse_url
 from logbus.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -58,7 +59,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def broker_name(url: str) -> str:
     """The broker name in ``process://name`` (empty for the default one)."""
-    parts = urlsplit(url)
+    parts = parse_url(url)
     if parts.scheme != "process":
         raise ConfigError(f"not a process:// URL: {url!r}")
     return (parts.netloc + parts.path).strip("/")
