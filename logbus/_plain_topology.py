@@ -26,6 +26,7 @@ __all__ = [
     "FRIENDLY_ARGUMENTS",
     "PlainTopology",
     "declarations",
+    "no_emit_targets",
     "plain_topology",
     "reachable_names",
     "render_key",
@@ -79,6 +80,20 @@ def amqp_arguments(queue: Mapping[str, Any]) -> dict[str, Any]:
     args = dict(queue["arguments"])
     args.update((key, queue[f]) for f, key in FRIENDLY_ARGUMENTS.items() if queue[f] is not None)
     return args
+
+
+def no_emit_targets(config: object | None, *, api: bool = False) -> str:
+    """Why a topology without ``[[emit]]`` tables cannot be emitted to, and the fix.
+
+    Said alike by ``logbus emit`` (both paths) and :class:`logbus.Emitter` (``api``):
+    without a target a record would be published nowhere, and reported as sent.
+    """
+    where = "the topology" if config is None else f"the topology file {config}"
+    instead = "targets=[EmitTarget(...)]" if api else "--exchange NAME or --queue NAME"
+    return (
+        f"{where} has no [[emit]] table, so records would be published nowhere; add one "
+        f'([[emit]] with exchange = "logbus.topic"), or pass {instead}'
+    )
 
 
 def render_key(target: Mapping[str, Any], facility: str, severity: str, host: str, app: str) -> str:

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
-from logbus._plain_topology import reachable_names
-from logbus.errors import InputError, RecordError, TransportError
+from logbus._plain_topology import no_emit_targets, reachable_names
+from logbus.errors import ConfigError, InputError, RecordError, TransportError
 from logbus.message import Message
 from logbus.record import LogRecord, parse_routing_key
 from logbus.settings import Settings
@@ -64,6 +64,9 @@ class Emitter:
         self.targets: tuple[EmitTarget, ...] = (
             self.topology.emit if targets is None else tuple(targets)
         )
+        if not self.targets:  # nothing would be published, and emit() would say it was
+            config = self.settings.config if topology is None and targets is None else None
+            raise ConfigError(no_emit_targets(config, api=True))
         self._transport = transport
         self._owns_transport = transport is None
         self._declare = declare_topology

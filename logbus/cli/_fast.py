@@ -154,8 +154,13 @@ def _emit(args: list[str]) -> int | None:
     if settings is None:
         return None
     topology = _topology(settings.config)
-    if topology is None or not topology.emit:
+    if topology is None:
         return None
+    if not topology.emit:  # as the typer command says it, before anything connects
+        from logbus._plain_topology import no_emit_targets
+        from logbus.errors import ConfigError
+
+        return _guarded(_raiser(ConfigError(no_emit_targets(settings.config))))
     target = _oneshot.broker(settings.url)
     if target is None:
         return None

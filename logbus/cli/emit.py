@@ -190,6 +190,10 @@ def emit(
 
     settings = make_settings(url, config, confirm_timeout=timeout)
     topology = settings.topology()  # a bad topology file fails before anything is read
+    if exchange is None and queue is None and not topology.emit:
+        from logbus._plain_topology import no_emit_targets
+
+        raise fail(no_emit_targets(settings.config), EX_CONFIG)
     targets, needed = _targets(topology, exchange, queue)
     batch: LineBatch | None = None
     with contextlib.ExitStack() as cleanup:
