@@ -8,7 +8,7 @@ import pytest
 
 from logbus.errors import ConfigError
 from logbus.record import LogRecord
-from logbus.service import TeeSink, loads_service, service_topology
+from logbus.service import TeeSink, loads_service, run_service, service_topology
 from logbus.sinks import is_recoverable
 from logbus.sinks._partial import PartlyStored
 from logbus.topology import default
@@ -215,3 +215,10 @@ def test_alert_settings_read_durations_and_refuse_unknown_keys():
         alert_settings({"windw": "5m"}, source="alerter.toml")
     with pytest.raises(ConfigError, match=r"alerter\.toml"):
         alert_settings({"window": "soon"}, source="alerter.toml")
+
+
+def test_a_bad_shutdown_timeout_names_the_file_and_key(tmp_path):
+    """[worker] shutdown_timeout that is no duration: one ConfigError, before any connect."""
+    config = loads_service(MINIMAL + '[worker]\nshutdown_timeout = "soon"\n', source="svc.toml")
+    with pytest.raises(ConfigError, match=r"svc.toml: \[worker\] shutdown_timeout 'soon'"):
+        run_service(config, url="amqp://guest:guest@127.0.0.1:1/%2F", stop_signals=False)
