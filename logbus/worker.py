@@ -336,7 +336,8 @@ class Worker:
         return self.summary()
 
     def stop(self) -> None:
-        """Ask the worker to stop: no new records; those in hand are finished and acked.
+        """Ask the worker to stop: no new records; those in hand are finished and acked
+        (within ``shutdown_timeout``: what the sink has not finished by then is requeued).
 
         Safe to call from a signal handler (it only raises a flag, which
         :meth:`run` looks at at least five times a second) and from any thread.
