@@ -286,10 +286,18 @@ def consumer_channels(broker: PrivateBroker) -> set[str]:
     return {row[1] for row in _rows(broker, "list_consumers", "queue_name", "channel_pid")}
 
 
-def restored(scene: Scene, flavours: list[Flavour], old_channels: set[str]) -> Callable[[], bool]:
-    """A condition: each flavour's binding leads to a queue consumed on a new channel."""
+class Restored:
+    """A condition: each flavour's binding leads to a queue consumed on a new channel;
+    ``missing`` names the flavours that were not, at the last look."""
 
-    def check() -> bool:
+    def __init__(self, scene: Scene, flavours: list[Flavour], old_channels: set[str]) -> None:
+        self.scene = scene
+        self.flavours = flavours
+        self.old_channels = old_channels
+        self.missing = [f.name for f in flavours]
+
+    def __call__(self) -> bool:
+        scene, old_channels = self.scene, self.old_channels
         bound: dict[tuple[str, str], set[str]] = {}
         listing = _rows(
             scene.broker,
@@ -309,11 +317,12 @@ def restored(scene: Scene, flavours: list[Flavour], old_channels: set[str]) -> C
             for queue, channel in _rows(scene.broker, "list_consumers", "queue_name", "channel_pid")
             if channel not in old_channels
         }
-        return all(
-            bound.get((scene.name(f.binds[0]), f.binds[1]), set()) & consumed for f in flavours
-        )
-
-    return check
+        self.missing = [
+            f.name
+            for f in self.flavours
+            if not bound.get((scene.name(f.binds[0]), f.binds[1]), set()) & consumed
+        ]
+        return not self.missing
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -374,12 +383,15 @@ def _survives(scene: Scene, flavours: list[Flavour], fault: Callable[[], None]) 
         _receive(scene, flavours, running, "before")
         old_channels = consumer_channels(scene.broker)
         fault()
-        wait_until(
-            restored(scene, flavours, old_channels),
-            RESTORED_WITHIN,
-            f"{', '.join(f.name for f in flavours)} to be bound and consumed again",
-            every=0.5,
-        )
+        restored = Restored(scene, flavours, old_channels)
+        try:
+            wait_until(restored, RESTORED_WITHIN, "the subscriptions to be back", every=0.5)
+        except AssertionError as exc:
+            failed = {f.name: one.failure() for f, one in zip(flavours, running, strict=True)}
+            raise AssertionError(
+                f"{exc}: not bound and consumed again: {', '.join(restored.missing)} "
+                f"(failures: { {k: v for k, v in failed.items() if v} })"
+            ) from None
         _receive(scene, flavours, running, "after")
         for flavour, one in zip(flavours, running, strict=True):
             assert one.messages.count(flavour.message("before")) >= 1, flavour.name
@@ -430,7 +442,7 @@ def test_a_subscription_that_cannot_be_restored_ends_with_the_error(scene: Scene
         if isinstance(running, CliRunning):
             assert failure.startswith("exited 78: "), failure
             assert "Traceback" not in failure
-            assert "exists with other properties" in failure
+            assert "exists with other properties" in failure, failure
         else:
             assert failure.startswith("PreconditionFailed: "), failure
     finally:
