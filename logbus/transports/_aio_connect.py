@@ -29,7 +29,7 @@ from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusE
 from logbus.settings import Settings, redact_url
 from logbus.transports._aio_errors import reply_text
 from logbus.transports._amqp_errors import tls_refused
-from logbus.transports._tls import client_context, verify_failure
+from logbus.transports._tls import TLS_REFUSED, client_context, verify_failure
 
 __all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls", "tls_contexts"]
 
@@ -228,18 +228,17 @@ async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.Robus
             return connection, index
         if refusals == len(urls):
             break  # every broker said no: asking again will not change its mind
+        if all(problems.get(endpoint(u), "").startswith(TLS_REFUSED) for u in urls):
+            break  # nor will a certificate that does not verify
     if refused is not None:
         raise refused
     tried = "; ".join(f"{where}: {why}" for where, why in problems.items())
-    if problems and all(why.startswith(_TLS_REFUSED) for why in problems.values()):
+    if problems and all(why.startswith(TLS_REFUSED) for why in problems.values()):
         raise tls_refused(tried)  # in the pika transport's words
     raise BrokerUnavailable(
         f"cannot reach any broker after {options.connection_attempts} round(s) ({tried}); "
         "check the host and port, and that RabbitMQ runs"
     )
-
-
-_TLS_REFUSED = "TLS certificate verify failed"
 
 
 def _why(exc: BaseException) -> str:

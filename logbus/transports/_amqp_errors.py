@@ -77,12 +77,18 @@ def too_large(text: str) -> RecordTooLarge | None:
         return None
     size, limit = int(found[1]), int(found[2])
     return RecordTooLarge(
-        f"a record of {size:,} bytes is larger than the broker accepts: its max_message_size "
-        f"is {limit:,} bytes ({limit / 1024**2:g} MiB); send smaller records, or raise "
-        "max_message_size in rabbitmq.conf",
+        f"a record of {size:,} bytes is larger than the broker accepts (its max_message_size "
+        f"is {_bytes(limit)}); send smaller records, or raise max_message_size in rabbitmq.conf",
         size=size,
         limit=limit,
     )
+
+
+def _bytes(count: int) -> str:
+    for unit, scale in (("MiB", 1024**2), ("KiB", 1024)):
+        if count >= scale and not count % scale:
+            return f"{count:,} bytes = {count // scale} {unit}"
+    return f"{count:,} bytes"
 
 
 def named_exchange(text: str) -> str | None:

@@ -32,7 +32,7 @@ from logbus.transports._amqp_errors import (
     unreachable,
 )
 from logbus.transports._properties import FastProperties
-from logbus.transports._tls import TLS_QUERY, client_context, verify_failure
+from logbus.transports._tls import TLS_QUERY, TLS_REFUSED, client_context, verify_failure
 
 __all__ = [
     "Endpoint",
@@ -372,6 +372,6 @@ def connect_error(failures: Sequence[tuple[Endpoint, BaseException]]) -> Transpo
                 endpoint.address, endpoint.user, endpoint.vhost, reason(exc), endpoint.shown
             )
     tried = "; ".join(f"{endpoint.address}: {reason(exc)}" for endpoint, exc in failures)
-    if failures and all(verify_failure(exc) is not None for _endpoint, exc in failures):
+    if failures and all(reason(exc).startswith(TLS_REFUSED) for _endpoint, exc in failures):
         return tls_refused(tried)
     return unreachable(tried)

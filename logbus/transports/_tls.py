@@ -15,11 +15,13 @@ from collections.abc import Mapping
 
 from logbus.errors import ConfigError
 
-__all__ = ["TLS_QUERY", "client_context", "verify_failure"]
+__all__ = ["TLS_QUERY", "TLS_REFUSED", "client_context", "verify_failure"]
 
 #: Query parameters of an ``amqps://`` URL that logbus reads itself (hidden from the drivers).
 TLS_QUERY = ("cafile", "ca_certs", "capath", "certfile", "keyfile", "server_hostname")
 _FILES = ("cafile", "ca_certs", "capath", "certfile", "keyfile")
+#: How :func:`verify_failure` starts, so that callers can tell a refused certificate.
+TLS_REFUSED = "TLS certificate verify failed"
 
 
 def client_context(
@@ -62,6 +64,6 @@ def verify_failure(exc: BaseException) -> str | None:
         seen.add(id(found))
         if isinstance(found, ssl.SSLCertVerificationError):
             detail = found.verify_message or found.reason or "refused"
-            return f"TLS certificate verify failed: {str(detail).rstrip('.')}"
+            return f"{TLS_REFUSED}: {str(detail).rstrip('.')}"
         pending.extend([found.__cause__, found.__context__, *found.args])
     return None
