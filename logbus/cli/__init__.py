@@ -3,7 +3,7 @@
 Each command parses its options, builds :class:`~logbus.settings.Settings`,
 makes one library call and renders the result. Errors are one line on stderr
 with a sysexits status (65 bad input, 69 broker unavailable, 75 try again,
-78 configuration); ``--debug`` shows the traceback instead.
+77 permission denied, 78 configuration); ``--debug`` shows the traceback instead.
 
 Importing this package is cheap: the typer app is built on first use
 (:func:`build_app`, or the ``app`` attribute), and :func:`main` first offers

@@ -45,10 +45,13 @@ EPILOG = """Examples:
 Exit status:
   0   every record was confirmed by the broker
   2   usage (bad option, no message)
-  65  bad routing key or bad line (stderr names the line; nothing of its chunk was sent)
+  65  bad routing key or bad line (stderr names the line; nothing of its chunk was sent),
+      or a record larger than the broker's max_message_size
   69  the broker cannot be reached (stderr names the host)
   75  some records were not confirmed (stderr counts them): send them again later
-  78  configuration (topology file, settings; --exchange names no exchange)
+  77  the broker refused the user, the password or the vhost
+  78  configuration (topology file without [[emit]], settings, a malformed URL;
+      --exchange names no exchange)
 """
 
 _STDIN = "-"
