@@ -197,7 +197,7 @@ class CliRunning:
         self._sub.wait_ready()
 
     @property
-    def messages(self) -> list[str]:  # type: ignore[override]
+    def messages(self) -> list[str]:
         return [record["message"] for record in self._sub.records]
 
     def failure(self) -> str | None:
