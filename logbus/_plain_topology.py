@@ -201,6 +201,8 @@ def _queue(raw: Any) -> Item:
         _require(item["durable"] and not item["exclusive"] and not item["auto_delete"])
         _require(args.get("x-overflow") != "reject-publish-dlx")
     _require("x-dead-letter-routing-key" not in args or "x-dead-letter-exchange" in args)
+    for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
+        _require(key not in args or type(args[key]) is str)  # Queue refuses other values
     return {k: item[k] for k in ("name", *_QUEUE)}
 
 
