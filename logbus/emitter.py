@@ -29,11 +29,13 @@ from logbus.record import LogRecord, parse_routing_key
 from logbus.settings import Settings
 from logbus.topology import EmitTarget, Topology, declare
 from logbus.transports import Transport, connect
+from logbus.transports._amqp_errors import RABBITMQ_MAX_MESSAGE_SIZE, record_too_large
 from logbus.transports.base import AsyncTransport
 
 __all__ = ["AsyncEmitter", "Emitter", "LineBatch", "declare_async", "reachable"]
 
 _KNOWN_FIELDS = frozenset(LogRecord.model_fields)
+_MAX_MESSAGE_SIZE = RABBITMQ_MAX_MESSAGE_SIZE  # a module global, so that tests can lower it
 _RECORD_FIELDS = _KNOWN_FIELDS - {"facility", "severity", "message"}
 
 
@@ -91,8 +93,14 @@ class Emitter:
         return LogRecord.from_key(key, message, **known)
 
     def messages(self, record: LogRecord) -> Iterator[Message]:
-        """The messages one record becomes: one per emit target."""
+        """The messages one record becomes: one per emit target.
+
+        A record no RabbitMQ would take raises :class:`~logbus.errors.RecordTooLarge`
+        before anything is sent (a smaller configured limit is learnt from the broker).
+        """
         body = record.to_bytes()
+        if len(body) > _MAX_MESSAGE_SIZE:
+            raise record_too_large(len(body), _MAX_MESSAGE_SIZE)
         properties = record.to_properties()
         severity = str(record.severity)
         for target in self.targets:

@@ -24,12 +24,14 @@ from logbus.errors import (
 )
 
 __all__ = [
+    "RABBITMQ_MAX_MESSAGE_SIZE",
     "blocked",
     "login_refused",
     "nacked",
     "named_exchange",
     "no_answer",
     "not_confirmed",
+    "record_too_large",
     "reply_error",
     "tls_refused",
     "too_large",
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 _EXCHANGE_IN_TEXT = re.compile(r"exchange '(.*)' in vhost")
+#: The largest message any RabbitMQ 3.x accepts, whatever its max_message_size says
+#: (the setting's own maximum): a record over it is refused before it is sent.
+RABBITMQ_MAX_MESSAGE_SIZE = 512 * 1024**2
 # RabbitMQ's words (406) for a message over its max_message_size.
 _TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
 _INEQUIVALENT_HINT = (
@@ -75,10 +80,20 @@ def too_large(text: str) -> RecordTooLarge | None:
     found = _TOO_LARGE.search(text)
     if found is None:
         return None
-    size, limit = int(found[1]), int(found[2])
+    return record_too_large(int(found[1]), int(found[2]))
+
+
+def record_too_large(size: int, limit: int) -> RecordTooLarge:
+    """A record of ``size`` bytes is over the broker's ``limit`` (its max_message_size)."""
+    if limit >= RABBITMQ_MAX_MESSAGE_SIZE:
+        how = "the most max_message_size can be"
+        fix = "send smaller records"
+    else:
+        how = "its max_message_size"
+        fix = "send smaller records, or raise max_message_size in rabbitmq.conf"
     return RecordTooLarge(
-        f"a record of {size:,} bytes is larger than the broker accepts (its max_message_size "
-        f"is {_bytes(limit)}); send smaller records, or raise max_message_size in rabbitmq.conf",
+        f"a record of {size:,} bytes is larger than the broker accepts ({how} is "
+        f"{_bytes(limit)}); {fix}",
         size=size,
         limit=limit,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from logbus import AsyncEmitter, Emitter
-from logbus.errors import ConfigError
+from logbus.errors import ConfigError, RecordTooLarge
 from logbus.settings import Settings
 from logbus.topology import EmitTarget, Topology, loads
 
@@ -62,3 +62,16 @@ def test_a_missing_cafile_is_the_same_config_error_on_both_paths():
     assert str(sync.value) == str(async_.value)
     assert "/nonexistent/ca.pem" in str(sync.value)
     assert "s3cret" not in str(sync.value)
+
+
+def test_a_record_no_rabbitmq_takes_is_refused_before_it_is_sent(monkeypatch):
+    """Over the most max_message_size can be: RecordTooLarge (65), nothing published."""
+    monkeypatch.setattr("logbus.emitter._MAX_MESSAGE_SIZE", 1024)  # as if 512 MiB
+    with Emitter("memory://h3-size") as emitter:
+        queue = emitter.transport.declare_queue("", exclusive=True).name
+        emitter.transport.bind_queue(queue, "logbus.topic", "#")
+        with pytest.raises(RecordTooLarge) as caught:
+            emitter.emit("kern.info", "x" * 2000)
+        assert emitter.transport.get(queue) is None
+    assert (caught.value.limit, caught.value.exit_code) == (1024, 65)
+    assert "1,024 bytes = 1 KiB" in str(caught.value)
