@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.exceptions import Abort, Exit, TyperException
 
 from logbus.errors import LogbusError
 
@@ -169,8 +170,16 @@ def run_guarded(app: typer.Typer, argv: list[str] | None = None, *, prog: str = 
         return exc.code if isinstance(exc.code, int) else 2
     configure_logging(debug, level)
     try:
-        app(args=args, prog_name=prog)
-    except SystemExit as exc:  # typer ends every run with one, usage errors with 2
+        # Not standalone: click hands usage errors back, so they become one line like the rest.
+        result = app(args=args, prog_name=prog, standalone_mode=False)
+    except TyperException as exc:  # click's usage errors, as typer vendors them
+        return _usage_error(exc, prog)
+    except Abort:
+        typer.echo(f"{prog}: interrupted", err=True)
+        return 130
+    except Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except LogbusError as exc:
         if debug:
@@ -180,7 +189,19 @@ def run_guarded(app: typer.Typer, argv: list[str] | None = None, *, prog: str = 
     except KeyboardInterrupt:
         typer.echo(f"{prog}: interrupted", err=True)
         return 130
-    return 0
+    return result if isinstance(result, int) else 0
+
+
+def _usage_error(exc: TyperException, prog: str) -> int:
+    """A usage error as one line: what was wrong, and the ``--help`` that teaches the command."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: its help is the answer
+        typer.echo(exc.format_message(), err=True)
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else prog
+    message = _safe(exc.format_message().replace("\n", " "))
+    typer.echo(f"{command}: error: {message} (see '{command} --help')", err=True)
+    return exc.exit_code
 
 
 def _safe(text: str) -> str:

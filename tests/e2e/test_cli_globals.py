@@ -59,3 +59,19 @@ def test_an_unknown_log_level_is_a_usage_error(logbus: Any) -> None:
     proc = logbus("status", "--log-level", "loud")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "trace, debug, info, warning, error" in proc.stderr
+
+
+def test_a_bad_option_value_is_one_line_and_exit_2(logbus: Any) -> None:
+    """A malformed option value (not a number, out of range, unknown) is one line, exit 2."""
+    for args in (
+        ("worker", "--concurrency", "0"),
+        ("subscribe", "--timeout", "soon", "kern.*"),
+        ("status", "--no-such-option"),
+    ):
+        proc = logbus(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, proc.stderr)
+        assert lines[0].startswith(f"logbus {args[0]}: error: ")
+        assert f"see 'logbus {args[0]} --help'" in lines[0]
+        assert "Traceback" not in proc.stderr

@@ -114,10 +114,12 @@ def test_a_full_work_queue_exits_75_counting_the_unconfirmed_records(amqp_url, d
 
 
 def test_no_routing_key_is_a_usage_error(amqp_url, deployment):
-    """Without FACILITY.SEVERITY (and without --json) emit exits 2 with its usage line."""
+    """Without FACILITY.SEVERITY (and without --json) emit exits 2 with one line naming --help."""
     proc = emit(amqp_url, deployment)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("Usage: logbus emit")
+    assert proc.stderr.startswith("logbus emit: error: ")
+    assert len(proc.stderr.strip().splitlines()) == 1  # one line, naming --help
+    assert "logbus emit --help" in proc.stderr
     assert "routing key" in proc.stderr
 
 

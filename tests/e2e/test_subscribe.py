@@ -212,10 +212,12 @@ def test_a_signal_before_count_exits_128_plus_its_number(amqp_url, deployment):
 
 
 def test_nothing_to_bind_is_a_usage_error(amqp_url, deployment):
-    """No key, severity, exact key, header or --all: exit 2 with the usage line."""
+    """No key, severity, exact key, header or --all: exit 2 with one line naming --help."""
     subscription = Subscription(amqp_url, deployment, "--json")
     assert subscription.finish() == 2
-    assert subscription.stderr.startswith("Usage: logbus subscribe")
+    assert subscription.stderr.startswith("logbus subscribe: error: ")
+    assert len(subscription.stderr.strip().splitlines()) == 1  # one line, naming --help
+    assert "logbus subscribe --help" in subscription.stderr
     assert "nothing to subscribe to" in subscription.stderr
 
 
