@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 
 import pytest
 
@@ -55,6 +57,26 @@ class PrivateBroker:
     def close_all_connections(self, reason: str = "test: forced close") -> None:
         """Close every client connection from the broker's side."""
         self.ctl("close_all_connections", reason)
+
+    def close_connection(self, connection_name: str, timeout: float = 20.0) -> str:
+        """Close from the broker's side the connection whose ``connection_name`` client
+        property is ``connection_name`` (waiting up to ``timeout`` s for it to be listed);
+        the pid it had."""
+        deadline = monotonic() + timeout
+        while True:
+            # "<pid>\t[...{"connection_name","<name>"}...]" per line: the JSON formatter
+            # prints pids in a form close_connection does not accept.
+            listing = self.ctl(
+                "-q", "list_connections", "--no-table-headers", "pid", "client_properties"
+            )
+            for line in listing.splitlines():
+                pid, _, properties = line.partition("\t")
+                if f'{{"connection_name","{connection_name}"}}' in properties:
+                    self.ctl("close_connection", pid, "test: forced close")
+                    return pid
+            if monotonic() > deadline:
+                raise AssertionError(f"the private node lists no connection {connection_name!r}")
+            threading.Event().wait(0.1)
 
     def stop(self) -> None:
         """Stop the node cleanly; its data stays."""
