@@ -355,34 +355,33 @@ def test_a_deleted_queue_ends_the_worker_with_connection_lost(amqp_url, admin, u
         remove_retry_queues(admin, name, QUICK)
 
 
+@pytest.mark.faults
 def test_the_worker_keeps_going_after_the_broker_closes_its_connection(
-    amqp_url, admin, work_queue, broker_ctl, unique_name
+    healthy_private_broker, unique_name
 ):
     """A broker-side close: the transport reconnects, the consumer is back, records flow."""
-    name = f"worker-{unique_name}"
-    with AmqpTransport(amqp_url, connection_name=name) as transport:
-        sink = ProbeSink()
-        running = RunningWorker(Worker(transport, work_queue, sink))
-        first = records(5, "before")
-        publish(admin, work_queue, first)
-        wait_until(lambda: len(set(sink.stored)) == 5, 10, "records before the close")
-        assert RABBITMQCTL is not None
-        columns = ["--no-table-headers", "pid", "client_properties"]
-        listing = subprocess.run(
-            [RABBITMQCTL, "-q", "list_connections", *columns],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        [pid] = [line.split("\t")[0] for line in listing.splitlines() if f'"{name}"' in line]
-        subprocess.run([RABBITMQCTL, "-q", "close_connection", pid, "test"], check=True, timeout=30)
-        then = records(5, "after")
-        publish(admin, work_queue, then)
-        wait_until(lambda: set(sink.stored) >= {r.id for r in first + then}, 20, "all records")
-        summary = running.stop()
-    assert summary.handled >= 10
-    assert ready(admin, work_queue) == 0
+    url, name, queue = healthy_private_broker.url, f"worker-{unique_name}", f"{unique_name}.tasks"
+    with AmqpTransport(url, connection_name=f"admin-{unique_name}") as admin:
+        admin.declare_queue(queue, durable=True)
+        try:
+            with AmqpTransport(url, connection_name=name) as transport:
+                sink = ProbeSink()
+                running = RunningWorker(Worker(transport, queue, sink))
+                first = records(5, "before")
+                publish(admin, queue, first)
+                wait_until(lambda: len(set(sink.stored)) == 5, 10, "records before the close")
+                healthy_private_broker.close_connection(name)
+                then = records(5, "after")
+                publish(admin, queue, then)
+                wait_until(
+                    lambda: set(sink.stored) >= {r.id for r in first + then}, 20, "all records"
+                )
+                summary = running.stop()
+            assert summary.handled >= 10
+            assert ready(admin, queue) == 0
+        finally:
+            admin.delete_queue(queue)
+            remove_retry_queues(admin, queue, RetryPolicy())
 
 
 # -- batches, metrics, health -------------------------------------------------------------
