@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +32,7 @@ from logbus.settings import Settings
 from logbus.topology import Topology
 from logbus.transports._aio_connect import Failover, Options
 from logbus.transports.aio import AioTransport, BlockingAioTransport
+from tests.private_broker import PrivateBroker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,6 +45,14 @@ def topology(amqp_url: str) -> Iterator[Topology]:
     topo = demo_topology(f"test-aio-{secrets.token_hex(4)}.")
     yield topo
     asyncio.run(_delete_topology(amqp_url, topo))
+
+
+@pytest.fixture
+def private_topology(healthy_private_broker: PrivateBroker) -> Iterator[Topology]:
+    """``topology``, on the private node (for tests that close connections)."""
+    topo = demo_topology(f"test-aio-{secrets.token_hex(4)}.")
+    yield topo
+    asyncio.run(_delete_topology(healthy_private_broker.url, topo))
 
 
 async def _delete_topology(url: str, topo: Topology) -> None:
@@ -74,39 +81,6 @@ def _with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
     netloc = f"{parts.username or 'guest'}:{password}@{parts.hostname}:{parts.port or 5672}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _local_rabbitmqctl(url: str) -> None:
-    """Skip unless rabbitmqctl can reach the broker the tests use."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not installed")
-    if urlsplit(url).hostname not in ("127.0.0.1", "localhost"):
-        pytest.skip("rabbitmqctl reaches only a local broker")
-
-
-def _force_close(connection_name: str) -> None:
-    """Close, broker side, the connection whose client property connection_name is given."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        # One line per connection: "<pid>\t[{...},{"connection_name","<name>"},...]". The
-        # JSON formatter prints pids in a form close_connection does not accept.
-        command = ["rabbitmqctl", "-q", "--no-table-headers", "list_connections"]
-        listing = subprocess.run(
-            [*command, "pid", "client_properties"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        for line in listing.stdout.splitlines():
-            if f'{{"connection_name","{connection_name}"}}' in line:
-                pid = line.split("\t", 1)[0]
-                subprocess.run(
-                    ["rabbitmqctl", "-q", "close_connection", pid, "logbus test: drop"],
-                    capture_output=True,
-                    check=True,
-                )
-                return
-    pytest.fail(f"connection {connection_name!r} never showed up in rabbitmqctl")
 
 
 def test_async_emitter_to_async_subscriber_round_trip(amqp_url, topology):
@@ -185,20 +159,23 @@ def test_precondition_failed_redeclare_leaves_the_transport_usable(amqp_url):
     asyncio.run(main())
 
 
-def test_a_subscriber_survives_a_broker_side_connection_close(amqp_url, topology):
-    """After rabbitmqctl closes the subscriber's connection, later records still arrive."""
-    _local_rabbitmqctl(amqp_url)
+@pytest.mark.faults
+def test_a_subscriber_survives_a_broker_side_connection_close(
+    healthy_private_broker, private_topology
+):
+    """After the broker closes the subscriber's connection, later records still arrive."""
+    url, topology = healthy_private_broker.url, private_topology
     name = f"logbus-aio-{secrets.token_hex(6)}"
 
     async def main() -> None:
         async with (
-            AioTransport(amqp_url, connection_name=name) as transport,
+            AioTransport(url, connection_name=name) as transport,
             AsyncSubscriber(keys=["kern.*"], topology=topology, transport=transport) as sub,
-            AsyncEmitter(amqp_url, topology=topology) as emitter,
+            AsyncEmitter(url, topology=topology) as emitter,
         ):
             await emitter.emit("kern.info", "before")
             assert [r.message for r in await _take(sub, 1)] == ["before"]
-            await asyncio.to_thread(_force_close, name)
+            await asyncio.to_thread(healthy_private_broker.close_connection, name)
             await transport.wait_reconnected(1, timeout=DEADLINE)
             await emitter.emit("kern.info", "after")
             assert [r.message for r in await _take(sub, 1)] == ["after"]
@@ -206,20 +183,22 @@ def test_a_subscriber_survives_a_broker_side_connection_close(amqp_url, topology
     asyncio.run(main())
 
 
-def test_a_delivery_from_before_a_drop_is_redelivered_not_acked(amqp_url, names_queue):
+@pytest.mark.faults
+def test_a_delivery_from_before_a_drop_is_redelivered_not_acked(
+    healthy_private_broker, names_queue
+):
     """Acking a delivery from before a drop raises ConnectionLost; it comes back redelivered."""
-    _local_rabbitmqctl(amqp_url)
     name = f"logbus-aio-{secrets.token_hex(6)}"
 
     async def main() -> None:
-        async with AioTransport(amqp_url, connection_name=name) as transport:
+        async with AioTransport(healthy_private_broker.url, connection_name=name) as transport:
             await transport.declare_queue(names_queue)
             consumer = await transport.consume(names_queue, prefetch=1)
             await transport.publish(Message(b"once", Properties(), "", names_queue))
             first = await consumer.get(timeout=DEADLINE)
             assert first is not None
             assert first.redelivered is False
-            await asyncio.to_thread(_force_close, name)
+            await asyncio.to_thread(healthy_private_broker.close_connection, name)
             await transport.wait_reconnected(1, timeout=DEADLINE)
             with pytest.raises(ConnectionLost):
                 first.ack()
@@ -232,11 +211,14 @@ def test_a_delivery_from_before_a_drop_is_redelivered_not_acked(amqp_url, names_
 
 
 @pytest.fixture
-def names_queue(amqp_url: str) -> Iterator[str]:
-    """A unique durable queue name, the queue deleted after the test."""
+def names_queue(healthy_private_broker: PrivateBroker) -> Iterator[str]:
+    """A unique durable queue name on the private node, the queue deleted after the test."""
     queue = f"test-aio-q-{secrets.token_hex(4)}"
     yield queue
-    with BlockingAioTransport(amqp_url) as transport, contextlib.suppress(LogbusError):
+    with (
+        BlockingAioTransport(healthy_private_broker.url) as transport,
+        contextlib.suppress(LogbusError),
+    ):
         transport.delete_queue(queue)
 
 
@@ -279,14 +261,16 @@ def test_failover_skips_a_dead_url_and_connects_to_the_next(amqp_url):
     asyncio.run(main())
 
 
-def test_sync_code_on_the_blocking_facade_survives_a_forced_close(amqp_url, names_queue):
+@pytest.mark.faults
+def test_sync_code_on_the_blocking_facade_survives_a_forced_close(
+    healthy_private_broker, names_queue
+):
     """A BlockingAioTransport consumer gets messages published after its connection dropped."""
-    _local_rabbitmqctl(amqp_url)
     name = f"logbus-aio-{secrets.token_hex(6)}"
-    with BlockingAioTransport(amqp_url, connection_name=name) as transport:
+    with BlockingAioTransport(healthy_private_broker.url, connection_name=name) as transport:
         transport.declare_queue(names_queue)
         consumer = transport.consume(names_queue, prefetch=10)
-        _force_close(name)
+        healthy_private_broker.close_connection(name)
         transport.wait_reconnected(1, timeout=DEADLINE)
         transport.publish(Message(b"after", Properties(), "", names_queue))
         delivery = consumer.get(timeout=DEADLINE)
