@@ -3,7 +3,8 @@
 Each test declares its own topology (a durable topic exchange feeding a durable
 work queue, both named ``test-<hex>...``) in a TOML file passed with
 ``--config``, and deletes both at the end, so tests never touch the default
-entities other people use on the same broker.
+entities other people use on the same broker. A test that restarts its broker
+is marked ``faults`` and runs against the private node (``tests/private_broker.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pika
 import pytest
@@ -39,9 +38,8 @@ from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dump
 from logbus.transports import connect
 from tests.e2e.test_dlq import install_gate_plugin
 from tests.e2e.test_dlq import lines as gate_lines
+from tests.private_broker import PrivateBroker
 from tests.support import wait_until
-
-RABBITMQCTL = shutil.which("rabbitmqctl")
 
 
 @dataclass
@@ -100,7 +98,17 @@ def _channel(url: str) -> Iterator[pika.adapters.blocking_connection.BlockingCha
 
 
 @pytest.fixture
-def setup(amqp_url: str, tmp_path: Path) -> Iterator[Setup]:
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The shared broker; the private node for a test marked ``faults`` (one that restarts
+    or cuts its broker, which no test may do to the shared one)."""
+    if request.node.get_closest_marker("faults") is not None:
+        private: PrivateBroker = request.getfixturevalue("healthy_private_broker")
+        return private.url
+    return str(request.getfixturevalue("amqp_url"))
+
+
+@pytest.fixture
+def setup(broker_url: str, tmp_path: Path) -> Iterator[Setup]:
     """A unique durable topology in a TOML file; its exchange and queue deleted afterwards."""
     prefix = f"test-worker-{secrets.token_hex(4)}"
     exchange, queue = f"{prefix}.topic", f"{prefix}.tasks"
@@ -112,12 +120,12 @@ def setup(amqp_url: str, tmp_path: Path) -> Iterator[Setup]:
     )
     config = tmp_path / "logbus.toml"
     config.write_text(dumps(topology), encoding="utf-8")
-    made = Setup(amqp_url, config, exchange, queue, tmp_path)
+    made = Setup(broker_url, config, exchange, queue, tmp_path)
     yield made
-    with contextlib.suppress(Exception), _channel(amqp_url) as channel:
+    with contextlib.suppress(Exception), _channel(broker_url) as channel:
         channel.queue_delete(queue)
         channel.exchange_delete(exchange)
-    with connect(amqp_url) as transport:  # what the workers declared for their retries
+    with connect(broker_url) as transport:  # what the workers declared for their retries
         for policy in made.policies:
             remove_retry_queues(transport, queue, policy)
 
@@ -440,24 +448,6 @@ def test_sigkill_mid_stream_gives_the_unacked_records_to_the_other_worker(setup,
 # -- the broker restarting --------------------------------------------------------------------
 
 
-@pytest.fixture
-def broker_ctl(amqp_url: str) -> None:
-    """Skip unless ``rabbitmqctl`` on this machine controls the broker under test."""
-    if RABBITMQCTL is None:
-        pytest.skip("rabbitmqctl is not on PATH")
-    if urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        pytest.skip("the broker under test is not local: rabbitmqctl cannot reach it")
-
-
-def rabbitmqctl(*args: str, timeout: float = 60) -> None:
-    """Run ``rabbitmqctl -q ARGS``; fail with its stderr."""
-    assert RABBITMQCTL is not None
-    done = subprocess.run(
-        [RABBITMQCTL, "-q", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}"
-
-
 def answers(url: str) -> bool:
     """Whether the broker at ``url`` completes an AMQP handshake now."""
     params = pika.URLParameters(url)
@@ -471,17 +461,14 @@ def answers(url: str) -> bool:
     return True
 
 
-def test_a_broker_restart_loses_no_confirmed_record(setup, start, broker_ctl, amqp_url):
-    """stop_app/start_app while records flow: every confirmed record still reaches the file."""
+@pytest.mark.faults
+def test_a_broker_restart_loses_no_confirmed_record(setup, start, healthy_private_broker):
+    """The broker restarts while records flow: every confirmed record still reaches the file."""
     worker = start("--concurrency", "2")
     with Publisher(setup, confirm_timeout=10) as publisher:
         wait_until(lambda: len(worker.records()) >= 100, 15, "records before the restart")
-        try:
-            rabbitmqctl("stop_app")
-        finally:
-            rabbitmqctl("start_app")  # keep the outage short: others share this broker
-        rabbitmqctl("await_startup")
-        wait_until(lambda: answers(amqp_url), 20, "the broker to answer AMQP again")
+        healthy_private_broker.restart()
+        wait_until(lambda: answers(setup.url), 20, "the broker to answer AMQP again")
         before = len(publisher.confirmed)
         wait_until(lambda: len(publisher.confirmed) >= before + 100, 20, "publishing again")
     confirmed = set(publisher.confirmed)
