@@ -1,9 +1,10 @@
 """The AMQP transport under faults, against a real RabbitMQ: it reconnects and loses nothing.
 
-Broker-side closes use ``rabbitmqctl close_connection`` on the connection found
-by its ``connection_name`` client property; those tests need ``rabbitmqctl`` on
-this machine, talking to the broker under test, and skip otherwise. Network
-faults go through :class:`Proxy`, a TCP forwarder a test can cut and restore.
+Broker-side closes happen on the private node (``tests/private_broker.py``), never
+on the shared broker: :meth:`PrivateBroker.close_connection` closes the connection
+found by its ``connection_name`` client property, and those tests carry the
+``faults`` marker. Network faults go through :class:`Proxy`, a TCP forwarder a
+test can cut and restore.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from time import monotonic
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +28,7 @@ import pytest
 from logbus.errors import ConnectionLost, LogbusError, NotConfirmed
 from logbus.message import Message, Properties
 from logbus.transports.amqp import AmqpTransport
+from tests.private_broker import PrivateBroker
 from tests.support import wait_until
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
@@ -37,7 +40,7 @@ AFTER_FAULT = 300  # records still published once the fault happened
 
 
 def rabbitmqctl(*args: str) -> str:
-    """Run ``rabbitmqctl -q <args>`` and return its output."""
+    """Run ``rabbitmqctl -q <args>`` on the shared broker (to read only); its output."""
     assert RABBITMQCTL is not None
     done = subprocess.run(
         [RABBITMQCTL, "-q", *args], capture_output=True, text=True, timeout=30, check=False
@@ -54,11 +57,14 @@ class BrokerConnection:
     heartbeat: int
 
 
-def broker_connection(name: str, timeout: float = 10.0) -> BrokerConnection:
-    """The broker's entry for the connection whose ``connection_name`` is ``name``."""
+def broker_connection(
+    name: str, timeout: float = 10.0, ctl: Callable[..., str] = rabbitmqctl
+) -> BrokerConnection:
+    """The broker's entry for the connection whose ``connection_name`` is ``name``, as
+    ``ctl`` (quiet ``rabbitmqctl`` against the shared broker, by default) lists it."""
     deadline = monotonic() + timeout
     while True:
-        listing = rabbitmqctl(
+        listing = ctl(
             "list_connections", "--no-table-headers", "pid", "timeout", "client_properties"
         )
         for line in listing.splitlines():
@@ -70,20 +76,16 @@ def broker_connection(name: str, timeout: float = 10.0) -> BrokerConnection:
         threading.Event().wait(0.1)
 
 
-def close_from_broker(name: str) -> str:
-    """Force-close the connection named ``name`` from the broker's side; returns its pid."""
-    pid = broker_connection(name).pid
-    rabbitmqctl("close_connection", pid, "logbus fault test")
-    return pid
-
-
-def reconnected(transport: AmqpTransport, old_pid: str) -> Callable[[], bool]:
-    """A condition: the transport is connected again, on a new broker-side connection."""
+def reconnected(
+    transport: AmqpTransport, old_pid: str, broker: PrivateBroker
+) -> Callable[[], bool]:
+    """A condition: the transport is connected again, on a new connection to ``broker``."""
 
     def check() -> bool:
         if not transport.connected:
             return False
-        return broker_connection(transport.connection_name).pid != old_pid
+        listed = broker_connection(transport.connection_name, ctl=partial(broker.ctl, "-q"))
+        return listed.pid != old_pid
 
     return check
 
@@ -181,18 +183,11 @@ class Proxy:
 
 
 @pytest.fixture
-def broker_ctl(amqp_url: str) -> None:
-    """Skip unless ``rabbitmqctl`` on this machine controls the broker under test."""
-    if RABBITMQCTL is None:
-        pytest.skip("rabbitmqctl is not on PATH: broker-side faults need it")
-    if urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        pytest.skip("the broker under test is not local: rabbitmqctl cannot reach it")
-
-
-@pytest.fixture
-def admin(amqp_url: str, unique_name: str) -> Iterator[AmqpTransport]:
-    """A second connection for setting up, publishing, draining and cleaning up."""
-    with AmqpTransport(amqp_url, connection_name=f"logbus-{unique_name}-admin") as transport:
+def admin(healthy_private_broker: PrivateBroker, unique_name: str) -> Iterator[AmqpTransport]:
+    """A second connection to the private node for setting up, publishing, draining and
+    cleaning up."""
+    name = f"logbus-{unique_name}-admin"
+    with AmqpTransport(healthy_private_broker.url, connection_name=name) as transport:
         yield transport
 
 
@@ -206,10 +201,10 @@ def queue(admin: AmqpTransport, unique_name: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def victim(amqp_url: str, unique_name: str) -> Iterator[AmqpTransport]:
-    """The connection a test breaks, named so the broker can find it."""
+def victim(healthy_private_broker: PrivateBroker, unique_name: str) -> Iterator[AmqpTransport]:
+    """The connection to the private node a test breaks, named so the broker can find it."""
     with AmqpTransport(
-        amqp_url, connection_name=f"logbus-{unique_name}", confirm_timeout=20
+        healthy_private_broker.url, connection_name=f"logbus-{unique_name}", confirm_timeout=20
     ) as transport:
         yield transport
 
@@ -243,7 +238,10 @@ def to_queue(queue: str, message: Message) -> Message:
 # -- tests -----------------------------------------------------------------------------
 
 
-def test_confirmed_publishes_survive_a_broker_side_close(broker_ctl, victim, admin, queue):
+@pytest.mark.faults
+def test_confirmed_publishes_survive_a_broker_side_close(
+    healthy_private_broker, victim, admin, queue
+):
     """Every record confirmed while the broker force-closes the connection arrives at least once."""
     confirmed: list[int] = []
     failures: list[LogbusError] = []
@@ -266,19 +264,20 @@ def test_confirmed_publishes_survive_a_broker_side_close(broker_ctl, victim, adm
     publisher = threading.Thread(target=stream)
     publisher.start()
     wait_until(lambda: len(confirmed) >= 500 or bool(failures), 10, "the first records")
-    old_pid = close_from_broker(victim.connection_name)
+    old_pid = healthy_private_broker.close_connection(victim.connection_name)
     closed.set()
     publisher.join(25)
     assert not publisher.is_alive()
     assert failures == []
-    assert reconnected(victim, old_pid)()
+    assert reconnected(victim, old_pid, healthy_private_broker)()
     seen = drain(admin, queue, set(confirmed))
     lost = set(confirmed) - seen.keys()
     assert not lost, f"{len(lost)} confirmed records lost, e.g. {sorted(lost)[:5]}"
     print(f"{len(confirmed)} confirmed, duplicates: {sum(seen.values()) - len(seen)}")
 
 
-def test_pipelined_batch_survives_a_broker_side_close(broker_ctl, victim, admin, queue):
+@pytest.mark.faults
+def test_pipelined_batch_survives_a_broker_side_close(healthy_private_broker, victim, admin, queue):
     """A publish_many streaming across a broker-side close confirms all, and all arrive."""
     yielded: list[int] = []
     started, closed = threading.Event(), threading.Event()
@@ -305,19 +304,22 @@ def test_pipelined_batch_survives_a_broker_side_close(broker_ctl, victim, admin,
     publisher = threading.Thread(target=publish)
     publisher.start()
     assert started.wait(10)
-    old_pid = close_from_broker(victim.connection_name)
+    old_pid = healthy_private_broker.close_connection(victim.connection_name)
     closed.set()
     publisher.join(25)
     assert not publisher.is_alive()
     assert failures == []
-    assert reconnected(victim, old_pid)()
+    assert reconnected(victim, old_pid, healthy_private_broker)()
     seen = drain(admin, queue, set(yielded))
     lost = set(yielded) - seen.keys()
     assert not lost, f"{len(lost)} confirmed records lost, e.g. {sorted(lost)[:5]}"
     print(f"{len(yielded)} confirmed, duplicates: {sum(seen.values()) - len(seen)}")
 
 
-def test_consumer_keeps_delivering_after_a_broker_side_close(broker_ctl, victim, admin, queue):
+@pytest.mark.faults
+def test_consumer_keeps_delivering_after_a_broker_side_close(
+    healthy_private_broker, victim, admin, queue
+):
     """The same consumer object gets every record, published before and after a forced close."""
     half = STREAM // 2
     admin.publish_many(to_queue(queue, record(i)) for i in range(half))
@@ -340,8 +342,8 @@ def test_consumer_keeps_delivering_after_a_broker_side_close(broker_ctl, victim,
     worker = threading.Thread(target=consume)
     worker.start()
     assert started.wait(10)
-    old_pid = close_from_broker(victim.connection_name)
-    wait_until(reconnected(victim, old_pid), 15, "the reconnect")
+    old_pid = healthy_private_broker.close_connection(victim.connection_name)
+    wait_until(reconnected(victim, old_pid, healthy_private_broker), 15, "the reconnect")
     admin.publish_many(to_queue(queue, record(i)) for i in range(half, STREAM))
     worker.join(25)
     assert not worker.is_alive()
@@ -351,14 +353,17 @@ def test_consumer_keeps_delivering_after_a_broker_side_close(broker_ctl, victim,
     print(f"duplicates: {sum(seen.values()) - len(seen)}")
 
 
-def test_delivery_from_before_a_close_is_settled_as_a_no_op(broker_ctl, victim, admin, queue):
+@pytest.mark.faults
+def test_delivery_from_before_a_close_is_settled_as_a_no_op(
+    healthy_private_broker, victim, admin, queue
+):
     """Acking a delivery whose connection died does not raise; the broker redelivers it."""
     admin.publish(to_queue(queue, record(1)))
     consumer = victim.consume(queue, prefetch=1)
     before = consumer.get(timeout=5)
     assert before is not None
-    old_pid = close_from_broker(victim.connection_name)
-    wait_until(reconnected(victim, old_pid), 15, "the reconnect")
+    old_pid = healthy_private_broker.close_connection(victim.connection_name)
+    wait_until(reconnected(victim, old_pid, healthy_private_broker), 15, "the reconnect")
     before.ack()
     again = consumer.get(timeout=5)
     assert again is not None
@@ -368,15 +373,18 @@ def test_delivery_from_before_a_close_is_settled_as_a_no_op(broker_ctl, victim, 
     assert admin.declare_queue(queue, passive=True).message_count == 0
 
 
-def test_exclusive_queue_and_binding_are_declared_again(broker_ctl, victim, admin, unique_name):
+@pytest.mark.faults
+def test_exclusive_queue_and_binding_are_declared_again(
+    healthy_private_broker, victim, admin, unique_name
+):
     """An exclusive queue and its binding, gone with the old connection, come back."""
     exchange = f"{unique_name}-x"
     victim.declare_exchange(exchange, "topic", durable=False, auto_delete=False)
     try:
         own = victim.declare_queue(f"{unique_name}-own", exclusive=True).name
         victim.bind_queue(own, exchange, "kern.*")
-        old_pid = close_from_broker(victim.connection_name)
-        wait_until(reconnected(victim, old_pid), 15, "the reconnect")
+        old_pid = healthy_private_broker.close_connection(victim.connection_name)
+        wait_until(reconnected(victim, old_pid, healthy_private_broker), 15, "the reconnect")
         admin.publish(Message(b"after", Properties(), exchange, "kern.critical"))
         delivery = victim.get(own)
         assert delivery is not None
@@ -386,12 +394,15 @@ def test_exclusive_queue_and_binding_are_declared_again(broker_ctl, victim, admi
         admin.delete_exchange(exchange)
 
 
-def test_server_named_queue_comes_back_renamed_with_its_consumer(broker_ctl, victim, admin):
+@pytest.mark.faults
+def test_server_named_queue_comes_back_renamed_with_its_consumer(
+    healthy_private_broker, victim, admin
+):
     """A server-named exclusive queue is redeclared; its consumer follows the new name."""
     old_name = victim.declare_queue("", exclusive=True).name
     consumer = victim.consume(old_name, prefetch=10)
-    old_pid = close_from_broker(victim.connection_name)
-    wait_until(reconnected(victim, old_pid), 15, "the reconnect")
+    old_pid = healthy_private_broker.close_connection(victim.connection_name)
+    wait_until(reconnected(victim, old_pid, healthy_private_broker), 15, "the reconnect")
     wait_until(lambda: consumer.queue != old_name, 5, "the consumer to follow the new name")
     admin.publish(Message(b"renamed", Properties(), "", consumer.queue))
     delivery = consumer.get(timeout=5)
