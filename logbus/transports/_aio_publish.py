@@ -3,7 +3,9 @@
 :func:`send` publishes one message on the transport's confirming channel and
 waits for its confirm, turning a return into :class:`~logbus.errors.Unroutable`,
 a nack into :class:`~logbus.errors.NotConfirmed` and any driver error into the
-logbus one. :func:`send_many` keeps up to ``publish_window`` of those in flight,
+logbus one. :func:`send_many` keeps a window of those in flight — as many as
+the broker's pace needs, up to ``publish_window``, by the same
+:class:`~logbus.transports._window.PublishWindow` policy as the pika transport —
 refilling from half a window so it waits once per half window rather than per
 message, and raises one error at the end for whatever was not confirmed.
 """
@@ -21,6 +23,7 @@ from logbus.errors import LogbusError, NotConfirmed, Unroutable
 from logbus.message import Message
 from logbus.transports._aio_consumer import to_amqp
 from logbus.transports._aio_errors import nacked, translate, unroutable
+from logbus.transports._window import PublishWindow
 
 if TYPE_CHECKING:
     from logbus.transports._aio_transport import AioTransport
@@ -57,6 +60,7 @@ async def send(
     except amqp.DeliveryError as exc:
         raise nacked(message) from exc
     except TimeoutError as exc:
+        transport._unanswered = True
         raise NotConfirmed(
             f"{doing}: no confirm from {transport.endpoint} within "
             f"{transport.options.confirm_timeout:g} s (the broker may be overloaded; retry)"
@@ -75,8 +79,10 @@ async def send_many(
     messages: Iterable[Message],
     mandatory: bool,
 ) -> None:
-    """Publish with up to ``publish_window`` confirms pending; raise if any was not confirmed."""
-    window = transport.options.publish_window
+    """Publish with a window of confirms pending; raise if any was not confirmed."""
+    # A batch's publishes do not outlive its connection (a drop fails them), so
+    # each batch starts its window afresh, as the pika transport does per connection.
+    window = PublishWindow(transport.options.publish_window)
     failures: list[tuple[int, LogbusError]] = []
     in_flight: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
@@ -88,6 +94,8 @@ async def send_many(
             await send(transport, underlay, message, mandatory, timed=False)
         except LogbusError as exc:
             failures.append((index, exc))
+        else:
+            window.confirmed(1, loop.time(), limited=bool(wake))
 
     def finished(task: asyncio.Task[None]) -> None:
         in_flight.discard(task)
@@ -103,6 +111,7 @@ async def send_many(
         try:
             await asyncio.wait_for(waiter, transport.options.confirm_timeout)
         except TimeoutError:
+            transport._unanswered = True
             raise NotConfirmed(
                 f"{len(in_flight)} message(s) not confirmed by {transport.endpoint} within "
                 f"{transport.options.confirm_timeout:g} s (the broker may be overloaded; retry)",
@@ -115,8 +124,8 @@ async def send_many(
         for message in messages:
             if failures and any(not isinstance(e, NotConfirmed) for _, e in failures):
                 break  # a channel or connection error: stop sending
-            if len(in_flight) >= window:  # refill from half: one wait per half window
-                await until_at_most(window // 2)
+            if len(in_flight) >= window.limit:  # refill from half: one wait per half window
+                await until_at_most(window.limit // 2)
             sent += 1
             task = loop.create_task(one(sent, message))
             in_flight.add(task)

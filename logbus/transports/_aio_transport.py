@@ -31,6 +31,9 @@ from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
 __all__ = ["AioTransport"]
 
+# Seconds close waits for the broker's replies once a confirm did not come in time.
+_UNANSWERED_CLOSE_WAIT = 0.25
+
 log = get_logger("logbus.transports.aio")
 T = TypeVar("T")
 
@@ -122,6 +125,9 @@ class AioTransport:
         self._restore_lock = asyncio.Lock()
         self._settlements = Settlements(self.endpoint, self.options.confirm_timeout)
         self._closed = False
+        # Set by publishing when a confirm did not come in time: then the broker is not
+        # reading what we send (a memory alarm blocks us, say), and close does not wait.
+        self._unanswered = False
 
     def __repr__(self) -> str:
         return f"<AioTransport {redact_url(self.url)} name={self.connection_name!r}>"
@@ -482,18 +488,26 @@ class AioTransport:
         if self._closed:
             return
         self._closed = True
-        await self._settlements.flush()  # acks go out before the channels close
+        # Each close waits for the broker's close-ok: for a while, or, from a broker that
+        # is not reading (it left a publish unconfirmed), for a moment only.
+        wait = _UNANSWERED_CLOSE_WAIT if self._unanswered else self.options.connect_timeout
+        try:
+            async with asyncio.timeout(wait):
+                await self._settlements.flush()  # acks go out before the channels close
+                self._settlements.closed = True
+                for consumer in list(self._consumers):
+                    await consumer.close_channel()
+                for slot in (self._getting, self._publishing, self._declaring):
+                    await slot.close()
+        except TimeoutError:
+            log.info("channels_not_closed", endpoint=self.endpoint, waited=wait)
         self._settlements.closed = True
-        for consumer in list(self._consumers):
-            await consumer.close_channel()
-        for slot in (self._getting, self._publishing, self._declaring):
-            await slot.close()
         if self._failover is not None:
             await self._failover.stop()
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(Exception):
-                await connection.close()
+                await asyncio.wait_for(connection.close(), wait)
         log.debug("closed", endpoint=self.endpoint)
 
     async def __aenter__(self) -> AioTransport:

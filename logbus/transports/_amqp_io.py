@@ -70,6 +70,10 @@ _FIRST_DELAY = 0.1
 _ACK_DELAY = 0.02
 # Reconnects to wait for the broker to release an exclusive queue of the old connection.
 _LOCKED_RETRIES = 5
+# Seconds to wait for close-ok from a broker that is not reading what we send: one that
+# blocked our publishing (a memory or disk alarm) or left a publish unconfirmed past
+# its deadline. It will not answer, and the caller's deadline has passed already.
+_UNANSWERED_CLOSE_WAIT = 0.25
 
 
 def backoff(attempt: int, cap: float) -> float:
@@ -648,7 +652,8 @@ class Core:
     @io_callback
     def _blocked(self, _connection: Any, frame: Any) -> None:
         self.publisher.blocked = str(frame.method.reason or "resource alarm")
-        log.warning("amqp.blocked", endpoint=self.address, reason=self.publisher.blocked)
+        # Not a warning: a publish that waits on it says so when it gives up (one line).
+        log.info("amqp.blocked", endpoint=self.address, reason=self.publisher.blocked)
 
     @io_callback
     def _unblocked(self, _connection: Any, _frame: Any) -> None:
@@ -663,6 +668,7 @@ class Core:
         closed = TransportClosed("the transport was closed; open a new one")
         self.decl.fail_all(closed)
         self.getter.fail_all(closed)
+        unanswered = self.publisher.unanswered()
         self.publisher.fail_all()
         for consumer in list(self.consumers.values()):
             consumer.io_end()
@@ -674,7 +680,12 @@ class Core:
             # Channels close first (cancelling their consumers); the broker requeues
             # every unacked delivery.
             connection.close()
-        self._timer = self.loop.call_later(self.connect_timeout, self._stop)
+        # Close-ok ends the loop (_closed); without it, give up waiting after a while —
+        # at once when the broker is not reading what we send.
+        wait = self.connect_timeout
+        if unanswered:
+            wait = min(wait, _UNANSWERED_CLOSE_WAIT)
+        self._timer = self.loop.call_later(wait, self._stop)
 
 
 def plan_acks(unacked: set[int], tags: Collection[int]) -> tuple[int | None, list[int]]:

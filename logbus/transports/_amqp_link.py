@@ -152,9 +152,10 @@ class Link:
             raise Closed(f"closed by the broker ({code}): {text}")
         return channel, ids, args
 
-    def close(self) -> None:
-        """Close the connection politely (close, close-ok), then the socket."""
-        deadline = time.monotonic() + _CLOSE_WAIT
+    def close(self, wait: float | None = None) -> None:
+        """Close the connection politely (close, then close-ok within ``wait`` seconds,
+        by default a short while), then the socket."""
+        deadline = time.monotonic() + (_CLOSE_WAIT if wait is None else wait)
         try:
             self.send(
                 codec.method(

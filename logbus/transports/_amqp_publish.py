@@ -6,7 +6,10 @@ owns the channel in confirm mode on the I/O thread. Each item ends exactly once:
 confirmed, returned (``Unroutable``), nacked (``NotConfirmed``), refused by a
 channel error (``NotFound`` ...), or given up by its caller after the confirm
 timeout. Items in flight when the connection drops go out again on the next
-connection — at least once: a duplicate is possible, a silent loss is not.
+connection — at least once: a duplicate is possible, a silent loss is not. How
+many are in flight at once is the :class:`~logbus.transports._window.PublishWindow`'s
+call: enough for the broker's pace, and few again after a reconnect, so that a
+flapping connection re-sends (and duplicates) little.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from logbus._log import get_logger
 from logbus.errors import LogbusError, NotConfirmed, TransportError
 from logbus.transports._amqp_errors import nacked, named_exchange, reply_error, unroutable
 from logbus.transports._amqp_slot import io_callback, local_error
+from logbus.transports._window import PublishWindow
 
 if TYPE_CHECKING:
     from logbus.transports._amqp_io import Core
@@ -133,7 +137,7 @@ class Publisher:
 
     def __init__(self, core: Core, window: int) -> None:
         self.core = core
-        self.window = window
+        self.window = PublishWindow(window)
         self.channel: Any = None
         self.blocked: str | None = None
         self.unsent: deque[Outgoing] = deque()
@@ -158,11 +162,13 @@ class Publisher:
         self.pump()
 
     def pump(self) -> None:
-        """Send what is queued, unless not connected, not restored yet, or blocked."""
+        """Send what is queued, as far as the window allows, unless not connected, not
+        restored yet, or blocked."""
         channel = self.channel
         if channel is None or self.blocked is not None or not self.core.ready:
             return
-        while self.unsent:
+        inflight, window = self.inflight, self.window
+        while self.unsent and len(inflight) < window.limit:
             if not channel.is_open:
                 return
             item = self.unsent.popleft()
@@ -178,8 +184,15 @@ class Publisher:
             except Exception as exc:  # pika could not encode it: this item's own failure
                 item.batch.resolve(_refused(local_error(exc, "publish")))
                 continue
-            self.inflight[self._next_tag] = item
+            inflight[self._next_tag] = item
             self._next_tag += 1
+
+    def unanswered(self) -> bool:
+        """Whether the broker is not reading what we send: it blocked publishing, or a
+        caller gave up on a publish in flight (its deadline passed without a confirm)."""
+        if self.blocked is not None:
+            return True
+        return any(item.batch.abandoned for item in self.inflight.values())
 
     def fail_all(self) -> None:
         """The transport is closing: everything not confirmed is reported as such."""
@@ -233,6 +246,9 @@ class Publisher:
                 confirmed[item.batch] = confirmed.get(item.batch, 0) + 1
         for batch, count in confirmed.items():
             batch.resolve(count=count)
+        if done:
+            self.window.confirmed(len(done), monotonic(), limited=bool(self.unsent))
+            self.pump()
 
     @io_callback
     def _returned(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
@@ -285,8 +301,10 @@ class Publisher:
                 self.open(connection)
             return
         # The connection dropped (a publish cannot cause a connection-level error):
-        # send again after reconnecting, at least once.
+        # send again after reconnecting, at least once — a few at first (every one
+        # the broker had stored already is a duplicate), more as confirms come back.
         self.unsent.extendleft(reversed(pending))
+        self.window.restart()
 
 
 def _closed_failure(count: int) -> TransportError:

@@ -204,25 +204,31 @@ def publish(
         raise Unsure from None
     link, frame_max = connect(target, connection_name, version, connect_timeout, heartbeat)
     confirming = _Confirming(link, target, items, frame_max, confirm_timeout)
+    close_wait: float | None = None  # the link's own
     try:
         try:
-            confirming.blocked_by = _declare(link, target, steps, confirm_timeout, len(items))
+            confirming.blocked_by = _declare(link, target, steps, confirming)
         except (Closed, ValueError):  # the connection ended, or a malformed frame came
             raise Unsure from None
         try:
             confirming.run()
         except (Closed, ValueError):
             raise (Unsettled if confirming.sent_any else Unsure) from None
+    except LogbusError:
+        if confirming.timed_out:
+            # The broker left us waiting past the deadline (blocked by an alarm, or not
+            # reading at all): close-ok will not come either, and the deadline has passed.
+            close_wait = 0.0
+        raise
     finally:
-        link.close()
+        link.close(close_wait)
 
 
 def _declare(
     link: Link,
     target: Broker,
     steps: list[tuple[bytes, tuple[int, int], str]],
-    timeout: float,
-    count: int,
+    confirming: _Confirming,
 ) -> str | None:
     """Open channel 1, declare, select confirms; the blocking reason if RabbitMQ blocked us.
 
@@ -230,6 +236,7 @@ def _declare(
     channel opening counts as the first one's), else the ``count`` messages that
     could not go out.
     """
+    timeout, count = confirming.timeout, confirming.outcome.waiting
     link.send(
         codec.method(1, *_CHANNEL_OPEN, codec.short_string(""))
         + b"".join(frame for frame, _ok, _what in steps)
@@ -246,6 +253,7 @@ def _declare(
         try:
             channel, ids, args = link.method(deadline)
         except TimeoutError:
+            confirming.timed_out = True
             what = expected[0][1]
             if what is not None:
                 raise no_answer(what, target.address, timeout) from None
@@ -282,6 +290,7 @@ class _Confirming:
         self.timeout = timeout
         self.blocked_by: str | None = None
         self.sent_any = False
+        self.timed_out = False
         self.outcome = _Outcome(len(items))
         self.channel = 1
         self.unsent = list(items)
@@ -302,6 +311,7 @@ class _Confirming:
             try:
                 kind, number, payload = self.link.frame(deadline)
             except TimeoutError:
+                self.timed_out = True
                 why = _why(self.target, self.blocked_by)
                 raise not_confirmed(outcome.waiting + outcome.failed, self.timeout, why) from None
             if number not in (0, self.channel):
