@@ -1,6 +1,7 @@
 """The ``logbus`` command line against plain pika, measured in one run on one broker.
 
-Run as ``python bench/cli.py [URL]`` (default: the local broker). Every case is
+Run as ``python bench/cli.py [URL] [--part=abc]`` (default: the local broker, every
+part; ``--part=a`` runs only (a), ``--part=bc`` (b) and (c)). Every case is
 a real subprocess started with this same Python, so start-up counts for both
 sides, and every figure is printed next to its baseline as a ratio:
 
@@ -52,7 +53,9 @@ from logbus.record import LogRecord
 from logbus.retry import RetryPolicy, retry_queues
 from logbus.topology import Binding, EmitTarget, Topology, default, dumps
 
-URL = sys.argv[1] if len(sys.argv) > 1 else "amqp://guest:guest@127.0.0.1:5672/%2F"
+ARGS = [arg for arg in sys.argv[1:] if not arg.startswith("--part=")]
+PARTS = "".join(arg.removeprefix("--part=") for arg in sys.argv[1:] if arg not in ARGS) or "abc"
+URL = ARGS[0] if ARGS else "amqp://guest:guest@127.0.0.1:5672/%2F"
 COUNT = 50_000
 RUNS = 10
 ROUNDS = 3
@@ -443,18 +446,18 @@ def drained(outs: list[Path], procs: list[subprocess.Popen[bytes]]) -> float:
 
 
 def main() -> None:
-    """Run the three parts and print their ratios."""
+    """Run the parts asked for (all three by default) and print their ratios."""
     compileall.compile_dir(Path(logbus.__file__).parent, quiet=1)
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     channel = connection.channel()
     try:
         with tempfile.TemporaryDirectory(prefix="logbus-bench-") as tmp:
             workdir = Path(tmp)
-            batch(workdir, channel)
-            print()
-            single(workdir, channel)
-            print()
-            workers(workdir, channel)
+            parts = {"a": batch, "b": single, "c": workers}
+            for index, part in enumerate(p for p in parts if p in PARTS):
+                if index:
+                    print()
+                parts[part](workdir, channel)
     finally:
         connection.close()
 

@@ -247,8 +247,11 @@ class Publisher:
         for batch, count in confirmed.items():
             batch.resolve(count=count)
         if done:
-            self.window.confirmed(len(done), monotonic(), limited=bool(self.unsent))
-            self.pump()
+            window = self.window
+            window.confirmed(len(done), monotonic(), limited=bool(self.unsent))
+            # Refill from half a window: fewer, larger writes than one per confirm.
+            if len(self.inflight) <= window.limit // 2:
+                self.pump()
 
     @io_callback
     def _returned(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:

@@ -13,16 +13,16 @@ So the window is sized by throughput, and cut by resets, as TCP's congestion
 window is by losses:
 
 - It never holds more than the broker confirms in :data:`BUDGET` seconds, at
-  the best pace it confirmed lately. The pace is
-  measured, not each confirm's delay: a busy process's thread switches make
+  the best pace it confirmed lately. The pace is measured, not each
+  confirm's delay: a busy process's thread switches make
   single confirms late without the broker being slower, and the best pace of
   the last seconds, not the latest, keeps a moment's slowness from shrinking
   the window and the slower sending that follows from shrinking it again.
 - It starts small and doubles per round trip (slow start) while it is what
   holds sending back.
 - A reconnect starts it small again (what was in flight goes out again, and
-  the new connection's pace is unknown), with slow start only up to half of
-  what it was; beyond that it grows by :data:`GROWTH` per round trip. A
+  the new connection's pace is unknown), with slow start only up to a quarter
+  of what it was; beyond that it grows by :data:`GROWTH` per round trip. A
   connection that keeps dropping thus keeps few publishes in flight, and
   re-sends few; a steady one grows back to the broker's pace.
 """
@@ -36,11 +36,12 @@ __all__ = ["BUDGET", "GROWTH", "INITIAL", "PublishWindow"]
 #: Publishes in flight on a fresh connection.
 INITIAL = 32
 #: Seconds of the broker's confirming pace the window holds at most.
-BUDGET = 0.05
+BUDGET = 0.2
 #: Publishes the window grows by per round trip once past slow start.
 GROWTH = 8
 _SAMPLE = 0.25  # seconds of confirms per measurement of the pace
 _MEMORY = 2.0  # seconds a measurement counts: the pace is the best of them
+_CUT = 4  # a reconnect ends slow start at a quarter of the old window
 
 
 class PublishWindow:
@@ -75,8 +76,8 @@ class PublishWindow:
         self._count = 0
 
     def restart(self) -> None:
-        """A new connection: start small again, slow start up to half the old size."""
-        self._threshold = max(float(self.initial), self._size / 2)
+        """A new connection: start small again, slow start up to a quarter of the old size."""
+        self._threshold = max(float(self.initial), self._size / _CUT)
         self._size = float(self.initial)
         self.limit = self.initial
         self._since = None

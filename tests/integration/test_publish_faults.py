@@ -26,7 +26,7 @@ from logbus.transports.amqp import AmqpTransport
 from tests.integration.test_amqp_faults import Proxy, with_address
 from tests.private_broker import PrivateBroker
 
-RECORDS = 20_000  # enough for several resets at one a second
+RECORDS = 30_000  # enough for several resets at one a second
 MOST_DUPLICATED = 0.10  # of the records, at one reset a second
 TIMEOUT = 2.0  # seconds: --timeout / confirm_timeout under the memory alarm
 
