@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["CHUNK", "EPILOG", "emit", "register", "send_record", "unconfirmed"]
 
 #: Lines read, checked and handed to the transport at a time; the transport keeps
-#: up to 5,000 publishes in flight, so confirms stay pipelined across chunks.
+#: publishes in flight across chunks, so confirms stay pipelined.
 CHUNK = 5000
 
 EPILOG = """Examples:

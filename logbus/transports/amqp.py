@@ -16,8 +16,9 @@ Options (keywords, winning over ``settings``): ``heartbeat``, ``connect_timeout`
 ``confirm_timeout`` (also the deadline for every other broker round trip),
 ``connection_name`` (shown by ``rabbitmqctl list_connections``), ``ssl_context``
 or ``cafile`` for ``amqps://`` (the URL may say ``?cafile=/path/ca.pem``;
-certificates are verified by default), ``publish_window`` (publishes in flight
-per ``publish_many``, default 1000) and ``reconnect_max_delay`` (seconds).
+certificates are verified by default), ``publish_window`` (the most publishes
+in flight, default 5,000; fewer while the broker's pace needs fewer, and after a
+reconnect: see ``_window``) and ``reconnect_max_delay`` (seconds).
 """
 
 from __future__ import annotations
