@@ -9,10 +9,11 @@ the user is busy elsewhere.
 Channels: ``declare`` (declarations, deletes, purges), ``get`` (``basic.get``
 and its settlements), ``publish`` (confirm mode, see ``_amqp_publish``), and one
 per consumer (see ``_amqp_consume``); the connection reads the consumers'
-deliveries off the wire itself (see ``_amqp_inbound``).
+deliveries off the wire itself where pika allows (see ``_amqp_inbound``).
 
-When the connection drops, the core reconnects with exponential backoff and
-jitter, trying the failover URLs in turn (the last good one first), declares
+When the connection drops, the core reconnects as the one reconnect policy
+says (``_reconnect``: capped exponential backoff with full jitter, the failover
+URLs in turn, the last good one first), declares
 again what the transport declared, restores the consumers and re-sends the
 publishes in flight. Until then, user calls wait up to their timeout.
 """
@@ -20,7 +21,6 @@ publishes in flight. Until then, user calls wait up to their timeout.
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -43,14 +43,15 @@ from logbus.errors import (
 )
 from logbus.transports._amqp_consume import AmqpConsumer, restore_error
 from logbus.transports._amqp_errors import no_answer
-from logbus.transports._amqp_inbound import InboundConnection
+from logbus.transports._amqp_inbound import open_connection
 from logbus.transports._amqp_publish import Publisher
 from logbus.transports._amqp_slot import ChannelSlot, Op, io_callback, local_error
 from logbus.transports._amqp_topology import Declaration, Declared
 from logbus.transports._pika_convert import Endpoint, connect_error, reason
+from logbus.transports._reconnect import DEFAULT_FIRST, ReconnectPolicy
 from logbus.transports.base import Settlement
 
-__all__ = ["Core", "backoff", "plan_acks"]
+__all__ = ["Core", "plan_acks"]
 
 log = get_logger("logbus.transports.amqp")
 # A broker down for minutes fails every attempt: a line per window, then a count.
@@ -64,7 +65,6 @@ _Held = tuple["ChannelSlot | AmqpConsumer", int, set[int]]
 
 T = TypeVar("T")
 
-_FIRST_DELAY = 0.1
 # How long an ack that cannot join a multiple ack yet (a lower delivery is still held,
 # by another thread, say) waits for the ack that lets it join; then it goes alone.
 _ACK_DELAY = 0.02
@@ -74,13 +74,6 @@ _LOCKED_RETRIES = 5
 # blocked our publishing (a memory or disk alarm) or left a publish unconfirmed past
 # its deadline. It will not answer, and the caller's deadline has passed already.
 _UNANSWERED_CLOSE_WAIT = 0.25
-
-
-def backoff(attempt: int, cap: float) -> float:
-    """Seconds before reconnect round ``attempt`` (0, 1, ...): doubling up to ``cap``,
-    with jitter so that a fleet does not reconnect in lockstep."""
-    delay = min(cap, _FIRST_DELAY * 2.0 ** min(attempt, 32))
-    return delay * random.uniform(0.5, 1.0)
 
 
 class Core:
@@ -117,8 +110,9 @@ class Core:
         self._started: Future[None] = Future()
         self._order: list[int] = []
         self._failures: list[tuple[Endpoint, BaseException]] = []
-        self._preferred = 0
-        self._attempt = 0
+        # Backoff, jitter and failover order: the policy the aio-pika transport uses too.
+        policy = ReconnectPolicy(first=min(DEFAULT_FIRST, max_delay), cap=max_delay)
+        self._attempts = policy.attempts(len(endpoints))
         self._timer: Any = None
         self._locked: dict[tuple[Any, ...], int] = {}
         self._lock = threading.Lock()
@@ -406,8 +400,7 @@ class Core:
         self._timer = None
         if self.closing:
             return
-        count = len(self.endpoints)
-        self._order = [(self._preferred + i) % count for i in range(count)]
+        self._order = self._attempts.round()
         self._failures = []
         self._try_next()
 
@@ -415,7 +408,7 @@ class Core:
         index = self._order.pop(0)
         endpoint = self.endpoints[index]
         try:
-            self.connection = InboundConnection(
+            self.connection = open_connection(
                 endpoint.parameters,
                 consumers=self.consumers,
                 on_open_callback=partial(self._opened, index),
@@ -457,17 +450,17 @@ class Core:
             self._schedule_reconnect(endpoint.address, reason(exc))
 
     def _schedule_reconnect(self, endpoint: str | None = None, why: str = "") -> None:
-        delay = backoff(self._attempt, self.max_delay)
-        self._attempt += 1
+        delay = self._attempts.next_delay()
+        attempt = self._attempts.failed
         if endpoint is None:
-            log.info("amqp.reconnect_scheduled", delay=round(delay, 3), attempt=self._attempt)
+            log.info("amqp.reconnect_scheduled", delay=round(delay, 3), attempt=attempt)
         else:  # an attempt failed: say so with its backoff, summarised while it goes on
             _repeats.warning(
                 "amqp.reconnect_failed",
                 key=(endpoint,),
                 endpoint=endpoint,
                 reason=why,
-                attempt=self._attempt - 1,
+                attempt=attempt - 1,
                 retry_in=round(delay, 3),
             )
         self._timer = self.loop.call_later(delay, self._connect_round)
@@ -479,7 +472,7 @@ class Core:
         endpoint = self.endpoints[index]
         self.is_open = True
         self.address = endpoint.address
-        self._preferred = index
+        self._attempts.connected(index)
         connection.add_on_connection_blocked_callback(self._blocked)
         connection.add_on_connection_unblocked_callback(self._unblocked)
         log.info(
@@ -597,7 +590,7 @@ class Core:
 
     def _restored(self, _channel: Any, done: Callable[[Any], None]) -> None:
         self.ready = True
-        self._attempt = 0
+        self._attempts.restored()
         self._locked.clear()
         done(None)
         for consumer in list(self.consumers.values()):
