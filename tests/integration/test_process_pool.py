@@ -187,7 +187,7 @@ def probe_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: logbus-probe\nVersion: 0\n")
     (info / "entry_points.txt").write_text(
-        "[logbus.sinks]\nprobe = tests.unit.test_pools:ProbeSink.from_spec\n"
+        "[logbus.sinks]\nprobe = tests.integration.test_process_pool:ProbeSink.from_spec\n"
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(root))
