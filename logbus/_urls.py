@@ -12,9 +12,18 @@ does not import pydantic.
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-__all__ = ["HIDDEN", "parse_url", "redact_url", "split_urls"]
+__all__ = [
+    "AMQP_PORTS",
+    "HIDDEN",
+    "address",
+    "parse_url",
+    "query",
+    "redact_url",
+    "split_urls",
+    "user_and_vhost",
+]
 
 #: What stands where a secret was.
 HIDDEN = "***"
@@ -132,3 +141,29 @@ def _malformed(reason: str) -> str:
     if "NFKC" in reason:
         return "the host or user has characters that change under Unicode normalisation (NFKC)"
     return "it cannot be split into scheme, host, port and path"
+
+
+# -- what a broker URL says: for both AMQP drivers ------------------------------------------
+
+#: The port of each AMQP scheme when its URL names none.
+AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
+
+
+def address(parts: SplitResult) -> str:
+    """``host:port`` of a split broker URL: what messages and logs name, never credentials."""
+    try:
+        port = parts.port
+    except ValueError:  # parse_url refuses such a URL; shown anyway, never raised here
+        port = None
+    return f"{parts.hostname or 'localhost'}:{port or AMQP_PORTS.get(parts.scheme.lower(), 5672)}"
+
+
+def user_and_vhost(parts: SplitResult) -> tuple[str, str]:
+    """The user (``guest`` when none) and the virtual host (``/`` for an empty path)."""
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return unquote(parts.username or "guest"), vhost
+
+
+def query(parts: SplitResult) -> dict[str, str]:
+    """A split URL's query as a mapping (a key given twice: the last wins, blanks kept)."""
+    return dict(parse_qsl(parts.query, keep_blank_values=True))

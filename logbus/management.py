@@ -18,7 +18,6 @@ import base64
 import dataclasses
 import http.client
 import json
-import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote, unquote
 
-from logbus._urls import parse_url, redact_url
+from logbus._urls import parse_url, redact_url, split_urls
 from logbus.errors import BrokerUnavailable, NotFound, ResourceLocked
 from logbus.topology import Topology
 
@@ -59,7 +58,6 @@ T = TypeVar("T")
 #: What ``--management-url`` / ``LOGBUS_MANAGEMENT_URL`` may say to use AMQP only.
 OFF = frozenset({"off", "none", "no", "false", "0"})
 _NO_API = "no management API to ask"
-_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")  # as in logbus.settings
 _ALARMS = (("memory", "mem_alarm"), ("disk", "disk_free_alarm"))
 
 
@@ -172,7 +170,7 @@ def _reason(exc: object) -> str:
 
 
 def _first_url(url: str) -> str:
-    return _NEXT_URL.split(url, 1)[0].strip()
+    return split_urls(url)[0].strip()
 
 
 def is_amqp(url: str) -> bool:

@@ -1,34 +1,37 @@
 """Opening aio-pika robust connections: options, TLS, failover with backoff and jitter.
 
+Pauses and failover order come from the reconnect policy the pika transport
+uses too (:mod:`logbus.transports._reconnect`); URLs are read by
+:mod:`logbus._urls` and TLS contexts built by :mod:`logbus.transports._tls`.
 The initial connect tries each comma-separated URL in turn, for a few rounds,
-sleeping an exponentially growing, jittered delay between rounds. Once
-connected, aio-pika's :class:`~aio_pika.RobustConnection` reconnects by itself
-every ``reconnect_interval`` (jittered once per connection so a fleet does not
-reconnect in lockstep); with several URLs, :class:`Failover` moves it on to the
-next URL whenever one interval passes without a successful reconnect.
+sleeping the policy's backoff between rounds. Once connected, aio-pika's
+:class:`~aio_pika.RobustConnection` reconnects by itself every
+``reconnect_interval`` (spread by the policy once per connection so a fleet does
+not reconnect in lockstep); with several URLs, :class:`Failover` moves it on to
+the next URL of the policy's order whenever one interval passes without a
+successful reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aio_pika
 import aiormq.exceptions as amqp
 from yarl import URL
 
 from logbus._log import Repeats, get_logger
-from logbus._urls import parse_url
+from logbus._urls import address, parse_url, query, user_and_vhost
+from logbus._urls import split_urls as split_list
 from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusError
 from logbus.settings import Settings, redact_url
 from logbus.transports._aio_errors import reply_text
 from logbus.transports._amqp_errors import tls_refused
+from logbus.transports._reconnect import ReconnectPolicy
 from logbus.transports._tls import TLS_REFUSED, client_context, verify_failure
 
 __all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls", "tls_contexts"]
@@ -37,15 +40,14 @@ log = get_logger("logbus.transports.aio")
 # A broker down for minutes fails every round: a line per window, then a count.
 _repeats = Repeats(log)
 
-# As in logbus.settings: a comma starts a new URL only where a scheme follows.
-_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
 _SCHEMES = ("amqp", "amqps")
-_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+# The initial connect makes only a few rounds: their pauses stay short.
+_INITIAL_CAP = 5.0
 
 
 def split_urls(url: str) -> list[str]:
     """The URLs of a comma-separated failover list; each must be amqp:// or amqps://."""
-    urls = [part.strip() for part in _NEXT_URL.split(url) if part.strip()]
+    urls = [part.strip() for part in split_list(url) if part.strip()]
     for one in urls:
         scheme = parse_url(one).scheme.lower()
         if scheme not in _SCHEMES:
@@ -65,19 +67,7 @@ def split_urls(url: str) -> list[str]:
 
 def endpoint(url: str) -> str:
     """``host:port`` of one URL: what messages and logs name, never the credentials."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or _DEFAULT_PORTS.get(scheme, 5672)
-    except ValueError:
-        port = _DEFAULT_PORTS.get(scheme, 5672)
-    return f"{parts.hostname or 'localhost'}:{port}"
-
-
-def _user_and_vhost(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return unquote(parts.username or "guest"), vhost
+    return address(parse_url(url))
 
 
 @dataclass(frozen=True)
@@ -137,14 +127,13 @@ def tls_contexts(urls: list[str], options: Options) -> list[ssl.SSLContext | Non
     """
     contexts: list[ssl.SSLContext | None] = []
     for url in urls:
-        split = urlsplit(url)
+        split = parse_url(url)
         if split.scheme.lower() != "amqps":
             contexts.append(None)
         elif options.ssl_context is not None:
             contexts.append(options.ssl_context)
         else:
-            query = dict(parse_qsl(split.query, keep_blank_values=True))
-            contexts.append(client_context(query, redact_url(url)))
+            contexts.append(client_context(query(split), redact_url(url)))
     return contexts
 
 
@@ -156,10 +145,10 @@ def _broker_url(url: str, options: Options) -> URL:
 
 
 async def _connect_one(
-    url: str, options: Options, context: ssl.SSLContext | None
+    url: str, options: Options, context: ssl.SSLContext | None, policy: ReconnectPolicy
 ) -> aio_pika.RobustConnection:
     broker_url = _broker_url(url, options)
-    interval = options.reconnect_interval * random.uniform(0.8, 1.2)
+    interval = policy.spread(options.reconnect_interval)
     return await aio_pika.connect_robust(
         broker_url,
         timeout=options.connect_timeout,
@@ -171,7 +160,7 @@ async def _connect_one(
 
 def _refusal(exc: BaseException, url: str) -> AccessRefused | None:
     """The AccessRefused an initial-connect failure means, if it is a refusal."""
-    user, vhost = _user_and_vhost(url)
+    user, vhost = user_and_vhost(parse_url(url))
     where = endpoint(url)
     if isinstance(exc, amqp.ProbableAuthenticationError | amqp.AuthenticationError):
         return AccessRefused(
@@ -195,19 +184,21 @@ async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.Robus
     virtual host, else :class:`BrokerUnavailable` naming each ``host:port`` tried.
     """
     contexts = tls_contexts(urls, options)
+    policy = ReconnectPolicy(cap=_INITIAL_CAP)
+    attempts = policy.attempts(len(urls))
     problems: dict[str, str] = {}
     refused: AccessRefused | None = None
     delay = 0.0  # the backoff that came before this round, reported with its failures
     for round_ in range(options.connection_attempts):
         if round_:
-            # Exponential backoff with jitter between rounds, capped at 5 s.
-            delay = min(5.0, 0.25 * 2 ** (round_ - 1)) * random.uniform(0.5, 1.0)
+            delay = attempts.next_delay()
             await asyncio.sleep(delay)
         refusals = 0
-        for index, url in enumerate(urls):
+        for index in attempts.round():
+            url = urls[index]
             where = endpoint(url)
             try:
-                connection = await _connect_one(url, options, contexts[index])
+                connection = await _connect_one(url, options, contexts[index], policy)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -284,7 +275,8 @@ class Failover:
                     await connection.connected.wait()
                 return
             except TimeoutError:
-                self._current = (self._current + 1) % len(self._urls)
+                # The next URL in the policy's order after the one that stayed down.
+                self._current = ReconnectPolicy.order(len(self._urls), self._current)[1]
                 # aio-pika reads .url on every attempt; the query (heartbeat, name)
                 # of the new URL applies, the connection's kwargs stay.
                 connection.url = self._urls[self._current]
