@@ -9,7 +9,7 @@ one sink from threads. ``gevent``: the same lanes, run as greenlets.
 *Processes* are spawned (multiprocessing's ``spawn``: nothing the parent holds
 leaks in) and each opens the sink from its spec (``jsonl:PATH``, a plugin's
 ``NAME:ARG``): the sink is never pickled, and neither is a record. A batch
-crosses a ``Pipe`` as one packet of logbus frames (:mod:`logbus.transports._frames`:
+crosses a ``Pipe`` as one packet of logbus frames (:mod:`logbus.wire.frames`:
 body and AMQP properties) through ``send_bytes``; the worker process decodes and
 writes, and answers one packet of results. The consuming process acks a record
 only after that answer said it was stored. A worker process that dies mid-batch
@@ -56,7 +56,7 @@ from logbus.retry import stored_of
 from logbus.sinks import Sink, is_recoverable, load_sink
 from logbus.sinks._partial import stored_by, write_rest
 from logbus.transports import scheme_of
-from logbus.transports._frames import (
+from logbus.wire.frames import (
     Frame,
     arg_bool,
     arg_str,

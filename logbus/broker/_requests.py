@@ -3,7 +3,7 @@
 A handler takes the session, the frame's arguments and its body, and returns
 the reply's ``result`` and body; a :class:`~logbus.errors.LogbusError` it
 raises is replied as an ``error`` frame naming its class. ``publish`` frames
-carry many publishes (:mod:`logbus.transports._batch`) and are confirmed by one
+carry many publishes (:mod:`logbus.wire.batch`) and are confirmed by one
 outcome byte each; ``settle`` frames carry many tags and get no reply.
 ``consume`` is the server's own (it needs the client's outbox).
 """
@@ -17,8 +17,8 @@ from logbus.broker.core import PublishOutcome, Session
 from logbus.broker.queues import Delivered
 from logbus.errors import DecodeError, LogbusError
 from logbus.message import QueueInfo
-from logbus.transports._batch import ERROR, OUTCOMES, decode_publishes
-from logbus.transports._frames import (
+from logbus.wire.batch import ERROR, OUTCOMES, decode_publishes
+from logbus.wire.frames import (
     Frame,
     arg_bool,
     arg_str,

@@ -55,7 +55,7 @@ from logbus.broker.journal_format import (
 from logbus.broker.queues import Entry, ExchangeState, QueueState, monotonic
 from logbus.errors import ConfigError, DecodeError, InputError, PreconditionFailed
 from logbus.message import PERSISTENT
-from logbus.transports._frames import Frame
+from logbus.wire.frames import Frame
 
 __all__ = [
     "BindingRecord",

@@ -5,7 +5,7 @@ File format (``<data-dir>/journal``, integers big-endian)::
     b"logbus journal 1\\n"
     record*: crc32(lengths) u32 | crc32(header + body) u32 | frame
 
-where a frame is :mod:`logbus.transports._frames`'s — header length u32, body
+where a frame is :mod:`logbus.wire.frames`'s — header length u32, body
 length u32, a JSON header ``{"op", "id", "args"}``, the raw body — so property
 values JSON lacks (bytes, x-death's datetimes, Decimal, nested tables) use that
 module's tagged encoding. Ops: ``exchange.declare|delete``, ``queue.declare|delete``,
@@ -34,7 +34,7 @@ from typing import Any
 from logbus._log import get_logger
 from logbus.errors import ConfigError, DecodeError
 from logbus.message import Message
-from logbus.transports._frames import (
+from logbus.wire.frames import (
     Frame,
     arg_bool,
     arg_str,

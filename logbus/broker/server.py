@@ -3,7 +3,7 @@
 :class:`BrokerServer` accepts connections on a :mod:`multiprocessing.connection`
 ``Listener``; each connection is one :class:`~logbus.broker.Session` (an AMQP
 connection with one channel). Everything crosses as bytes in logbus's own
-framing (:mod:`logbus.transports._frames`), never pickled.
+framing (:mod:`logbus.wire.frames`), never pickled.
 
 Threads, per server and per client::
 
@@ -16,7 +16,7 @@ Threads, per server and per client::
 The broker calls a consumer's ``deliver`` under its lock, so the callback only
 puts the delivery on the client's outbox; encoding and the socket write happen
 on the writer thread, which sends whatever the outbox holds as one packet, each
-run of deliveries in it as one ``deliver`` frame (:mod:`logbus.transports._batch`).
+run of deliveries in it as one ``deliver`` frame (:mod:`logbus.wire.batch`).
 Replies go through the same outbox, so a client sees every delivery pushed
 before the reply to the request that caused it. What each request does is in
 :mod:`logbus.broker._requests`. Settlements (many tags to a frame) get no
@@ -56,8 +56,8 @@ from logbus.broker.core import Broker, Session
 from logbus.broker.journal import FsyncPolicy, Journal
 from logbus.broker.queues import Delivered
 from logbus.errors import ConfigError, DecodeError, LogbusError
-from logbus.transports._batch import encode_deliveries
-from logbus.transports._frames import Frame, arg_bool, arg_int, arg_str, decode_many, encode
+from logbus.wire.batch import encode_deliveries
+from logbus.wire.frames import Frame, arg_bool, arg_int, arg_str, decode_many, encode
 
 __all__ = ["BrokerServer", "key_path_for", "listen", "load_key", "make_broker", "serve"]
 

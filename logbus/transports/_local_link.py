@@ -3,7 +3,7 @@
 :class:`Link` is the wire under :class:`~logbus.transports.local.LocalTransport`.
 A reader thread hands replies to the waiting calls and deliveries to their
 consumers' inboxes; calls are thread-safe. Publishes travel many to a frame
-and deliveries arrive many to a frame (:mod:`logbus.transports._batch`).
+and deliveries arrive many to a frame (:mod:`logbus.wire.batch`).
 
 Acks are pipelined, as AMQP's are on a socket, and coalesced: an ack joins a
 list that goes out as one ``settle`` frame when it is a quarter of the
@@ -35,9 +35,9 @@ from logbus import errors
 from logbus._log import get_logger
 from logbus.errors import ConnectionLost, LogbusError, TransportClosed, TransportError
 from logbus.message import Message
-from logbus.transports._batch import decode_deliveries, encode_publishes
-from logbus.transports._frames import Frame, decode_many, encode, encode_many, encode_plain
 from logbus.transports.base import Delivery, Settlement, Settler
+from logbus.wire.batch import decode_deliveries, encode_publishes
+from logbus.wire.frames import Frame, decode_many, encode, encode_many, encode_plain
 
 __all__ = ["ACK_DELAY", "CLOSED", "LOST", "Link"]
 

@@ -7,7 +7,7 @@ Why :mod:`multiprocessing.connection` over a Unix socket: it is the machinery
 behind multiprocessing's ``Pipe`` — message framing and an HMAC challenge on
 connect, both in the standard library — reachable by processes that are not
 one's children. Only ``send_bytes``/``recv_bytes`` are used: records cross as
-bytes in logbus's own framing (:mod:`logbus.transports._frames`), never
+bytes in logbus's own framing (:mod:`logbus.wire.frames`), never
 pickled, so a peer cannot make this process run code. The key is the socket's
 neighbour ``<socket>.key`` (mode 0600): who can read it can use the broker.
 
@@ -45,11 +45,11 @@ from logbus.errors import (
     TransportError,
 )
 from logbus.message import Message, QueueInfo
-from logbus.transports._batch import ERROR, OUTCOMES
-from logbus.transports._frames import Frame, arg_bool, arg_int, arg_str, message_from
 from logbus.transports._local_link import CLOSED, LOST, MAX_ACKS, Link, rebuild
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 from logbus.transports.memory import raise_for_outcome
+from logbus.wire.batch import ERROR, OUTCOMES
+from logbus.wire.frames import Frame, arg_bool, arg_int, arg_str, message_from
 
 __all__ = ["LocalConsumer", "LocalTransport", "socket_path"]
 

@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from logbus.broker.queues import Delivered
 from logbus.errors import DecodeError, InputError
 from logbus.message import Message, Properties
-from logbus.transports._batch import (
+from logbus.wire.batch import (
     decode_deliveries,
     decode_publishes,
     encode_deliveries,
     encode_publishes,
 )
-from logbus.transports._frames import (
+from logbus.wire.frames import (
     Frame,
     decode_many,
     encode,

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from logbus.errors import DecodeError, InputError
 from logbus.message import Message, Properties
-from logbus.transports._frames import encode_plain, encode_value, properties_from, properties_wire
+from logbus.wire.frames import encode_plain, encode_value, properties_from, properties_wire
 
 __all__ = [
     "ERROR",
