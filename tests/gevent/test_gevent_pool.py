@@ -1,6 +1,6 @@
 """The gevent pool in a monkey-patched process: greenlets writing to one sink.
 
-The probe sink (see ``tests/integration/test_process_pool.py``) runs in this process: its waits
+The probe sink (see ``tests/pool_probe.py``) runs in this process: its waits
 (``time.sleep``) are cooperative here, and ``threading.get_ident()`` names the
 greenlet that wrote each record.
 """
@@ -17,7 +17,7 @@ import pytest
 from logbus.pools import gevent_patched
 from logbus.transports import Transport, connect
 from logbus.worker import Worker
-from tests.integration.test_process_pool import (
+from tests.pool_probe import (
     DEADLINE,
     ProbeSink,
     Running,

@@ -4,7 +4,7 @@ The thread and process pools run in this process (a :class:`~logbus.worker.Worke
 on the pika transport); the gevent pool needs a monkey-patched process, so it
 runs as ``logbus worker --pool gevent`` in a subprocess, as does the SIGTERM
 drain of ``logbus worker --pool process``. The sink is the ``probe`` plugin of
-``tests/integration/test_process_pool.py``, which says who wrote each record.
+``tests/pool_probe.py``, which says who wrote each record.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from logbus.retry import RetryPolicy, remove_retry_queues
 from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dumps
 from logbus.transports.amqp import AmqpTransport
 from logbus.worker import Worker
-from tests.integration.test_process_pool import (  # noqa: F401 (probe_plugin: a fixture, found by name)
+from tests.pool_probe import (  # noqa: F401 (probe_plugin: a fixture, found by name)
     DEADLINE,
     ProbeSink,
     Running,
