@@ -23,7 +23,6 @@ from logbus._log import get_logger
 from logbus.errors import AccessRefused, ChannelError, LogbusError
 from logbus.message import Message, Properties
 from logbus.transports._aio_errors import translate
-from logbus.transports._properties import FastPamqpProperties
 from logbus.transports.base import Delivery
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ _END = object()  # in a consumer's inbox: nothing more will come
 def to_amqp(properties: Properties) -> Basic.Properties:
     """logbus properties as pamqp's ``Basic.Properties``."""
     timestamp = properties.timestamp
-    return FastPamqpProperties(
+    return Basic.Properties(
         content_type=properties.content_type,
         content_encoding=properties.content_encoding,
         headers=dict(properties.headers) if properties.headers else None,

@@ -31,7 +31,6 @@ from logbus.transports._amqp_errors import (
     tls_refused,
     unreachable,
 )
-from logbus.transports._properties import FastProperties
 from logbus.transports._tls import TLS_QUERY, TLS_REFUSED, client_context, verify_failure
 
 __all__ = [
@@ -194,7 +193,7 @@ def to_pika(message: Message) -> Any:
         raise InputError(f"priority must be 0..255, not {props.priority!r}")
     if props.timestamp is not None and not 0 <= props.timestamp < 2**64:
         raise InputError(f"timestamp must be whole seconds since the epoch: {props.timestamp}")
-    return FastProperties(
+    return pika.BasicProperties(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
         headers=_table(props.headers, "headers") if props.headers else None,

@@ -38,8 +38,16 @@ from tests.integration.test_amqp_faults import (
 )
 
 
+@pytest.fixture(params=["fast", "pika"])
+def inbound(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Consume with logbus's fast inbound path (the default) and with pika's own."""
+    if request.param == "pika":
+        monkeypatch.setenv("LOGBUS_AMQP_FAST_INBOUND", "0")
+    return str(request.param)
+
+
 @pytest.fixture
-def transport(amqp_url: str, unique_name: str) -> Iterator[AmqpTransport]:
+def transport(amqp_url: str, unique_name: str, inbound: str) -> Iterator[AmqpTransport]:
     """A transport named after the test."""
     with AmqpTransport(amqp_url, connection_name=f"logbus-{unique_name}") as opened:
         yield opened
@@ -226,7 +234,7 @@ def test_close_is_idempotent_and_later_calls_raise_transport_closed(amqp_url):
         opened.publish(Message(b"x", Properties(), "", "q"))
 
 
-def test_close_ends_a_consumer_iteration(amqp_url):
+def test_close_ends_a_consumer_iteration(amqp_url, inbound):
     """A thread iterating a consumer finishes when the transport closes."""
     opened = AmqpTransport(amqp_url)
     consumer = opened.consume(opened.declare_queue("", exclusive=True).name)

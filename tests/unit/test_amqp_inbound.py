@@ -5,18 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import itertools
+import logging
 import struct
 from typing import Any
 
 import pika
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pika import frame as pika_frame
 from pika import spec
 
 from logbus.message import Properties
-from logbus.transports._amqp_codec import decode_properties
-from logbus.transports._amqp_inbound import InboundConnection
+from logbus.transports import _amqp_inbound as inbound
+from logbus.transports._amqp_inbound import InboundConnection, decode_properties
 from logbus.transports._pika_convert import properties_from_pika
 
 short = st.text(max_size=20)
@@ -125,6 +127,7 @@ class FakeConsumer:
 def connection(got: list[Any]) -> InboundConnection:
     """An InboundConnection with no socket: pika's frame handling is recorded."""
     conn = object.__new__(InboundConnection)
+    conn._logbus_fast = True
     ours = FakeChannel({"ours"})
     conn._logbus_consumers = {"ours": FakeConsumer(ours, got)}  # type: ignore[dict-item]
     conn._channels = {1: ours, 2: FakeChannel({"theirs"})}
@@ -203,3 +206,98 @@ def test_a_cancelled_consumer_s_deliveries_go_to_pika() -> None:
     conn._channels[1]._cancelled.add("ours")
     conn._on_data_available(delivery(1, "ours", 1, b"one", 100))
     assert [g[0] for g in got] == ["pika", "pika", "pika"]
+
+
+# -- the start-up check and the switch ------------------------------------------------
+
+
+class Opened:
+    """Stands in for a connection class: records which one was opened."""
+
+    def __init__(self, kind: str, opened: list[str]) -> None:
+        self._kind, self._opened = kind, opened
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        self._opened.append(self._kind)
+        return self._kind
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Which connection class open_connection chose, without opening a socket."""
+    chosen: list[str] = []
+    monkeypatch.setattr(inbound, "SelectConnection", Opened("pika", chosen))
+    monkeypatch.setattr(inbound, "InboundConnection", Opened("fast", chosen))
+    inbound.missing_internals.cache_clear()
+    monkeypatch.setattr(inbound, "_warned", set())
+    yield chosen
+    inbound.missing_internals.cache_clear()
+
+
+def test_the_installed_pika_has_every_internal_the_path_reads() -> None:
+    """The start-up check finds nothing missing in the pika this project installs."""
+    inbound.missing_internals.cache_clear()
+    assert inbound.missing_internals() == ()
+
+
+def test_the_path_is_on_by_default(opened: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without LOGBUS_AMQP_FAST_INBOUND, connections read deliveries the fast way."""
+    monkeypatch.delenv(inbound.ENV, raising=False)
+    inbound.open_connection("params", consumers={})
+    assert opened == ["fast"]
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off", "No"])
+def test_the_environment_turns_the_path_off(
+    opened: list[str], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """LOGBUS_AMQP_FAST_INBOUND=0 (or false, off, no) opens pika's own connection."""
+    monkeypatch.setenv(inbound.ENV, value)
+    inbound.open_connection("params", consumers={})
+    assert opened == ["pika"]
+
+
+def test_a_pika_without_an_internal_falls_back_with_a_warning(
+    opened: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pika release that drops a function the path calls gets pika's path and a warning."""
+    monkeypatch.delenv(inbound.ENV, raising=False)
+    monkeypatch.delattr(pika_frame, "decode_frame")
+    with caplog.at_level(logging.WARNING):
+        inbound.open_connection("params", consumers={})
+    assert opened == ["pika"]
+    assert "amqp.fast_inbound_unavailable" in caplog.text
+    assert "pika.frame.decode_frame" in caplog.text
+
+
+def test_a_pika_whose_channels_changed_falls_back(
+    opened: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel without the consumer state the path reads means pika's path."""
+    monkeypatch.delenv(inbound.ENV, raising=False)
+    original = pika.channel.Channel.__init__
+
+    def changed(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        del self._cancelled
+
+    monkeypatch.setattr(pika.channel.Channel, "__init__", changed)
+    inbound.open_connection("params", consumers={})
+    assert opened == ["pika"]
+    assert inbound.missing_internals() == ("Channel._cancelled",)
+
+
+def test_a_connection_without_the_state_it_reads_leaves_frames_to_pika(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection whose pika keeps its read state elsewhere hands every read to pika."""
+    got: list[Any] = []
+    conn = connection(got)
+    conn._logbus_fast = False
+    handed: list[bytes] = []
+    monkeypatch.setattr(
+        inbound.SelectConnection, "_on_data_available", lambda _self, data: handed.append(data)
+    )
+    conn._on_data_available(delivery(1, "ours", 1, b"one", 100))
+    assert got == []
+    assert handed == [delivery(1, "ours", 1, b"one", 100)]
