@@ -1,4 +1,8 @@
-"""The broker served over a Unix socket: local://, process://, and what happens when a side dies."""
+"""The broker served over a Unix socket: local://, process://, and what happens when a side dies.
+
+These listen on sockets and start broker processes, so they are integration tests; what
+is refused before any socket is opened is in ``tests/unit/test_local_broker.py``.
+"""
 
 from __future__ import annotations
 
@@ -131,15 +135,6 @@ def test_socket_and_key_file_are_owner_only(sock):
         listener.close()
 
 
-def test_a_group_readable_key_file_is_refused(sock):
-    """A key file others may read stops the broker with one line saying so."""
-    with open(sock + ".key", "wb") as out:
-        out.write(b"k" * 32)
-    os.chmod(sock + ".key", 0o640)
-    with pytest.raises(ConfigError, match=r"readable by group or others \(mode 0640\)"):
-        listen(sock)
-
-
 def test_a_stale_socket_is_replaced(sock):
     """A socket file nobody answers on is removed and listened on again."""
     with socket.socket(socket.AF_UNIX) as dead:
@@ -156,22 +151,7 @@ def test_a_socket_somebody_answers_on_is_left_alone(server, sock):
         assert transport.declare_queue("q").name == "q"
 
 
-def test_a_regular_file_at_the_path_is_not_removed(sock):
-    """A file that is not a socket is reported, never deleted."""
-    with open(sock, "w") as out:
-        out.write("precious")
-    with pytest.raises(ConfigError, match="not a socket"):
-        listen(sock)
-    assert os.path.exists(sock)
-
-
 # -- connecting -------------------------------------------------------------------------
-
-
-def test_a_missing_socket_is_broker_unavailable_with_the_command_to_run(sock):
-    """Connecting where no broker runs names the path and `logbus broker serve --listen`."""
-    with pytest.raises(BrokerUnavailable, match=f"logbus broker serve --listen {sock}"):
-        connect(f"local://{sock}")
 
 
 def test_a_wrong_key_is_refused_as_broker_unavailable(url, directory):
@@ -465,12 +445,6 @@ def test_stopping_the_process_broker_removes_its_directory_and_variable(process_
     assert stop_broker(process_name) is True
     assert not os.path.exists(os.path.dirname(path))
     assert env_var(process_name) not in os.environ
-
-
-def test_distinct_names_get_distinct_variables():
-    """Names that differ only in case or punctuation do not share a broker."""
-    variables = {env_var(n) for n in ("a-b", "a_b", "A_B", "ab", "")}
-    assert len(variables) == 5
 
 
 def test_a_transport_inherited_through_fork_refuses_use_in_the_child(url):
