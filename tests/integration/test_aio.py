@@ -30,8 +30,9 @@ from logbus.errors import (
 from logbus.message import Message, Properties
 from logbus.settings import Settings
 from logbus.topology import Topology
+from logbus.transports import connect
 from logbus.transports._aio_connect import Failover, Options
-from logbus.transports.aio import AioTransport, BlockingAioTransport
+from logbus.transports.aio import AioTransport
 from tests.private_broker import PrivateBroker
 
 pytestmark = pytest.mark.timeout(30)
@@ -215,10 +216,7 @@ def names_queue(healthy_private_broker: PrivateBroker) -> Iterator[str]:
     """A unique durable queue name on the private node, the queue deleted after the test."""
     queue = f"test-aio-q-{secrets.token_hex(4)}"
     yield queue
-    with (
-        BlockingAioTransport(healthy_private_broker.url) as transport,
-        contextlib.suppress(LogbusError),
-    ):
+    with connect(healthy_private_broker.url) as transport, contextlib.suppress(LogbusError):
         transport.delete_queue(queue)
 
 
@@ -259,24 +257,6 @@ def test_failover_skips_a_dead_url_and_connects_to_the_next(amqp_url):
             assert info.name.startswith("logbus.gen-")
 
     asyncio.run(main())
-
-
-@pytest.mark.faults
-def test_sync_code_on_the_blocking_facade_survives_a_forced_close(
-    healthy_private_broker, names_queue
-):
-    """A BlockingAioTransport consumer gets messages published after its connection dropped."""
-    name = f"logbus-aio-{secrets.token_hex(6)}"
-    with BlockingAioTransport(healthy_private_broker.url, connection_name=name) as transport:
-        transport.declare_queue(names_queue)
-        consumer = transport.consume(names_queue, prefetch=10)
-        healthy_private_broker.close_connection(name)
-        transport.wait_reconnected(1, timeout=DEADLINE)
-        transport.publish(Message(b"after", Properties(), "", names_queue))
-        delivery = consumer.get(timeout=DEADLINE)
-        assert delivery is not None
-        assert delivery.body == b"after"
-        delivery.ack()
 
 
 class _StubConnection:
