@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-import aiormq.exceptions as amqp
 from yarl import URL
 
 from logbus._log import Repeats, get_logger
@@ -29,7 +28,7 @@ from logbus._urls import address, parse_url, query, user_and_vhost
 from logbus._urls import split_urls as split_list
 from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusError
 from logbus.settings import Settings, redact_url
-from logbus.transports._aio_errors import reply_text
+from logbus.transports._aio_errors import connect_refusal, reply_text
 from logbus.transports._amqp_errors import tls_refused
 from logbus.transports._reconnect import ReconnectPolicy
 from logbus.transports._tls import TLS_REFUSED, client_context, verify_failure
@@ -161,20 +160,7 @@ async def _connect_one(
 def _refusal(exc: BaseException, url: str) -> AccessRefused | None:
     """The AccessRefused an initial-connect failure means, if it is a refusal."""
     user, vhost = user_and_vhost(parse_url(url))
-    where = endpoint(url)
-    if isinstance(exc, amqp.ProbableAuthenticationError | amqp.AuthenticationError):
-        return AccessRefused(
-            f"{where} refused the credentials of user {user!r} ({reply_text(exc)}); "
-            "fix the user or password in the URL"
-        )
-    if isinstance(exc, amqp.ConnectionNotAllowed) or (
-        isinstance(exc, amqp.InvalidFrameError) and "Connection.Close" in reply_text(exc)
-    ):
-        return AccessRefused(
-            f"{where} refused to open virtual host {vhost!r} for user {user!r}: it does not "
-            "exist or the user has no permission on it"
-        )
-    return None
+    return connect_refusal(exc, endpoint(url), user, vhost)
 
 
 async def open_robust(urls: list[str], options: Options) -> tuple[aio_pika.RobustConnection, int]:

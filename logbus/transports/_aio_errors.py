@@ -2,7 +2,13 @@
 
 Only :mod:`logbus.transports.aio` and its private helpers import the drivers;
 everything they raise passes through :func:`translate` (or the publish-specific
-:func:`unroutable` / :func:`nacked`) before it leaves the transport. Messages
+:func:`unroutable` / :func:`nacked`, or :func:`connect_refusal` for a first
+connect) before it leaves the transport. As kombu lists each transport's
+``connection_errors`` and ``channel_errors``, the driver exceptions are listed
+here: :data:`CHANNEL_REPLIES` (a broker refusal that closed one channel: the
+entity is wrong, retrying does not help) and :data:`RECOVERABLE` (the link went:
+the robust connection is restoring it and the call may be retried); the
+translation reads those tables. Messages
 name the endpoint as ``host:port`` and keep the broker's reply text, which
 names the entity and, for PRECONDITION_FAILED, the differing argument; they
 never carry a password.
@@ -31,7 +37,34 @@ from logbus.errors import (
 from logbus.message import Message
 from logbus.transports._amqp_errors import too_large
 
-__all__ = ["nacked", "reply_text", "translate", "unroutable"]
+__all__ = [
+    "CHANNEL_REPLIES",
+    "RECOVERABLE",
+    "connect_refusal",
+    "nacked",
+    "reply_text",
+    "translate",
+    "unroutable",
+]
+
+#: A broker's refusal that closed a channel, as the logbus error it is (not recoverable:
+#: the same call fails again). Any other ``ChannelClosed`` with a reply is a ChannelError.
+CHANNEL_REPLIES: dict[type[amqp.ChannelClosed], type[ChannelError] | type[AccessRefused]] = {
+    amqp.ChannelNotFoundEntity: NotFound,
+    amqp.ChannelPreconditionFailed: PreconditionFailed,
+    amqp.ChannelLockedResource: ResourceLocked,
+    amqp.ChannelAccessRefused: AccessRefused,
+}
+
+#: Driver exceptions that mean the connection (or the channel with it) went: recoverable,
+#: reported as ConnectionLost while aio-pika's robust connection restores it.
+RECOVERABLE: tuple[type[BaseException], ...] = (
+    amqp.ConnectionClosed,
+    amqp.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    EOFError,
+)
 
 _HINTS: dict[type[LogbusError], str] = {
     PreconditionFailed: (
@@ -51,17 +84,10 @@ def reply_text(exc: BaseException) -> str:
 
 
 def _channel_error(exc: amqp.ChannelClosed, doing: str) -> ChannelError | AccessRefused:
-    kind: type[ChannelError] | type[AccessRefused]
-    if isinstance(exc, amqp.ChannelNotFoundEntity):
-        kind = NotFound
-    elif isinstance(exc, amqp.ChannelPreconditionFailed):
-        kind = PreconditionFailed
-    elif isinstance(exc, amqp.ChannelLockedResource):
-        kind = ResourceLocked
-    elif isinstance(exc, amqp.ChannelAccessRefused):
-        kind = AccessRefused
-    else:
-        kind = ChannelError
+    kind: type[ChannelError] | type[AccessRefused] = next(
+        (logbus for driver, logbus in CHANNEL_REPLIES.items() if isinstance(exc, driver)),
+        ChannelError,
+    )
     text = reply_text(exc)
     hint = _HINTS.get(kind)
     return kind(f"{doing}: {text}" + (f" ({hint})" if hint else ""))
@@ -88,10 +114,9 @@ def translate(
         return _channel_error(exc, doing)
     if isinstance(exc, amqp.ConnectionNotAllowed):
         return AccessRefused(f"{doing}: {endpoint} refused: {reply_text(exc)}")
-    if isinstance(exc, amqp.ConnectionClosed):
-        return _lost(doing, endpoint, f"the broker closed it: {reply_text(exc)}")
-    if isinstance(exc, amqp.ChannelInvalidStateError | ConnectionError | OSError | EOFError):
-        return _lost(doing, endpoint, reply_text(exc))
+    if isinstance(exc, RECOVERABLE):
+        closed_by = "the broker closed it: " if isinstance(exc, amqp.ConnectionClosed) else ""
+        return _lost(doing, endpoint, closed_by + reply_text(exc))
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return ConnectionLost(
             f"{doing}: {endpoint} did not answer in time (the broker may be overloaded "
@@ -102,6 +127,24 @@ def translate(
     if isinstance(exc, RuntimeError):  # aio-pika's "connection closed/not opened" states
         return _lost(doing, endpoint, reply_text(exc))
     return TransportError(f"{doing}: unexpected {type(exc).__name__} talking to {endpoint}")
+
+
+def connect_refusal(exc: BaseException, where: str, user: str, vhost: str) -> AccessRefused | None:
+    """The AccessRefused a failed first connect to ``where`` means, if the broker said no
+    to ``user`` (credentials) or to the virtual host ``vhost``; None for any other failure."""
+    if isinstance(exc, amqp.ProbableAuthenticationError | amqp.AuthenticationError):
+        return AccessRefused(
+            f"{where} refused the credentials of user {user!r} ({reply_text(exc)}); "
+            "fix the user or password in the URL"
+        )
+    if isinstance(exc, amqp.ConnectionNotAllowed) or (
+        isinstance(exc, amqp.InvalidFrameError) and "Connection.Close" in reply_text(exc)
+    ):
+        return AccessRefused(
+            f"{where} refused to open virtual host {vhost!r} for user {user!r}: it does not "
+            "exist or the user has no permission on it"
+        )
+    return None
 
 
 def _lost(doing: str, endpoint: str, why: str) -> ConnectionLost:
