@@ -1,4 +1,4 @@
-"""Prometheus metrics and a health endpoint for a worker, with the standard library only.
+"""Prometheus metrics and a health endpoint for a worker, through prometheus-client.
 
 >>> metrics = WorkerMetrics("logbus.tasks", "jsonl:/var/log/logbus.jsonl")
 >>> metrics.received(3)
@@ -7,8 +7,10 @@
 >>> with serve_metrics(metrics, 9108) as server:  # doctest: +SKIP
 ...     print(server.url)  # http://127.0.0.1:9108/ : GET /metrics, GET /healthz
 
-What :meth:`WorkerMetrics.render` exposes (Prometheus text format 0.0.4), each
-sample labelled with ``queue`` and ``sink``:
+Each :class:`WorkerMetrics` owns a :class:`prometheus_client.CollectorRegistry`
+(:attr:`~WorkerMetrics.registry`), never the library's global one: logbus passes
+its objects explicitly, and one process may run several workers. What it
+exposes, each sample labelled with ``queue`` and ``sink``:
 
 =========================================  =========  =====================================
 metric                                     type       what
@@ -30,41 +32,60 @@ metric                                     type       what
 ``logbus_worker_batch_records``            histogram  records in one sink write
 =========================================  =========  =====================================
 
-And, unlabelled, the process's own, under the names every Prometheus client
-library uses (read from ``/proc`` on Linux; elsewhere only the CPU time and
-start time): ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+And, unlabelled, the process's own from prometheus-client's
+:class:`~prometheus_client.ProcessCollector` (Linux only: it reads ``/proc``):
+``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
 ``process_virtual_memory_bytes``, ``process_open_fds``, ``process_max_fds``,
 ``process_start_time_seconds``.
 
-The sink label is the sink's spec with any password in it replaced by ``***``:
-a plugin's spec may hold a database URL, and ``/metrics`` is not a secret.
+The sink label is the sink's spec with any secret in it replaced by ``***``
+(:func:`logbus._urls.redact_url`): a plugin's spec may hold a database URL, and
+``/metrics`` is not a secret.
 
-:func:`serve_metrics` answers ``GET /metrics`` and ``GET /healthz`` on
-127.0.0.1 unless told another host. ``/healthz`` asks the ``health`` callable:
-200 and ``{"status": "ok", ...details}`` when it says healthy, 503 and
-``{"status": "unhealthy", ...}`` when it says not, raises, or returns nonsense.
-Nothing is written to stderr, neither per request nor when a client hangs up.
+:func:`serve_metrics` answers ``GET /metrics`` (prometheus-client's WSGI app:
+the text format 0.0.4, or OpenMetrics when the scraper asks for it) and ``GET
+/healthz`` on 127.0.0.1 unless told another host. ``/healthz`` asks the
+``health`` callable: 200 and ``{"status": "ok", ...details}`` when it says
+healthy, 503 and ``{"status": "unhealthy", ...}`` when it says not, raises, or
+returns nonsense. Nothing is written to stderr, neither per request nor when a
+request fails.
+
+This module imports prometheus-client at its top: only a worker or service with
+metrics turned on imports this module, so ``logbus emit`` never pays for it.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
-import os
 import socket
 import socketserver
 import threading
 import time
-from bisect import bisect_left
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from itertools import accumulate
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from types import TracebackType
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any, TextIO
+from wsgiref.simple_server import WSGIRequestHandler
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    make_wsgi_app,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 
 from logbus._log import get_logger
+from logbus._urls import redact_url
 from logbus.errors import ConfigError
 
 __all__ = [
@@ -79,6 +100,7 @@ __all__ = [
 
 log = get_logger("logbus.metrics")
 
+#: What ``/metrics`` answers a scraper that asks for no particular format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Upper bounds of ``logbus_worker_batch_seconds``: 1 ms to 10 s, about three per decade.
 BATCH_SECONDS_BUCKETS = (
@@ -102,8 +124,8 @@ BATCH_RECORDS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
 #: ``health()`` returns (healthy, details); details are merged into the JSON answer.
 Health = Callable[[], tuple[bool, dict[str, object]]]
 
-_PREFIX = "logbus_worker_"
-# The counters, in the order they are rendered: (name without prefix and _total, HELP).
+_LABELS = ("queue", "sink")
+# The counters: (name without prefix and _total, HELP).
 _COUNTERS = (
     ("received", "Deliveries taken from the queue."),
     ("written", "Records the sink stored, then acked."),
@@ -117,69 +139,57 @@ _COUNTERS = (
         "de-duplicate by id keep one copy).",
     ),
 )
-# A histogram's bounds, its per-bucket counts (the last one +Inf) and its sum.
-_Snapshot = tuple[tuple[float, ...], list[int], float]
 # How often the serving thread looks at close()'s request: the latency of close().
 _POLL = 0.2
-
-
-def _number(value: float) -> str:
-    """A sample value as the text format spells it (Go's ParseFloat reads it back)."""
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
-
-
-def _escape(value: str) -> str:
-    """A label value escaped for the text format: backslash, double quote, line feed."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class _Histogram:
-    """Bucket counts, a sum and nothing else; the owner holds the lock."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
-        self.sum: float = 0
-
-    def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound belongs to that bound's bucket (le is <=).
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def snapshot(self) -> _Snapshot:
-        return self.bounds, list(self.counts), self.sum
 
 
 class WorkerMetrics:
     """The counters and histograms of one worker, consuming ``queue`` into ``sink``.
 
-    Every method may be called from any thread: one lock per instance guards the
-    numbers, held for a few additions per call, and :meth:`render` copies them
-    under it and formats outside it. Counts must not be negative and durations
-    must be finite and not negative (:class:`ValueError`): a counter that goes
-    down reads as a restart to Prometheus.
+    It is the collector of its own :attr:`registry` (which also holds the
+    process collector), so that a scrape is one snapshot: the two histograms
+    are observed and collected under one lock, and always agree on the number
+    of writes. Every method may be called from any thread. Counts must not be
+    negative and durations must be finite and not negative
+    (:class:`ValueError`): a counter that goes down reads as a restart to
+    Prometheus.
     """
 
     def __init__(self, queue: str, sink: str) -> None:
-        from logbus.settings import redact_url  # pydantic-settings: only when metrics are on
-
         self.queue = queue
         self.sink = redact_url(sink)
         self.started = time.time()
-        self._labels = f'queue="{_escape(queue)}",sink="{_escape(self.sink)}"'
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys((name for name, _ in _COUNTERS), 0)
-        self._seconds = _Histogram(BATCH_SECONDS_BUCKETS)
-        self._records = _Histogram(BATCH_RECORDS_BUCKETS)
-        self._depth: int | None = None  # not known until the worker first looked
+
+        def family(kind: type[Any], name: str, text: str, **extra: Any) -> Any:
+            # registry=None: collected through self.collect, which takes the lock.
+            made = kind(f"logbus_worker_{name}", text, _LABELS, registry=None, **extra)
+            self._families.append(made)
+            return made.labels(queue, self.sink)
+
+        self._families: list[MetricWrapperBase] = []
+        family(Gauge, "up", "1 while the worker's metrics are served.").set(1)
+        family(Gauge, "start_time_seconds", "Start time of the worker, Unix time.").set(
+            self.started
+        )
+        self._counters: dict[str, Counter] = {
+            name: family(Counter, name, text) for name, text in _COUNTERS
+        }
+        self._seconds: Histogram = family(
+            Histogram, "batch_seconds", "Time of one sink write.", buckets=BATCH_SECONDS_BUCKETS
+        )
+        self._records: Histogram = family(
+            Histogram, "batch_records", "Records in one sink write.", buckets=BATCH_RECORDS_BUCKETS
+        )
+        # Not exposed until the worker first looked: 0 would be a lie.
+        self._depth_family = Gauge(
+            "logbus_worker_queue_depth", "Messages ready in the queue.", _LABELS, registry=None
+        )
+        self._depth = self._depth_family.labels(queue, self.sink)
+        self._depth_known = False
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)
 
     def received(self, n: int = 1) -> None:
         """``n`` deliveries were taken from the queue."""
@@ -214,7 +224,8 @@ class WorkerMetrics:
         if ready < 0:
             raise ValueError(f"a queue holds 0 or more messages, not {ready}")
         with self._lock:
-            self._depth = ready
+            self._depth.set(ready)
+            self._depth_known = True
 
     def observe_batch(self, seconds: float, size: int) -> None:
         """One sink write of ``size`` records took ``seconds``."""
@@ -228,28 +239,23 @@ class WorkerMetrics:
 
     def render(self) -> str:
         """Every metric in the Prometheus text exposition format 0.0.4."""
+        return generate_latest(self.registry).decode()
+
+    def describe(self) -> Iterable[Metric]:
+        """The worker's metric families, without samples (the registry indexes their names)."""
+        families = [*self._families, self._depth_family]
+        return [metric for family in families for metric in family.describe()]
+
+    def collect(self) -> Iterable[Metric]:
+        """The worker's metric families and their samples, as of one moment."""
         with self._lock:
-            counts = dict(self._counts)
-            seconds = self._seconds.snapshot()
-            records = self._records.snapshot()
-            depth = self._depth
-        labels = self._labels
-        lines = [
-            *self._family("up", "gauge", "1 while the worker's metrics are served."),
-            f"{_PREFIX}up{{{labels}}} 1",
-            *self._family("start_time_seconds", "gauge", "Start time of the worker, Unix time."),
-            f"{_PREFIX}start_time_seconds{{{labels}}} {_number(self.started)}",
-        ]
-        for name, text in _COUNTERS:
-            lines += self._family(f"{name}_total", "counter", text)
-            lines.append(f"{_PREFIX}{name}_total{{{labels}}} {counts[name]}")
-        if depth is not None:
-            lines += self._family("queue_depth", "gauge", "Messages ready in the queue.")
-            lines.append(f"{_PREFIX}queue_depth{{{labels}}} {depth}")
-        lines += self._histogram("batch_seconds", "Time of one sink write.", seconds)
-        lines += self._histogram("batch_records", "Records in one sink write.", records)
-        lines += _process_lines()
-        return "\n".join(lines) + "\n"
+            known = [*self._families, self._depth_family] if self._depth_known else self._families
+            found = [metric for family in known for metric in family.collect()]
+        for metric in found:
+            # *_created would be nine more series per worker, saying what
+            # logbus_worker_start_time_seconds says already.
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+        return found
 
     def __repr__(self) -> str:
         return f"<WorkerMetrics queue={self.queue!r} sink={self.sink!r}>"
@@ -257,94 +263,40 @@ class WorkerMetrics:
     def _add(self, name: str, n: int) -> None:
         if n < 0:
             raise ValueError(f"counters only go up: {name}({n})")
-        with self._lock:
-            self._counts[name] += n
-
-    @staticmethod
-    def _family(name: str, kind: str, text: str) -> list[str]:
-        return [f"# HELP {_PREFIX}{name} {text}", f"# TYPE {_PREFIX}{name} {kind}"]
-
-    def _histogram(self, name: str, text: str, snapshot: _Snapshot) -> list[str]:
-        bounds, counts, total = snapshot
-        metric = _PREFIX + name
-        les = [*(_number(bound) for bound in bounds), "+Inf"]
-        lines = self._family(name, "histogram", text)
-        for le, cumulative in zip(les, accumulate(counts), strict=True):
-            lines.append(f'{metric}_bucket{{{self._labels},le="{le}"}} {cumulative}')
-        lines.append(f"{metric}_sum{{{self._labels}}} {_number(total)}")
-        lines.append(f"{metric}_count{{{self._labels}}} {sum(counts)}")
-        return lines
+        self._counters[name].inc(n)
 
 
-# -- the process collector -----------------------------------------------------------------
-
-_PROCESS_HELP = {
-    "process_cpu_seconds_total": ("counter", "Total user and system CPU time spent in seconds."),
-    "process_resident_memory_bytes": ("gauge", "Resident memory size in bytes."),
-    "process_virtual_memory_bytes": ("gauge", "Virtual memory size in bytes."),
-    "process_open_fds": ("gauge", "Number of open file descriptors."),
-    "process_max_fds": ("gauge", "Maximum number of open file descriptors."),
-    "process_start_time_seconds": (
-        "gauge",
-        "Start time of the process since unix epoch in seconds.",
-    ),
-}
+# -- the HTTP server -------------------------------------------------------------------
 
 
-def process_metrics() -> dict[str, float]:
-    """This process's CPU seconds, memory, file descriptors and start time, by the metric
-    names Prometheus' client libraries use; what the platform cannot tell is left out."""
-    times = os.times()
-    found: dict[str, float] = {"process_cpu_seconds_total": times.user + times.system}
-    try:
-        with open("/proc/self/stat", "rb") as stat:
-            # The command (field 2) may hold spaces: the fields after its ")" are plain.
-            fields = stat.read().rpartition(b")")[2].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        page = os.sysconf("SC_PAGE_SIZE")
-        with open("/proc/stat", "rb") as system:
-            boot = next(float(line.split()[1]) for line in system if line.startswith(b"btime"))
-        # Fields 3.. of stat(5): vsize is field 23, rss field 24, starttime field 22.
-        found["process_virtual_memory_bytes"] = float(fields[20])
-        found["process_resident_memory_bytes"] = float(int(fields[21]) * page)
-        found["process_start_time_seconds"] = boot + int(fields[19]) / ticks
-        found["process_open_fds"] = float(len(os.listdir("/proc/self/fd")))
-    except (OSError, ValueError, IndexError, StopIteration):
-        found.setdefault("process_start_time_seconds", _STARTED)
-    try:
-        import resource
+class _DebugLog(io.StringIO):
+    """Where wsgiref writes a failing request's traceback: logged at debug, not on stderr."""
 
-        found["process_max_fds"] = float(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    except (ImportError, OSError, ValueError):
-        pass
-    return found
+    def flush(self) -> None:
+        if text := self.getvalue():
+            log.debug("metrics.request_failed", error=text)
+            self.seek(0)
+            self.truncate()
 
 
-def _process_lines() -> list[str]:
-    lines: list[str] = []
-    for name, value in process_metrics().items():
-        kind, text = _PROCESS_HELP[name]
-        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
-    return lines
+class _Handler(WSGIRequestHandler):
+    """wsgiref's request handler, silent: a scrape every few seconds is not news."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Say nothing."""
+
+    def get_stderr(self) -> TextIO:
+        return _DebugLog()
 
 
-# When this module was imported: the start time where /proc cannot tell it.
-_STARTED = time.time()
+class _Server(ThreadingWSGIServer):
+    """prometheus-client's threading WSGI server, binding without a DNS lookup."""
 
-
-class _Server(ThreadingHTTPServer):
-    """The HTTP server, holding what the handler needs; binds without a DNS lookup."""
-
-    daemon_threads = True
     allow_reuse_port = False  # another process on the same port is an error, not a partner
 
-    def __init__(
-        self, address: tuple[str, int], metrics: WorkerMetrics, health: Health | None
-    ) -> None:
+    def __init__(self, address: tuple[str, int]) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.metrics = metrics
-        self.health = health
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -353,38 +305,31 @@ class _Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+        self.setup_environ()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hung up mid-answer is not worth a traceback on the worker's stderr.
         log.debug("metrics.request_failed", client=str(client_address), exc_info=True)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """GET /metrics and GET /healthz; 404 for anything else."""
+def _application(metrics: WorkerMetrics, health: Health | None) -> WSGIApplication:
+    """``/metrics`` to prometheus-client's app, ``/healthz`` to ``health``, else 404."""
+    scrape: WSGIApplication = make_wsgi_app(metrics.registry)
 
-    server_version = "logbus-metrics"
-
-    def do_GET(self) -> None:
-        server = cast(_Server, self.server)
-        path = urlsplit(self.path).path
+    def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            self._answer(200, CONTENT_TYPE, server.metrics.render())
-        elif path == "/healthz":
-            status, body = _health(server.health)
-            self._answer(status, "application/json", body)
+            return scrape(environ, start_response)
+        if path == "/healthz":
+            status, text = _health(health)
+            content_type = "application/json"
         else:
-            self._answer(404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n")
+            status, content_type = 404, "text/plain; charset=utf-8"
+            text = "not found: try /metrics or /healthz\n"
+        start_response(f"{status} {HTTPStatus(status).phrase}", [("Content-Type", content_type)])
+        return [text.encode()]
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Say nothing: a scrape every few seconds is not news."""
-
-    def _answer(self, status: int, content_type: str, text: str) -> None:
-        body = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    return application
 
 
 def _health(health: Health | None) -> tuple[int, str]:
@@ -470,7 +415,7 @@ def serve_metrics(
     if not 0 <= port <= 65535:
         raise ConfigError(f"metrics port must be 0..65535, not {port}")
     try:
-        server = _Server((host, port), metrics, health)
+        server = _Server((host, port))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
@@ -478,5 +423,6 @@ def serve_metrics(
             ) from exc
         reason = exc.strerror or str(exc)
         raise ConfigError(f"cannot serve metrics on {host} port {port}: {reason}") from exc
+    server.set_app(_application(metrics, health))
     log.info("metrics.serving", host=host, port=server.server_address[1])
     return MetricsServer(server)

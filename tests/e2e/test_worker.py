@@ -554,7 +554,7 @@ def test_metrics_port_serves_counts_and_health(setup, start):
         exposition = answer.read().decode()
     written = [line for line in exposition.splitlines() if line.startswith("logbus_worker_written")]
     assert written == [
-        f'logbus_worker_written_total{{queue="{setup.queue}",sink="jsonl:{worker.output}"}} 3'
+        f'logbus_worker_written_total{{queue="{setup.queue}",sink="jsonl:{worker.output}"}} 3.0'
     ]
     with urllib.request.urlopen(found[1] + "healthz", timeout=10) as answer:
         health = json.loads(answer.read())

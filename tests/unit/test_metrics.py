@@ -361,6 +361,23 @@ def test_an_impossible_batch_is_refused(metrics, seconds, size):
     assert parse(metrics.render()).value("logbus_worker_batch_seconds_count") == 0
 
 
+# --- the registry ---------------------------------------------------------------------
+
+
+def test_each_worker_has_its_own_registry_never_the_global_one():
+    """Two workers on the same queue and sink in one process each count their own, and
+    prometheus_client's global registry holds none of it."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    first, second = WorkerMetrics("q", "console"), WorkerMetrics("q", "console")
+    first.written(2)
+    assert isinstance(first.registry, CollectorRegistry)
+    assert first.registry is not second.registry
+    assert parse(first.render()).value("logbus_worker_written_total") == 2
+    assert parse(second.render()).value("logbus_worker_written_total") == 0
+    assert REGISTRY.get_sample_value("logbus_worker_written_total", {"queue": "q"}) is None
+
+
 # --- label values ---------------------------------------------------------------------
 
 
@@ -370,7 +387,7 @@ def test_backslash_quote_and_newline_are_escaped_in_label_values():
     line = next(
         line for line in metrics.render().splitlines() if line.startswith("logbus_worker_up")
     )
-    assert line == 'logbus_worker_up{queue="a\\"b\\\\c\\nd",sink="console"} 1'
+    assert line == 'logbus_worker_up{queue="a\\"b\\\\c\\nd",sink="console"} 1.0'
 
 
 @given(st.text(), st.text())
