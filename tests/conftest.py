@@ -31,7 +31,7 @@ CONTAINER_IMAGE = "rabbitmq:3.10-management"
 PROBE_TIMEOUT = 3.0
 _INTEGRATION = Path(__file__).parent / "integration"
 
-pytest_plugins = ["tests.private_broker", "tests.pool_probe"]
+pytest_plugins = ["pytester", "tests.private_broker", "tests.pool_probe"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
