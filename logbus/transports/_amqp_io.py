@@ -45,9 +45,10 @@ from logbus.transports._amqp_consume import AmqpConsumer, restore_error
 from logbus.transports._amqp_errors import no_answer
 from logbus.transports._amqp_inbound import open_connection
 from logbus.transports._amqp_publish import Publisher
-from logbus.transports._amqp_slot import ChannelSlot, Op, io_callback, local_error
+from logbus.transports._amqp_slot import ChannelSlot, Op, io_callback
 from logbus.transports._amqp_topology import Declaration, Declared
-from logbus.transports._pika_convert import Endpoint, connect_error, reason
+from logbus.transports._pika_convert import Endpoint
+from logbus.transports._pika_errors import connect_error, local_error, reason
 from logbus.transports._reconnect import DEFAULT_FIRST, ReconnectPolicy
 from logbus.transports.base import Settlement
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-import pika.exceptions as pika_errors
 from pika import spec
 
 from logbus._log import get_logger
 from logbus.errors import LogbusError, NotConfirmed, TransportError
-from logbus.transports._amqp_errors import nacked, named_exchange, reply_error, unroutable
-from logbus.transports._amqp_slot import io_callback, local_error
+from logbus.transports._amqp_errors import nacked, named_exchange, unroutable
+from logbus.transports._amqp_slot import io_callback
+from logbus.transports._pika_errors import RECOVERABLE, broker_refusal, local_error
 from logbus.transports._window import PublishWindow
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class Publisher:
                 channel.basic_publish(
                     item.exchange, item.routing_key, item.body, item.properties, item.mandatory
                 )
-            except (pika_errors.ChannelWrongStateError, pika_errors.ConnectionWrongStateError):
+            except RECOVERABLE:
                 self.unsent.appendleft(item)  # closing: sent again on the next channel
                 return
             except Exception as exc:  # pika could not encode it: this item's own failure
@@ -280,14 +280,15 @@ class Publisher:
             for item in pending:
                 item.batch.resolve(_closed_failure)
             return
-        if isinstance(reason, pika_errors.ChannelClosedByBroker):
-            error = reply_error(reason.reply_code, reason.reply_text)
-            culprit = named_exchange(reason.reply_text)
+        refusal = broker_refusal(reason)
+        if refusal is not None:
+            error = refusal.error
+            culprit = named_exchange(refusal.text)
             failed = [i for i in pending if culprit is None or i.exchange == culprit]
             log.info(
                 "amqp.publish_refused",
-                code=reason.reply_code,
-                text=reason.reply_text,
+                code=refusal.code,
+                text=refusal.text,
                 failed=len(failed),
                 resent=len(pending) - len(failed),
             )

@@ -16,17 +16,16 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import pika.exceptions as pika_errors
 from pika import spec
 
 from logbus._log import get_logger
-from logbus.errors import InputError, LogbusError, TransportClosed, TransportError
-from logbus.transports._pika_convert import reply_error
+from logbus.errors import LogbusError, TransportClosed, TransportError
+from logbus.transports._pika_errors import broker_refusal, hard_error, local_error
 
 if TYPE_CHECKING:
     from logbus.transports._amqp_io import Core
 
-__all__ = ["ChannelSlot", "Op", "hard_error", "io_callback", "local_error"]
+__all__ = ["ChannelSlot", "Op", "io_callback"]
 
 log = get_logger("logbus.transports.amqp")
 
@@ -35,11 +34,6 @@ R = TypeVar("R")
 
 #: Runs an operation on a channel; calls ``done(result)`` when the broker answered.
 Run = Callable[[Any, Callable[[Any], None]], None]
-
-# Connection-level reply codes that a command of ours caused (503 COMMAND_INVALID
-# for an unknown exchange type, ...): retrying the command would only kill the next
-# connection too. 320 (CONNECTION_FORCED: an operator or a shutdown) is not one.
-_HARD_CODES = range(500, 600)
 
 
 def io_callback(method: Callable[P, R]) -> Callable[P, R | None]:
@@ -54,24 +48,6 @@ def io_callback(method: Callable[P, R]) -> Callable[P, R | None]:
             return None
 
     return guarded
-
-
-def local_error(exc: Exception, what: str) -> LogbusError:
-    """A logbus error for an exception pika raised on our side, before any I/O."""
-    if isinstance(exc, LogbusError):
-        return exc
-    if isinstance(exc, ValueError | TypeError | pika_errors.ShortStringTooLong):
-        return InputError(f"{what}: {exc}")
-    return TransportError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-def hard_error(reason: BaseException) -> TransportError | None:
-    """The error to report for a connection the broker closed because of a command."""
-    if isinstance(reason, pika_errors.ConnectionClosedByBroker) and (
-        reason.reply_code in _HARD_CODES
-    ):
-        return reply_error(reason.reply_code, reason.reply_text)
-    return None
 
 
 class Op:
@@ -218,17 +194,17 @@ class ChannelSlot:
             if op is not None:
                 op.fail(TransportClosed("the transport was closed during the operation"))
             return
-        if isinstance(reason, pika_errors.ChannelClosedByBroker):
-            error = reply_error(reason.reply_code, reason.reply_text)
+        refusal = broker_refusal(reason)
+        if refusal is not None:
             log.info(
                 "amqp.channel_error",
                 channel=self.role,
-                code=reason.reply_code,
-                text=reason.reply_text,
+                code=refusal.code,
+                text=refusal.text,
                 operation=op.what if op else None,
             )
             if op is not None:
-                op.fail(error)
+                op.fail(refusal.error)
             connection = self.core.live_connection()
             if connection is not None:
                 self.open(connection)

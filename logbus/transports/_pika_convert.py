@@ -1,8 +1,7 @@
 """The pika boundary: broker URLs to connection parameters, messages to and from pika's
-properties, and pika's exceptions to :mod:`logbus.errors`.
+properties (pika's exceptions are mapped in :mod:`logbus.transports._pika_errors`).
 
-Nothing here does I/O. Every function that meets a pika exception turns it into a
-logbus error whose message names the broker as ``host:port`` and never shows a
+Nothing here does I/O. Errors name the broker as ``host:port`` and never show a
 password.
 """
 
@@ -10,40 +9,28 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlunsplit
 
 import pika
-import pika.exceptions as pika_errors
-from pika.adapters.utils import connection_workflow as workflow
 
 from logbus._urls import parse_url, redact_url, split_urls
-from logbus.errors import ConfigError, InputError, TransportError
+from logbus.errors import ConfigError, InputError
 from logbus.message import Message, Properties
-from logbus.transports._amqp_errors import (
-    login_refused,
-    named_exchange,
-    reply_error,
-    tls_refused,
-    unreachable,
-)
-from logbus.transports._tls import TLS_QUERY, TLS_REFUSED, client_context, verify_failure
+from logbus.transports._amqp_errors import named_exchange, reply_error
+from logbus.transports._tls import TLS_QUERY, client_context
 
 __all__ = [
     "Endpoint",
     "arguments",
-    "connect_error",
     "endpoints",
     "from_pika",
-    "is_auth_failure",
     "named_exchange",
     "names",
     "properties_from_pika",
-    "reason",
     "reply_error",
     "to_pika",
 ]
@@ -302,75 +289,3 @@ def _decimal(value: decimal.Decimal, where: str) -> decimal.Decimal:
     if places > _SHORTSTR or not -_INT32 <= int(value.scaleb(places)) < _INT32:
         raise InputError(f"{where} = {value} does not fit an AMQP decimal")
     return value
-
-
-# -- errors -------------------------------------------------------------------
-
-
-def is_auth_failure(exc: BaseException) -> bool:
-    """Whether a connection attempt failed on credentials or vhost access."""
-    if isinstance(
-        exc,
-        pika_errors.AuthenticationError
-        | pika_errors.ProbableAuthenticationError
-        | pika_errors.ProbableAccessDeniedError,
-    ):
-        return True
-    return isinstance(exc, pika_errors.ConnectionClosedByBroker) and exc.reply_code in (403, 530)
-
-
-def reason(exc: BaseException | None) -> str:
-    """A short human reason for a failed or dropped connection, from pika's nesting."""
-    if exc is None:
-        return "unknown reason"
-    if isinstance(exc, workflow.AMQPConnectionWorkflowFailed) and exc.exceptions:
-        return reason(exc.exceptions[-1])
-    if isinstance(exc, workflow.AMQPConnectorPhaseErrorBase):
-        return reason(exc.exception)
-    if isinstance(exc, workflow.AMQPConnectorStackTimeout):
-        return "timed out during the connection handshake"
-    if isinstance(exc, pika_errors.ConnectionClosed):
-        return f"closed by {_closer(exc)} ({exc.reply_code}): {exc.reply_text}"
-    if isinstance(exc, pika_errors.ProbableAuthenticationError):
-        return "login refused (user name or password)"
-    if isinstance(exc, pika_errors.ProbableAccessDeniedError):
-        return "access to the vhost refused (missing vhost or permissions)"
-    if isinstance(exc, pika_errors.IncompatibleProtocolError):
-        return "the peer does not speak AMQP 0-9-1"
-    if isinstance(exc, pika_errors.AMQPHeartbeatTimeout):
-        return "missed heartbeats: the broker stopped answering"
-    if isinstance(exc, pika_errors.StreamLostError):
-        return "the connection was cut (network or broker went away)"
-    if type(exc) is pika_errors.AMQPConnectionError and exc.args:
-        inner = exc.args[0]
-        return reason(inner) if isinstance(inner, BaseException) else str(inner)
-    refused = verify_failure(exc) if isinstance(exc, ssl.SSLCertVerificationError) else None
-    if refused is not None:
-        return refused
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"host name not resolved ({exc.strerror})"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _closer(exc: pika_errors.ConnectionClosed) -> str:
-    return "the broker" if isinstance(exc, pika_errors.ConnectionClosedByBroker) else "us"
-
-
-def connect_error(failures: Sequence[tuple[Endpoint, BaseException]]) -> TransportError:
-    """The error for a failed connect round: the login problem if any host refused
-    the credentials, else every host with why it could not be reached."""
-    for endpoint, exc in failures:
-        if is_auth_failure(exc):
-            return login_refused(
-                endpoint.address, endpoint.user, endpoint.vhost, reason(exc), endpoint.shown
-            )
-    tried = "; ".join(f"{endpoint.address}: {reason(exc)}" for endpoint, exc in failures)
-    if failures and all(reason(exc).startswith(TLS_REFUSED) for _endpoint, exc in failures):
-        return tls_refused(tried)
-    return unreachable(tried)
