@@ -1,9 +1,8 @@
-"""Severities, facilities and routing keys, without pydantic.
+"""Severities, facilities and routing keys: the grammar of a record's key.
 
-:mod:`logbus.record` re-exports everything here; it lives apart so that the
-command line's fast ``logbus emit`` path can check a key without importing
-pydantic. The errors are the record module's: one line, naming the value and
-the rule it broke.
+:mod:`logbus.record` re-exports everything here (it lives apart to keep the
+record module under 500 lines, and needs no pydantic). The errors are the
+record module's: one line, naming the value and the rule it broke.
 """
 
 from __future__ import annotations

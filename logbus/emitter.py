@@ -11,8 +11,9 @@ aio-pika transport (``async with AsyncEmitter(url) as emitter: await emitter.emi
 
 :class:`LineBatch` turns lines of text or JSON (a file, stdin) into records, a
 chunk at a time, checking each chunk whole before any of it is handed on;
-:func:`reachable` is the part of a topology one publish can reach, which is
-what must exist before publishing so that no record is lost.
+:func:`~logbus.topology.reachable` (re-exported here) is the part of a topology
+one publish can reach, which is what must exist before publishing so that no
+record is lost.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
-from logbus._plain_topology import no_emit_targets, reachable_names
 from logbus.errors import ConfigError, InputError, RecordError, TransportError
 from logbus.message import Message
 from logbus.record import LogRecord, parse_routing_key
 from logbus.settings import Settings
-from logbus.topology import EmitTarget, Topology, declare
+from logbus.topology import EmitTarget, Topology, declare, no_emit_targets, reachable
 from logbus.transports import Transport, connect
 from logbus.transports._amqp_errors import RABBITMQ_MAX_MESSAGE_SIZE, record_too_large
 from logbus.transports.base import AsyncTransport
@@ -266,35 +266,6 @@ class AsyncEmitter:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-def reachable(
-    topology: Topology, exchanges: Iterable[str] = (), queues: Iterable[str] = ()
-) -> Topology:
-    """The part of ``topology`` that publishes to ``exchanges`` (or ``queues``) can reach.
-
-    That is the entities a record may be routed to — through exchange-to-exchange
-    bindings, queue bindings and dead-letter exchanges — and the bindings between
-    them: what must exist before publishing so that no record is lost, and no
-    more. Names the topology does not declare are left out; the result has no
-    emit targets. A dead-letter route through the default exchange is not
-    followed by name, so then the whole topology is returned.
-    """
-    names = reachable_names(
-        {e.name for e in topology.exchanges},
-        {q.name: q.amqp_arguments().get("x-dead-letter-exchange") for q in topology.queues},
-        [(b.source, b.destination_type, b.destination) for b in topology.bindings],
-        exchanges,
-        queues,
-    )
-    if names is None:
-        return topology.model_copy(update={"emit": ()})
-    found_exchanges, found_queues = names
-    return Topology(
-        exchanges=tuple(e for e in topology.exchanges if e.name in found_exchanges),
-        queues=tuple(q for q in topology.queues if q.name in found_queues),
-        bindings=tuple(b for b in topology.bindings if b.source in found_exchanges),
-    )
 
 
 class LineBatch:

@@ -14,8 +14,10 @@ import json
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypeVar
 
 from pydantic import (
@@ -37,17 +39,8 @@ from logbus._keys import (
     show,
     validate_facility,
 )
-from logbus._wire import (
-    CONTENT_TYPE,
-    SCHEMA_VERSION,
-    format_ts,
-    hostname,
-    new_id,
-    now,
-    record_properties,
-)
 from logbus.errors import DecodeError, RecordError, RoutingKeyError
-from logbus.message import Properties
+from logbus.message import PERSISTENT, Properties
 
 __all__ = [
     "CONTENT_TYPE",
@@ -63,8 +56,37 @@ __all__ = [
 
 _T = TypeVar("_T")
 
+CONTENT_TYPE = "application/json"
+SCHEMA_VERSION = 1
+
 _MAX_DEPTH = 100
 _DEFAULT_FACILITY = "user"
+
+
+@cache
+def hostname() -> str:
+    """This machine's name, the default ``host`` of a record."""
+    return socket.gethostname()
+
+
+def new_id() -> str:
+    """A new record id: a random UUID (version 4) as 32 hex digits."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
+
+
+def now() -> datetime:
+    """The current time, in UTC."""
+    return datetime.now(UTC)
+
+
+def format_ts(ts: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a ``Z``: ``2024-05-17T08:30:15.123456Z``."""
+    # isoformat pads the year to four digits (strftime may not) and is faster;
+    # ts is always UTC, so its "+00:00" suffix is swapped for "Z".
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
@@ -178,8 +200,18 @@ class LogRecord(BaseModel):
 
     def to_properties(self) -> Properties:
         """The AMQP properties to publish with: persistent, ids, and filterable headers."""
-        return record_properties(
-            self.id, self.ts, self.facility, self.severity, self.host, self.app
+        return Properties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=PERSISTENT,
+            message_id=self.id,
+            timestamp=int(self.ts.timestamp()),
+            app_id="logbus",
+            headers={
+                "facility": self.facility,
+                "severity": WORDS[self.severity],
+                "host": self.host,
+                "app": self.app,
+            },
         )
 
 

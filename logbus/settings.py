@@ -13,22 +13,23 @@ content replaces the password of every ``amqp(s)://`` URL.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from logbus._env import DEFAULT_URL
 from logbus._urls import parse_url, redact_url, split_urls
 from logbus.errors import ConfigError
 from logbus.topology import Topology, default, load
 
 __all__ = ["DEFAULT_URL", "Settings", "load_settings", "redact_url", "with_password"]
 
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 
-class Settings(BaseSettings):
+
+class Settings(BaseModel):
     """Connection and consumption settings; ``LOGBUS_<FIELD>`` variables fill what is not given.
 
     ``url`` is one broker URL or several, comma-separated (failover); ``config`` is a
@@ -40,7 +41,9 @@ class Settings(BaseSettings):
     ``guest`` where the URL names none); one trailing newline of either is ignored.
     """
 
-    model_config = SettingsConfigDict(env_prefix="LOGBUS_", frozen=True, extra="forbid")
+    # A plain model reading LOGBUS_* itself (see __init__): pydantic-settings and the
+    # asyncio it imports cost a one-record `logbus emit` about a third of its start-up.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     url: str = Field(default=DEFAULT_URL, min_length=1)
     config: Path | None = None
@@ -50,6 +53,9 @@ class Settings(BaseSettings):
     heartbeat: int = Field(default=30, ge=0, le=65535)
     url_file: Path | None = None
     password_file: Path | None = None
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_environment(), **values})
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +93,21 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "url" else value
+
+
+_PREFIX = "logbus_"
+
+
+def _environment() -> dict[str, str]:
+    """The ``LOGBUS_<FIELD>`` variables that name a field, by field; names are matched
+    case-insensitively, and variables that name no field (``LOGBUS_TEST_URL``) are left."""
+    fields = Settings.model_fields
+    found: dict[str, str] = {}
+    for name, value in os.environ.items():
+        lowered = name.lower()
+        if lowered.startswith(_PREFIX) and lowered[len(_PREFIX) :] in fields:
+            found[lowered[len(_PREFIX) :]] = value
+    return found
 
 
 def _read_secret(path: object, field: str) -> str:

@@ -40,7 +40,7 @@ import difflib
 import os
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -56,7 +56,6 @@ from pydantic import (
 )
 
 from logbus import _topology_toml
-from logbus._plain_topology import FRIENDLY_ARGUMENTS
 from logbus._topology_toml import FieldError, Loc, toml_value
 from logbus.errors import ConfigError, PreconditionFailed, TopologyError
 
@@ -64,6 +63,7 @@ if TYPE_CHECKING:
     from logbus.transports.base import Transport
 
 __all__ = [
+    "FRIENDLY_ARGUMENTS",
     "PLACEHOLDERS",
     "Binding",
     "EmitTarget",
@@ -76,10 +76,22 @@ __all__ = [
     "load",
     "loads",
     "mismatch",
+    "no_emit_targets",
+    "reachable",
 ]
 
 PLACEHOLDERS = ("facility", "severity", "host", "app")
 """The names an emit target's key template may use."""
+
+#: A queue's friendly fields and the x-arguments they stand for.
+FRIENDLY_ARGUMENTS = {
+    "queue_type": "x-queue-type",
+    "max_length": "x-max-length",
+    "overflow": "x-overflow",
+    "message_ttl": "x-message-ttl",
+    "dead_letter_exchange": "x-dead-letter-exchange",
+    "dead_letter_routing_key": "x-dead-letter-routing-key",
+}
 
 
 def _entity_name(name: str) -> str:
@@ -300,6 +312,82 @@ def default() -> Topology:
         ),
         emit=(EmitTarget(exchange=topic),),
     )
+
+
+def no_emit_targets(config: object | None, *, api: bool = False) -> str:
+    """Why a topology without ``[[emit]]`` tables cannot be emitted to, and the fix.
+
+    Said alike by ``logbus emit`` and :class:`logbus.Emitter` (``api``): without a
+    target a record would be published nowhere, and reported as sent.
+    """
+    where = "the topology" if config is None else f"the topology file {config}"
+    instead = "targets=[EmitTarget(...)]" if api else "--exchange NAME or --queue NAME"
+    return (
+        f"{where} has no [[emit]] table, so records would be published nowhere; add one "
+        f'([[emit]] with exchange = "logbus.topic"), or pass {instead}'
+    )
+
+
+def reachable(
+    topology: Topology, exchanges: Iterable[str] = (), queues: Iterable[str] = ()
+) -> Topology:
+    """The part of ``topology`` that publishes to ``exchanges`` (or ``queues``) can reach.
+
+    That is the entities a record may be routed to — through exchange-to-exchange
+    bindings, queue bindings and dead-letter exchanges — and the bindings between
+    them: what must exist before publishing so that no record is lost, and no
+    more. Names the topology does not declare are left out; the result has no
+    emit targets. A dead-letter route through the default exchange is not
+    followed by name, so then the whole topology is returned.
+    """
+    names = _reachable_names(
+        {e.name for e in topology.exchanges},
+        {q.name: q.amqp_arguments().get("x-dead-letter-exchange") for q in topology.queues},
+        [(b.source, b.destination_type, b.destination) for b in topology.bindings],
+        exchanges,
+        queues,
+    )
+    if names is None:
+        return topology.model_copy(update={"emit": ()})
+    found_exchanges, found_queues = names
+    return Topology(
+        exchanges=tuple(e for e in topology.exchanges if e.name in found_exchanges),
+        queues=tuple(q for q in topology.queues if q.name in found_queues),
+        bindings=tuple(b for b in topology.bindings if b.source in found_exchanges),
+    )
+
+
+def _reachable_names(
+    exchanges: set[str],
+    dead_letters: Mapping[str, object],
+    bindings: Iterable[tuple[str, str, str]],
+    from_exchanges: Iterable[str],
+    from_queues: Iterable[str],
+) -> tuple[set[str], set[str]] | None:
+    """The declared exchanges and queues reachable from ``from_*``: a walk over
+    ``bindings`` (source, destination type, destination) and each queue's
+    dead-letter exchange (``dead_letters``, None without one); None when a
+    dead-letter route goes through the default exchange (anything may be reached)."""
+    routes: dict[str, list[tuple[str, str]]] = {}
+    for source, kind, destination in bindings:
+        routes.setdefault(source, []).append((kind, destination))
+    found: dict[str, set[str]] = {"exchange": set(), "queue": set()}
+    todo = [("exchange", x) for x in from_exchanges] + [("queue", q) for q in from_queues]
+    while todo:
+        kind, name = todo.pop()
+        known = exchanges if kind == "exchange" else dead_letters
+        if name in found[kind] or name not in known:
+            continue
+        found[kind].add(name)
+        if kind == "exchange":
+            todo += routes.get(name, [])
+            continue
+        dlx = dead_letters[name]
+        if dlx == "":
+            return None
+        if dlx is not None:
+            todo.append(("exchange", str(dlx)))
+    return found["exchange"], found["queue"]
 
 
 def declare(transport: Transport, topology: Topology) -> None:

@@ -6,10 +6,9 @@ with a sysexits status (65 bad input, 69 broker unavailable, 75 try again,
 77 permission denied, 78 configuration); ``--debug`` shows the traceback instead.
 
 Importing this package is cheap: the typer app is built on first use
-(:func:`build_app`, or the ``app`` attribute), and :func:`main` first offers
-``logbus emit`` to its fast path (:mod:`logbus.cli._fast`), which answers the
-plain one-record case without typer, pydantic or pika and leaves every other
-case to the app.
+(:func:`build_app`, or the ``app`` attribute), and each command imports what
+it needs (pydantic, pika, rich) inside its function, so that ``logbus emit``
+pays only for what a record needs.
 """
 
 from __future__ import annotations
@@ -39,8 +38,10 @@ COMMANDS: tuple[str, ...] = (
 
 
 @cache
-def build_app() -> typer.Typer:
-    """The typer app: every command of :data:`COMMANDS`, and ``demo``."""
+def build_app(only: str | None = None) -> typer.Typer:
+    """The typer app: every command of :data:`COMMANDS`, and ``demo``; with ``only``,
+    that one command (under the same root options), which is all a command line that
+    names it needs: typer reads every registered command's signature when it starts."""
     import typer
 
     from logbus.cli import demo as _demo
@@ -63,8 +64,10 @@ def build_app() -> typer.Typer:
     app.callback()(root)
 
     for name in COMMANDS:
-        importlib.import_module(f"logbus.cli.{name}").register(app)
-    app.command("demo", epilog=_demo.EPILOG)(_demo.demo)
+        if only is None or name == only:
+            importlib.import_module(f"logbus.cli.{name}").register(app)
+    if only is None or only == "demo":
+        app.command("demo", epilog=_demo.EPILOG)(_demo.demo)
     return app
 
 
@@ -76,18 +79,17 @@ def __getattr__(name: str) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``logbus`` console script."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["emit"]:
-        from logbus.cli._fast import emit
-
-        status = emit(args[1:])
-        if status is not None:
-            sys.exit(status)
     sys.exit(typer_main(argv))
 
 
 def typer_main(argv: list[str] | None = None) -> int:
     """Run the typer app on ``argv`` (default: ``sys.argv[1:]``); the exit status."""
-    from logbus.cli.common import run_guarded
+    from logbus.cli.common import run_guarded, take_global_options
 
-    return run_guarded(build_app(), argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        words = take_global_options(args)[2]
+    except SystemExit as exc:  # a --log-level that is not a level, said in one line
+        return exc.code if isinstance(exc.code, int) else 2
+    named = words[0] if words and words[0] in (*COMMANDS, "demo") else None
+    return run_guarded(build_app(named), args)

@@ -64,7 +64,7 @@ JsonOption = Annotated[
 
 def make_settings(url: str | None = None, config: Path | None = None, **more: Any) -> Settings:
     """Settings from the environment, overridden by the options that were given."""
-    from logbus.settings import load_settings  # pydantic-settings: only when needed
+    from logbus.settings import load_settings  # pydantic: only when needed
 
     overrides: dict[str, Any] = {k: v for k, v in more.items() if v is not None}
     if url is not None:

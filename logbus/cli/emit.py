@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from logbus.topology import EmitTarget, Topology
     from logbus.transports.base import Transport
 
-__all__ = ["CHUNK", "EPILOG", "emit", "register", "send_record", "unconfirmed"]
+__all__ = ["CHUNK", "EPILOG", "emit", "register", "unconfirmed"]
 
 #: Lines read, checked and handed to the transport at a time; the transport keeps
 #: publishes in flight across chunks, so confirms stay pipelined.
@@ -194,7 +194,7 @@ def emit(
     settings = make_settings(url, config, confirm_timeout=timeout)
     topology = settings.topology()  # a bad topology file fails before anything is read
     if exchange is None and queue is None and not topology.emit:
-        from logbus._plain_topology import no_emit_targets
+        from logbus.topology import no_emit_targets
 
         raise fail(no_emit_targets(settings.config), EX_CONFIG)
     targets, needed = _targets(topology, exchange, queue)
@@ -372,32 +372,6 @@ def unconfirmed(exc: NotConfirmed, sent: int, targets: int) -> str:
             f"{targets} emit targets)"
         )
     return f"{what} not confirmed: {exc}"
-
-
-def send_record(
-    values: dict[str, Any], url: str | None, config: Path | None, timeout: float | None
-) -> None:
-    """Publish the record ``LogRecord(**values)`` as ``logbus emit KEY MESSAGE`` does.
-
-    The fast path (``logbus.cli._fast``) hands a record over here when its
-    connection ended before the broker confirmed: this sends it again, same
-    record, through the pika transport, which reports as the command does.
-    """
-    from logbus.emitter import Emitter
-    from logbus.record import LogRecord
-    from logbus.transports import connect
-
-    settings = make_settings(url, config, confirm_timeout=timeout)
-    topology = settings.topology()
-    targets, needed = _targets(topology, None, None)
-    record = LogRecord(**values)
-    with quiet_connect():
-        transport = connect(settings.url, settings=settings)
-    try:
-        emitter = Emitter(settings=settings, topology=needed, transport=transport, targets=targets)
-        _send(emitter, [record], None, _Progress(None, visible=False))
-    finally:
-        transport.close()
 
 
 def _records(count: int) -> str:

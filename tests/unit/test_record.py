@@ -590,12 +590,15 @@ def test_all_lists_only_existing_public_names() -> None:
         assert hasattr(logbus.record, name)
 
 
-def test_the_light_key_module_is_the_records() -> None:
-    """Severity and key parsing are one implementation, shared with the fast emit path."""
-    import logbus._keys
+def test_new_ids_are_random_uuid4_hex() -> None:
+    """An id is 32 hex digits of a version-4, RFC 4122 UUID, different each time."""
+    import uuid
 
-    for name in ("Severity", "SYSLOG_FACILITIES", "parse_routing_key", "validate_facility"):
-        assert getattr(logbus.record, name) is getattr(logbus._keys, name)
+    ids = {logbus.record.new_id() for _ in range(100)}
+    assert len(ids) == 100
+    for value in ids:
+        parsed = uuid.UUID(hex=value)
+        assert (parsed.hex, parsed.version, parsed.variant) == (value, 4, uuid.RFC_4122)
 
 
 # -- the trusted path of decode (validation skipped for values known to pass) -------

@@ -131,11 +131,24 @@ def test_other_logbus_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> 
     assert Settings().url == DEFAULT_URL
 
 
-def test_redaction_and_the_default_url_are_the_light_modules() -> None:
-    """redact_url and DEFAULT_URL are one implementation, shared with the fast emit path."""
-    import logbus._env
+def test_redaction_is_the_one_url_module() -> None:
+    """redact_url is one implementation: settings re-exports the URL module's."""
     import logbus._urls
     import logbus.settings
 
     assert logbus.settings.redact_url is logbus._urls.redact_url
-    assert logbus.settings.DEFAULT_URL == logbus._env.DEFAULT_URL
+
+
+def test_lowercase_variables_fill_the_fields_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Variable names are matched case-insensitively: logbus_prefetch is LOGBUS_PREFETCH."""
+    monkeypatch.setenv("logbus_prefetch", "9")
+    assert Settings().prefetch == 9
+
+
+def test_a_variable_that_is_not_a_number_is_one_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LOGBUS_PREFETCH=lots is refused naming the field and its variable."""
+    monkeypatch.setenv("LOGBUS_PREFETCH", "lots")
+    with pytest.raises(ConfigError, match=r"setting prefetch = 'lots'.*LOGBUS_PREFETCH"):
+        load_settings()

@@ -290,3 +290,71 @@ def test_a_dead_letter_exchange_that_is_not_a_name_is_refused():
     text = '[[queues]]\nname = "q"\narguments = { "x-dead-letter-exchange" = true }\n'
     with pytest.raises(ConfigError, match=r"t\.toml:3: .*x-dead-letter-exchange.*not a name"):
         loads(text, source="t.toml")
+
+
+def test_publishing_to_the_topic_exchange_reaches_the_whole_default_topology() -> None:
+    """What `logbus emit` declares for the default: 4 exchanges, the work queue, 4 bindings."""
+    full = default()
+    needed = topology.reachable(full, exchanges=["logbus.topic"])
+    assert (needed.exchanges, needed.queues, needed.bindings) == (
+        full.exchanges,
+        full.queues,
+        full.bindings,
+    )
+    assert needed.emit == ()
+
+
+def test_reachable_follows_dead_letter_exchanges_and_leaves_the_rest() -> None:
+    """A queue's dead-letter exchange and what it feeds are reached; unrelated parts are not."""
+    topo = Topology(
+        exchanges=(
+            Exchange(name="in", type="topic"),
+            Exchange(name="dlx", type="fanout"),
+            Exchange(name="other", type="fanout"),
+        ),
+        queues=(
+            Queue(name="work", dead_letter_exchange="dlx"),
+            Queue(name="dead"),
+            Queue(name="elsewhere"),
+        ),
+        bindings=(
+            Binding(source="in", destination="work", routing_key="#"),
+            Binding(source="dlx", destination="dead"),
+            Binding(source="other", destination="elsewhere"),
+        ),
+    )
+    needed = topology.reachable(topo, exchanges=["in"])
+    assert {e.name for e in needed.exchanges} == {"in", "dlx"}
+    assert {q.name for q in needed.queues} == {"work", "dead"}
+    assert {b.source for b in needed.bindings} == {"in", "dlx"}
+
+
+def test_a_dead_letter_route_through_the_default_exchange_reaches_everything() -> None:
+    """x-dead-letter-exchange = "" routes by queue name: the whole topology is kept."""
+    topo = Topology(
+        exchanges=(Exchange(name="in", type="topic"), Exchange(name="other", type="fanout")),
+        queues=(
+            Queue(name="work", dead_letter_exchange="", dead_letter_routing_key="q"),
+            Queue(name="q"),
+        ),
+        bindings=(
+            Binding(source="in", destination="work"),
+            Binding(source="other", destination="q"),
+        ),
+        emit=(EmitTarget(exchange="in"),),
+    )
+    needed = topology.reachable(topo, exchanges=["in"])
+    assert (needed.exchanges, needed.queues, needed.bindings, needed.emit) == (
+        topo.exchanges,
+        topo.queues,
+        topo.bindings,
+        (),
+    )
+
+
+def test_no_emit_targets_names_the_file_and_the_fix() -> None:
+    """The message for a topology without [[emit]] names the file and both ways out."""
+    said = topology.no_emit_targets("/etc/t.toml")
+    assert "the topology file /etc/t.toml has no [[emit]] table" in said
+    assert "--exchange NAME or --queue NAME" in said
+    assert "targets=[EmitTarget(...)]" in topology.no_emit_targets(None, api=True)

@@ -21,7 +21,6 @@ from logbus.errors import ConfigError, LogbusError
 from logbus.sinks import BUILTIN_SINKS, load_sink, load_sink_table, parse_spec
 from logbus.transports import (
     _aio_connect,
-    _amqp_link,
     _pika_convert,
     local,
     memory,
@@ -73,7 +72,6 @@ URL_PARSERS: dict[str, Callable[[str], Any]] = {
     "redact_url": _urls.redact_url,
     "scheme_of": scheme_of,
     "pika": _pika_endpoints,
-    "oneshot": _amqp_link.broker,
     "aio": _aio_urls,
     "memory": memory.broker_name,
     "process": process.broker_name,
