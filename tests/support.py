@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
+
+import pytest
 
 if TYPE_CHECKING:
     from logbus.worker import Worker, WorkerSummary
 
-__all__ = ["RunningWorker", "wait_until"]
+__all__ = ["RunningWorker", "require_or_skip", "wait_until"]
+
+REQUIRED = "LOGBUS_REQUIRE_BROKER"
+
+
+def require_or_skip(reason: str, *also: str) -> NoReturn:
+    """Skip this test because of ``reason`` (a missing rabbitmqctl, openssl, Docker,
+    private node or management API) — or fail it where a run must not skip: under
+    ``LOGBUS_REQUIRE_BROKER=1`` (``.ci/run`` sets it), or any variable named in ``also``
+    set to 1. A fault test that cannot run there is a failure, never a silent green."""
+    for variable in (REQUIRED, *also):
+        if os.environ.get(variable) == "1":
+            pytest.fail(f"{variable}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def wait_until(

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from logbus.errors import NotFound
 from logbus.management import ManagementUnavailable, management_api
 from logbus.topology import Topology
 from logbus.transports import connect
+from tests.support import require_or_skip
 
 DEAD_URL = "amqp://guest:not-this-s3cret@127.0.0.1:1/%2F"
 
@@ -93,8 +92,9 @@ def free_port() -> int:
 
 
 def management_env(amqp_url: str, via: str) -> dict[str, str]:
-    """LOGBUS_MANAGEMENT_URL for ``via``: the real API (skip if it does not answer) or a
-    closed port, so that the command falls back to AMQP."""
+    """LOGBUS_MANAGEMENT_URL for ``via``: the real API (skip if it does not answer, fail
+    under LOGBUS_REQUIRE_BROKER=1 or LOGBUS_REQUIRE_MANAGEMENT=1) or a closed port, so that
+    the command falls back to AMQP."""
     if via == "amqp":
         return {"LOGBUS_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}"}
     api = management_api(amqp_url)
@@ -103,10 +103,9 @@ def management_env(amqp_url: str, via: str) -> dict[str, str]:
             raise ManagementUnavailable("not an AMQP URL")
         api.get("/api/overview")
     except ManagementUnavailable as exc:
-        reason = f"the management plugin does not answer: {exc}"
-        if os.environ.get("LOGBUS_REQUIRE_MANAGEMENT") == "1":  # CI enables it
-            pytest.fail(f"LOGBUS_REQUIRE_MANAGEMENT=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+        require_or_skip(
+            f"the management plugin does not answer: {exc}", "LOGBUS_REQUIRE_MANAGEMENT"
+        )
     return {"LOGBUS_MANAGEMENT_URL": api.base}  # credentials: the AMQP URL's
 
 

@@ -36,6 +36,7 @@ from tests.integration.test_amqp_faults import (
     broker_connection,
     with_address,
 )
+from tests.support import require_or_skip
 
 
 @pytest.fixture(params=["fast", "pika"])
@@ -284,7 +285,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key (made with openssl)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not on PATH: cannot make a test certificate")
+        require_or_skip("openssl is not on PATH: cannot make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
@@ -328,17 +329,19 @@ def test_amqps_trusts_the_ca_named_in_the_url(amqp_url, tls_proxy, certificate):
 # -- heartbeats -------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(RABBITMQCTL is None, reason="rabbitmqctl is not on PATH")
 def test_connection_is_named_for_the_broker(amqp_url):
     """The broker lists the connection under the transport's logbus-... name."""
+    if RABBITMQCTL is None:
+        require_or_skip("rabbitmqctl is not on PATH")
     with AmqpTransport(amqp_url) as opened:
         assert opened.connection_name.startswith("logbus-")
         assert broker_connection(opened.connection_name).pid
 
 
-@pytest.mark.skipif(RABBITMQCTL is None, reason="rabbitmqctl is not on PATH")
 def test_heartbeats_keep_an_idle_connection_open(amqp_url, unique_name):
     """Left alone for over two heartbeat intervals, the connection stays the same and works."""
+    if RABBITMQCTL is None:
+        require_or_skip("rabbitmqctl is not on PATH")
     name = f"logbus-{unique_name}"
     with AmqpTransport(amqp_url, heartbeat=2, connection_name=name) as idle:
         before = broker_connection(name)

@@ -39,6 +39,7 @@ from tests.pool_probe import (  # noqa: F401 (probe_plugin: a fixture, found by 
     stored,
     wait_until,
 )
+from tests.support import require_or_skip
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
 
@@ -184,7 +185,7 @@ def test_a_record_stays_unacked_while_its_worker_process_writes_it(
 ):
     """RabbitMQ counts the record unacked until the worker process reported it stored."""
     if RABBITMQCTL is None or urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost"):
-        pytest.skip("needs rabbitmqctl for the broker under test")
+        require_or_skip("needs rabbitmqctl for the broker under test")
     publish(admin, work_queue, ["gate"])
     running = Running(process_worker(amqp_url, work_queue, probe_dir))
     wait_until((probe_dir / "writing").exists, DEADLINE, "the worker process writing it")

@@ -25,7 +25,7 @@ from logbus.retry import (
 )
 from logbus.transports.amqp import AmqpTransport
 from logbus.worker import Worker, default_prefetch
-from tests.support import RunningWorker
+from tests.support import RunningWorker, require_or_skip
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
 
@@ -132,11 +132,12 @@ def unacked(queue: str) -> int:
 
 @pytest.fixture
 def broker_ctl(amqp_url: str) -> None:
-    """Skip unless ``rabbitmqctl`` on this machine controls the broker under test."""
+    """Skip unless ``rabbitmqctl`` on this machine controls the broker under test (fail
+    instead under LOGBUS_REQUIRE_BROKER=1)."""
     if RABBITMQCTL is None:
-        pytest.skip("rabbitmqctl is not on PATH")
+        require_or_skip("rabbitmqctl is not on PATH")
     if urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        pytest.skip("the broker under test is not local: rabbitmqctl cannot reach it")
+        require_or_skip("the broker under test is not local: rabbitmqctl cannot reach it")
 
 
 def test_every_record_is_stored_then_acked_and_the_queue_empties(amqp_url, admin, work_queue):
