@@ -51,8 +51,8 @@ import pika
 
 import logbus
 from logbus.record import LogRecord
-from logbus.retry import RetryPolicy, retry_queues
 from logbus.topology import Binding, EmitTarget, Topology, default, dumps
+from logbus.worker.retry import RetryPolicy, retry_queues
 
 ARGS = [arg for arg in sys.argv[1:] if not arg.startswith("--part=")]
 PARTS = "".join(arg.removeprefix("--part=") for arg in sys.argv[1:] if arg not in ARGS) or "abc"

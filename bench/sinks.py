@@ -51,8 +51,8 @@ import psycopg
 from logbus.archive import COLUMNS, postgres_row, postgres_schema, sqlite_row, sqlite_schema
 from logbus.demo import demo_topology
 from logbus.record import LogRecord
-from logbus.retry import RetryPolicy, retry_queues
 from logbus.topology import dumps
+from logbus.worker.retry import RetryPolicy, retry_queues
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

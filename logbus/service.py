@@ -330,11 +330,11 @@ def run_service(
     """
     from logbus.durations import parse_duration
     from logbus.metrics import WorkerMetrics, serve_metrics
-    from logbus.retry import RetryPolicy
     from logbus.settings import load_settings
     from logbus.topology import declare
     from logbus.transports import connect
     from logbus.worker import Worker
+    from logbus.worker.retry import RetryPolicy
 
     overrides: dict[str, Any] = {}
     if url or config.service.url:

@@ -21,9 +21,9 @@ from logbus.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from logbus.dlq import DeadLetter, DeadQueue
     from logbus.settings import Settings
     from logbus.transports.base import Transport
+    from logbus.worker.dlq import DeadLetter, DeadQueue
 
 __all__ = ["register"]
 
@@ -112,7 +112,7 @@ def dlq_list(
     as_json: JsonOption = False,
 ) -> None:
     """List the dead-letter queues with their records and reasons."""
-    from logbus import dlq
+    from logbus.worker import dlq
 
     settings = make_settings(url, config)
     names = queue or _shared_queues(settings)
@@ -133,7 +133,7 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """Show dead-lettered records with their reason and attempt history, leaving them there."""
-    from logbus import dlq
+    from logbus.worker import dlq
 
     settings = make_settings(url, config)
     name = _one_queue(settings, queue)
@@ -163,8 +163,8 @@ def replay(
     as_json: JsonOption = False,
 ) -> None:
     """Move dead-lettered records back to their work queue, their attempts reset."""
-    from logbus import dlq
-    from logbus.retry import dead_queue
+    from logbus.worker import dlq
+    from logbus.worker.retry import dead_queue
 
     settings = make_settings(url, config)
     name = _one_queue(settings, queue)
@@ -189,8 +189,8 @@ def purge(
     as_json: JsonOption = False,
 ) -> None:
     """Drop every record of a dead-letter queue, for good."""
-    from logbus import dlq
-    from logbus.retry import dead_queue
+    from logbus.worker import dlq
+    from logbus.worker.retry import dead_queue
 
     settings = make_settings(url, config)
     name = _one_queue(settings, queue)
@@ -274,7 +274,7 @@ def _render_list(found: list[DeadQueue]) -> None:
 
 
 def _render_show(queue: str, letters: list[DeadLetter], depth: int) -> None:
-    from logbus.retry import dead_queue
+    from logbus.worker.retry import dead_queue
 
     shown = f", the first {len(letters)} shown" if len(letters) < depth else ""
     typer.echo(f"{dead_queue(queue)}: {_records(depth)}{shown} (left in place)")

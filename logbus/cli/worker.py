@@ -25,9 +25,9 @@ from logbus._signals import stop_on_signals
 from logbus.cli.common import ConfigOption, UrlOption, fail, make_settings, quiet_connect
 
 if TYPE_CHECKING:
-    from logbus.retry import RetryPolicy
     from logbus.topology import Topology
     from logbus.transports.base import Transport
+    from logbus.worker.retry import RetryPolicy
 
 __all__ = [
     "EPILOG",
@@ -227,12 +227,12 @@ def worker(
         _monkey_patch()  # first: see the module docstring
     if log_format is LogFormat.json:
         log_json_lines()
-    from logbus.pools import check_transport
     from logbus.settings import redact_url
     from logbus.sinks import load_sink
     from logbus.topology import declare
     from logbus.transports import connect
     from logbus.worker import Worker, units
+    from logbus.worker.pools import check_transport
 
     policy = _retry_policy(max_attempts, retry_delay, retry_backoff, retry_max_delay, no_retry)
     bound = _shutdown_timeout(shutdown_timeout)
@@ -333,7 +333,7 @@ def _retry_policy(
     """The policy the retry options describe; a usage error if they make none."""
     from logbus.durations import parse_duration
     from logbus.errors import ConfigError, InputError
-    from logbus.retry import RetryPolicy
+    from logbus.worker.retry import RetryPolicy
 
     if no_retry:
         if max_attempts not in (None, 1):

@@ -7,7 +7,7 @@ would print an alert twice, a pager would page twice. So a multi-sink (the
 service's :class:`~logbus.service.TeeSink`) answers such a record with
 :class:`PartlyStored`, naming the sinks that have it; the worker writes those
 names into the record's ``x-logbus-stored`` header on its way to the delay
-queue (:mod:`logbus.retry`), like the attempt count; and on the next attempt
+queue (:mod:`logbus.worker.retry`), like the attempt count; and on the next attempt
 :func:`write_rest` hands the sink each record with the names it already has,
 through the sink's ``write_rest`` method when it has one. A sink without one is
 a single sink, written to as usual.

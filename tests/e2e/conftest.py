@@ -13,9 +13,9 @@ import pika
 import pytest
 
 from logbus.demo import demo_topology
-from logbus.retry import RetryPolicy, retry_queues
 from logbus.topology import Queue, declare, dumps
 from logbus.transports import connect
+from logbus.worker.retry import RetryPolicy, retry_queues
 from tests.e2e.support import Deployment, Scratch, management_env, remove
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]

@@ -4,7 +4,7 @@ in real subprocesses against the real RabbitMQ.
 Workers that must fail use the ``gate`` sink plugin defined here (installed for
 subprocesses through a ``logbus.sinks`` entry point in a dist-info directory on
 ``PYTHONPATH``), steered by files in its directory. Other tests put dead letters
-in place directly, built as a worker builds them (:func:`logbus.retry.for_dead`).
+in place directly, built as a worker builds them (:func:`logbus.worker.retry.for_dead`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import pytest
 from logbus.errors import ConfigError
 from logbus.message import Message
 from logbus.record import LogRecord
-from logbus.retry import (
+from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dumps
+from logbus.transports.amqp import AmqpTransport
+from logbus.worker.retry import (
     ATTEMPTS_HEADER,
     HISTORY_HEADER,
     REASON_HEADER,
@@ -35,8 +37,6 @@ from logbus.retry import (
     for_dead,
     remove_retry_queues,
 )
-from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dumps
-from logbus.transports.amqp import AmqpTransport
 from tests.e2e.support import on_tty
 from tests.support import wait_until
 

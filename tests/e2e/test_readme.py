@@ -64,9 +64,9 @@ import pytest
 from logbus.durations import parse_duration
 from logbus.emitter import Emitter
 from logbus.errors import NotFound
-from logbus.retry import RetryPolicy, retry_queues
 from logbus.settings import Settings
 from logbus.transports import connect
+from logbus.worker.retry import RetryPolicy, retry_queues
 from tests.e2e.support import Scratch, free_port, on_tty
 from tests.support import wait_until
 

@@ -31,8 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from logbus.retry import RetryPolicy, remove_retry_queues
 from logbus.transports import connect
+from logbus.worker.retry import RetryPolicy, remove_retry_queues
 from tests.e2e.support import Deployment, emit
 from tests.integration.test_sinks_postgres import pg_table
 from tests.support import wait_until

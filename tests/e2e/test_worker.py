@@ -28,14 +28,14 @@ from pathlib import Path
 import pika
 import pytest
 
-from logbus.batching import PREFETCH_FLOOR
 from logbus.emitter import Emitter
 from logbus.errors import TransportError
 from logbus.record import LogRecord
-from logbus.retry import RetryPolicy, remove_retry_queues
 from logbus.settings import load_settings
 from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dumps
 from logbus.transports import connect
+from logbus.worker.batching import PREFETCH_FLOOR
+from logbus.worker.retry import RetryPolicy, remove_retry_queues
 from tests.e2e.test_dlq import install_gate_plugin
 from tests.e2e.test_dlq import lines as gate_lines
 from tests.private_broker import PrivateBroker

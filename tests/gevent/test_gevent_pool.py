@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from logbus.pools import gevent_patched
 from logbus.transports import Transport, connect
 from logbus.worker import Worker
+from logbus.worker.pools import gevent_patched
 from tests.pool_probe import (
     DEADLINE,
     ProbeSink,

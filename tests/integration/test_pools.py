@@ -24,10 +24,10 @@ import pytest
 
 from logbus.message import Message
 from logbus.record import LogRecord
-from logbus.retry import RetryPolicy, remove_retry_queues
 from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, dumps
 from logbus.transports.amqp import AmqpTransport
 from logbus.worker import Worker
+from logbus.worker.retry import RetryPolicy, remove_retry_queues
 from tests.pool_probe import (  # noqa: F401 (probe_plugin: a fixture, found by name)
     DEADLINE,
     ProbeSink,

@@ -210,7 +210,7 @@ def test_a_sink_that_cannot_open_in_the_worker_processes_fails_start(
 
 def test_importing_the_worker_pools_and_cli_imports_no_gevent():
     """gevent is loaded only for --pool gevent (or gevent://), never by importing logbus."""
-    code = "import sys, logbus.worker, logbus.pools, logbus.cli\nprint('gevent' in sys.modules)\n"
+    code = "import sys, logbus.worker, logbus.cli\nprint('gevent' in sys.modules)\n"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )

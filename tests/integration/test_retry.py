@@ -28,7 +28,10 @@ from logbus.errors import (
 )
 from logbus.message import Message, Properties
 from logbus.record import LogRecord
-from logbus.retry import (
+from logbus.transports import connect
+from logbus.transports.base import Delivery, Transport
+from logbus.worker import Worker
+from logbus.worker.retry import (
     ATTEMPTS_HEADER,
     EXCHANGE_HEADER,
     HISTORY_HEADER,
@@ -41,9 +44,6 @@ from logbus.retry import (
     remove_retry_queues,
     retry_queues,
 )
-from logbus.transports import connect
-from logbus.transports.base import Delivery, Transport
-from logbus.worker import Worker
 from tests.support import RunningWorker, wait_until
 
 DEADLINE = 15.0
@@ -486,7 +486,7 @@ def test_retry_queues_names_the_delay_queues_of_a_policy_and_the_dead_letter_que
 
 def test_a_server_named_queue_gets_retry_queues_outside_the_reserved_prefix():
     """amq.gen-... is the broker's prefix: its delay and dead queues are logbus.amq.gen-...."""
-    from logbus.retry import dead_queue, delay_queue
+    from logbus.worker.retry import dead_queue, delay_queue
 
     assert delay_queue("amq.gen-abc", 1000) == "logbus.amq.gen-abc.retry.1000"
     assert dead_queue("amq.gen-abc") == "logbus.amq.gen-abc.dead"
@@ -495,7 +495,7 @@ def test_a_server_named_queue_gets_retry_queues_outside_the_reserved_prefix():
 
 def test_a_worker_on_a_server_named_queue_starts_and_declares_its_retry_queues():
     """A worker consuming a queue the broker named can declare its retry queues."""
-    from logbus.retry import dead_queue
+    from logbus.worker.retry import dead_queue
 
     with connect("memory://") as transport:
         name = transport.declare_queue("", exclusive=True).name

@@ -16,15 +16,15 @@ from logbus.errors import ConnectionLost, DecodeError
 from logbus.message import Message, Properties
 from logbus.metrics import WorkerMetrics
 from logbus.record import LogRecord
-from logbus.retry import (
+from logbus.transports.amqp import AmqpTransport
+from logbus.worker import Worker, default_prefetch
+from logbus.worker.retry import (
     ATTEMPTS_HEADER,
     REASON_HEADER,
     RetryPolicy,
     dead_queue,
     remove_retry_queues,
 )
-from logbus.transports.amqp import AmqpTransport
-from logbus.worker import Worker, default_prefetch
 from tests.support import RunningWorker, require_or_skip
 
 RABBITMQCTL = shutil.which("rabbitmqctl")

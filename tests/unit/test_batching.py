@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from logbus.batching import Batching, Taker
 from logbus.errors import ConnectionLost
 from logbus.message import Message
 from logbus.transports import Transport, connect
 from logbus.transports.base import Consumer, Delivery, settle_many
+from logbus.worker.batching import Batching, Taker
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import os
 import pytest
 
 from logbus.errors import ConfigError
-from logbus.pools import GeventPool, gevent_patched
 from logbus.worker import Worker
+from logbus.worker.pools import GeventPool, gevent_patched
 from tests.pool_probe import (
     DEADLINE,
     ProbeSink,

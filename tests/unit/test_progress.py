@@ -9,12 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from logbus import dlq
 from logbus.cli._progress import progress, shows_progress
 from logbus.message import Message
 from logbus.record import LogRecord
-from logbus.retry import dead_queue
 from logbus.transports import connect
+from logbus.worker import dlq
+from logbus.worker.retry import dead_queue
 
 
 @pytest.fixture

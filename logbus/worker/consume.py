@@ -9,18 +9,18 @@
 Each delivery ends acked once the sink stored its record; a record the sink
 failed on is sent on, confirmed, to a delay queue (to be tried again) or the
 dead-letter queue before it is acked, so nothing is lost and nothing loops
-(:mod:`logbus.outcomes` has the whole table, :mod:`logbus.retry` the queues and
+(:mod:`logbus.worker.outcomes` has the whole table, :mod:`logbus.worker.retry` the queues and
 headers). :meth:`Worker._on_failure` is the seam that decides a failed
-record's way (:class:`~logbus.retry.RetryPolicy` by default).
+record's way (:class:`~logbus.worker.retry.RetryPolicy` by default).
 
 *Fair dispatch and batches.* A thread of the pool hands the sink up to its
 ``max_batch`` records at once, waiting up to its ``max_wait`` for a batch to
 fill; the default prefetch is two batches per thread, process or greenlet, at
-least 2000 (:mod:`logbus.batching` says why).
+least 2000 (:mod:`logbus.worker.batching` says why).
 
 *Pools.* The worker's threads take their batches from the consumer themselves,
-one thread at a time (:class:`~logbus.batching.Taker`), and settle them, a
-batch with one call into the transport, whatever the pool: :mod:`logbus.pools`
+one thread at a time (:class:`~logbus.worker.batching.Taker`), and settle them, a
+batch with one call into the transport, whatever the pool: :mod:`logbus.worker.pools`
 only says where records are decoded and written — by ``concurrency`` threads
 here (``thread``), by as many worker processes, each fed by a thread of its own
 (``process``: for a sink that needs CPU, past the GIL), or by greenlets
@@ -50,10 +50,13 @@ from typing import TYPE_CHECKING
 
 from logbus._log import get_logger
 from logbus._urls import redact_url
-from logbus.batching import Batching, Taker, batching_of, default_prefetch
 from logbus.errors import ConfigError, LogbusError
-from logbus.outcomes import Forward, Outcomes, describe_failure
-from logbus.pools import (
+from logbus.sinks import Sink, is_recoverable
+from logbus.sinks._partial import stored_by
+from logbus.transports.base import Delivery, Transport
+from logbus.worker.batching import Batching, Taker, batching_of, default_prefetch
+from logbus.worker.outcomes import Forward, Outcomes, describe_failure
+from logbus.worker.pools import (
     Lane,
     Pool,
     PoolKind,
@@ -62,10 +65,7 @@ from logbus.pools import (
     check_transport,
     make_pool,
 )
-from logbus.retry import RetryPolicy, declare_retry_queues, restore_origin, route_failure
-from logbus.sinks import Sink, is_recoverable
-from logbus.sinks._partial import stored_by
-from logbus.transports.base import Delivery, Transport
+from logbus.worker.retry import RetryPolicy, declare_retry_queues, restore_origin, route_failure
 
 if TYPE_CHECKING:
     from logbus.metrics import WorkerMetrics
@@ -158,10 +158,10 @@ class Worker:
     publish failed records through it. ``sink`` is a sink or its spec
     (``jsonl:PATH``); the process pool needs the spec, which each worker process
     opens itself. ``pool`` is ``thread``, ``process`` or ``gevent`` (see
-    :mod:`logbus.pools`). ``prefetch`` None means ``settings.prefetch`` when it
+    :mod:`logbus.worker.pools`). ``prefetch`` None means ``settings.prefetch`` when it
     was set explicitly (``LOGBUS_PREFETCH``), else :func:`default_prefetch`.
     ``retry`` says when a failed record is tried again (default
-    :class:`~logbus.retry.RetryPolicy`: 5 attempts, 1 s doubling); ``metrics``,
+    :class:`~logbus.worker.retry.RetryPolicy`: 5 attempts, 1 s doubling); ``metrics``,
     if given, is told what happens. ``shutdown_timeout`` bounds a stop (see the
     module docstring); ``report``, if given, is told in words what a stopping
     worker does (``draining 12 in flight, returning 1,988 prefetched``), for a
@@ -462,7 +462,7 @@ class Worker:
     def _on_failure(self, delivery: Delivery, exc: Exception) -> Forward:
         """Where a record the sink did not store goes: the seam for retry policies.
 
-        By default :func:`logbus.retry.route_failure` with the worker's policy: a
+        By default :func:`logbus.worker.retry.route_failure` with the worker's policy: a
         delay queue while attempts remain and the failure is recoverable, else the
         dead-letter queue.
         """

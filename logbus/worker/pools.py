@@ -52,7 +52,6 @@ from logbus._log import get_logger
 from logbus._urls import redact_url
 from logbus.errors import ConfigError, DecodeError, InputError, LogbusError
 from logbus.record import LogRecord, decode
-from logbus.retry import stored_of
 from logbus.sinks import Sink, is_recoverable, load_sink
 from logbus.sinks._partial import stored_by, write_rest
 from logbus.transports import scheme_of
@@ -66,6 +65,7 @@ from logbus.wire.frames import (
     message_args,
     message_from,
 )
+from logbus.worker.retry import stored_of
 
 if TYPE_CHECKING:
     from logbus.message import Message

@@ -1,7 +1,7 @@
 """How each delivery a worker took ends: acked, sent on to a delay or dead-letter queue, requeued.
 
 So that nothing is lost and nothing loops forever (the queues and headers are
-:mod:`logbus.retry`'s):
+:mod:`logbus.worker.retry`'s):
 
 ==========================  =====================================================
 the record ...               the delivery is ...
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING
 from logbus._log import Repeats, get_logger
 from logbus.errors import LogbusError, Unroutable
 from logbus.message import Message
-from logbus.pools import RemoteSinkError, Result, Undecodable
-from logbus.retry import Outcome, RetryPolicy, declare_retry_queues, for_dead
 from logbus.sinks import is_recoverable
 from logbus.sinks._partial import PartlyStored, stored_by
 from logbus.transports.base import Delivery, Settlement, Transport, settle_many
+from logbus.worker.pools import RemoteSinkError, Result, Undecodable
+from logbus.worker.retry import Outcome, RetryPolicy, declare_retry_queues, for_dead
 
 if TYPE_CHECKING:
     from logbus.metrics import WorkerMetrics

@@ -1,7 +1,7 @@
 """The dead-letter queues: what is there and why, and putting records back to work.
 
 A worker parks on ``<queue>.dead`` every record it gave up on (see
-:mod:`logbus.retry`), with the reason, the attempt history and where the
+:mod:`logbus.worker.retry`), with the reason, the attempt history and where the
 record was first published in its headers. These functions are what
 ``logbus dlq list|show|replay|purge --queue NAME`` call:
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from logbus.errors import ConfigError, DecodeError, LogbusError, NotFound
 from logbus.record import LogRecord, decode
-from logbus.retry import (
+from logbus.worker.retry import (
     QUEUE_HEADER,
     REASON_HEADER,
     attempts_of,
