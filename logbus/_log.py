@@ -15,21 +15,26 @@ the others of that window are counted, and when the window ends one more line
 says how many there were (``more=15467 summary='and 15,467 more like this in
 the last 10 s'``). A flood becomes a line per kind per window; nothing is
 silenced entirely.
+
+:func:`log_json_lines` switches the root handlers to one JSON object per event
+(``--log-format json`` of ``logbus worker`` and the services, for log shippers).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["REPEAT_WINDOW", "Repeats", "get_logger"]
+__all__ = ["REPEAT_WINDOW", "JsonLines", "Repeats", "get_logger", "log_json_lines"]
 
 #: Seconds in which repeats of an event are counted rather than logged.
 REPEAT_WINDOW = 10.0
@@ -204,3 +209,33 @@ def _flush_all() -> None:
     for repeats in list(_ALL):
         with contextlib.suppress(Exception):  # at exit, a closed stream is not worth a traceback
             repeats.flush()
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per event: time, level, logger, then the event's own keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC)
+        line: dict[str, object] = {
+            "ts": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        event = getattr(record, "logbus_event", None)  # logbus's events carry their keys
+        if isinstance(event, dict):
+            line.update(event)
+        else:  # a driver's or the standard library's message
+            line["event"] = record.getMessage()
+            if record.exc_info:
+                line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def log_json_lines() -> None:
+    """Write logbus's events (info and up) to stderr as JSON lines, not text."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(JsonLines())
+    logbus = logging.getLogger("logbus")
+    if logbus.getEffectiveLevel() > logging.INFO:  # --debug keeps its debug events
+        logbus.setLevel(logging.INFO)

@@ -3,7 +3,7 @@
 A service (``services/archiver``, ``services/alerter``) is a thin composition:
 :func:`load_service` reads its file into a :class:`ServiceConfig`, and
 :func:`run_service` declares the topology plus the service's own durable queue
-and bindings, starts a :class:`~logbus.worker.Worker` on it with the configured
+and bindings, starts a worker on it (:func:`logbus.worker.assembly.run`) with the configured
 pool, retry policy, metrics endpoint and sink(s), and runs until SIGTERM/SIGINT
 (stop taking records, finish and ack those in hand, exit 0).
 
@@ -42,7 +42,6 @@ the section and the key.
 
 from __future__ import annotations
 
-import contextlib
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,7 +49,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from logbus._signals import stop_on_signals
 from logbus.errors import ConfigError, InputError
 from logbus.record import LogRecord
 
@@ -58,7 +56,7 @@ if TYPE_CHECKING:
     from logbus.settings import Settings
     from logbus.sinks import Sink
     from logbus.topology import Topology
-    from logbus.worker import WorkerSummary
+    from logbus.worker.consume import WorkerSummary
 
 __all__ = [
     "ServiceConfig",
@@ -329,11 +327,8 @@ def run_service(
     does (see :class:`~logbus.worker.Worker`).
     """
     from logbus.durations import parse_duration
-    from logbus.metrics import WorkerMetrics, serve_metrics
     from logbus.settings import load_settings
-    from logbus.topology import declare
-    from logbus.transports import connect
-    from logbus.worker import Worker
+    from logbus.worker.assembly import WorkerPlan, run
     from logbus.worker.retry import RetryPolicy
 
     overrides: dict[str, Any] = {}
@@ -359,36 +354,24 @@ def run_service(
     sink = build_sink(config)
     if wrap is not None:
         sink = wrap(sink)
-    metrics = WorkerMetrics(config.queue.name, config.service.name)
-    transport = connect(settings.url, settings=settings)
-    server = None
-    try:
-        declare(transport, topology)
-        worker = Worker(
-            transport,
-            config.queue.name,
-            sink,
-            pool=config.worker.pool,
-            prefetch=config.worker.prefetch,
-            concurrency=config.worker.concurrency,
-            settings=settings,
-            retry=retry,
-            metrics=metrics,
-            shutdown_timeout=shutdown_timeout,
-            report=report,
-        )
-        if config.metrics.port is not None:
-            server = serve_metrics(
-                metrics, config.metrics.port, config.metrics.host, health=worker.health
-            )
-        stopping = stop_on_signals(worker.stop) if stop_signals else contextlib.nullcontext()
-        with stopping:
-            worker.start()
-            if on_started is not None:
-                where = f"; metrics on {server.url}" if server is not None else ""
-                on_started(f"consuming {config.queue.name}{where}")
-            return worker.wait()
-    finally:
-        if server is not None:
-            server.close()
-        transport.close()
+    plan = WorkerPlan(
+        settings,
+        topology,
+        config.queue.name,
+        sink,
+        pool=config.worker.pool,
+        prefetch=config.worker.prefetch,
+        concurrency=config.worker.concurrency,
+        retry=retry,
+        shutdown_timeout=shutdown_timeout,
+        metrics_port=config.metrics.port,
+        metrics_host=config.metrics.host,
+        metrics_label=config.service.name,
+    )
+
+    def started(_worker: object, metrics_url: str | None) -> None:
+        if on_started is not None:
+            where = f"; metrics on {metrics_url}" if metrics_url else ""
+            on_started(f"consuming {config.queue.name}{where}")
+
+    return run(plan, on_started=started, report=report, stop_signals=stop_signals)

@@ -12,8 +12,9 @@ from typing import Annotated
 
 import typer
 
+from logbus._log import log_json_lines
 from logbus.cli.common import UrlOption, run_guarded
-from logbus.cli.worker import LogFormat, log_json_lines, stopping_reporter
+from logbus.cli.worker import LogFormat, stopping_reporter
 from logbus.service import ServiceConfig, load_service, run_service
 from logbus.sinks import Sink
 

@@ -11,31 +11,24 @@ gevent patches in place.) No other pool, and no other command, patches.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from logbus._signals import stop_on_signals
+from logbus._log import log_json_lines
 from logbus.cli.common import ConfigOption, UrlOption, fail, make_settings, quiet_connect
 
 if TYPE_CHECKING:
     from logbus.topology import Topology
-    from logbus.transports.base import Transport
     from logbus.worker.retry import RetryPolicy
 
 __all__ = [
     "EPILOG",
     "LogFormat",
     "PoolChoice",
-    "log_json_lines",
     "register",
-    "stop_on_signals",
     "stopping_reporter",
     "worker",
 ]
@@ -229,64 +222,48 @@ def worker(
         log_json_lines()
     from logbus.settings import redact_url
     from logbus.sinks import load_sink
-    from logbus.topology import declare
-    from logbus.transports import connect
     from logbus.worker import Worker, units
-    from logbus.worker.pools import check_transport
+    from logbus.worker.assembly import WorkerPlan, run
 
     policy = _retry_policy(max_attempts, retry_delay, retry_backoff, retry_max_delay, no_retry)
     bound = _shutdown_timeout(shutdown_timeout)
     settings = make_settings(url, config)
-    check_transport(pool.value, settings.url)  # before connecting: gevent blocks some
     topology = settings.topology()
     name = _pick_queue(topology, queue)
     chosen = load_sink(sink)  # a bad sink fails before anything touches the broker
-    metrics = None
-    if metrics_port is not None:
-        from logbus.metrics import WorkerMetrics
+    plan = WorkerPlan(
+        settings,
+        topology,
+        name,
+        sink if pool is PoolChoice.process else chosen,  # processes open it themselves
+        pool=pool.value,
+        prefetch=prefetch,
+        concurrency=concurrency,
+        retry=policy,
+        shutdown_timeout=bound,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        metrics_label=sink,
+    )
+    console = log_format is LogFormat.console
 
-        metrics = WorkerMetrics(name, sink)
-    with quiet_connect():
-        transport = connect(settings.url, settings=settings)
-    try:
-        declare(transport, topology)
-        if name not in {q.name for q in topology.queues}:
-            _ensure_queue(transport, name)
-        runner = Worker(
-            transport,
-            name,
-            sink if pool is PoolChoice.process else chosen,  # processes open it themselves
-            pool=pool.value,
-            prefetch=prefetch,
-            concurrency=concurrency,
-            settings=settings,
-            retry=policy,
-            metrics=metrics,
-            shutdown_timeout=bound,
-            report=stopping_reporter("logbus worker") if log_format is LogFormat.console else None,
-        )
-        with contextlib.ExitStack() as serving, stop_on_signals(runner.stop):
-            served = ""
-            if metrics is not None and metrics_port is not None:
-                from logbus.metrics import serve_metrics
-
-                # Bound before consuming: a port in use stops the worker before it takes a record.
-                server = serving.enter_context(
-                    serve_metrics(metrics, metrics_port, metrics_host, health=runner.health)
-                )
-                served = f"; metrics on {server.url}metrics"
-            runner.start()
+    def started(runner: Worker, metrics_url: str | None) -> None:
+        if console:
             lanes = f"{concurrency} {units(runner.pool.unit, concurrency)}"
-            if log_format is LogFormat.console:
-                typer.echo(
-                    f"logbus worker: consuming {name} (prefetch {runner.prefetch}, {lanes}) "
-                    f"→ {redact_url(sink)}; retries: {policy}{served}",
-                    err=True,
-                )
-            summary = runner.wait()
-    finally:
-        transport.close()
-    if log_format is LogFormat.console:
+            served = f"; metrics on {metrics_url}metrics" if metrics_url else ""
+            typer.echo(
+                f"logbus worker: consuming {name} (prefetch {runner.prefetch}, {lanes}) "
+                f"→ {redact_url(sink)}; retries: {policy}{served}",
+                err=True,
+            )
+
+    summary = run(
+        plan,
+        on_started=started,
+        report=stopping_reporter("logbus worker") if console else None,
+        connecting=quiet_connect,
+    )
+    if console:
         typer.echo(f"logbus worker: stopped: {summary}", err=True)
 
 
@@ -349,36 +326,6 @@ def _retry_policy(
         raise fail(str(exc), USAGE) from None
 
 
-class _JsonLines(logging.Formatter):
-    """One JSON object per event: time, level, logger, then the event's own keys."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = datetime.fromtimestamp(record.created, UTC)
-        line: dict[str, object] = {
-            "ts": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        event = getattr(record, "logbus_event", None)  # logbus's events carry their keys
-        if isinstance(event, dict):
-            line.update(event)
-        else:  # a driver's or the standard library's message
-            line["event"] = record.getMessage()
-            if record.exc_info:
-                line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-def log_json_lines() -> None:
-    """Write logbus's events (info and up) to stderr as JSON lines, not text."""
-    root = logging.getLogger()
-    for handler in root.handlers:
-        handler.setFormatter(_JsonLines())
-    logbus = logging.getLogger("logbus")
-    if logbus.getEffectiveLevel() > logging.INFO:  # --debug keeps its debug events
-        logbus.setLevel(logging.INFO)
-
-
 def _pick_queue(topology: Topology, queue: str | None) -> str:
     if queue is not None:
         if not queue or len(queue.encode()) > 255:
@@ -392,13 +339,3 @@ def _pick_queue(topology: Topology, queue: str | None) -> str:
         f"the topology declares {len(shared)} shared queues{listed}; name one with --queue",
         USAGE,
     )
-
-
-def _ensure_queue(transport: Transport, name: str) -> None:
-    """Use the queue as it exists (whatever its arguments), else declare it durable."""
-    from logbus.errors import NotFound
-
-    try:
-        transport.declare_queue(name, passive=True)
-    except NotFound:
-        transport.declare_queue(name, durable=True)
