@@ -261,16 +261,18 @@ def _records(count: int) -> str:
 
 
 def _render_list(found: list[DeadQueue]) -> None:
-    width = max([len(one.dead_letter_queue) for one in found] + [17])
-    typer.echo(f"{'dead-letter queue':<{width}}  {'records':>7}  reasons")
+    from logbus.cli._tables import add_row, print_table, table
+
+    rows = table("dead-letter queue", "records", "reasons", numbers={"records"})
     for one in found:
         if not one.exists:
-            typer.echo(f"{one.dead_letter_queue:<{width}}  {'-':>7}  (none: no worker ran on it)")
+            add_row(rows, one.dead_letter_queue, "-", "(none: no worker ran on it)")
             continue
         reasons = ", ".join(f"{n} {kind}" for kind, n in one.reasons.items()) or "-"
         if one.sampled < one.messages and one.reasons:
             reasons += f" (of the first {one.sampled})"
-        typer.echo(f"{one.dead_letter_queue:<{width}}  {one.messages:>7}  {reasons}")
+        add_row(rows, one.dead_letter_queue, str(one.messages), reasons)
+    print_table(rows)
 
 
 def _render_show(queue: str, letters: list[DeadLetter], depth: int) -> None:

@@ -149,7 +149,7 @@ def _render(records: list[LogRecord]) -> None:
     if not records:
         typer.echo("no records matched", err=True)
         return
-    rows = [
+    cells = [
         (
             record.model_dump(mode="json", include={"ts"})["ts"],
             escape_controls(record.host or "-"),
@@ -159,20 +159,14 @@ def _render(records: list[LogRecord]) -> None:
         )
         for record in records
     ]
-    header = ("TIME", "HOST", "APP", "KEY", "MESSAGE")
-    widths = [max(len(row[i]) for row in [*rows, header]) for i in range(4)]
-    typer.secho(_line(header, widths), bold=True)
-    for record, row in zip(records, rows, strict=True):
+    from logbus.cli._tables import add_row, print_table, table
+
+    rows = table("TIME", "HOST", "APP", "KEY", "MESSAGE", whole={"TIME"})
+    for record, row in zip(records, cells, strict=True):
         word = record.severity.word
-        colour = typer.colors.RED if word in _SEVERE else None
-        if word == "warning":
-            colour = typer.colors.YELLOW
-        typer.secho(_line(row, widths), fg=colour)
-
-
-def _line(cells: tuple[str, ...], widths: list[int]) -> str:
-    padded = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)]
-    return "  ".join([*padded, cells[-1]])
+        colour = "red" if word in _SEVERE else ("yellow" if word == "warning" else None)
+        add_row(rows, *row, style=colour)
+    print_table(rows)
 
 
 def register(app: typer.Typer) -> None:

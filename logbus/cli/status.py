@@ -103,24 +103,28 @@ def _render(report: Status) -> None:
         typer.echo(f"statistics from the management API at {report.management}")
     else:
         typer.echo(f"statistics through AMQP ({report.note})")
-    width = max(
-        [len(q.name) for q in report.queues] + [len(e.name) for e in report.exchanges] + [8]
-    )
+    from logbus.cli._tables import add_row, print_table, table
+
     typer.echo("")
-    typer.echo(
-        f"{'queue':<{width}}  {'ready':>8} {'unacked':>8} {'consumers':>9} "
-        f"{'publish/s':>9} {'deliver/s':>9}"
-    )
+    numbers = ("ready", "unacked", "consumers", "publish/s", "deliver/s")
+    queues = table("queue", *numbers, numbers=numbers)
     for q in report.queues:
-        typer.echo(
-            f"{q.name:<{width}}  {_n(q.ready):>8} {_n(q.unacked):>8} {_n(q.consumers):>9} "
-            f"{_rate(q.publish_rate):>9} {_rate(q.deliver_rate):>9}"
+        add_row(
+            queues,
+            q.name,
+            _n(q.ready),
+            _n(q.unacked),
+            _n(q.consumers),
+            _rate(q.publish_rate),
+            _rate(q.deliver_rate),
         )
+    print_table(queues)
     typer.echo("")
-    typer.echo(f"{'exchange':<{width}}  {'type':<8} durable")
+    exchanges = table("exchange", "type", "durable")
     for e in report.exchanges:
         durable = "?" if e.durable is None else ("yes" if e.durable else "no")
-        typer.echo(f"{e.name:<{width}}  {e.type or '?':<8} {durable}")
+        add_row(exchanges, e.name, e.type or "?", durable)
+    print_table(exchanges)
     typer.echo("")
     if report.bindings is None:
         typer.echo("bindings: unknown (AMQP cannot list them; the management API can)")

@@ -112,13 +112,18 @@ def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
         typer.echo(json.dumps(topology.model_dump(mode="json", exclude_none=True)))
         return
     typer.secho(f"topology: {_source(settings.config)}", bold=True)
-    width = max((len(n) for n in _names(topology)), default=8) + 2
+    from logbus.cli._tables import add_row, print_table, table
+
     typer.echo("\nexchanges")
+    exchanges = table("name", "type", "properties", header=False)
     for e in topology.exchanges:
-        typer.echo(f"  {e.name:<{width}} {e.type:<8} {_flags(e.model_dump(), e.arguments)}")
+        add_row(exchanges, e.name, e.type, _flags(e.model_dump(), e.arguments))
+    print_table(exchanges, indent=2)
     typer.echo("\nqueues")
+    queues = table("name", "properties", header=False)
     for q in topology.queues:
-        typer.echo(f"  {q.name:<{width}} {_flags(q.model_dump(), q.amqp_arguments())}")
+        add_row(queues, q.name, _flags(q.model_dump(), q.amqp_arguments()))
+    print_table(queues, indent=2)
     typer.echo("\nbindings")
     for b in topology.bindings:
         args = f" {json.dumps(b.arguments, sort_keys=True)}" if b.arguments else ""
@@ -202,10 +207,6 @@ def _url(settings: Settings) -> str:
 
 def _source(config: Path | None) -> str:
     return "built-in default" if config is None else str(config)
-
-
-def _names(topology: Topology) -> list[str]:
-    return [e.name for e in topology.exchanges] + [q.name for q in topology.queues]
 
 
 def _counts(topology: Topology) -> str:

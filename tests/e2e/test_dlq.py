@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -329,7 +330,12 @@ def test_list_on_a_terminal_is_a_table_of_the_config_queues(deployment):
     """Without --queue: the config's queue, its dead-letter queue, count and reasons."""
     deployment.bury(LogRecord.from_key("kern.info", "x"), "not recoverable: ValueError: no")
     header, row = on_terminal(deployment, "list").splitlines()
-    assert header.split() == ["dead-letter", "queue", "records", "reasons"]
+    assert re.sub(r"\x1b\[[0-9;]*m", "", header).split() == [
+        "dead-letter",
+        "queue",
+        "records",
+        "reasons",
+    ]
     assert row.split() == [deployment.dead, "1", "1", "not", "recoverable:", "ValueError"]
 
 
