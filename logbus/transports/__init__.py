@@ -14,7 +14,15 @@ from logbus._urls import parse_url, split_urls
 from logbus.errors import ConfigError
 from logbus.transports.base import DEFAULT_PREFETCH, Consumer, Delivery, Transport
 
-__all__ = ["DEFAULT_PREFETCH", "TRANSPORTS", "Consumer", "Delivery", "Transport", "connect"]
+__all__ = [
+    "DEFAULT_PREFETCH",
+    "TRANSPORTS",
+    "Consumer",
+    "Delivery",
+    "Transport",
+    "connect",
+    "transport_class",
+]
 
 #: URL scheme -> "module:Class" of its transport.
 TRANSPORTS: dict[str, str] = {
@@ -36,13 +44,17 @@ def scheme_of(url: str) -> str:
     return parts[0].scheme.lower() if parts else ""
 
 
-def connect(url: str, **options: Any) -> Transport:
-    """Open a transport for ``url``; raises ``ConfigError`` for an unknown scheme."""
+def transport_class(url: str) -> type:
+    """The transport class for ``url``, imported now; ``ConfigError`` for an unknown scheme."""
     scheme = scheme_of(url)
     target = TRANSPORTS.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(TRANSPORTS))
         raise ConfigError(f"unknown transport URL scheme {scheme!r}; use one of: {known}")
     module_name, _, class_name = target.partition(":")
-    transport_class = getattr(importlib.import_module(module_name), class_name)
-    return cast(Transport, transport_class(url, **options))
+    return cast(type, getattr(importlib.import_module(module_name), class_name))
+
+
+def connect(url: str, **options: Any) -> Transport:
+    """Open a transport for ``url``; raises ``ConfigError`` for an unknown scheme."""
+    return cast(Transport, transport_class(url)(url, **options))

@@ -10,11 +10,17 @@ Publishing is always confirmed: ``publish`` returns once the broker took the
 message, and raises :class:`~logbus.errors.Unroutable` for a mandatory
 message no queue took, :class:`~logbus.errors.NotConfirmed` when the broker
 refused it.
+
+What a transport can be used *with* beyond the Protocol is declared, not
+guessed from its URL scheme: each transport class may set ``capabilities`` (a
+:class:`Capabilities`), and :func:`capabilities_of` reads it (the default
+otherwise).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,11 +32,13 @@ __all__ = [
     "AsyncConsumer",
     "AsyncTransport",
     "BatchSettler",
+    "Capabilities",
     "Consumer",
     "Delivery",
     "QueueInfo",
     "Settlement",
     "Transport",
+    "capabilities_of",
     "get_many",
     "settle_many",
 ]
@@ -38,6 +46,24 @@ __all__ = [
 #: Unacked deliveries a consumer may hold; high enough to keep a pipe full,
 #: low enough that competing consumers still share the work fairly.
 DEFAULT_PREFETCH = 100
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a transport class can be used with; set as its ``capabilities`` class attribute.
+
+    ``cooperative``: its I/O yields to other greenlets in a gevent-patched
+    process. multiprocessing's connections (``local://``, ``process://``) do
+    not, so the gevent pool refuses a transport that says ``False``.
+    """
+
+    cooperative: bool = True
+
+
+def capabilities_of(transport_class: type) -> Capabilities:
+    """The :class:`Capabilities` a transport class declares (the default if it declares none)."""
+    declared = getattr(transport_class, "capabilities", None)
+    return declared if isinstance(declared, Capabilities) else Capabilities()
 
 
 class Settlement(Enum):

@@ -46,7 +46,7 @@ from logbus.errors import (
 )
 from logbus.message import Message, QueueInfo
 from logbus.transports._local_link import CLOSED, LOST, MAX_ACKS, Link, rebuild
-from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
+from logbus.transports.base import DEFAULT_PREFETCH, Capabilities, Delivery, Settlement
 from logbus.transports.memory import raise_for_outcome
 from logbus.wire.batch import ERROR, OUTCOMES
 from logbus.wire.frames import Frame, arg_bool, arg_int, arg_str, message_from
@@ -162,6 +162,9 @@ class LocalConsumer:
 
 class LocalTransport:
     """One connection (one broker session) to a ``logbus broker serve`` on this machine."""
+
+    #: multiprocessing's connections block a gevent-patched process.
+    capabilities = Capabilities(cooperative=False)
 
     def __init__(
         self,

@@ -54,7 +54,8 @@ from logbus.errors import ConfigError, DecodeError, InputError, LogbusError
 from logbus.record import LogRecord, decode
 from logbus.sinks import Sink, is_recoverable, load_sink
 from logbus.sinks._partial import stored_by, write_rest
-from logbus.transports import scheme_of
+from logbus.transports import scheme_of, transport_class
+from logbus.transports.base import capabilities_of
 from logbus.wire.frames import (
     Frame,
     arg_bool,
@@ -561,13 +562,17 @@ def _answer(sink: Sink, frames: list[Frame]) -> bytes:
 
 
 def check_transport(kind: str, url: str) -> None:
-    """Raise ``ConfigError`` if pool ``kind`` cannot work with the transport for ``url``."""
-    scheme = scheme_of(url)
-    if kind == "gevent" and scheme in ("local", "process"):
-        raise ConfigError(
-            f"the gevent pool cannot use {scheme}://: its connections block a monkey-patched "
-            "process; use memory://, gevent:// or amqp://, or another pool"
-        )
+    """Raise ``ConfigError`` if pool ``kind`` cannot work with the transport for ``url``.
+
+    Asked of the transport's declared capabilities, never of its scheme: the
+    gevent pool needs a transport whose I/O yields in a patched process.
+    """
+    if kind != "gevent" or capabilities_of(transport_class(url)).cooperative:
+        return
+    raise ConfigError(
+        f"the gevent pool cannot use {scheme_of(url)}://: its connections block a "
+        "monkey-patched process; use memory://, gevent:// or amqp://, or another pool"
+    )
 
 
 def make_pool(kind: str, sink: Sink | str) -> Pool:
