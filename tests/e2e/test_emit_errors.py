@@ -1,6 +1,6 @@
 """What the command line says when the configuration is wrong: one line, the right status.
 
-A topology without ``[[emit]]`` (78, on both ``logbus emit`` paths), a
+A topology without ``[[emit]]`` (78, said before connecting), a
 malformed URL on every command (78, password hidden), a malformed sink spec
 (78) and a refused password (77, not 69: trying later will not help).
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.support import one_error_line
-from tests.e2e.test_emit import assert_same, run_both, with_password
+from tests.e2e.test_emit import run_emit, with_password
 
 NO_EMIT = '[[exchanges]]\nname = "h3-no-emit"\ntype = "topic"\n'
 BAD_URLS = [
@@ -39,7 +39,7 @@ COMMANDS = [
 
 
 def run_logbus(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> Any:
-    """``python -m logbus ARGS`` (main: the emit fast path first), completed."""
+    """``python -m logbus ARGS`` (the console script's main), completed."""
     return subprocess.run(
         [sys.executable, "-m", "logbus", *args],
         input=stdin, capture_output=True, text=True, timeout=60, check=False,
@@ -55,12 +55,11 @@ def no_emit(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_topology_without_emit_exits_78_on_both_emit_paths(amqp_url, no_emit):
-    """One record, no [[emit]]: exit 78 naming the fix, the fast path saying what typer says."""
-    fast, full, imported = run_both(["kern.info", "x", "--url", amqp_url, "--config", str(no_emit)])
-    assert_same(fast, full)
-    assert fast.returncode == 78
-    error = one_error_line(fast.stderr)
+def test_a_topology_without_emit_exits_78_before_connecting(amqp_url, no_emit):
+    """One record, no [[emit]]: exit 78 naming the file and the fix, before any connection."""
+    proc, imported = run_emit(["kern.info", "x", "--url", amqp_url, "--config", str(no_emit)])
+    assert proc.returncode == 78
+    error = one_error_line(proc.stderr)
     assert "no [[emit]] table" in error and "--exchange" in error and str(no_emit) in error
     assert "pika" not in imported  # said before connecting
 
@@ -106,13 +105,6 @@ def test_a_malformed_logbus_url_is_one_line_and_78():
     assert "s3cret" not in proc.stderr
 
 
-def test_a_malformed_url_says_the_same_on_both_emit_paths():
-    """The fast path leaves a malformed URL to the typer command: same line, 78."""
-    fast, full, _imported = run_both(["kern.info", "x", "--url", BAD_URLS[0]])
-    assert_same(fast, full)
-    assert fast.returncode == 78
-
-
 @pytest.mark.parametrize(
     "spec",
     [
@@ -133,15 +125,14 @@ def test_a_malformed_sink_spec_is_one_line_and_78(spec):
     assert "s3cret" not in proc.stderr
 
 
-def test_a_wrong_password_exits_77_on_both_emit_paths(amqp_url):
+def test_a_wrong_password_exits_77_on_emit(amqp_url):
     """A refused login is 'permission denied' (77), not 'try later' (69); password hidden."""
     url = with_password(amqp_url, "not-this-s3cret")
-    fast, full, _imported = run_both(["kern.info", "x", "--url", url])
-    assert_same(fast, full)
-    assert fast.returncode == 77
-    error = one_error_line(fast.stderr)
+    proc, _imported = run_emit(["kern.info", "x", "--url", url])
+    assert proc.returncode == 77
+    error = one_error_line(proc.stderr)
     assert "refused user 'guest'" in error
-    assert "not-this-s3cret" not in fast.stderr
+    assert "not-this-s3cret" not in proc.stderr
 
 
 @pytest.mark.parametrize("command", [["subscribe", "--all"], ["topology", "apply"]])

@@ -103,7 +103,7 @@ def test_status_takes_the_url_from_a_file(amqp_url: str, tmp_path: Path) -> None
 
 
 def test_emit_takes_the_url_from_a_file(tmp_path: Path) -> None:
-    """A one-record emit (the fast path too) sends to the URL in LOGBUS_URL_FILE."""
+    """A one-record emit sends to the URL in LOGBUS_URL_FILE."""
     url_file = tmp_path / "url"
     url_file.write_text("amqp://guest:s3cr3t-pw@127.0.0.1:1/%2F\n")
     env = {**_without_logbus_variables(), "LOGBUS_URL_FILE": str(url_file)}
