@@ -48,9 +48,15 @@ from typing import Any
 import pika
 import psycopg
 
-from logbus.archive import COLUMNS, postgres_row, postgres_schema, sqlite_row, sqlite_schema
 from logbus.demo import demo_topology
 from logbus.record import LogRecord
+from logbus.sinks.archive_table import (
+    COLUMNS,
+    postgres_row,
+    postgres_schema,
+    sqlite_row,
+    sqlite_schema,
+)
 from logbus.topology import dumps
 from logbus.worker.retry import RetryPolicy, retry_queues
 

@@ -27,133 +27,42 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from logbus.durations import UNITS
 from logbus.errors import ArchiveUnavailable, ConfigError, InputError
 from logbus.record import LogRecord, Severity
+from logbus.sinks.archive_table import (
+    COLUMNS,
+    DEFAULT_TABLE,
+    Dialect,
+    quote_pg,
+    ts_text,
+    validate_table,
+)
+from logbus.sinks.postgres import (
+    PostgresSink,
+    connect_postgres,
+    first_line,
+    import_psycopg,
+    public_postgres_url,
+)
+from logbus.sinks.sqlite import SqliteSink
 
 if TYPE_CHECKING:
-    import psycopg
+    pass
 
-__all__ = [
-    "COLUMNS",
-    "DEFAULT_TABLE",
-    "Archive",
-    "Query",
-    "connect_postgres",
-    "open_archive",
-    "parse_time",
-    "postgres_schema",
-    "public_postgres_url",
-    "search",
-    "sqlite_row",
-    "sqlite_schema",
-    "validate_table",
-]
+__all__ = ["Archive", "Query", "open_archive", "parse_time", "search"]
 
-DEFAULT_TABLE = "logs"
-COLUMNS = ("id", "ts", "facility", "severity", "host", "app", "pid", "message", "fields", "v")
-_INDEXED = ("ts", "facility", "severity", "host")
-_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
-_SQLITE_TABLE = re.compile(_NAME)
-_POSTGRES_TABLE = re.compile(rf"(?:{_NAME}\.)?{_NAME}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _SELECT = ", ".join(COLUMNS)
 # A time "ago" also takes weeks, which retry delays and windows have no use for.
 _AGO_UNITS = {**UNITS, "w": 7 * UNITS["d"]}
-
-Dialect = Literal["sqlite", "postgres"]
-
-
-def validate_table(name: str, dialect: Dialect) -> str:
-    """``name`` if it is a plain SQL identifier (PostgreSQL: optionally ``schema.table``)."""
-    pattern = _POSTGRES_TABLE if dialect == "postgres" else _SQLITE_TABLE
-    if not isinstance(name, str) or not pattern.fullmatch(name):
-        shape = "[schema.]name" if dialect == "postgres" else "name"
-        raise ConfigError(
-            f"table {name!r} is not a {shape} of letters, digits and '_' "
-            "(not starting with a digit)"
-        )
-    return name
-
-
-def _index_base(table: str) -> str:
-    return table.rpartition(".")[2]
-
-
-def sqlite_schema(table: str) -> list[str]:
-    """The statements that create the archive table and its indexes in SQLite (idempotent)."""
-    statements = [
-        f'CREATE TABLE IF NOT EXISTS "{table}" (id TEXT PRIMARY KEY, ts TEXT NOT NULL, '
-        "facility TEXT NOT NULL, severity INTEGER NOT NULL, host TEXT NOT NULL, "
-        "app TEXT NOT NULL, pid INTEGER, message TEXT NOT NULL, "
-        "fields TEXT NOT NULL DEFAULT '{}', v INTEGER NOT NULL)"
-    ]
-    statements += [
-        f'CREATE INDEX IF NOT EXISTS "{table}_{column}_idx" ON "{table}" ({column})'
-        for column in _INDEXED
-    ]
-    return statements
-
-
-def postgres_schema(table: str) -> list[str]:
-    """The statements that create the archive table and its indexes in PostgreSQL (idempotent)."""
-    quoted = _quote_pg(table)
-    statements = [
-        f"CREATE TABLE IF NOT EXISTS {quoted} (id text PRIMARY KEY, ts timestamptz NOT NULL, "
-        "facility text NOT NULL, severity smallint NOT NULL, host text NOT NULL, "
-        "app text NOT NULL, pid bigint, message text NOT NULL, "
-        "fields jsonb NOT NULL DEFAULT '{}', v integer NOT NULL)"
-    ]
-    base = _index_base(table)
-    statements += [
-        f'CREATE INDEX IF NOT EXISTS "{base}_{column}_idx" ON {quoted} ({column})'
-        for column in _INDEXED
-    ]
-    return statements
-
-
-def _quote_pg(table: str) -> str:
-    return ".".join(f'"{part}"' for part in table.split("."))
-
-
-def sqlite_row(record: LogRecord) -> tuple[Any, ...]:
-    """The record as a row of the SQLite table, in :data:`COLUMNS` order (ts as text)."""
-    return _row(record, _ts_text(record.ts))
-
-
-def postgres_row(record: LogRecord) -> tuple[Any, ...]:
-    """The record as a row of the PostgreSQL table, in :data:`COLUMNS` order (ts as is)."""
-    return _row(record, record.ts)
-
-
-def _row(record: LogRecord, ts: object) -> tuple[Any, ...]:
-    return (
-        record.id,
-        ts,
-        record.facility,
-        int(record.severity),
-        record.host,
-        record.app,
-        record.pid,
-        record.message,
-        _encode_fields(record.fields) if record.fields else "{}",
-        record.v,
-    )
-
-
-# Built once: json.dumps with options makes a new encoder on every call.
-_encode_fields = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def _ts_text(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _from_row(row: Sequence[Any]) -> LogRecord:
@@ -187,7 +96,7 @@ class Query:
     def __post_init__(self) -> None:
         if self.since is not None and self.until is not None and self.since >= self.until:
             raise InputError(
-                f"since ({_ts_text(self.since)}) is not before until ({_ts_text(self.until)})"
+                f"since ({ts_text(self.since)}) is not before until ({ts_text(self.until)})"
             )
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be 1 or more (got {self.limit}); None is no limit")
@@ -206,7 +115,7 @@ class Query:
         for op, when in ((">=", self.since), ("<", self.until)):
             if when is not None:
                 conditions.append(f"ts {op} {mark}")
-                params.append(_ts_text(when) if dialect == "sqlite" else when)
+                params.append(ts_text(when) if dialect == "sqlite" else when)
         some("facility", self.facilities)
         some("severity", [int(s) for s in self.severities])
         if self.min_severity is not None:
@@ -220,7 +129,7 @@ class Query:
             params.append(self.grep)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         order = "ASC" if self.oldest_first else "DESC"
-        name = f'"{table}"' if dialect == "sqlite" else _quote_pg(table)
+        name = f'"{table}"' if dialect == "sqlite" else quote_pg(table)
         text = f"SELECT {_SELECT} FROM {name}{where} ORDER BY ts {order}, id {order}"
         if self.limit is not None:
             text += f" LIMIT {int(self.limit)}"
@@ -304,7 +213,7 @@ class PostgresArchive:
         self.url = url
         self.table = validate_table(table, "postgres")
         self._db = connect_postgres(url, timeout=timeout)
-        row = self._db.execute("SELECT to_regclass(%s)", (_quote_pg(self.table),)).fetchone()
+        row = self._db.execute("SELECT to_regclass(%s)", (quote_pg(self.table),)).fetchone()
         if row is None or row[0] is None:
             self._db.close()
             raise ConfigError(
@@ -320,7 +229,7 @@ class PostgresArchive:
             rows = self._db.execute(text, params).fetchall()
         except psycopg.OperationalError as exc:
             raise ArchiveUnavailable(
-                f"reading PostgreSQL at {public_postgres_url(self.url)} failed: {_first_line(exc)}"
+                f"reading PostgreSQL at {public_postgres_url(self.url)} failed: {first_line(exc)}"
             ) from exc
         return [_from_row(row) for row in rows]
 
@@ -333,8 +242,6 @@ def open_archive(spec: str) -> Archive:
     """The archive that ``spec`` names: ``sqlite:PATH`` or ``postgres:URL`` (with options such as
     ``?table=NAME``, as for the sink), or a bare ``postgresql://`` URL."""
     from logbus.sinks import load_sink
-    from logbus.sinks.postgres import PostgresSink
-    from logbus.sinks.sqlite import SqliteSink
 
     text = spec.strip()
     if text.startswith(("postgresql://", "postgres://")):
@@ -359,42 +266,3 @@ def search(spec: str, query: Query) -> list[LogRecord]:
         return archive.search(query)
     finally:
         archive.close()
-
-
-def import_psycopg() -> Any:
-    """The psycopg module, or a ConfigError saying how to install it."""
-    try:
-        import psycopg
-    except ImportError:
-        raise ConfigError("PostgreSQL needs psycopg 3: pip install 'logbus[postgres]'") from None
-    return psycopg
-
-
-def connect_postgres(url: str, *, timeout: float) -> psycopg.Connection[Any]:
-    """An autocommit connection to ``url``; one that fails is :class:`ArchiveUnavailable`."""
-    pg = import_psycopg()
-    try:
-        connection: psycopg.Connection[Any] = pg.connect(
-            url, connect_timeout=max(2, round(timeout)), autocommit=True
-        )
-    except pg.ProgrammingError as exc:  # libpq could not parse the URL
-        raise ConfigError(
-            f"PostgreSQL URL {public_postgres_url(url)} is not valid: {_first_line(exc)}"
-        ) from None
-    except pg.OperationalError as exc:
-        raise ArchiveUnavailable(
-            f"cannot reach PostgreSQL at {public_postgres_url(url)}: {_first_line(exc)}"
-        ) from exc
-    return connection
-
-
-def public_postgres_url(url: str) -> str:
-    """``url`` fit to print: no password, and no query (it may hold ``password=``)."""
-    from logbus.settings import redact_url
-
-    return redact_url(url.partition("?")[0])
-
-
-def _first_line(exc: BaseException) -> str:
-    lines: Iterator[str] = (line.strip() for line in str(exc).splitlines())
-    return next((line for line in lines if line), type(exc).__name__)

@@ -26,29 +26,33 @@ Needs psycopg: ``pip install 'logbus[postgres]'``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from logbus.archive import (
-    COLUMNS,
-    DEFAULT_TABLE,
-    connect_postgres,
-    import_psycopg,
-    postgres_row,
-    postgres_schema,
-    public_postgres_url,
-    validate_table,
-)
 from logbus.errors import ArchiveUnavailable, ConfigError, LogbusError, SinkError
 from logbus.record import LogRecord
 from logbus.sinks._options import ConfigurableSink, SinkOptions
+from logbus.sinks.archive_table import (
+    COLUMNS,
+    DEFAULT_TABLE,
+    postgres_row,
+    postgres_schema,
+    validate_table,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PostgresOptions", "PostgresSink"]
+__all__ = [
+    "PostgresOptions",
+    "PostgresSink",
+    "connect_postgres",
+    "first_line",
+    "import_psycopg",
+    "public_postgres_url",
+]
 
 _TYPES = (
     "text[]",
@@ -207,7 +211,7 @@ class PostgresSink(ConfigurableSink):
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.NotSupportedError) as exc:
                 results.append(
                     SinkError(
-                        f"PostgreSQL rejected record {record.id}: {_first_line(exc)}",
+                        f"PostgreSQL rejected record {record.id}: {first_line(exc)}",
                         recoverable=False,
                     )
                 )
@@ -218,7 +222,7 @@ class PostgresSink(ConfigurableSink):
 
     def _unavailable(self, exc: Exception) -> SinkError:
         return SinkError(
-            f"PostgreSQL at {public_postgres_url(self.url)}: {_first_line(exc)}", recoverable=True
+            f"PostgreSQL at {public_postgres_url(self.url)}: {first_line(exc)}", recoverable=True
         )
 
     def _take(self) -> psycopg.Connection[Any]:
@@ -242,12 +246,47 @@ class PostgresSink(ConfigurableSink):
         self._slots.release()
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _columns(batch: Sequence[LogRecord]) -> list[list[Any]]:
     """The batch as one list per column, for ``unnest``."""
     rows = (postgres_row(record) for record in batch)
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+def import_psycopg() -> Any:
+    """The psycopg module, or a ConfigError saying how to install it."""
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("PostgreSQL needs psycopg 3: pip install 'logbus[postgres]'") from None
+    return psycopg
+
+
+def connect_postgres(url: str, *, timeout: float) -> psycopg.Connection[Any]:
+    """An autocommit connection to ``url``; one that fails is :class:`ArchiveUnavailable`."""
+    pg = import_psycopg()
+    try:
+        connection: psycopg.Connection[Any] = pg.connect(
+            url, connect_timeout=max(2, round(timeout)), autocommit=True
+        )
+    except pg.ProgrammingError as exc:  # libpq could not parse the URL
+        raise ConfigError(
+            f"PostgreSQL URL {public_postgres_url(url)} is not valid: {first_line(exc)}"
+        ) from None
+    except pg.OperationalError as exc:
+        raise ArchiveUnavailable(
+            f"cannot reach PostgreSQL at {public_postgres_url(url)}: {first_line(exc)}"
+        ) from exc
+    return connection
+
+
+def public_postgres_url(url: str) -> str:
+    """``url`` fit to print: no password, and no query (it may hold ``password=``)."""
+    from logbus.settings import redact_url
+
+    return redact_url(url.partition("?")[0])
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of ``exc``'s message (libpq's run over several)."""
+    lines: Iterator[str] = (line.strip() for line in str(exc).splitlines())
+    return next((line for line in lines if line), type(exc).__name__)

@@ -29,11 +29,17 @@ from pathlib import Path
 
 from pydantic import Field
 
-from logbus.archive import COLUMNS, DEFAULT_TABLE, sqlite_row, sqlite_schema, validate_table
 from logbus.errors import ConfigError, SinkError
 from logbus.record import LogRecord
 from logbus.sinks._dirs import ensure_directory
 from logbus.sinks._options import ConfigurableSink, SinkOptions
+from logbus.sinks.archive_table import (
+    COLUMNS,
+    DEFAULT_TABLE,
+    sqlite_row,
+    sqlite_schema,
+    validate_table,
+)
 
 __all__ = ["SqliteOptions", "SqliteSink"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from logbus.archive import DEFAULT_TABLE
+from logbus.sinks.archive_table import DEFAULT_TABLE
 from tests.e2e.support import Deployment, emit, free_port, one_error_line
 from tests.support import wait_until
 
