@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import threading
 
-from logbus.broker.core import Broker, PublishOutcome, Session
+from logbus.broker.core import Broker, PublishOutcome
 from logbus.broker.queues import Delivered
+from logbus.broker.sessions import Session, open_session
 
-__all__ = ["Broker", "Delivered", "PublishOutcome", "Session", "named"]
+__all__ = ["Broker", "Delivered", "PublishOutcome", "Session", "named", "open_session"]
 
 _named: dict[str, Broker] = {}
 _named_lock = threading.Lock()

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from logbus.broker.core import PublishOutcome, Session
+from logbus.broker.core import PublishOutcome
 from logbus.broker.queues import Delivered
+from logbus.broker.sessions import Session
 from logbus.errors import DecodeError, LogbusError
 from logbus.message import QueueInfo
 from logbus.wire.batch import ERROR, OUTCOMES, decode_publishes

@@ -2,7 +2,9 @@
 
 A :class:`Broker` owns exchanges, queues and bindings; clients talk to it
 through a :class:`~logbus.broker.sessions.Session` (what AMQP calls a
-connection with one channel). Sessions own their delivery tags, their unacked
+connection with one channel), opened with
+:func:`~logbus.broker.sessions.open_session`: sessions sit above the broker and
+import it, never the other way round. Sessions own their delivery tags, their unacked
 messages and their exclusive queues; closing a session requeues what it had
 not acknowledged, exactly as RabbitMQ does when a connection drops.
 
@@ -42,12 +44,11 @@ from logbus.broker.queues import (
     monotonic,
 )
 from logbus.broker.registry import EXCHANGE_TYPES, QUEUE, Registry
-from logbus.broker.sessions import Session
 from logbus.broker.settlement import Guard, Settling
 from logbus.errors import AccessRefused
 from logbus.message import Message, QueueInfo
 
-__all__ = ["Broker", "PublishOutcome", "QueueInfo", "Session"]
+__all__ = ["Broker", "PublishOutcome", "QueueInfo"]
 
 _ROUTE_CACHE_SIZE = 4096
 
@@ -130,13 +131,13 @@ class Broker(Registry, Settling):
 
     # -- sessions --------------------------------------------------------------
 
-    def session(self, name: str = "") -> Session:
-        """Open a session (a connection with one channel) on this broker."""
+    def session_state(self, name: str = "") -> SessionState:
+        """Register a new session's state (:func:`~logbus.broker.sessions.open_session`)."""
         with self._guard:
             counter = itertools.count(1)
             state = SessionState(next(self._session_ids), name, lambda: next(counter))
             self._sessions[state.id] = state
-            return Session(self, state)
+            return state
 
     def close(self) -> None:
         """Stop the expiry thread and close the journal; open sessions keep their state."""

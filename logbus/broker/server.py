@@ -52,9 +52,10 @@ from typing import Any
 from logbus._log import get_logger
 from logbus.broker._listen import key_path_for, listen, load_key
 from logbus.broker._requests import HANDLERS, error_frame, settle
-from logbus.broker.core import Broker, Session
+from logbus.broker.core import Broker
 from logbus.broker.journal import FsyncPolicy, Journal
 from logbus.broker.queues import Delivered
+from logbus.broker.sessions import Session, open_session
 from logbus.errors import ConfigError, DecodeError, LogbusError
 from logbus.wire.batch import encode_deliveries
 from logbus.wire.frames import Frame, arg_bool, arg_int, arg_str, decode_many, encode
@@ -179,7 +180,7 @@ class _Client:
             if self._server._authkey is not None:
                 deliver_challenge(self._conn, self._server._authkey)
                 answer_challenge(self._conn, self._server._authkey)
-            session = self._session = self._server.broker.session("local")
+            session = self._session = open_session(self._server.broker, "local")
             self._writer.start()
             while True:
                 settled = False

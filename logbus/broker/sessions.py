@@ -23,7 +23,12 @@ if TYPE_CHECKING:
     from logbus.broker.core import Broker, PublishOutcome
     from logbus.broker.settlement import Waiting
 
-__all__ = ["Session"]
+__all__ = ["Session", "open_session"]
+
+
+def open_session(broker: Broker, name: str = "") -> Session:
+    """Open a session (a connection with one channel) on ``broker``."""
+    return Session(broker, broker.session_state(name))
 
 
 class Session:

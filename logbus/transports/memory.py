@@ -14,7 +14,7 @@ from typing import Any, Self
 
 from logbus import broker as _broker
 from logbus._urls import parse_url
-from logbus.broker import Broker, Delivered, PublishOutcome, Session
+from logbus.broker import Broker, Delivered, PublishOutcome, Session, open_session
 from logbus.errors import ConfigError, NotConfirmed, TransportClosed, Unroutable
 from logbus.message import Message, QueueInfo
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
@@ -153,7 +153,7 @@ class SessionTransport:
     def __init__(self, url: str, broker: Broker) -> None:
         self.url = url
         self.broker = broker
-        self._session = broker.session(url)
+        self._session = open_session(broker, url)
 
     def _open(self) -> Session:
         if not self._session.is_open:

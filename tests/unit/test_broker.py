@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from logbus.broker import Broker
+from logbus.broker import Broker, open_session
 from logbus.errors import AccessRefused, NotFound
 from logbus.message import Message, Properties
 
@@ -21,7 +21,7 @@ def msg(exchange: str, key: str, body: bytes = b"x", **props) -> Message:
 def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing():
     """4 publisher threads and 3 competing consumers: every message acked exactly once."""
     broker = Broker("threads")
-    admin = broker.session()
+    admin = open_session(broker)
     admin.declare_queue("work")
     per_publisher, publishers = 2_000, 4
     total = per_publisher * publishers
@@ -30,7 +30,7 @@ def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing():
     done = threading.Event()
 
     def consume() -> None:
-        session = broker.session()
+        session = open_session(broker)
         inbox: queue.SimpleQueue = queue.SimpleQueue()
         session.consume("work", inbox.put, prefetch=50)
         while not done.is_set():
@@ -47,7 +47,7 @@ def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing():
         session.close()
 
     def publish(n: int) -> None:
-        session = broker.session()
+        session = open_session(broker)
         for i in range(per_publisher):
             session.publish(msg("", "work", f"{n}-{i}".encode()))
 
@@ -64,7 +64,7 @@ def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing():
 
 def test_auto_delete_queue_goes_when_its_last_consumer_cancels():
     """An auto-delete queue is deleted once it had a consumer and the last one left."""
-    session = Broker().session()
+    session = open_session(Broker())
     session.declare_queue("temp", auto_delete=True)
     tag = session.consume("temp", lambda d: None)
     session.cancel(tag)
@@ -74,7 +74,7 @@ def test_auto_delete_queue_goes_when_its_last_consumer_cancels():
 
 def test_repeated_deaths_in_one_queue_increment_the_x_death_count():
     """A message rejected twice from the same queue has one x-death entry with count 2."""
-    session = Broker().session()
+    session = open_session(Broker())
     session.declare_exchange("dlx", "fanout")
     session.declare_queue("work", arguments={"x-dead-letter-exchange": "dlx"})
     session.bind_queue("work", "dlx")
@@ -93,7 +93,7 @@ def test_repeated_deaths_in_one_queue_increment_the_x_death_count():
 def test_an_automatic_dead_letter_cycle_is_dropped():
     """A message expiring back into the queue it expired from, never rejected, is dropped."""
     broker = Broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_exchange("loop", "fanout")
     session.declare_queue("a", arguments={"x-message-ttl": 0, "x-dead-letter-exchange": "loop"})
     session.bind_queue("a", "loop")
@@ -109,7 +109,7 @@ def test_an_automatic_dead_letter_cycle_is_dropped():
 
 def test_publishing_to_an_internal_exchange_is_refused():
     """An internal exchange only takes messages from other exchanges."""
-    session = Broker().session()
+    session = open_session(Broker())
     session.declare_exchange("inner", "fanout", internal=True)
     with pytest.raises(AccessRefused, match="inner"):
         session.publish(msg("inner", ""))
@@ -117,7 +117,7 @@ def test_publishing_to_an_internal_exchange_is_refused():
 
 def test_the_amq_prefix_is_reserved():
     """Declaring an amq.* exchange or queue is refused as RabbitMQ refuses it."""
-    session = Broker().session()
+    session = open_session(Broker())
     with pytest.raises(AccessRefused):
         session.declare_exchange("amq.mine", "topic")
     with pytest.raises(AccessRefused):
@@ -126,7 +126,7 @@ def test_the_amq_prefix_is_reserved():
 
 def test_headers_routed_messages_bypass_the_route_cache_correctly():
     """Two messages with the same key but different headers route by their own headers."""
-    session = Broker().session()
+    session = open_session(Broker())
     session.declare_exchange("h", "headers")
     session.declare_queue("web1")
     session.bind_queue("web1", "h", "", {"host": "web1"})
@@ -138,7 +138,7 @@ def test_headers_routed_messages_bypass_the_route_cache_correctly():
 
 def test_a_new_binding_is_seen_by_the_next_publish():
     """Routing decisions cached for a key are dropped when bindings change."""
-    session = Broker().session()
+    session = open_session(Broker())
     session.declare_exchange("t", "topic")
     session.declare_queue("q")
     session.publish(msg("t", "kern.info"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from logbus.broker import Broker, Session
+from logbus.broker import Broker, Session, open_session
 from logbus.broker.journal import JOURNAL_NAME, FsyncPolicy, Journal
 from logbus.errors import ConfigError, NotFound, PreconditionFailed
 from logbus.message import PERSISTENT, TRANSIENT, Message, Properties
@@ -46,7 +46,7 @@ def open_broker(data_dir: Path) -> Iterator[Opener]:
 def restart(broker: Broker, open_broker: Opener) -> Session:
     """Close ``broker`` (its sessions stay open, as in a crash) and open a new one on its data."""
     broker.close()
-    return open_broker().session()
+    return open_session(open_broker())
 
 
 def persistent(key: str, body: bytes, exchange: str = "", **props: Any) -> Message:
@@ -70,7 +70,7 @@ def journal_file(data_dir: Path) -> Path:
 def test_persistent_records_of_a_durable_queue_survive_a_restart_in_order(open_broker):
     """Persistent messages of a durable queue come back after a restart, in queue order."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     for i in range(5):
         session.publish(persistent("work", f"record-{i}".encode()))
@@ -81,8 +81,8 @@ def test_persistent_records_of_a_durable_queue_survive_a_restart_in_order(open_b
 def test_recovered_messages_are_marked_redelivered(open_broker):
     """After a restart every recovered message is flagged redelivered, as when in doubt."""
     broker = open_broker()
-    broker.session().declare_queue("work")
-    broker.session().publish(persistent("work", b"never delivered"))
+    open_session(broker).declare_queue("work")
+    open_session(broker).publish(persistent("work", b"never delivered"))
     session = restart(broker, open_broker)
     delivered = session.get("work")
     assert delivered is not None
@@ -92,7 +92,7 @@ def test_recovered_messages_are_marked_redelivered(open_broker):
 def test_transient_messages_do_not_survive_a_restart(open_broker):
     """A transient message in a durable queue is gone after a restart."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(Message(b"transient", Properties(delivery_mode=TRANSIENT), "", "work"))
     session.publish(persistent("work", b"persistent"))
@@ -103,7 +103,7 @@ def test_transient_messages_do_not_survive_a_restart(open_broker):
 def test_non_durable_queues_do_not_survive_a_restart(open_broker):
     """A non-durable queue, persistent messages and all, is gone after a restart."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("scratch", durable=False)
     session.publish(persistent("scratch", b"lost with its queue"))
     session = restart(broker, open_broker)
@@ -114,7 +114,7 @@ def test_non_durable_queues_do_not_survive_a_restart(open_broker):
 def test_exclusive_queues_do_not_survive_a_restart(open_broker):
     """An exclusive queue belongs to its connection: it is not journaled, even if durable."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("mine", durable=True, exclusive=True)
     session = restart(broker, open_broker)
     with pytest.raises(NotFound):
@@ -124,7 +124,7 @@ def test_exclusive_queues_do_not_survive_a_restart(open_broker):
 def test_non_durable_exchanges_do_not_survive_a_restart(open_broker):
     """A non-durable exchange is gone after a restart."""
     broker = open_broker()
-    broker.session().declare_exchange("passing", "fanout", durable=False)
+    open_session(broker).declare_exchange("passing", "fanout", durable=False)
     session = restart(broker, open_broker)
     with pytest.raises(NotFound):
         session.declare_exchange("passing", "fanout", passive=True)
@@ -133,7 +133,7 @@ def test_non_durable_exchanges_do_not_survive_a_restart(open_broker):
 def test_acked_records_do_not_come_back(open_broker):
     """A message acknowledged before the restart stays gone."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"done"))
     session.publish(persistent("work", b"pending"))
@@ -147,7 +147,7 @@ def test_acked_records_do_not_come_back(open_broker):
 def test_unacked_records_come_back(open_broker):
     """A message delivered but not acknowledged when the broker stopped is delivered again."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     inbox: list[object] = []
     session.consume("work", inbox.append, prefetch=10)
@@ -160,13 +160,13 @@ def test_unacked_records_come_back(open_broker):
 def test_acks_after_a_restart_strike_off_recovered_records(open_broker):
     """A recovered message acked after a restart does not come back after the next one."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"first"))
     session.publish(persistent("work", b"second"))
     broker.close()
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     delivered = session.get("work")
     assert delivered is not None
     session.ack(delivered.delivery_tag)
@@ -177,7 +177,7 @@ def test_acks_after_a_restart_strike_off_recovered_records(open_broker):
 def test_dead_lettered_record_is_in_the_dlx_queue_after_restart(open_broker):
     """A rejected message lives on in the dead-letter queue, x-death and all, not in its own."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_exchange("dlx", "fanout")
     session.declare_queue("dead")
     session.bind_queue("dead", "dlx")
@@ -199,7 +199,7 @@ def test_dead_lettered_record_is_in_the_dlx_queue_after_restart(open_broker):
 def test_queue_bindings_survive_a_restart(open_broker):
     """A durable queue's binding to a durable exchange still routes after a restart."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_exchange("logs", "topic")
     session.declare_queue("kern")
     session.bind_queue("kern", "logs", "kern.*")
@@ -212,7 +212,7 @@ def test_queue_bindings_survive_a_restart(open_broker):
 def test_exchange_to_exchange_bindings_survive_a_restart(open_broker):
     """An exchange-to-exchange binding between durable exchanges still routes after a restart."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_exchange("logs", "topic")
     session.declare_exchange("everything", "fanout")
     session.bind_exchange("everything", "logs", "#")
@@ -226,7 +226,7 @@ def test_exchange_to_exchange_bindings_survive_a_restart(open_broker):
 def test_removed_bindings_stay_removed_after_a_restart(open_broker):
     """An unbind before the restart is kept: the binding does not come back."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_exchange("logs", "topic")
     session.declare_queue("kern")
     session.bind_queue("kern", "logs", "kern.*")
@@ -239,7 +239,7 @@ def test_removed_bindings_stay_removed_after_a_restart(open_broker):
 def test_deleted_queue_stays_deleted_after_a_restart(open_broker):
     """A durable queue deleted before the restart does not come back, nor do its messages."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"deleted with its queue"))
     session.delete_queue("work")
@@ -251,7 +251,7 @@ def test_deleted_queue_stays_deleted_after_a_restart(open_broker):
 def test_deleted_exchange_takes_its_bindings_along(open_broker):
     """An exchange deleted and declared again has none of its old bindings after a restart."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_exchange("logs", "fanout")
     session.declare_queue("all")
     session.bind_queue("all", "logs")
@@ -265,7 +265,7 @@ def test_deleted_exchange_takes_its_bindings_along(open_broker):
 def test_purged_records_do_not_come_back(open_broker):
     """Messages purged before the restart stay gone."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"purged"))
     assert session.purge_queue("work") == 1
@@ -276,7 +276,7 @@ def test_purged_records_do_not_come_back(open_broker):
 def test_records_dropped_at_max_length_do_not_come_back(open_broker):
     """Messages dropped from the head by x-max-length stay dropped after a restart."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("bounded", arguments={"x-max-length": 2})
     for body in (b"a", b"b", b"c"):
         session.publish(persistent("bounded", body))
@@ -287,7 +287,7 @@ def test_records_dropped_at_max_length_do_not_come_back(open_broker):
 def test_queue_arguments_survive_a_restart(open_broker):
     """A recovered queue keeps its arguments: redeclaring it otherwise is refused."""
     broker = open_broker()
-    broker.session().declare_queue("bounded", arguments={"x-max-length": 2})
+    open_session(broker).declare_queue("bounded", arguments={"x-max-length": 2})
     session = restart(broker, open_broker)
     session.declare_queue("bounded", arguments={"x-max-length": 2})
     with pytest.raises(PreconditionFailed):
@@ -312,8 +312,8 @@ def test_properties_and_headers_json_lacks_survive_exactly(open_broker):
         headers=headers,
     )
     broker = open_broker()
-    broker.session().declare_queue("work")
-    broker.session().publish(Message(b"{}", props, "", "work"))
+    open_session(broker).declare_queue("work")
+    open_session(broker).publish(Message(b"{}", props, "", "work"))
     session = restart(broker, open_broker)
     delivered = session.get("work")
     assert delivered is not None
@@ -324,19 +324,19 @@ def test_properties_and_headers_json_lacks_survive_exactly(open_broker):
 def test_message_expired_while_the_broker_was_down_is_not_delivered(open_broker, monkeypatch):
     """A per-message TTL counts in wall-clock time across the restart."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"stale", expiration="60000"))
     broker.close()
     later = time.time() + 3600
     monkeypatch.setattr(time, "time", lambda: later)
-    assert open_broker().session().get("work") is None
+    assert open_session(open_broker()).get("work") is None
 
 
 def test_records_expired_while_running_do_not_come_back(open_broker):
     """A message the expiry thread removed stays removed after a restart."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("brief", arguments={"x-message-ttl": 1})
     session.publish(persistent("brief", b"short-lived"))
     deadline = time.monotonic() + 10
@@ -349,7 +349,7 @@ def test_records_expired_while_running_do_not_come_back(open_broker):
 
 def test_header_value_that_cannot_be_stored_is_refused(open_broker):
     """A header value no AMQP table can hold is refused rather than silently not persisted."""
-    session = open_broker().session()
+    session = open_session(open_broker())
     session.declare_queue("work")
     with pytest.raises(PreconditionFailed):
         session.publish(persistent("work", b"x", headers={"odd": {1, 2}}))
@@ -358,20 +358,20 @@ def test_header_value_that_cannot_be_stored_is_refused(open_broker):
 def test_torn_final_record_is_ignored(open_broker, data_dir):
     """A record cut short at the end of the file (a crash mid-write) is dropped, the rest kept."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"complete"))
     session.publish(persistent("work", b"torn apart"))
     broker.close()
     path = journal_file(data_dir)
     os.truncate(path, path.stat().st_size - 3)
-    assert bodies(open_broker().session(), "work") == [b"complete"]
+    assert bodies(open_session(open_broker()), "work") == [b"complete"]
 
 
 def test_garbled_final_record_is_ignored(open_broker, data_dir):
     """A last record whose bytes did not all reach the disk is treated as torn, not damage."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"complete"))
     session.publish(persistent("work", b"garbled"))
@@ -380,25 +380,25 @@ def test_garbled_final_record_is_ignored(open_broker, data_dir):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert bodies(open_broker().session(), "work") == [b"complete"]
+    assert bodies(open_session(open_broker()), "work") == [b"complete"]
 
 
 def test_zero_filled_tail_is_ignored(open_broker, data_dir):
     """Zeros a crash left past the last record are not mistaken for damage."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"kept"))
     broker.close()
     with journal_file(data_dir).open("ab") as file:
         file.write(bytes(100))
-    assert bodies(open_broker().session(), "work") == [b"kept"]
+    assert bodies(open_session(open_broker()), "work") == [b"kept"]
 
 
 def test_corruption_in_the_middle_is_a_config_error_naming_file_and_offset(open_broker, data_dir):
     """A damaged record followed by others stops the broker with where the damage is."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"damaged-record"))
     session.publish(persistent("work", b"after it"))
@@ -422,7 +422,7 @@ def test_a_file_that_is_not_a_journal_is_a_config_error(data_dir):
 def test_opening_compacts_the_file_and_keeps_the_state(open_broker, data_dir):
     """Reopening rewrites the log as its live state: smaller, with the same messages."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     for i in range(50):
         session.publish(persistent("work", bytes([i]) * 1000))
@@ -432,7 +432,7 @@ def test_opening_compacts_the_file_and_keeps_the_state(open_broker, data_dir):
         session.ack(delivered.delivery_tag)
     broker.close()
     before = journal_file(data_dir).stat().st_size
-    session = open_broker().session()
+    session = open_session(open_broker())
     assert journal_file(data_dir).stat().st_size < before / 5
     assert bodies(session, "work") == [bytes([i]) * 1000 for i in range(45, 50)]
 
@@ -442,7 +442,7 @@ def test_file_compacts_itself_when_it_outgrows_the_live_state(open_broker, data_
     broker = open_broker()
     assert broker._journal is not None
     broker._journal.compact_min_bytes = 0
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     for i in range(40):
         session.publish(persistent("work", bytes([i]) * 1000))
@@ -457,7 +457,7 @@ def test_file_compacts_itself_when_it_outgrows_the_live_state(open_broker, data_
 
 def test_fsync_always_fsyncs_each_persistent_publish(open_broker, monkeypatch):
     """Under fsync="always" a publish returns only after an fsync of its record."""
-    session = open_broker("always").session()
+    session = open_session(open_broker("always"))
     session.declare_queue("work")
     calls: list[int] = []
     real_fsync = os.fsync
@@ -469,7 +469,7 @@ def test_fsync_always_fsyncs_each_persistent_publish(open_broker, monkeypatch):
 
 def test_fsync_never_does_not_fsync_publishes(open_broker, monkeypatch):
     """Under fsync="never" publishing leaves writing back to the OS."""
-    session = open_broker("never").session()
+    session = open_session(open_broker("never"))
     session.declare_queue("work")
     calls: list[int] = []
     monkeypatch.setattr(os, "fsync", calls.append)
@@ -482,7 +482,7 @@ def test_fsync_interval_fsyncs_in_the_background(open_broker, monkeypatch):
     """Under fsync="interval" a background thread fsyncs what was written."""
     synced = threading.Event()
     real_fsync = os.fsync
-    session = open_broker("interval", interval=0.01).session()
+    session = open_session(open_broker("interval", interval=0.01))
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.set(), real_fsync(fd)))
     session.declare_queue("work")
     session.publish(persistent("work", b"eventually on disk"))
@@ -492,10 +492,10 @@ def test_fsync_interval_fsyncs_in_the_background(open_broker, monkeypatch):
 def test_concurrent_publishers_under_fsync_always_lose_nothing(open_broker):
     """Publishers sharing fsyncs from several threads: every record is there after a restart."""
     broker = open_broker("always")
-    broker.session().declare_queue("work")
+    open_session(broker).declare_queue("work")
 
     def publish(n: int) -> None:
-        session = broker.session()
+        session = open_session(broker)
         for i in range(100):
             session.publish(persistent("work", f"{n}-{i}".encode()))
 
@@ -513,14 +513,14 @@ def test_concurrent_publishers_under_fsync_always_lose_nothing(open_broker):
 def test_acks_after_close_are_not_journaled(open_broker):
     """Once the broker is closed its journal is too: a late ack is not recorded, at least once."""
     broker = open_broker()
-    session = broker.session()
+    session = open_session(broker)
     session.declare_queue("work")
     session.publish(persistent("work", b"acked too late"))
     delivered = session.get("work")
     assert delivered is not None
     broker.close()
     session.ack(delivered.delivery_tag)
-    assert bodies(open_broker().session(), "work") == [b"acked too late"]
+    assert bodies(open_session(open_broker()), "work") == [b"acked too late"]
 
 
 def test_data_directory_is_created_private(data_dir):
