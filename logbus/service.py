@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from logbus.settings import Settings
     from logbus.sinks import Sink
     from logbus.topology import Topology
-    from logbus.worker.consume import WorkerSummary
+    from logbus.worker.summary import WorkerSummary
 
 __all__ = [
     "ServiceConfig",

@@ -20,9 +20,11 @@ from logbus._signals import stop_on_signals
 from logbus.errors import NotFound
 from logbus.topology import declare
 from logbus.transports import connect
-from logbus.worker.consume import SHUTDOWN_TIMEOUT, Worker, WorkerSummary
-from logbus.worker.pools import PoolKind, check_transport
+from logbus.worker.consume import SHUTDOWN_TIMEOUT, Worker
+from logbus.worker.lanes import PoolKind
+from logbus.worker.pools import check_transport
 from logbus.worker.retry import RetryPolicy
+from logbus.worker.summary import WorkerSummary
 
 if TYPE_CHECKING:
     from logbus.settings import Settings

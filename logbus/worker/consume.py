@@ -45,7 +45,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from logbus._log import get_logger
@@ -55,17 +54,12 @@ from logbus.sinks import Sink, is_recoverable
 from logbus.sinks._partial import stored_by
 from logbus.transports.base import Delivery, Transport
 from logbus.worker.batching import Batching, Taker, batching_of, default_prefetch
+from logbus.worker.lanes import Lane, Pool, PoolKind, PoolWorkerLost
 from logbus.worker.outcomes import Forward, Outcomes, describe_failure
-from logbus.worker.pools import (
-    Lane,
-    Pool,
-    PoolKind,
-    PoolWorkerLost,
-    ProcessPool,
-    check_transport,
-    make_pool,
-)
+from logbus.worker.pools import check_transport, make_pool
+from logbus.worker.processes import ProcessPool
 from logbus.worker.retry import RetryPolicy, declare_retry_queues, restore_origin, route_failure
+from logbus.worker.summary import WorkerSummary, units
 
 if TYPE_CHECKING:
     from logbus.metrics import WorkerMetrics
@@ -75,7 +69,6 @@ __all__ = [
     "MAX_CONCURRENCY",
     "SHUTDOWN_TIMEOUT",
     "Worker",
-    "WorkerSummary",
     "default_prefetch",
     "units",
 ]
@@ -90,62 +83,6 @@ _POLL = 0.2
 _DEPTH_EVERY = 5.0
 #: Seconds a stopping worker waits for the sink to finish what it holds (Kubernetes: 30).
 SHUTDOWN_TIMEOUT = 20.0
-
-
-def units(unit: str, count: int) -> str:
-    """``unit`` (thread, process, greenlet) made plural when ``count`` is not 1."""
-    if count == 1:
-        return unit
-    return f"{unit}es" if unit.endswith("s") else f"{unit}s"
-
-
-@dataclass(frozen=True)
-class WorkerSummary:
-    """What a worker did between start and stop.
-
-    ``handled`` records were stored and acked; ``redelivered`` of them came
-    redelivered (delivered before, to a worker that died or gave them back), so
-    they may have been stored before: sinks that de-duplicate by id keep one
-    copy, which is why an archive may hold fewer rows than ``handled``. ``failed`` counts the sink's
-    failures, one per record and attempt; ``rejected`` of them were for good
-    (not recoverable). ``retried`` records went to a delay queue, to come back
-    later; ``dead_lettered`` went to the dead-letter queue: failed on their last
-    attempt, failed for good, or ``undecodable`` (not records at all). With the
-    process pool, ``replaced`` worker processes died and were started again, and
-    ``requeued`` records they held went back to the queue, to be redelivered.
-    """
-
-    queue: str
-    handled: int
-    failed: int
-    rejected: int
-    undecodable: int
-    seconds: float
-    requeued: int = 0
-    replaced: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    redelivered: int = 0
-
-    def __str__(self) -> str:
-        again = ""
-        if self.redelivered:
-            again = (
-                f" ({self.redelivered} of them redelivered, perhaps written before: "
-                "sinks that de-duplicate by id keep one copy)"
-            )
-        text = (
-            f"{self.handled} handled{again}, {self.failed} failed ({self.retried} retried, "
-            f"{self.dead_lettered} dead-lettered), {self.undecodable} undecodable "
-            f"from {self.queue} in {self.seconds:.1f}s"
-        )
-        if self.replaced or self.requeued:
-            text += (
-                f"; {self.replaced} worker {units('process', self.replaced)} died and "
-                f"{'were' if self.replaced != 1 else 'was'} replaced, {self.requeued} "
-                f"{'records' if self.requeued != 1 else 'record'} requeued"
-            )
-        return text
 
 
 class Worker:

@@ -41,7 +41,7 @@ from logbus.message import Message
 from logbus.sinks import is_recoverable
 from logbus.sinks._partial import PartlyStored, stored_by
 from logbus.transports.base import Delivery, Settlement, Transport, settle_many
-from logbus.worker.pools import RemoteSinkError, Result, Undecodable
+from logbus.worker.lanes import RemoteSinkError, Result, Undecodable
 from logbus.worker.retry import Outcome, RetryPolicy, declare_retry_queues, for_dead
 
 if TYPE_CHECKING:
