@@ -84,7 +84,7 @@ _UINT16 = struct.Struct(">H")
 _UINT32 = struct.Struct(">I")
 _UINT64 = struct.Struct(">Q")
 _BASIC_DELIVER = (60, 60)
-_METHOD, _CONTENT_HEADER, _BODY = 1, 2, 3
+_METHOD, _CONTENT_HEADER, _BODY, _HEARTBEAT = 1, 2, 3, 8  # AMQP 0-9-1 frame types
 # Content up to this many bytes beyond what has arrived is waited for (it will come in
 # the next few reads); more than that goes to pika instead, as it arrives.
 _WAIT_LIMIT = 65536
@@ -200,7 +200,7 @@ class InboundConnection(SelectConnection):  # type: ignore[misc]
                     if taken:
                         pos = taken
                         continue
-                elif kind not in (_CONTENT_HEADER, _BODY, pika_frame.spec.FRAME_HEARTBEAT):
+                elif kind not in (_CONTENT_HEADER, _BODY, _HEARTBEAT):
                     break  # a protocol header or garbage: pika's own reading below
                 _, value = pika_frame.decode_frame(buf[pos:end])
                 pos = end
@@ -215,7 +215,7 @@ class InboundConnection(SelectConnection):  # type: ignore[misc]
             _METHOD,
             _CONTENT_HEADER,
             _BODY,
-            pika_frame.spec.FRAME_HEARTBEAT,
+            _HEARTBEAT,
         ):
             super()._on_data_available(b"")
 
