@@ -25,6 +25,12 @@ def _amqp(request: pytest.FixtureRequest) -> Callable[[], Transport]:
     return lambda: connect(url)
 
 
+def _amqp_pika_inbound(request: pytest.FixtureRequest) -> Callable[[], Transport]:
+    """The pika transport with its fast inbound path off: deliveries through pika's own."""
+    request.getfixturevalue("monkeypatch").setenv("LOGBUS_AMQP_FAST_INBOUND", "0")
+    return _amqp(request)
+
+
 def _aio(request: pytest.FixtureRequest) -> Callable[[], Transport]:
     # aio-pika is logbus's async engine; the suite reaches it through a test-only sync face.
     from tests.aio_blocking import BlockingAioTransport
@@ -66,7 +72,8 @@ def local_broker_url() -> Iterator[str]:
 #: the reference: where memory:// differs from amqp/aio, memory:// is wrong.
 TRANSPORTS: dict[str, Callable[[pytest.FixtureRequest], Callable[[], Transport]]] = {
     "memory": _memory,
-    "amqp": _amqp,
+    "amqp": _amqp,  # deliveries read by logbus's fast inbound path (the default)
+    "amqp-pika-inbound": _amqp_pika_inbound,
     "aio": _aio,
     "local": _local,
     "process": _process,
