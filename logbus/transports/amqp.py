@@ -23,6 +23,9 @@ reconnect: see ``_window``) and ``reconnect_max_delay`` (seconds).
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
@@ -32,7 +35,6 @@ from typing import Any
 from logbus.errors import ConfigError, InputError
 from logbus.message import Message, QueueInfo
 from logbus.settings import Settings, load_settings, redact_url
-from logbus.transports._amqp_codec import default_connection_name
 from logbus.transports._amqp_consume import AmqpConsumer
 from logbus.transports._amqp_errors import blocked, not_confirmed, unconfirmed_in_time
 from logbus.transports._amqp_io import Core
@@ -59,6 +61,11 @@ _OPTIONS = frozenset(
 )
 
 Run = Callable[[Any, Callable[[Any], None]], None]
+
+
+def default_connection_name() -> str:
+    """``logbus-<host>-<pid>-<random>``: unique, and says where the connection comes from."""
+    return f"logbus-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class AmqpTransport:
