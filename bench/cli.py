@@ -194,6 +194,8 @@ sock.close()
 # What a one-record `logbus emit` imports: the command line, settings, topology, the
 # emitter and the pika transport.
 IMPORTS = """
+import os
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as the logbus command sets it
 from logbus.cli import build_app
 build_app()
 import logbus.emitter, logbus.settings, logbus.topology, logbus.transports.amqp
