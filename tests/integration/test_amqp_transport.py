@@ -30,12 +30,8 @@ from logbus.errors import (
 from logbus.message import Message, Properties
 from logbus.transports import connect
 from logbus.transports.amqp import AmqpTransport
-from tests.integration.test_amqp_faults import (
-    RABBITMQCTL,
-    Proxy,
-    broker_connection,
-    with_address,
-)
+from tests.integration.test_amqp_faults import RABBITMQCTL, broker_connection
+from tests.proxy import Proxy, with_address
 from tests.support import require_or_skip
 
 

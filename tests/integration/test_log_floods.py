@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
-import logbus.transports._amqp_io as amqp_io
+import logbus.transports.amqp.pika_core as amqp_io
 from logbus.transports.amqp import AmqpTransport
-from tests.integration.test_amqp_faults import Proxy, with_address
+from tests.proxy import Proxy, with_address
 from tests.support import wait_until
-
-
-@pytest.fixture
-def proxy(amqp_url: str) -> Iterator[Proxy]:
-    """A TCP proxy to the broker the test may cut."""
-    parts = urlsplit(amqp_url)
-    forwarder = Proxy((parts.hostname or "127.0.0.1", parts.port or 5672))
-    forwarder.start()
-    yield forwarder
-    forwarder.cut()
 
 
 def test_reconnect_attempts_are_reported_with_their_backoff_and_summarised(

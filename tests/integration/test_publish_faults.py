@@ -1,6 +1,6 @@
 """Confirmed publishing under faults: a flapping connection, a broker that blocks publishers.
 
-A connection reset through :class:`~tests.integration.test_amqp_faults.Proxy`
+A connection reset through :class:`~tests.proxy.Proxy`
 changes nothing on the broker, so the flap tests run on the shared broker; the
 memory alarm is the private node's (``faults`` marker). Durations here are
 bounds on a promise ("gives up within its timeout and a second"), not figures.
@@ -23,8 +23,8 @@ from logbus.errors import EX_TEMPFAIL, NotConfirmed
 from logbus.settings import Settings
 from logbus.topology import EmitTarget, Topology
 from logbus.transports.amqp import AmqpTransport
-from tests.integration.test_amqp_faults import Proxy, with_address
 from tests.private_broker import PrivateBroker
+from tests.proxy import Proxy, with_address
 
 RECORDS = 30_000  # enough for several resets at one a second
 MOST_DUPLICATED = 0.10  # of the records, at one reset a second
