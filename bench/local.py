@@ -177,7 +177,7 @@ def bare_process_pair(body: bytes, count: int) -> float:
 
 def process_publish_consume(bodies: Sequence[bytes]) -> float:
     """Records/s published through process:// and consumed, acked each, on another thread."""
-    from logbus.transports.process import broker_name, stop_broker
+    from logbus.transports.inprocess.process import broker_name, stop_broker
 
     url = f"process://bench-{secrets.token_hex(4)}"
     publisher, subscriber = connect(url), connect(url)
@@ -206,7 +206,7 @@ def process_publish_consume(bodies: Sequence[bytes]) -> float:
 
 def process_publish_only(bodies: Sequence[bytes]) -> float:
     """Records/s of publishing alone (pipelined confirms) through process://: one hop."""
-    from logbus.transports.process import broker_name, stop_broker
+    from logbus.transports.inprocess.process import broker_name, stop_broker
 
     url = f"process://bench-{secrets.token_hex(4)}"
     with connect(url) as publisher:

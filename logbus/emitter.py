@@ -29,7 +29,7 @@ from logbus.record import LogRecord, parse_routing_key
 from logbus.settings import Settings
 from logbus.topology import EmitTarget, Topology, declare, no_emit_targets, reachable
 from logbus.transports import Transport, connect
-from logbus.transports._amqp_errors import RABBITMQ_MAX_MESSAGE_SIZE, record_too_large
+from logbus.transports.amqp.errors import RABBITMQ_MAX_MESSAGE_SIZE, record_too_large
 from logbus.transports.base import AsyncTransport
 
 __all__ = ["AsyncEmitter", "Emitter", "LineBatch", "declare_async", "reachable"]

@@ -131,7 +131,7 @@ def serve(
 def _declare(broker: Broker, topology: Topology) -> None:
     """Declare ``topology`` on ``broker`` through a session of its own, as a client would."""
     from logbus.topology import declare
-    from logbus.transports.memory import SessionTransport
+    from logbus.transports.inprocess.memory import SessionTransport
 
     with SessionTransport("local://", broker) as session:
         # A session has every operation declaring needs; consuming it has not, and needs not.

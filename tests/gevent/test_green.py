@@ -11,7 +11,7 @@ import pytest
 from logbus.errors import ConfigError, NotFound
 from logbus.message import Message
 from logbus.transports import connect
-from logbus.transports.green import GreenTransport
+from logbus.transports.inprocess.green import GreenTransport
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_without_gevent_the_error_names_the_extra_to_install(run_python):
         from logbus.errors import ConfigError
         from logbus.transports import connect
         try:
-            import logbus.transports.green
+            import logbus.transports.inprocess.green
         except ConfigError as exc:
             print(exc)
         try:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from logbus.transports._amqp_io import Core
-from logbus.transports._pika_convert import endpoints
+from logbus.transports.amqp.pika_convert import endpoints
+from logbus.transports.amqp.pika_core import Core
 from logbus.transports.base import Settlement
 
 ACK, NACK = Settlement.ACK, Settlement.NACK

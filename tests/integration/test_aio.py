@@ -31,8 +31,8 @@ from logbus.message import Message, Properties
 from logbus.settings import Settings
 from logbus.topology import Topology
 from logbus.transports import connect
-from logbus.transports._aio_connect import Failover, Options
 from logbus.transports.aio import AioTransport
+from logbus.transports.aio.connect import Failover, Options
 from tests.private_broker import PrivateBroker
 
 pytestmark = pytest.mark.timeout(30)

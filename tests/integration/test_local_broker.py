@@ -35,9 +35,10 @@ from logbus.errors import (
     Unroutable,
 )
 from logbus.message import Message
-from logbus.transports import _local_link, connect
-from logbus.transports.local import LocalTransport
-from logbus.transports.process import env_var, stop_broker
+from logbus.transports import connect
+from logbus.transports.inprocess import link as _local_link
+from logbus.transports.inprocess.local import LocalTransport
+from logbus.transports.inprocess.process import env_var, stop_broker
 
 SPAWN = multiprocessing.get_context("spawn")
 DEADLINE = 20.0

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from logbus.broker.server import serve
-from logbus.transports.process import remove_stale
+from logbus.transports.inprocess.process import remove_stale
 from tests.support import wait_until
 
 # Opens process://, prints the broker's socket path, then waits to be killed.

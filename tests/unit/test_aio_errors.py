@@ -6,7 +6,7 @@ import aiormq.exceptions as amqp
 import pytest
 
 from logbus.errors import AccessRefused, ChannelError, ConnectionLost
-from logbus.transports._aio_errors import (
+from logbus.transports.aio.errors import (
     CHANNEL_REPLIES,
     RECOVERABLE,
     connect_refusal,

@@ -17,9 +17,9 @@ from pika import frame as pika_frame
 from pika import spec
 
 from logbus.message import Properties
-from logbus.transports import _amqp_inbound as inbound
-from logbus.transports._amqp_inbound import InboundConnection, decode_properties
-from logbus.transports._pika_convert import properties_from_pika
+from logbus.transports.amqp import pika_inbound as inbound
+from logbus.transports.amqp.pika_convert import properties_from_pika
+from logbus.transports.amqp.pika_inbound import InboundConnection, decode_properties
 
 short = st.text(max_size=20)
 values = st.one_of(

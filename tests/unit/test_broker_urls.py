@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from logbus import management
 from logbus._urls import address, parse_url, query, user_and_vhost
-from logbus.transports import _aio_connect
+from logbus.transports.aio import connect as _aio_connect
 
 
 def test_an_address_takes_the_default_port_of_its_scheme():

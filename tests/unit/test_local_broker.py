@@ -17,7 +17,7 @@ import pytest
 from logbus.broker.server import listen
 from logbus.errors import BrokerUnavailable, ConfigError
 from logbus.transports import connect
-from logbus.transports.process import env_var
+from logbus.transports.inprocess.process import env_var
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pika.exceptions as pika_errors
 import pytest
 
 from logbus.errors import ConnectionLost, InputError, NotFound, TransportError
-from logbus.transports._pika_errors import (
+from logbus.transports.amqp.pika_errors import (
     RECOVERABLE,
     REFUSALS,
     broker_refusal,

@@ -6,9 +6,9 @@ import pytest
 
 from logbus.errors import ConfigError
 from logbus.transports.base import Capabilities, capabilities_of
-from logbus.transports.local import LocalTransport
-from logbus.transports.memory import MemoryTransport
-from logbus.transports.process import ProcessTransport
+from logbus.transports.inprocess.local import LocalTransport
+from logbus.transports.inprocess.memory import MemoryTransport
+from logbus.transports.inprocess.process import ProcessTransport
 from logbus.worker.pools import check_transport
 
 

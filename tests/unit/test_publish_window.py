@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from logbus.transports._window import BUDGET, INITIAL, PublishWindow
+from logbus.transports.amqp.window import BUDGET, INITIAL, PublishWindow
 
 
 def _round_trip(window: PublishWindow, now: float, *, limited: bool = True) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logbus.transports._reconnect import ReconnectPolicy
+from logbus.transports.amqp.reconnect import ReconnectPolicy
 
 
 def test_the_bound_doubles_from_first_up_to_the_cap():

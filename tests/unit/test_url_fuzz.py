@@ -19,14 +19,10 @@ from hypothesis import strategies as st
 from logbus import _urls, management
 from logbus.errors import ConfigError, LogbusError
 from logbus.sinks import BUILTIN_SINKS, load_sink, load_sink_table, parse_spec
-from logbus.transports import (
-    _aio_connect,
-    _pika_convert,
-    local,
-    memory,
-    process,
-    scheme_of,
-)
+from logbus.transports import scheme_of
+from logbus.transports.aio import connect as _aio_connect
+from logbus.transports.amqp import pika_convert as _pika_convert
+from logbus.transports.inprocess import local, memory, process
 
 # Pieces that make URL parsers stumble: brackets, ports, escapes, separators, query keys
 # logbus reads itself, NFKC-sensitive characters, controls.
