@@ -26,12 +26,12 @@ __all__ = [
 
 #: URL scheme -> "module:Class" of its transport.
 TRANSPORTS: dict[str, str] = {
-    "memory": "logbus.transports.memory:MemoryTransport",
-    "local": "logbus.transports.local:LocalTransport",
-    "process": "logbus.transports.process:ProcessTransport",
-    "gevent": "logbus.transports.green:GreenTransport",
-    "amqp": "logbus.transports.amqp:AmqpTransport",
-    "amqps": "logbus.transports.amqp:AmqpTransport",
+    "memory": "logbus.transports.inprocess.memory:MemoryTransport",
+    "local": "logbus.transports.inprocess.local:LocalTransport",
+    "process": "logbus.transports.inprocess.process:ProcessTransport",
+    "gevent": "logbus.transports.inprocess.green:GreenTransport",
+    "amqp": "logbus.transports.amqp.pika_transport:AmqpTransport",
+    "amqps": "logbus.transports.amqp.pika_transport:AmqpTransport",
 }
 
 

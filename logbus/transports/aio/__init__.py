@@ -43,8 +43,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from logbus.transports._aio_consumer import AioConsumer
-from logbus.transports._aio_transport import AioTransport
+from logbus.transports.aio.consumer import AioConsumer
+from logbus.transports.aio.transport import AioTransport
 from logbus.transports.base import AsyncConsumer, AsyncTransport
 
 __all__ = ["AioConsumer", "AioTransport", "connect_async"]

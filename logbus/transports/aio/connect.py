@@ -1,8 +1,8 @@
 """Opening aio-pika robust connections: options, TLS, failover with backoff and jitter.
 
 Pauses and failover order come from the reconnect policy the pika transport
-uses too (:mod:`logbus.transports._reconnect`); URLs are read by
-:mod:`logbus._urls` and TLS contexts built by :mod:`logbus.transports._tls`.
+uses too (:mod:`logbus.transports.amqp.reconnect`); URLs are read by
+:mod:`logbus._urls` and TLS contexts built by :mod:`logbus.transports.amqp.tls`.
 The initial connect tries each comma-separated URL in turn, for a few rounds,
 sleeping the policy's backoff between rounds. Once connected, aio-pika's
 :class:`~aio_pika.RobustConnection` reconnects by itself every
@@ -28,10 +28,10 @@ from logbus._urls import address, parse_url, query, user_and_vhost
 from logbus._urls import split_urls as split_list
 from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusError
 from logbus.settings import Settings, redact_url
-from logbus.transports._aio_errors import connect_refusal, reply_text
-from logbus.transports._amqp_errors import tls_refused
-from logbus.transports._reconnect import ReconnectPolicy
-from logbus.transports._tls import TLS_REFUSED, client_context, verify_failure
+from logbus.transports.aio.errors import connect_refusal, reply_text
+from logbus.transports.amqp.errors import tls_refused
+from logbus.transports.amqp.reconnect import ReconnectPolicy
+from logbus.transports.amqp.tls import TLS_REFUSED, client_context, verify_failure
 
 __all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls", "tls_contexts"]
 

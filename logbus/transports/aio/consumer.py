@@ -22,7 +22,7 @@ from pamqp.commands import Basic
 from logbus._log import get_logger
 from logbus.errors import AccessRefused, ChannelError, LogbusError
 from logbus.message import Message, Properties
-from logbus.transports._aio_errors import translate
+from logbus.transports.aio.errors import translate
 from logbus.transports.base import Delivery
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from logbus.errors import (
     Unroutable,
 )
 from logbus.message import Message
-from logbus.transports._amqp_errors import too_large
+from logbus.transports.amqp.errors import too_large
 
 __all__ = [
     "CHANNEL_REPLIES",

@@ -5,7 +5,7 @@ waits for its confirm, turning a return into :class:`~logbus.errors.Unroutable`,
 a nack into :class:`~logbus.errors.NotConfirmed` and any driver error into the
 logbus one. :func:`send_many` keeps a window of those in flight — as many as
 the broker's pace needs, up to ``publish_window``, by the same
-:class:`~logbus.transports._window.PublishWindow` policy as the pika transport —
+:class:`~logbus.transports.amqp.window.PublishWindow` policy as the pika transport —
 refilling from half a window so it waits once per half window rather than per
 message, and raises one error at the end for whatever was not confirmed.
 """
@@ -21,12 +21,12 @@ import aiormq.exceptions as amqp
 
 from logbus.errors import LogbusError, NotConfirmed, Unroutable
 from logbus.message import Message
-from logbus.transports._aio_consumer import to_amqp
-from logbus.transports._aio_errors import nacked, translate, unroutable
-from logbus.transports._window import PublishWindow
+from logbus.transports.aio.consumer import to_amqp
+from logbus.transports.aio.errors import nacked, translate, unroutable
+from logbus.transports.amqp.window import PublishWindow
 
 if TYPE_CHECKING:
-    from logbus.transports._aio_transport import AioTransport
+    from logbus.transports.aio.transport import AioTransport
 
 __all__ = ["send", "send_many"]
 

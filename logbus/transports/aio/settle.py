@@ -19,7 +19,7 @@ import aiormq.abc
 
 from logbus._log import get_logger
 from logbus.errors import ConnectionLost, TransportClosed
-from logbus.transports._aio_errors import translate
+from logbus.transports.aio.errors import translate
 from logbus.transports.base import Settlement, Settler
 
 __all__ = ["Settlements"]

@@ -1,7 +1,7 @@
 """The :class:`AioTransport` itself; :mod:`logbus.transports.aio` documents and exports it.
 
 Here are the connection's life, declarations, ``basic.get``, consumers and
-closing; publishing is :mod:`logbus.transports._aio_publish`'s.
+closing; publishing is :mod:`logbus.transports.aio.publish`'s.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from logbus._log import get_logger
 from logbus.errors import ConnectionLost, LogbusError, TransportClosed
 from logbus.message import Message, QueueInfo
 from logbus.settings import Settings, redact_url
-from logbus.transports._aio_connect import Failover, Options, endpoint, open_robust, split_urls
-from logbus.transports._aio_consumer import AioConsumer, from_amqp
-from logbus.transports._aio_errors import reply_text, translate
-from logbus.transports._aio_publish import send, send_many
-from logbus.transports._aio_settle import AfterSettle, Settlements
+from logbus.transports.aio.connect import Failover, Options, endpoint, open_robust, split_urls
+from logbus.transports.aio.consumer import AioConsumer, from_amqp
+from logbus.transports.aio.errors import reply_text, translate
+from logbus.transports.aio.publish import send, send_many
+from logbus.transports.aio.settle import AfterSettle, Settlements
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
 __all__ = ["AioTransport"]

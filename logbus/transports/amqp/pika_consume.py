@@ -27,12 +27,12 @@ import pika.exceptions as pika_errors
 from logbus._log import get_logger
 from logbus.errors import LogbusError, TransportClosed, TransportError
 from logbus.message import Message, Properties
-from logbus.transports._amqp_slot import io_callback
-from logbus.transports._pika_convert import properties_from_pika, reply_error
+from logbus.transports.amqp.pika_convert import properties_from_pika, reply_error
+from logbus.transports.amqp.pika_slot import io_callback
 from logbus.transports.base import BatchSettler, Delivery, Settler
 
 if TYPE_CHECKING:
-    from logbus.transports._amqp_io import Core
+    from logbus.transports.amqp.pika_core import Core
 
 __all__ = ["AmqpConsumer", "restore_error"]
 

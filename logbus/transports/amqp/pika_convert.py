@@ -1,5 +1,5 @@
 """The pika boundary: broker URLs to connection parameters, messages to and from pika's
-properties (pika's exceptions are mapped in :mod:`logbus.transports._pika_errors`).
+properties (pika's exceptions are mapped in :mod:`logbus.transports.amqp.pika_errors`).
 
 Nothing here does I/O. Errors name the broker as ``host:port`` and never show a
 password.
@@ -20,8 +20,8 @@ import pika
 from logbus._urls import parse_url, redact_url, split_urls
 from logbus.errors import ConfigError, InputError
 from logbus.message import Message, Properties
-from logbus.transports._amqp_errors import named_exchange, reply_error
-from logbus.transports._tls import TLS_QUERY, client_context
+from logbus.transports.amqp.errors import named_exchange, reply_error
+from logbus.transports.amqp.tls import TLS_QUERY, client_context
 
 __all__ = [
     "Endpoint",

@@ -41,15 +41,15 @@ from logbus.errors import (
     TransportClosed,
     TransportError,
 )
-from logbus.transports._amqp_consume import AmqpConsumer, restore_error
-from logbus.transports._amqp_errors import no_answer
-from logbus.transports._amqp_inbound import open_connection
-from logbus.transports._amqp_publish import Publisher
-from logbus.transports._amqp_slot import ChannelSlot, Op, io_callback
-from logbus.transports._amqp_topology import Declaration, Declared
-from logbus.transports._pika_convert import Endpoint
-from logbus.transports._pika_errors import connect_error, local_error, reason
-from logbus.transports._reconnect import DEFAULT_FIRST, ReconnectPolicy
+from logbus.transports.amqp.errors import no_answer
+from logbus.transports.amqp.pika_consume import AmqpConsumer, restore_error
+from logbus.transports.amqp.pika_convert import Endpoint
+from logbus.transports.amqp.pika_errors import connect_error, local_error, reason
+from logbus.transports.amqp.pika_inbound import open_connection
+from logbus.transports.amqp.pika_publish import Publisher
+from logbus.transports.amqp.pika_slot import ChannelSlot, Op, io_callback
+from logbus.transports.amqp.pika_topology import Declaration, Declared
+from logbus.transports.amqp.reconnect import DEFAULT_FIRST, ReconnectPolicy
 from logbus.transports.base import Settlement
 
 __all__ = ["Core", "plan_acks"]

@@ -6,7 +6,7 @@ virtual host: not recoverable), :data:`RECOVERABLE` (the link went or is going:
 the core reconnects, restores and re-sends), a channel the broker closed over a
 command (:func:`broker_refusal`: the reply code's logbus error) and a
 connection it closed over one (:func:`hard_error`). The words are those of
-:mod:`logbus.transports._amqp_errors`, which the aio-pika transport speaks too.
+:mod:`logbus.transports.amqp.errors`, which the aio-pika transport speaks too.
 Every message names the broker as ``host:port`` and never shows a password.
 """
 
@@ -21,11 +21,11 @@ import pika.exceptions as pika_errors
 from pika.adapters.utils import connection_workflow as workflow
 
 from logbus.errors import ConnectionLost, InputError, LogbusError, TransportError
-from logbus.transports._amqp_errors import login_refused, reply_error, tls_refused, unreachable
-from logbus.transports._tls import TLS_REFUSED, verify_failure
+from logbus.transports.amqp.errors import login_refused, reply_error, tls_refused, unreachable
+from logbus.transports.amqp.tls import TLS_REFUSED, verify_failure
 
 if TYPE_CHECKING:
-    from logbus.transports._pika_convert import Endpoint
+    from logbus.transports.amqp.pika_convert import Endpoint
 
 __all__ = [
     "HARD_CODES",

@@ -59,7 +59,7 @@ from logbus._log import get_logger
 from logbus.message import Properties
 
 if TYPE_CHECKING:
-    from logbus.transports._amqp_consume import AmqpConsumer
+    from logbus.transports.amqp.pika_consume import AmqpConsumer
 
 __all__ = [
     "ENV",

@@ -7,7 +7,7 @@ confirmed, returned (``Unroutable``), nacked (``NotConfirmed``), refused by a
 channel error (``NotFound`` ...), or given up by its caller after the confirm
 timeout. Items in flight when the connection drops go out again on the next
 connection — at least once: a duplicate is possible, a silent loss is not. How
-many are in flight at once is the :class:`~logbus.transports._window.PublishWindow`'s
+many are in flight at once is the :class:`~logbus.transports.amqp.window.PublishWindow`'s
 call: enough for the broker's pace, and few again after a reconnect, so that a
 flapping connection re-sends (and duplicates) little.
 """
@@ -25,13 +25,13 @@ from pika import spec
 
 from logbus._log import get_logger
 from logbus.errors import LogbusError, NotConfirmed, TransportError
-from logbus.transports._amqp_errors import nacked, named_exchange, unroutable
-from logbus.transports._amqp_slot import io_callback
-from logbus.transports._pika_errors import RECOVERABLE, broker_refusal, local_error
-from logbus.transports._window import PublishWindow
+from logbus.transports.amqp.errors import nacked, named_exchange, unroutable
+from logbus.transports.amqp.pika_errors import RECOVERABLE, broker_refusal, local_error
+from logbus.transports.amqp.pika_slot import io_callback
+from logbus.transports.amqp.window import PublishWindow
 
 if TYPE_CHECKING:
-    from logbus.transports._amqp_io import Core
+    from logbus.transports.amqp.pika_core import Core
 
 __all__ = ["Outgoing", "PublishBatch", "Publisher"]
 

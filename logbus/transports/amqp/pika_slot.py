@@ -20,10 +20,10 @@ from pika import spec
 
 from logbus._log import get_logger
 from logbus.errors import LogbusError, TransportClosed, TransportError
-from logbus.transports._pika_errors import broker_refusal, hard_error, local_error
+from logbus.transports.amqp.pika_errors import broker_refusal, hard_error, local_error
 
 if TYPE_CHECKING:
-    from logbus.transports._amqp_io import Core
+    from logbus.transports.amqp.pika_core import Core
 
 __all__ = ["ChannelSlot", "Op", "io_callback"]
 

@@ -35,12 +35,12 @@ from typing import Any
 from logbus.errors import ConfigError, InputError
 from logbus.message import Message, QueueInfo
 from logbus.settings import Settings, load_settings, redact_url
-from logbus.transports._amqp_consume import AmqpConsumer
-from logbus.transports._amqp_errors import blocked, not_confirmed, unconfirmed_in_time
-from logbus.transports._amqp_io import Core
-from logbus.transports._amqp_publish import Outgoing, PublishBatch
-from logbus.transports._amqp_topology import Declaration
-from logbus.transports._pika_convert import arguments, endpoints, from_pika, names, to_pika
+from logbus.transports.amqp.errors import blocked, not_confirmed, unconfirmed_in_time
+from logbus.transports.amqp.pika_consume import AmqpConsumer
+from logbus.transports.amqp.pika_convert import arguments, endpoints, from_pika, names, to_pika
+from logbus.transports.amqp.pika_core import Core
+from logbus.transports.amqp.pika_publish import Outgoing, PublishBatch
+from logbus.transports.amqp.pika_topology import Declaration
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
 __all__ = ["AmqpConsumer", "AmqpTransport"]

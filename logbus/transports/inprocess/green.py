@@ -46,7 +46,7 @@ except ImportError as exc:
 
 from logbus.broker import Broker, Delivered, Session
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
-from logbus.transports.memory import SessionTransport
+from logbus.transports.inprocess.memory import SessionTransport
 
 __all__ = ["GreenConsumer", "GreenTransport", "broker_name", "named"]
 
@@ -85,7 +85,7 @@ class GreenConsumer:
     ``get`` yields to other greenlets while it waits and never blocks the hub.
     Several greenlets may share one consumer (a pool behind one prefetch
     window); cancelling it ends every one of their iterations. Settlements are
-    pipelined as in :class:`~logbus.transports.memory.MemoryConsumer`. The
+    pipelined as in :class:`~logbus.transports.inprocess.memory.MemoryConsumer`. The
     consumer belongs to the thread (and hub) that created it.
     """
 

@@ -1,6 +1,6 @@
 """One connection to a broker process: requests and replies, pushed deliveries, pipelined acks.
 
-:class:`Link` is the wire under :class:`~logbus.transports.local.LocalTransport`.
+:class:`Link` is the wire under :class:`~logbus.transports.inprocess.local.LocalTransport`.
 A reader thread hands replies to the waiting calls and deliveries to their
 consumers' inboxes; calls are thread-safe. Publishes travel many to a frame
 and deliveries arrive many to a frame (:mod:`logbus.wire.batch`).
@@ -41,7 +41,7 @@ from logbus.wire.frames import Frame, decode_many, encode, encode_many, encode_p
 
 __all__ = ["ACK_DELAY", "CLOSED", "LOST", "Link"]
 
-log = get_logger("logbus.transports.local")
+log = get_logger("logbus.transports.inprocess.local")
 
 #: The longest an ack waits for others to share its frame, in seconds.
 ACK_DELAY = 0.005

@@ -1,7 +1,7 @@
 """``local:///path/to.sock`` — the in-process broker of another process on this machine.
 
 It connects to a ``logbus broker serve --listen /path/to.sock`` (or to the broker
-a ``process://`` URL started, see :mod:`logbus.transports.process`).
+a ``process://`` URL started, see :mod:`logbus.transports.inprocess.process`).
 
 Why :mod:`multiprocessing.connection` over a Unix socket: it is the machinery
 behind multiprocessing's ``Pipe`` — message framing and an HMAC challenge on
@@ -11,9 +11,9 @@ bytes in logbus's own framing (:mod:`logbus.wire.frames`), never
 pickled, so a peer cannot make this process run code. The key is the socket's
 neighbour ``<socket>.key`` (mode 0600): who can read it can use the broker.
 
-Each transport is one connection (:class:`~logbus.transports._local_link.Link`),
+Each transport is one connection (:class:`~logbus.transports.inprocess.link.Link`),
 hence one broker session, with the same methods, semantics and errors as
-:class:`~logbus.transports.memory.MemoryTransport`. Calls are thread-safe;
+:class:`~logbus.transports.inprocess.memory.MemoryTransport`. Calls are thread-safe;
 ``publish_many`` sends its publishes many to a frame and keeps a window of them
 in flight; acks are pipelined and coalesced. If the broker process dies, calls
 in flight and blocked consumers raise :class:`~logbus.errors.ConnectionLost`
@@ -45,9 +45,9 @@ from logbus.errors import (
     TransportError,
 )
 from logbus.message import Message, QueueInfo
-from logbus.transports._local_link import CLOSED, LOST, MAX_ACKS, Link, rebuild
 from logbus.transports.base import DEFAULT_PREFETCH, Capabilities, Delivery, Settlement
-from logbus.transports.memory import raise_for_outcome
+from logbus.transports.inprocess.link import CLOSED, LOST, MAX_ACKS, Link, rebuild
+from logbus.transports.inprocess.memory import raise_for_outcome
 from logbus.wire.batch import ERROR, OUTCOMES
 from logbus.wire.frames import Frame, arg_bool, arg_int, arg_str, message_from
 

@@ -6,7 +6,7 @@ forked or spawned — on a private socket in a 0700 temporary directory, and
 stopped when the process that started it exits. That process exports the
 socket's path as ``LOGBUS_PROCESS_BROKER_<NAME>``, so its children (forked or
 spawned, any depth) opening the same URL share that broker instead of starting
-their own. The connection itself is a :class:`~logbus.transports.local.LocalTransport`.
+their own. The connection itself is a :class:`~logbus.transports.inprocess.local.LocalTransport`.
 
 Caveat of ``spawn``: a script that opens ``process://`` must guard its entry
 point with ``if __name__ == "__main__":``, as with any spawned process.
@@ -35,7 +35,7 @@ from logbus.errors import (
     BrokerUnavailable,
     ConfigError,
 )
-from logbus.transports.local import LocalTransport
+from logbus.transports.inprocess.local import LocalTransport
 
 __all__ = [
     "ProcessTransport",
@@ -46,7 +46,7 @@ __all__ = [
     "stop_broker",
 ]
 
-log = get_logger("logbus.transports.process")
+log = get_logger("logbus.transports.inprocess.process")
 
 
 def _after_fork_in_child() -> None:
