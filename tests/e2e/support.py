@@ -13,7 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from logbus.errors import NotFound
 from logbus.management import ManagementUnavailable, management_api
@@ -122,11 +122,21 @@ def remove(amqp_url: str, topology: Topology) -> None:
 
 def on_tty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run ``logbus ARGS`` with stdout on a pseudo-terminal; (exit status, screen)."""
+    code, screen, _ = on_terminal(args, env)
+    return code, screen
+
+
+def on_terminal(
+    args: list[str], env: dict[str, str], *, stream: Literal["stdout", "stderr"] = "stdout"
+) -> tuple[int, str, str]:
+    """Run ``logbus ARGS`` with ``stream`` on a pseudo-terminal and the other one piped:
+    (exit status, screen, the piped stream's text), so that a test sees both what a
+    terminal shows and what stays clean for a pipe."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "logbus", *args],
-        stdout=follower,
-        stderr=subprocess.PIPE,
+        stdout=follower if stream == "stdout" else subprocess.PIPE,
+        stderr=follower if stream == "stderr" else subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200", **env},
     )
     os.close(follower)
@@ -139,9 +149,10 @@ def on_tty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
         if not data:
             break
         chunks.append(data)
-    code = proc.wait(timeout=20)
+    out, err = proc.communicate(timeout=60)
     os.close(leader)
-    return code, b"".join(chunks).decode()
+    other = err if stream == "stdout" else out
+    return proc.returncode, b"".join(chunks).decode(errors="replace"), other.decode()
 
 
 @dataclass
