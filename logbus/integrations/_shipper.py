@@ -40,7 +40,7 @@ from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
-from logbus.errors import ConfigError, InputError, LogbusError, TransportError
+from logbus.errors import ConfigError, InputError, LogbusError, RecordError, TransportError
 from logbus.record import LogRecord, Severity
 
 if TYPE_CHECKING:
@@ -112,7 +112,10 @@ class Shipper:
         self.batch_size = batch_size
         # A record's fixed fields, checked now so that a bad facility fails at configuration.
         host_field = {} if host is None else {"host": host}
-        LogRecord(facility=facility, severity="info", message="", app=app, **host_field)
+        try:
+            LogRecord(facility=facility, severity="info", message="", app=app, **host_field)
+        except RecordError as exc:
+            raise ConfigError(f"the handler's record fields: {exc}") from None
         self._static: dict[str, Any] = {"facility": facility, "app": app, **host_field}
         self._sender_factory = sender or _emitter_factory(url, topology, settings)
         self._sender: Sender | None = None
