@@ -4,7 +4,7 @@ The pytest plugin (:mod:`logbus.testing.plugin`, loaded by pytest through
 logbus's ``pytest11`` entry point) gives every test session the fixtures
 ``logbus_broker_url``, ``logbus_inprocess_url``, ``logbus_capture`` and
 ``logbus_capture_url``. Without pytest, :class:`Capture` catches the records a
-piece of code publishes and :func:`rabbitmq` finds a broker to test against.
+piece of code publishes and :func:`find_rabbitmq` finds a broker to test against.
 
 Importing this package is cheap (it loads with every pytest run): names are
 imported from their modules on first use.
@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from logbus.testing.capture import Capture, prefixed
-    from logbus.testing.rabbitmq import probe, rabbitmq
+    from logbus.testing.rabbitmq import find_rabbitmq, probe
 
-__all__ = ["Capture", "prefixed", "probe", "rabbitmq"]
+__all__ = ["Capture", "find_rabbitmq", "prefixed", "probe"]
 
 _LAZY = {
     "Capture": "logbus.testing.capture",
     "prefixed": "logbus.testing.capture",
+    "find_rabbitmq": "logbus.testing.rabbitmq",
     "probe": "logbus.testing.rabbitmq",
-    "rabbitmq": "logbus.testing.rabbitmq",
 }
 
 

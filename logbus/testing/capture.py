@@ -11,7 +11,8 @@ publish to, with the binding that takes everything there (``#`` on a topic
 exchange, a fanout binding, ``x-match=all`` with no headers). Whatever code
 publishes through that topology is seen: an :class:`~logbus.emitter.Emitter`
 built from :attr:`Capture.settings` or :attr:`Capture.environ`, the
-``logbus`` command, or the logging handler of :mod:`logbus.integrations`.
+``logbus`` command, or the logging handler of :mod:`logbus.integrations`
+(:meth:`Capture.handler`, or one built from the environment).
 
 On a shared broker the topology's names get a unique :attr:`Capture.prefix`,
 so that tests running at the same time never see each other's records, and
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from logbus.emitter import Emitter
+    from logbus.integrations import LogbusHandler
     from logbus.record import LogRecord
     from logbus.settings import Settings
     from logbus.topology import Topology
@@ -47,6 +49,8 @@ __all__ = ["Capture", "prefixed"]
 DEFAULT_TIMEOUT = 5.0
 #: How many captured records a failed assertion lists.
 SHOWN = 20
+#: The record attributes ``find`` compares by name; any other name is a key of ``fields``.
+_ATTRIBUTES = frozenset({"id", "ts", "facility", "severity", "host", "app", "pid", "v"})
 #: The binding that takes every message an exchange of each type routes.
 _CATCH_ALL: dict[str, tuple[str, dict[str, Any]]] = {
     "topic": ("#", {}),
@@ -164,21 +168,19 @@ class Capture:
         options.setdefault("topology", self.topology)
         return Emitter(self.url, settings=self.settings, **options)
 
-    def handler(self, **options: Any) -> Any:
-        """A :mod:`logbus.integrations` logging handler that sends records here.
+    def handler(self, **options: Any) -> LogbusHandler:
+        """A :class:`~logbus.integrations.LogbusHandler` that sends what is logged here.
 
-        The hook for code that logs rather than emits: attach it to a logger (or
-        let the code build its own handler from ``LOGBUS_URL``/``LOGBUS_CONFIG``,
-        which the ``logbus_capture`` fixture sets), then assert on the capture.
+        For code that logs rather than emits: attach it to a logger, or let the
+        code build its own handler from ``LOGBUS_URL``/``LOGBUS_CONFIG`` (which the
+        ``logbus_capture`` fixture sets). The handler publishes from a thread of its
+        own, so assert with :meth:`find` or :meth:`wait_for`, which wait; close it
+        (``handler.close()``) when done. ``options`` are the handler's keywords.
         """
-        try:
-            from logbus import integrations
-        except ImportError as exc:
-            raise RuntimeError(f"this logbus has no logging handler yet ({exc})") from None
-        handler_class: Callable[..., Any] = integrations.LogbusHandler
-        options.setdefault("url", self.url)
-        options.setdefault("config", str(self.config))
-        return handler_class(**options)
+        from logbus.integrations import LogbusHandler
+
+        options.setdefault("topology", self.topology)
+        return LogbusHandler(self.url, settings=self.settings, **options)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -377,7 +379,7 @@ def _matcher(
         elif message is not None and record.message != message:
             return False
         for name, value in wanted.items():
-            if name in type(record).model_fields:
+            if name in _ATTRIBUTES:
                 actual = getattr(record, name)
             elif name in record.fields:
                 actual = record.fields[name]

@@ -66,11 +66,11 @@ def logbus_broker_url() -> Iterator[str]:
     from contextlib import ExitStack
 
     from logbus.errors import BrokerUnavailable
-    from logbus.testing.rabbitmq import rabbitmq
+    from logbus.testing.rabbitmq import find_rabbitmq
 
     with ExitStack() as stack:
         try:
-            url = stack.enter_context(rabbitmq())
+            url = stack.enter_context(find_rabbitmq())
         except BrokerUnavailable as exc:
             unavailable(str(exc))
         yield url

@@ -1,6 +1,6 @@
 """Finding a RabbitMQ to test against: a given URL, the local one, or a container.
 
-:func:`rabbitmq` is what the ``logbus_broker_url`` fixture runs once per test
+:func:`find_rabbitmq` is what the ``logbus_broker_url`` fixture runs once per test
 session; it is usable without pytest too. The first source that answers wins:
 
 1. ``LOGBUS_TEST_URL``, if set, and then only that: an explicit URL that does
@@ -37,8 +37,8 @@ __all__ = [
     "CONTAINER_IMAGE",
     "LOCAL_URL",
     "PROBE_TIMEOUT",
+    "find_rabbitmq",
     "probe",
-    "rabbitmq",
 ]
 
 #: The broker tried when ``LOGBUS_TEST_URL`` is not set (RabbitMQ's out-of-the-box user).
@@ -88,7 +88,7 @@ def _tcp_problem(host: str | None, port: int | None, timeout: float) -> str | No
 
 
 @contextmanager
-def rabbitmq(environ: Mapping[str, str] | None = None) -> Iterator[str]:
+def find_rabbitmq(environ: Mapping[str, str] | None = None) -> Iterator[str]:
     """The URL of a RabbitMQ that answered (see the module docstring), for the ``with`` block.
 
     Raises :class:`~logbus.errors.BrokerUnavailable` naming why every source failed.

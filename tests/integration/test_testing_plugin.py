@@ -76,6 +76,43 @@ def test_the_inprocess_broker_routes(logbus_inprocess_url):
         assert sub.get(timeout=0.2) is None
 """
 
+#: What code logs through logbus.integrations' handler lands in the capture too.
+LOGGING_TESTS = """
+
+import logging
+
+from logbus.integrations import LogbusHandler
+
+
+def logged(handler, level, message, *args, **extra):
+    log = logging.getLogger("example")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        log.log(level, message, *args, extra=extra)
+    finally:
+        log.removeHandler(handler)
+
+
+def test_the_capture_sees_what_the_code_logged(logbus_capture):
+    handler = logbus_capture.handler(facility="auth")
+    try:
+        logged(handler, logging.WARNING, "password reset for %s", "ada", user="ada")
+        record = logbus_capture.find(key="auth.warning", user="ada")
+    finally:
+        handler.close()
+    assert record.message == "password reset for ada"
+
+
+def test_a_handler_built_from_the_environment_lands_in_the_capture(logbus_capture):
+    handler = LogbusHandler(facility="daemon")  # LOGBUS_URL and LOGBUS_CONFIG: the capture's
+    try:
+        logged(handler, logging.ERROR, "disk full")
+        assert logbus_capture.find(key="daemon.error").message == "disk full"
+    finally:
+        handler.close()
+"""
+
 #: One test per fixture, all expected to pass.
 PASSING = IMPORTS + CAPTURE_TEST + BROKER_TESTS
 
@@ -135,6 +172,13 @@ def test_an_example_projects_tests_pass_with_each_fixture(project: pytest.Pytest
     result.assert_outcomes(passed=3)
 
 
+def test_the_capture_sees_what_code_logs_through_the_logging_handler(project: pytest.Pytester):
+    """A handler from the capture, or one built from the environment, is captured."""
+    project.makepyfile(test_logging=LOGGING_TESTS)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
 def test_asserting_a_record_never_emitted_fails_listing_what_was(project: pytest.Pytester):
     """The failure names what was asked for and lists what the code did emit."""
     project.makepyfile(test_signup=FAILING)
@@ -154,9 +198,9 @@ def test_the_capture_runs_on_rabbitmq_when_its_url_is_overridden(
 ):
     """Overriding logbus_capture_url puts the capture on RabbitMQ under a prefix of its own."""
     project.makeconftest(ON_RABBITMQ)
-    project.makepyfile(test_signup=IMPORTS + CAPTURE_TEST + PREFIX_TEST)
+    project.makepyfile(test_signup=IMPORTS + CAPTURE_TEST + LOGGING_TESTS + PREFIX_TEST)
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=4)
     prefix = (project.path / "prefix.txt").read_text()
     with connect(amqp_url) as transport, pytest.raises(NotFound):
         transport.declare_exchange(f"{prefix}logbus.topic", "topic", passive=True)
