@@ -23,6 +23,7 @@ __all__ = [
     "STANDARD_ATTRIBUTES",
     "app_name",
     "exception_text",
+    "is_own",
     "json_safe",
     "severity_for_level",
 ]
@@ -121,3 +122,18 @@ def app_name() -> str:
         argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
         name = os.path.splitext(os.path.basename(argv0))[0]
     return name or "python"
+
+
+# Loggers of logbus and of the AMQP clients it publishes through, and the threads that
+# publish: what they log while the broker is away must not wait for the broker.
+_OWN_LOGGERS = frozenset({"logbus", "pika", "aio_pika", "aiormq"})
+_OWN_THREADS = ("logbus-amqp", "logbus-shipper")
+
+
+def is_own(logger_name: str, thread_name: str | None) -> bool:
+    """Whether an event comes from logbus's own publishing path, and so must not be
+    shipped: pika logs on its I/O thread while connecting, and a handler that made
+    that thread wait for room in its own buffer would wait for ever."""
+    if logger_name.partition(".")[0] in _OWN_LOGGERS:
+        return True
+    return thread_name is not None and thread_name.startswith(_OWN_THREADS)

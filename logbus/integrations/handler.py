@@ -26,8 +26,11 @@ What a record gets:
   the same name wins); ``exception`` and ``stack`` (formatted text) for
   ``exc_info`` and ``stack_info``.
 
-logbus's own loggers (``logbus.*``) never go through it: a transport warning about
-the broker being away must not feed the very buffer that waits for the broker.
+What logbus's publishing path logs never goes through it: the loggers ``logbus.*``,
+``pika.*``, ``aio_pika.*`` and ``aiormq.*``, and anything logged on logbus's I/O and
+listener threads. pika logs on its I/O thread while it connects; shipping that
+would make the thread that talks to the broker wait for room in a buffer that only
+the broker can empty.
 
 From ``logging.config.dictConfig``::
 
@@ -46,6 +49,7 @@ from logbus.integrations._fields import (
     STANDARD_ATTRIBUTES,
     app_name,
     exception_text,
+    is_own,
     json_safe,
     severity_for_level,
 )
@@ -86,7 +90,8 @@ class LogbusHandler(logging.Handler):
         level: int | str = logging.NOTSET,
         shipper: Shipper | None = None,
     ) -> None:
-        super().__init__(level)
+        # The engine first: a configuration error then leaves no half-made handler in
+        # logging's list for logging.shutdown() to flush at exit.
         self.shipper = shipper or Shipper(
             url,
             facility=facility,
@@ -99,6 +104,7 @@ class LogbusHandler(logging.Handler):
             topology=topology,
             settings=settings,
         )
+        super().__init__(level)
 
     @property
     def dropped(self) -> int:
@@ -115,11 +121,19 @@ class LogbusHandler(logging.Handler):
         """Records that could never be published (larger than the broker takes)."""
         return self.shipper.failed
 
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Filter and emit, without ``logging``'s per-handler lock: the buffer has its own,
+        and a caller waiting under the ``block`` policy must not hold every other thread's
+        log call behind that lock."""
+        passed = self.filter(record)
+        if passed:
+            self.emit(passed if isinstance(passed, logging.LogRecord) else record)
+        return passed
+
     def emit(self, record: logging.LogRecord) -> None:
         """Buffer the record (the application's thread: no network, no waiting unless
         the policy is ``block`` and the buffer is full)."""
-        name = record.name
-        if name == "logbus" or name.startswith("logbus."):
+        if is_own(record.name, record.threadName):
             return
         try:
             self.shipper.put(self.event(record))

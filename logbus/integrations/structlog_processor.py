@@ -28,13 +28,14 @@ What a record gets: ``message`` is the ``event``; ``severity`` is the ``level`` 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from logbus.errors import SeverityError
-from logbus.integrations._fields import app_name, exception_text, json_safe
+from logbus.integrations._fields import app_name, exception_text, is_own, json_safe
 from logbus.integrations._shipper import Event, Policy, Shipper
 from logbus.record import Severity
 
@@ -119,7 +120,8 @@ class LogbusProcessor:
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         """Buffer the event, return ``event_dict`` untouched (see the module docs)."""
-        self.shipper.put(self.event(method_name, event_dict))
+        if not is_own(str(event_dict.get("logger", "")), threading.current_thread().name):
+            self.shipper.put(self.event(method_name, event_dict))
         return event_dict
 
     def event(self, method_name: str, event_dict: MutableMapping[str, Any]) -> Event:

@@ -231,12 +231,19 @@ def test_records_carry_the_handlers_facility_and_app_and_the_calls_time(
 
 
 def test_logbus_own_loggers_are_not_shipped(sender: FakeSender) -> None:
-    """A transport's warning about the broker must not feed the buffer waiting for it."""
+    """What logbus's publishing path logs (its loggers, pika's, its I/O thread) is not
+    shipped: under "block" it would wait for a buffer only that path can empty."""
     handler = LogbusHandler(shipper=shipper(sender))
-    own = logging.LogRecord("logbus.transports.amqp", logging.WARNING, "p", 1, "m", None, None)
-    mine = logging.LogRecord("logbusiness", logging.WARNING, "p", 1, "m", None, None)
-    handler.handle(own)
-    handler.handle(mine)
+
+    def record(name: str, thread: str = "MainThread") -> logging.LogRecord:
+        made = logging.LogRecord(name, logging.WARNING, "p", 1, "m", None, None)
+        made.threadName = thread
+        return made
+
+    for own in ("logbus.transports.amqp", "pika.adapters.utils", "aiormq.connection"):
+        handler.handle(record(own))
+    handler.handle(record("app.db", thread="logbus-amqp:logbus-host-1-abc"))  # pika's I/O thread
+    handler.handle(record("logbusiness"))
     handler.close()
     assert [r.fields["logger"] for r in sender.records] == ["logbusiness"]
 
