@@ -70,7 +70,7 @@ def test_batches_of_two_threads_drained_together_are_one_multiple_ack(core):
     target = consumer(1, 2, 3, 4, 5, 6, 7)
     core.settle_many(target, 1, ACK, [4, 5, 6], False)
     core.settle_many(target, 1, ACK, [1, 2, 3], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == [("ack", 6, True)]
     assert target.unacked == {7}
 
@@ -80,7 +80,7 @@ def test_single_acks_fold_with_batch_acks(core):
     target = consumer(1, 2, 3)
     core.settle(target, 1, ACK, 2, False, False)
     core.settle_many(target, 1, ACK, [1, 3], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == [("ack", 3, True)]
     assert target.unacked == set()
 
@@ -91,7 +91,7 @@ def test_a_nack_is_sent_after_the_acks_queued_before_it(core):
     core.settle_many(target, 1, ACK, [1, 2], False)
     core.settle(target, 1, NACK, 3, False, True)
     core.settle(target, 1, ACK, 4, False, False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == [("ack", 2, True), ("nack", 3, False, True), ("ack", 4, False)]
     assert target.unacked == set()
 
@@ -102,7 +102,7 @@ def test_acks_of_different_consumers_are_never_folded_together(core):
     core.settle_many(a, 1, ACK, [1], False)
     core.settle_many(b, 1, ACK, [1, 2], False)
     core.settle_many(a, 1, ACK, [2], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert a.channel.frames == [("ack", 2, True)]
     assert b.channel.frames == [("ack", 2, True)]
 
@@ -111,7 +111,7 @@ def test_acks_from_a_channel_that_is_gone_send_nothing(core):
     """Deliveries of an earlier channel (epoch) were requeued by the broker: no frame."""
     target = consumer(1, 2)
     core.settle_many(target, 0, ACK, [1, 2], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == []
     assert target.unacked == {1, 2}
 
@@ -120,7 +120,7 @@ def test_an_unknown_tag_is_refused_and_the_others_acked(core):
     """A tag no longer held (settled twice, somehow) is skipped; the rest are acked."""
     target = consumer(2, 3)
     core.settle_many(target, 1, ACK, [1, 2, 3], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == [("ack", 3, True)]
     assert target.unacked == set()
 
@@ -130,11 +130,11 @@ def test_acks_above_a_delivery_still_held_wait_and_fold_with_its_ack(core):
     then one ack(6, multiple) says both."""
     target = consumer(1, 2, 3, 4, 5, 6, 7)
     core.settle_many(target, 1, ACK, [4, 5, 6], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == []
     assert target.unacked == {1, 2, 3, 4, 5, 6, 7}  # still unsettled: the channel stays open
     core.settle_many(target, 1, ACK, [1, 2, 3], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == [("ack", 6, True)]
     assert target.unacked == {7}
 
@@ -143,9 +143,9 @@ def test_held_acks_go_alone_once_the_delay_is_over(core):
     """Thread A never acks 1: after the delay, 2 and 3 go one by one, 1 stays unacked."""
     target = consumer(1, 2, 3)
     core.settle_many(target, 1, ACK, [2, 3], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == []
-    core._io_release_acks()  # what the timer calls
+    core.settlements.io_release()  # what the timer calls
     assert target.channel.frames == [("ack", 2, False), ("ack", 3, False)]
     assert target.unacked == {1}
 
@@ -154,9 +154,9 @@ def test_held_acks_go_before_a_nack_of_the_same_consumer(core):
     """A nack never overtakes an ack made before it, held or not."""
     target = consumer(1, 2, 3)
     core.settle_many(target, 1, ACK, [3], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     core.settle(target, 1, NACK, 1, False, True)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == [("ack", 3, False), ("nack", 1, False, True)]
     assert target.unacked == {2}
 
@@ -165,5 +165,5 @@ def test_an_ack_with_nothing_unacked_below_it_is_not_held(core):
     """The lowest unacked delivery's ack has nothing to wait for: it goes at once."""
     target = consumer(1, 2, 5)
     core.settle_many(target, 1, ACK, [1], False)
-    core._io_drain_settlements()
+    core.settlements.io_drain()
     assert target.channel.frames == [("ack", 1, False)]

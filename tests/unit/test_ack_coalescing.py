@@ -6,7 +6,7 @@ How the I/O thread applies the plan to a consumer's channel needs a real pika I/
 
 from __future__ import annotations
 
-from logbus.transports.amqp.pika_core import plan_acks
+from logbus.transports.amqp.pika_settle import plan_acks
 
 
 def test_acking_every_unacked_tag_is_one_multiple_ack():

@@ -1,4 +1,5 @@
-"""Opening aio-pika robust connections: options, TLS, failover with backoff and jitter.
+"""Opening aio-pika robust connections: options, TLS, failover with backoff and jitter;
+the plain channels a transport keeps on them (:class:`ChannelSlot`).
 
 Pauses and failover order come from the reconnect policy the pika transport
 uses too (:mod:`logbus.transports.amqp.reconnect`); URLs are read by
@@ -17,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq.abc
 from yarl import URL
 
 from logbus._log import Repeats, get_logger
@@ -33,7 +36,15 @@ from logbus.transports.amqp.errors import tls_refused
 from logbus.transports.amqp.reconnect import ReconnectPolicy
 from logbus.transports.amqp.tls import TLS_REFUSED, client_context, verify_failure
 
-__all__ = ["Failover", "Options", "endpoint", "open_robust", "split_urls", "tls_contexts"]
+__all__ = [
+    "ChannelSlot",
+    "Failover",
+    "Options",
+    "endpoint",
+    "open_robust",
+    "split_urls",
+    "tls_contexts",
+]
 
 log = get_logger("logbus.transports.aio")
 # A broker down for minutes fails every round: a line per window, then a count.
@@ -274,3 +285,42 @@ class Failover:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class ChannelSlot:
+    """One plain aio-pika channel, replaced by a fresh one once the broker closed it.
+
+    ``ready`` gives the transport's connection once it is up (connecting, or waiting
+    for a reconnect, as the transport does for every call).
+    """
+
+    def __init__(
+        self, ready: Callable[[], Awaitable[aio_pika.RobustConnection]], *, confirms: bool
+    ) -> None:
+        self._ready = ready
+        self._confirms = confirms
+        self._channel: aio_pika.Channel | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> aio_pika.Channel:
+        """The channel, opened (again) if there is none or the broker closed it."""
+        async with self._lock:
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                connection = await self._ready()
+                channel = aio_pika.Channel(
+                    connection, publisher_confirms=self._confirms, on_return_raises=self._confirms
+                )
+                await channel.initialize()
+                self._channel = channel
+            return channel
+
+    async def underlay(self) -> aiormq.abc.AbstractChannel:
+        """The channel's aiormq channel, for what logbus does at that level."""
+        return await (await self.get()).get_underlay_channel()
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        self._channel = None

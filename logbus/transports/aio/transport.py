@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aio_pika
@@ -22,8 +20,16 @@ from logbus._log import get_logger
 from logbus.errors import ConnectionLost, LogbusError, TransportClosed
 from logbus.message import Message, QueueInfo
 from logbus.settings import Settings, redact_url
-from logbus.transports.aio.connect import Failover, Options, endpoint, open_robust, split_urls
+from logbus.transports.aio.connect import (
+    ChannelSlot,
+    Failover,
+    Options,
+    endpoint,
+    open_robust,
+    split_urls,
+)
 from logbus.transports.aio.consumer import AioConsumer, from_amqp
+from logbus.transports.aio.declared import Declared, QueueSpec
 from logbus.transports.aio.errors import reply_text, translate
 from logbus.transports.aio.publish import send, send_many
 from logbus.transports.aio.settle import AfterSettle, Settlements
@@ -36,53 +42,6 @@ _UNANSWERED_CLOSE_WAIT = 0.25
 
 log = get_logger("logbus.transports.aio")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _QueueSpec:
-    """How a queue of this transport was declared, to declare it again after a reconnect
-    (an exclusive or auto-delete one goes with the connection, any non-durable one with
-    a broker restart)."""
-
-    durable: bool
-    exclusive: bool
-    auto_delete: bool
-    arguments: dict[str, Any]
-
-
-class _ChannelSlot:
-    """One plain aio-pika channel, replaced by a fresh one once the broker closed it."""
-
-    def __init__(self, transport: AioTransport, *, confirms: bool) -> None:
-        self._transport = transport
-        self._confirms = confirms
-        self._channel: aio_pika.Channel | None = None
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> aio_pika.Channel:
-        async with self._lock:
-            channel = self._channel
-            if channel is None or channel.is_closed:
-                connection = await self._transport._ready()
-                channel = aio_pika.Channel(
-                    connection, publisher_confirms=self._confirms, on_return_raises=self._confirms
-                )
-                await channel.initialize()
-                self._channel = channel
-            return channel
-
-    async def underlay(self) -> aiormq.abc.AbstractChannel:
-        return await (await self.get()).get_underlay_channel()
-
-    async def close(self) -> None:
-        if self._channel is not None and not self._channel.is_closed:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
-        self._channel = None
-
-
-def _binding_key(exchange: str, routing_key: str, arguments: Mapping[str, Any]) -> str:
-    return json.dumps([exchange, routing_key, arguments], sort_keys=True, default=str)
 
 
 class AioTransport:
@@ -111,18 +70,11 @@ class AioTransport:
         self._failover: Failover | None = None
         self._connect_lock = asyncio.Lock()
         self._reconnected = asyncio.Condition()
-        self._declaring = _ChannelSlot(self, confirms=False)
-        self._publishing = _ChannelSlot(self, confirms=True)
-        self._getting = _ChannelSlot(self, confirms=False)
+        self._declaring = ChannelSlot(self._ready, confirms=False)
+        self._publishing = ChannelSlot(self._ready, confirms=True)
+        self._getting = ChannelSlot(self._ready, confirms=False)
         self._consumers: set[AioConsumer] = set()
-        self._owned: dict[str, _QueueSpec] = {}
-        self._owned_bindings: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {}
-        # Exchanges and exchange bindings declared here, declared again after a reconnect
-        # before any queue is bound to them (a restarted broker forgets non-durable ones).
-        self._exchanges: dict[str, dict[str, Any]] = {}
-        self._exchange_bindings: dict[str, tuple[str, str, str, dict[str, Any]]] = {}
-        self._restored_on: object = None  # the connection's transport they were restored on
-        self._restore_lock = asyncio.Lock()
+        self._declared = Declared()
         self._settlements = Settlements(self.endpoint, self.options.confirm_timeout)
         self._closed = False
         # Set by publishing when a confirm did not come in time: then the broker is not
@@ -232,13 +184,16 @@ class AioTransport:
 
         await self._run(f"declaring exchange {name!r}", call)
         if not passive:
-            self._exchanges[name] = {
-                "type": type,
-                "durable": durable,
-                "auto_delete": auto_delete,
-                "internal": internal,
-                "arguments": dict(arguments or {}),
-            }
+            self._declared.exchange(
+                name,
+                {
+                    "type": type,
+                    "durable": durable,
+                    "auto_delete": auto_delete,
+                    "internal": internal,
+                    "arguments": dict(arguments or {}),
+                },
+            )
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         """Delete an exchange and its bindings."""
@@ -248,15 +203,7 @@ class AioTransport:
             await channel.exchange_delete(name, if_unused=if_unused)
 
         await self._run(f"deleting exchange {name!r}", call)
-        self._exchanges.pop(name, None)
-        self._exchange_bindings = {
-            key: bound
-            for key, bound in self._exchange_bindings.items()
-            if name not in (bound[0], bound[1])
-        }
-        for bindings in self._owned_bindings.values():
-            for key in [k for k, (exchange, _, _) in bindings.items() if exchange == name]:
-                del bindings[key]
+        self._declared.exchange_deleted(name)
 
     async def declare_queue(
         self,
@@ -287,7 +234,7 @@ class AioTransport:
 
         ok = await self._run(f"declaring queue {name!r}", call)
         if not passive:
-            self._owned[name] = _QueueSpec(durable, exclusive, auto_delete, args)
+            self._declared.queue(name, QueueSpec(durable, exclusive, auto_delete, args))
         return QueueInfo(ok.queue or name, ok.message_count or 0, ok.consumer_count or 0)
 
     async def delete_queue(
@@ -301,8 +248,7 @@ class AioTransport:
             return ok.message_count or 0
 
         count = await self._run(f"deleting queue {name!r}", call)
-        self._owned.pop(name, None)
-        self._owned_bindings.pop(name, None)
+        self._declared.queue_deleted(name)
         return count
 
     async def purge_queue(self, name: str) -> int:
@@ -330,9 +276,7 @@ class AioTransport:
             await target.bind(exchange, routing_key, arguments=args)
 
         await self._run(f"binding queue {queue!r} to exchange {exchange!r}", call)
-        if queue in self._owned:
-            key = _binding_key(exchange, routing_key, args)
-            self._owned_bindings.setdefault(queue, {})[key] = (exchange, routing_key, args)
+        self._declared.queue_bound(queue, exchange, routing_key, args)
 
     async def unbind_queue(
         self,
@@ -349,7 +293,7 @@ class AioTransport:
             await target.unbind(exchange, routing_key, arguments=args)
 
         await self._run(f"unbinding queue {queue!r} from exchange {exchange!r}", call)
-        self._owned_bindings.get(queue, {}).pop(_binding_key(exchange, routing_key, args), None)
+        self._declared.queue_unbound(queue, exchange, routing_key, args)
 
     async def bind_exchange(
         self,
@@ -365,40 +309,17 @@ class AioTransport:
             await target.bind(source, routing_key, arguments=dict(arguments or {}))
 
         await self._run(f"binding exchange {destination!r} to {source!r}", call)
-        args = dict(arguments or {})
-        key = _binding_key(source, routing_key, args) + destination
-        self._exchange_bindings[key] = (destination, source, routing_key, args)
+        self._declared.exchange_bound(destination, source, routing_key, dict(arguments or {}))
 
     async def _restore_exchanges(self) -> None:
         """Declare this transport's exchanges and exchange bindings again, once per
         reconnect (every consumer's restore asks; the first does it)."""
         connection = await self._open()
-        async with self._restore_lock:
-            if self._restored_on is connection.transport:
-                return
-            for name, how in list(self._exchanges.items()):
-                await self.declare_exchange(
-                    name, how["type"], **{k: v for k, v in how.items() if k != "type"}
-                )
-            for destination, source, key, args in list(self._exchange_bindings.values()):
-                await self.bind_exchange(destination, source, key, args)
-            self._restored_on = connection.transport
+        await self._declared.restore_exchanges(self, connection.transport)
 
     async def _prepare_queue(self, name: str, *, restoring: bool = False) -> None:
         """Check a queue is there before consuming; after a reconnect, re-create our own."""
-        spec = self._owned.get(name)
-        if not restoring or spec is None:
-            await self.declare_queue(name, passive=True)
-            return
-        await self.declare_queue(
-            name,
-            durable=spec.durable,
-            exclusive=spec.exclusive,
-            auto_delete=spec.auto_delete,
-            arguments=spec.arguments,
-        )
-        for exchange, key, arguments in list(self._owned_bindings.get(name, {}).values()):
-            await self.bind_queue(name, exchange, key, arguments)
+        await self._declared.prepare_queue(self, name, restoring=restoring)
 
     # -- publishing ----------------------------------------------------------------------
 

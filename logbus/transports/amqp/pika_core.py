@@ -1,4 +1,4 @@
-"""The I/O side of the AMQP transport: one thread, one pika ``SelectConnection``.
+"""The I/O side of the pika transport: one thread, one pika ``SelectConnection``.
 
 :class:`Core` owns the thread, the connection and every channel; the user's
 threads only hand it work through :meth:`Core.submit` (pika's
@@ -7,23 +7,23 @@ thread keeps running pika's loop whatever the user does, heartbeats flow while
 the user is busy elsewhere.
 
 Channels: ``declare`` (declarations, deletes, purges), ``get`` (``basic.get``
-and its settlements), ``publish`` (confirm mode, see ``_amqp_publish``), and one
-per consumer (see ``_amqp_consume``); the connection reads the consumers'
-deliveries off the wire itself where pika allows (see ``_amqp_inbound``).
+and its settlements), ``publish`` (confirm mode, see ``pika_publish``), and one
+per consumer (see ``pika_consume``); the connection reads the consumers'
+deliveries off the wire itself where pika allows (see ``pika_inbound``).
+Settlements from any thread are queued and sent by ``pika_settle``.
 
 When the connection drops, the core reconnects as the one reconnect policy
-says (``_reconnect``: capped exponential backoff with full jitter, the failover
-URLs in turn, the last good one first), declares
-again what the transport declared, restores the consumers and re-sends the
-publishes in flight. Until then, user calls wait up to their timeout.
+says (``reconnect``: capped exponential backoff with full jitter, the failover
+URLs in turn, the last good one first), declares again what the transport
+declared (``pika_restore``), restores the consumers and re-sends the publishes
+in flight. Until then, user calls wait up to their timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
 from typing import Any, TypeVar
@@ -31,46 +31,26 @@ from typing import Any, TypeVar
 from pika.adapters.select_connection import IOLoop
 
 from logbus._log import Repeats, get_logger
-from logbus.errors import (
-    BrokerUnavailable,
-    ConnectionLost,
-    LogbusError,
-    NotFound,
-    PreconditionFailed,
-    ResourceLocked,
-    TransportClosed,
-    TransportError,
-)
+from logbus.errors import BrokerUnavailable, ConnectionLost, TransportClosed, TransportError
 from logbus.transports.amqp.errors import no_answer
-from logbus.transports.amqp.pika_consume import AmqpConsumer, restore_error
+from logbus.transports.amqp.pika_consume import AmqpConsumer
 from logbus.transports.amqp.pika_convert import Endpoint
 from logbus.transports.amqp.pika_errors import connect_error, local_error, reason
 from logbus.transports.amqp.pika_inbound import open_connection
 from logbus.transports.amqp.pika_publish import Publisher
+from logbus.transports.amqp.pika_restore import Restore
+from logbus.transports.amqp.pika_settle import Settlements
 from logbus.transports.amqp.pika_slot import ChannelSlot, Op, io_callback
-from logbus.transports.amqp.pika_topology import Declaration, Declared
 from logbus.transports.amqp.reconnect import DEFAULT_FIRST, ReconnectPolicy
-from logbus.transports.base import Settlement
 
-__all__ = ["Core", "plan_acks"]
+__all__ = ["Core"]
 
 log = get_logger("logbus.transports.amqp")
 # A broker down for minutes fails every attempt: a line per window, then a count.
 _repeats = Repeats(log)
 
-#: A queued settlement: (consumer or channel slot, epoch, how, tags, multiple, requeue).
-_Settle = tuple["ChannelSlot | AmqpConsumer", int, Settlement, tuple[int, ...], bool, bool]
-
-#: Acks held back for a consumer or channel slot: (it, epoch, tags).
-_Held = tuple["ChannelSlot | AmqpConsumer", int, set[int]]
-
 T = TypeVar("T")
 
-# How long an ack that cannot join a multiple ack yet (a lower delivery is still held,
-# by another thread, say) waits for the ack that lets it join; then it goes alone.
-_ACK_DELAY = 0.02
-# Reconnects to wait for the broker to release an exclusive queue of the old connection.
-_LOCKED_RETRIES = 5
 # Seconds to wait for close-ok from a broker that is not reading what we send: one that
 # blocked our publishing (a memory or disk alarm) or left a publish unconfirmed past
 # its deadline. It will not answer, and the caller's deadline has passed already.
@@ -102,12 +82,17 @@ class Core:
         self.ready = False
         self.closing = False
         self.last_error = "not connected yet"
-        self.declared = Declared()
-        self.aliases: dict[str, str] = {}
         self.consumers: dict[str, AmqpConsumer] = {}
         self.decl = ChannelSlot(self, "declare")
         self.getter = ChannelSlot(self, "get", gets=True)
         self.publisher = Publisher(self, window)
+        self.restore = Restore(self, self.decl, self.consumers)
+        self.declared = self.restore.declared
+        self.resolve = self.restore.resolve
+        self.settlements = Settlements(self)
+        # Bound once: a consumer's deliveries settle through these, one call each.
+        self.settle = self.settlements.settle
+        self.settle_many = self.settlements.settle_many
         self._started: Future[None] = Future()
         self._order: list[int] = []
         self._failures: list[tuple[Endpoint, BaseException]] = []
@@ -115,13 +100,7 @@ class Core:
         policy = ReconnectPolicy(first=min(DEFAULT_FIRST, max_delay), cap=max_delay)
         self._attempts = policy.attempts(len(endpoints))
         self._timer: Any = None
-        self._locked: dict[tuple[Any, ...], int] = {}
         self._lock = threading.Lock()
-        self._settlements: deque[_Settle] = deque()
-        self._settle_scheduled = False
-        # Acks held back by _io_ack_all, per (consumer or slot, epoch), and their timer.
-        self._held_acks: dict[tuple[int, int], _Held] = {}
-        self._held_timer: Any = None
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name=f"logbus-amqp:{name}", daemon=True)
 
@@ -149,6 +128,11 @@ class Core:
             if not self._accepting:
                 raise TransportClosed("the transport is closed; open a new one")
             self.loop.add_callback_threadsafe(callback)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether user calls are still taken (false once closing began)."""
+        return self._accepting
 
     def submit_quietly(self, callback: Callable[[], None]) -> None:
         """Like :meth:`submit`, but nothing happens once the transport is closed."""
@@ -200,154 +184,6 @@ class Core:
             )
         return no_answer(what, self.address, timeout)
 
-    def settle(
-        self,
-        target: ChannelSlot | AmqpConsumer,
-        epoch: int,
-        how: Settlement,
-        tag: int,
-        multiple: bool,
-        requeue: bool,
-    ) -> None:
-        """Ack, nack or reject a delivery from any thread, without waiting.
-
-        Like basic.ack on the wire, settling is fire-and-forget: settlements are
-        queued and the I/O thread sends them in one pass, so a consumer acking
-        each record does not pay a thread round trip per record. A stale or
-        unknown tag is logged on the I/O thread (the Delivery already refuses
-        a second settle of itself).
-        """
-        self._queue_settlement((target, epoch, how, (tag,), multiple, requeue))
-
-    def settle_many(
-        self,
-        target: ChannelSlot | AmqpConsumer,
-        epoch: int,
-        how: Settlement,
-        tags: Sequence[int],
-        requeue: bool,
-    ) -> None:
-        """Settle several deliveries of ``target`` alike, from any thread, without waiting:
-        one entry in the queue for all of them (see :meth:`settle`)."""
-        self._queue_settlement((target, epoch, how, tuple(tags), False, requeue))
-
-    def _queue_settlement(self, settlement: _Settle) -> None:
-        if self.closing or not self._accepting:
-            raise TransportClosed("the transport is closed; its deliveries went back to the queue")
-        self._settlements.append(settlement)
-        if not self._settle_scheduled:
-            self._settle_scheduled = True
-            self.submit_quietly(self._io_drain_settlements)
-
-    def _io_drain_settlements(self) -> None:
-        """Send what was queued: the plain acks of each consumer folded together (see
-        :func:`plan_acks`), everything else as it came, in order for its consumer."""
-        self._settle_scheduled = False
-        pending = self._settlements
-        # Plain acks gathered per (consumer, epoch), sent when something else for that
-        # consumer comes (a nack must not overtake an ack queued before it) or at the end.
-        acks: dict[tuple[int, int], tuple[ChannelSlot | AmqpConsumer, int, list[int]]] = {}
-        while pending:
-            try:
-                target, epoch, how, tags, multiple, requeue = pending.popleft()
-            except IndexError:
-                break
-            key = (id(target), epoch)
-            if how is Settlement.ACK and not multiple:
-                gathered = acks.get(key)
-                if gathered is None:
-                    acks[key] = (target, epoch, list(tags))
-                else:
-                    gathered[2].extend(tags)
-                continue
-            # What this consumer acked before goes first, held-back acks included.
-            gathered = acks.pop(key, None)
-            if gathered is not None or key in self._held_acks:
-                self._io_ack_all(target, epoch, gathered[2] if gathered else [], hold=False)
-            for tag in tags:
-                try:
-                    self._io_settle(target, epoch, how, tag, multiple, requeue)
-                except LogbusError as exc:
-                    log.warning("amqp.settlement_refused", how=how.value, tag=tag, reason=str(exc))
-        for gathered in acks.values():
-            self._io_ack_all(*gathered)
-
-    def _io_ack_all(
-        self, target: ChannelSlot | AmqpConsumer, epoch: int, tags: list[int], *, hold: bool = True
-    ) -> None:
-        """Ack exactly ``tags`` of ``target`` (and the acks held back for it) in as few
-        frames as say the same thing.
-
-        Tags that cannot join a multiple ack because a lower delivery is still
-        unacked (another thread's batch, finishing a moment later) are held back
-        for up to ``_ACK_DELAY``: the ack of the lower ones then usually carries
-        them in the same multiple ack, instead of one frame each. ``hold=False``
-        sends everything now.
-        """
-        key = (id(target), epoch)
-        held = self._held_acks.pop(key, None)
-        if held is not None:
-            tags = [*tags, *held[2]]
-        if not tags:
-            return
-        if self.closing:
-            log.warning(
-                "amqp.settlement_refused",
-                how=Settlement.ACK.value,
-                tags=len(tags),
-                reason="the transport is closed; its deliveries went back to the queue",
-            )
-            return
-        channel = target.channel
-        if channel is None or epoch != target.live_epoch or not channel.is_open:
-            log.info(
-                "amqp.stale_settlement",
-                how=Settlement.ACK.value,
-                tags=len(tags),
-                first=min(tags),
-                on=target.describe(),
-                why="its channel is gone, so the broker requeued them and will deliver them again",
-            )
-            return
-        unacked = target.unacked
-        wanted = set(tags)
-        known = wanted & unacked
-        for tag in sorted(wanted - known):
-            log.warning(
-                "amqp.settlement_refused",
-                how=Settlement.ACK.value,
-                tag=tag,
-                reason=f"PRECONDITION_FAILED - unknown delivery tag {tag} (already settled, "
-                "maybe by an earlier multiple ack); settle each delivery once",
-            )
-        if not known:
-            return
-        top, singles = plan_acks(unacked, known)
-        if top is not None:
-            channel.basic_ack(top, multiple=True)
-        if singles and hold:
-            # Those above a delivery still unacked wait for it; the rest go now.
-            lowest_held = min((tag for tag in unacked if tag not in known), default=None)
-            if lowest_held is not None and singles[-1] > lowest_held:
-                waiting = {tag for tag in singles if tag > lowest_held}
-                singles = [tag for tag in singles if tag < lowest_held]
-                self._held_acks[key] = (target, epoch, waiting)
-                known.difference_update(waiting)
-                if self._held_timer is None:
-                    self._held_timer = self.loop.call_later(_ACK_DELAY, self._io_release_acks)
-        for tag in singles:
-            channel.basic_ack(tag, multiple=False)
-        unacked.difference_update(known)
-        target.io_after_settle()
-
-    def _io_release_acks(self) -> None:
-        """Send every held-back ack now."""
-        if self._held_timer is not None:
-            self.loop.remove_timeout(self._held_timer)
-            self._held_timer = None
-        for target, epoch, _tags in list(self._held_acks.values()):
-            self._io_ack_all(target, epoch, [], hold=False)
-
     def close(self) -> None:
         """Close channels and connection, stop the I/O thread; idempotent."""
         with self._lock:
@@ -376,10 +212,6 @@ class Core:
             return
         if by_broker or self.declared.auto_delete(queue):
             self.declared.forget_queue(queue)
-
-    def resolve(self, queue: str) -> str:
-        """A queue's current name (a server-named queue is renamed by a reconnect)."""
-        return self.aliases.get(queue, queue)
 
     def _run(self) -> None:
         self._connect_round()
@@ -484,7 +316,7 @@ class Core:
             restoring=len(self.declared),
             consumers=len(self.consumers),
         )
-        self.decl.push_front([*self._restore_ops(), Op("restore", self._restored, internal=True)])
+        self.decl.push_front([*self.restore.ops(), Op("restore", self._restored, internal=True)])
         self.decl.open(connection)
         self.getter.open(connection)
         self.publisher.open(connection)
@@ -514,85 +346,10 @@ class Core:
 
     # -- restoring after a reconnect ------------------------------------------------
 
-    def _restore_ops(self) -> list[Op]:
-        ops = []
-        for declaration in self.declared:
-            if declaration.server_named and not declaration.options.get("exclusive"):
-                # It may have survived: look for it before asking for a new one.
-                ops.append(
-                    Op(
-                        f"look for queue {declaration.name!r}",
-                        partial(_passive_queue, declaration.name),
-                        internal=True,
-                        on_error=partial(self._server_named_gone, declaration),
-                    )
-                )
-            else:
-                ops.append(self._restore_op(declaration))
-        return ops
-
-    def _restore_op(self, declaration: Declaration) -> Op:
-        def run(channel: Any, done: Callable[[Any], None]) -> None:
-            # A step before this one may have renamed its queue (a server-named queue
-            # comes back under a new name): bind and declare what the queue is called now.
-            current = declaration.following(self.resolve)
-
-            def declared(method: Any) -> None:
-                if current.server_named and method.queue != current.name:
-                    self._rename(current.name, method.queue)
-                done(None)
-
-            current.run(channel, declared)
-
-        def failed(error: LogbusError) -> None:
-            self._restore_failed(declaration.following(self.resolve), error)
-
-        return Op(f"declare {declaration.describe()} again", run, internal=True, on_error=failed)
-
-    def _server_named_gone(self, declaration: Declaration, error: LogbusError) -> None:
-        if isinstance(error, NotFound):
-            self.decl.push_front([self._restore_op(declaration)])
-        else:
-            self._restore_failed(declaration, error)
-
-    def _restore_failed(self, declaration: Declaration, error: LogbusError) -> None:
-        if self.closing:
-            return
-        if isinstance(error, ResourceLocked):
-            tries = self._locked.get(declaration.key, 0) + 1
-            self._locked[declaration.key] = tries
-            if tries <= _LOCKED_RETRIES:
-                # The broker has not yet noticed the old connection is gone.
-                self.restart(f"{declaration.describe()} is still held by the old connection")
-                return
-        log.error("amqp.redeclare_failed", entity=declaration.describe(), error=str(error))
-        if isinstance(error, NotFound | PreconditionFailed | ResourceLocked):
-            self.declared.discard(declaration)
-        # What the consumers were set up on is not all back: going on would receive less
-        # than was asked for, or nothing. Each ends with the error, for its user to report.
-        lost = restore_error(
-            error,
-            f"{declaration.describe()} could not be declared again after a reconnect, so "
-            "consuming stopped",
-        )
-        for consumer in list(self.consumers.values()):
-            consumer.io_end(lost)
-
-    def _rename(self, old: str, new: str) -> None:
-        log.warning("amqp.queue_renamed", old=old, new=new, why="server-named queue redeclared")
-        self.declared.rename_queue(old, new)
-        for alias, target in list(self.aliases.items()):
-            if target == old:
-                self.aliases[alias] = new
-        self.aliases[old] = new
-        for consumer in self.consumers.values():
-            if consumer.queue == old:
-                consumer.queue = new
-
     def _restored(self, _channel: Any, done: Callable[[Any], None]) -> None:
         self.ready = True
         self._attempts.restored()
-        self._locked.clear()
+        self.restore.finished()
         done(None)
         for consumer in list(self.consumers.values()):
             consumer.io_restore(self.connection)
@@ -603,45 +360,7 @@ class Core:
         else:
             log.info("amqp.restored", entities=len(self.declared), consumers=len(self.consumers))
 
-    # -- settling, blocking, closing ---------------------------------------------
-
-    def _io_settle(
-        self,
-        target: ChannelSlot | AmqpConsumer,
-        epoch: int,
-        how: Settlement,
-        tag: int,
-        multiple: bool,
-        requeue: bool,
-    ) -> None:
-        if self.closing:
-            raise TransportClosed("the transport is closed; its deliveries went back to the queue")
-        channel = target.channel
-        if channel is None or epoch != target.live_epoch or not channel.is_open:
-            log.info(
-                "amqp.stale_settlement",
-                how=how.value,
-                tag=tag,
-                on=target.describe(),
-                why="its channel is gone, so the broker requeued it and will deliver it again",
-            )
-            return
-        if tag not in target.unacked:
-            raise PreconditionFailed(
-                f"PRECONDITION_FAILED - unknown delivery tag {tag} (already settled, maybe by "
-                "an earlier multiple ack); settle each delivery once"
-            )
-        if how is Settlement.ACK:
-            channel.basic_ack(tag, multiple=multiple)
-        elif how is Settlement.NACK:
-            channel.basic_nack(tag, multiple=multiple, requeue=requeue)
-        else:
-            channel.basic_reject(tag, requeue=requeue)
-        if multiple:
-            target.unacked = {t for t in target.unacked if t > tag}
-        else:
-            target.unacked.discard(tag)
-        target.io_after_settle()
+    # -- blocking, closing -------------------------------------------------------
 
     @io_callback
     def _blocked(self, _connection: Any, frame: Any) -> None:
@@ -656,7 +375,7 @@ class Core:
 
     @io_callback
     def _io_shutdown(self) -> None:
-        self._io_release_acks()  # acked by the user: the broker must hear of it
+        self.settlements.io_release()  # acked by the user: the broker must hear of it
         self.closing = True
         self.ready = False
         closed = TransportClosed("the transport was closed; open a new one")
@@ -680,39 +399,3 @@ class Core:
         if unanswered:
             wait = min(wait, _UNANSWERED_CLOSE_WAIT)
         self._timer = self.loop.call_later(wait, self._stop)
-
-
-def plan_acks(unacked: set[int], tags: Collection[int]) -> tuple[int | None, list[int]]:
-    """How to ack exactly ``tags`` (distinct, each in ``unacked``) in the fewest frames.
-
-    Returns ``(top, singles)``: ``basic.ack(top, multiple=True)`` (unless ``top`` is
-    None) and one plain ``basic.ack`` per tag of ``singles``. A multiple ack settles
-    every unacked tag up to its own, so ``top`` ends the longest run of the lowest
-    unacked tags that are all in ``tags``; the tags above it, behind one still held
-    (another thread's batch, a record still being written), go one by one.
-    """
-    ordered = sorted(tags)
-    if len(ordered) == len(unacked):  # every delivery held is acked
-        return (ordered[-1], []) if len(ordered) > 1 else (None, ordered)
-    if ordered[0] != min(unacked):
-        return None, ordered
-    end = 1  # ordered[:end] are the lowest unacked tags, with no other unacked among them
-    while end < len(ordered):
-        below, tag = ordered[end - 1], ordered[end]
-        if tag != below + 1 and _held_between(unacked, below, tag):
-            break
-        end += 1
-    if end == 1:
-        return None, ordered
-    return ordered[end - 1], ordered[end:]
-
-
-def _held_between(unacked: set[int], low: int, high: int) -> bool:
-    """Whether some tag strictly between ``low`` and ``high`` is still unacked."""
-    if high - low - 1 <= len(unacked):
-        return any(tag in unacked for tag in range(low + 1, high))
-    return any(low < tag < high for tag in unacked)
-
-
-def _passive_queue(name: str, channel: Any, done: Callable[[Any], None]) -> None:
-    channel.queue_declare(name, passive=True, callback=lambda _frame: done(None))

@@ -222,18 +222,13 @@ class InboundConnection(SelectConnection):  # type: ignore[misc]
     def _deliver(self, buf: bytes, pos: int, end: int, number: int) -> int:
         """Hand over the delivery starting with the method frame at ``pos``: where it
         ends; 0 to leave this frame to pika; -1 to wait for the rest of its content."""
-        if end - pos < 14 or buf[end - 1] != FRAME_END:
-            return 0
-        if _DELIVER.unpack_from(buf, pos)[3:] != _BASIC_DELIVER:
-            return 0
-        at: int = pos + 11
-        tag_size = buf[at]
-        if at + 1 + tag_size > end - 1:
-            return 0
         try:
-            tag = buf[at + 1 : at + 1 + tag_size].decode()
-        except UnicodeDecodeError:
+            method = _read_deliver(buf, pos, end)
+        except (ValueError, IndexError, struct.error):
             return 0
+        if method is None:
+            return 0
+        tag, delivery_tag, redelivered, exchange, routing_key = method
         consumer = self._logbus_consumers.get(tag)
         if consumer is None:
             return 0
@@ -248,66 +243,91 @@ class InboundConnection(SelectConnection):  # type: ignore[misc]
         ):
             return 0
         try:
-            at += 1 + tag_size
-            if at + 9 > end - 1:
-                return 0
-            delivery_tag, bits = _TAG.unpack_from(buf, at)
-            at += 9
-            exchange, at = _read_short(buf, at)
-            routing_key, at = _read_short(buf, at)
-            if at > end - 1:
-                return 0  # the strings ran past the method frame
-            # The content header, next on the same channel.
-            size = len(buf)
-            start = end
-            if size - start < 22:
-                return -1
-            kind, header_number, length, class_id, _weight, body_size = _HEADER.unpack_from(
-                buf, start
-            )
-            if kind != _CONTENT_HEADER or header_number != number or class_id != 60:
-                return 0
-            header_end = start + length + 8
-            if header_end > size:
-                return -1
-            if header_end + body_size - size > _WAIT_LIMIT:
-                # Much content still to come: pika takes it frame by frame as it arrives
-                # rather than it being buffered (and scanned again on every read) here.
-                return 0
-            if buf[header_end - 1] != FRAME_END:
-                return 0
-            properties = decode_properties(buf[start + 7 : header_end - 1], 12)
-            # The body frames, as many as carry body_size bytes.
-            frames = 2
-            at = header_end
-            pieces: list[bytes] = []
-            seen = 0
-            while seen < body_size:
-                if size - at < 8:
-                    return -1
-                kind, body_number, length = _FRAME.unpack_from(buf, at)
-                if kind != _BODY or body_number != number:
-                    return 0
-                body_end = at + length + 8
-                if body_end > size:
-                    return -1
-                if buf[body_end - 1] != FRAME_END:
-                    return 0
-                pieces.append(buf[at + 7 : body_end - 1])
-                seen += length
-                frames += 1
-                at = body_end
-            if seen != body_size:
-                return 0  # too long: pika raises BodyTooLongError
+            content = _read_content(buf, end, number)
         except (ValueError, IndexError, struct.error):
             return 0
-        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if isinstance(content, int):
+            return content
+        properties, body, at, frames = content
         self.bytes_received += at - pos
         self.frames_received += frames
         consumer.io_deliver(
-            channel, delivery_tag, bool(bits & 1), exchange, routing_key, properties, body
+            channel, delivery_tag, redelivered, exchange, routing_key, properties, body
         )
         return at
+
+
+def _read_deliver(buf: bytes, pos: int, end: int) -> tuple[str, int, bool, Any, Any] | None:
+    """``basic.deliver``'s arguments (consumer tag, delivery tag, redelivered, exchange,
+    routing key) from the method frame at ``pos``; None if it is not one, or not whole."""
+    if end - pos < 14 or buf[end - 1] != FRAME_END:
+        return None
+    if _DELIVER.unpack_from(buf, pos)[3:] != _BASIC_DELIVER:
+        return None
+    at: int = pos + 11
+    tag_size = buf[at]
+    if at + 1 + tag_size > end - 1:
+        return None
+    try:
+        tag = buf[at + 1 : at + 1 + tag_size].decode()
+    except UnicodeDecodeError:
+        return None
+    at += 1 + tag_size
+    if at + 9 > end - 1:
+        return None
+    delivery_tag, bits = _TAG.unpack_from(buf, at)
+    at += 9
+    exchange, at = _read_short(buf, at)
+    routing_key, at = _read_short(buf, at)
+    if at > end - 1:
+        return None  # the strings ran past the method frame
+    return tag, delivery_tag, bool(bits & 1), exchange, routing_key
+
+
+def _read_content(buf: bytes, start: int, number: int) -> tuple[Properties, bytes, int, int] | int:
+    """The content header and body frames of channel ``number`` from ``start``:
+    (properties, body, where they end, how many frames with the method's); 0 to leave
+    the delivery to pika; -1 to wait for more of it."""
+    size = len(buf)
+    if size - start < 22:
+        return -1
+    kind, header_number, length, class_id, _weight, body_size = _HEADER.unpack_from(buf, start)
+    if kind != _CONTENT_HEADER or header_number != number or class_id != 60:
+        return 0
+    header_end = start + length + 8
+    if header_end > size:
+        return -1
+    if header_end + body_size - size > _WAIT_LIMIT:
+        # Much content still to come: pika takes it frame by frame as it arrives
+        # rather than it being buffered (and scanned again on every read) here.
+        return 0
+    if buf[header_end - 1] != FRAME_END:
+        return 0
+    properties = decode_properties(buf[start + 7 : header_end - 1], 12)
+    # The body frames, as many as carry body_size bytes.
+    frames = 2
+    at = header_end
+    pieces: list[bytes] = []
+    seen = 0
+    while seen < body_size:
+        if size - at < 8:
+            return -1
+        kind, body_number, length = _FRAME.unpack_from(buf, at)
+        if kind != _BODY or body_number != number:
+            return 0
+        body_end = at + length + 8
+        if body_end > size:
+            return -1
+        if buf[body_end - 1] != FRAME_END:
+            return 0
+        pieces.append(buf[at + 7 : body_end - 1])
+        seen += length
+        frames += 1
+        at = body_end
+    if seen != body_size:
+        return 0  # too long: pika raises BodyTooLongError
+    body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return properties, body, at, frames
 
 
 # -- the decoder: basic properties, as pika decodes them ----------------------------
