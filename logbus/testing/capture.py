@@ -94,24 +94,21 @@ def prefixed(topology: Topology, prefix: str) -> Topology:
     return Topology.model_validate(data)
 
 
-def _in_process(url: str) -> bool:
-    return url.split("://", 1)[0].strip().lower() == "memory"
-
-
 class Capture:
     """Catches every record published through a topology, for a test to assert on.
 
     ``url`` is any transport URL; ``topology`` defaults to logbus's default one.
-    ``prefix`` is put before every name of the topology: by default none on an
-    in-process ``memory://`` broker (each test has its own), else a fresh
-    ``logbus-test-<hex>.``. ``cleanup`` (default: whenever names are prefixed)
-    deletes the topology's queues and exchanges on :meth:`close`. ``timeout`` is
-    how long :meth:`find` and :meth:`wait_for` wait by default.
+    ``prefix`` is put before every name of the topology: by default a fresh
+    ``logbus-test-<hex>.``, so that captures sharing a broker never see each
+    other's records (the fixture gives none on the test's own in-process broker).
+    ``cleanup`` (default: whenever names are prefixed) deletes the topology's
+    queues and exchanges on :meth:`close`. ``timeout`` is how long :meth:`find`
+    and :meth:`wait_for` wait by default.
     """
 
     def __init__(
         self,
-        url: str = "memory://",
+        url: str,
         *,
         topology: Topology | None = None,
         prefix: str | None = None,
@@ -121,7 +118,7 @@ class Capture:
         from logbus.topology import default
 
         if prefix is None:
-            prefix = "" if _in_process(url) else f"logbus-test-{secrets.token_hex(4)}."
+            prefix = f"logbus-test-{secrets.token_hex(4)}."
         self.url = url
         self.prefix = prefix
         #: The topology the capture declared and listens to (names prefixed).

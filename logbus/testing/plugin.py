@@ -90,15 +90,18 @@ def logbus_capture_url(logbus_inprocess_url: str) -> str:
 
 @pytest.fixture
 def logbus_capture(
-    logbus_capture_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    logbus_capture_url: str,
+    logbus_inprocess_url: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Capture]:
     """A started capture; ``LOGBUS_URL``/``LOGBUS_CONFIG`` point at it during the test."""
     from logbus.testing.capture import Capture
 
-    in_process = logbus_capture_url.startswith("memory://")
-    # The in-process broker is the test's own: its names need no prefix, and it is emptied
-    # afterwards. On a shared broker, the test's names are its own, deleted afterwards.
-    prefix = "" if in_process else f"{unique_label(request)}."
+    # The test's own in-process broker needs no prefix (code under test may use the default
+    # names), and is emptied afterwards. On any other broker the names are the test's own.
+    own = logbus_capture_url == logbus_inprocess_url
+    prefix = "" if own else f"{unique_label(request)}."
     with Capture(logbus_capture_url, prefix=prefix, cleanup=True) as capture:
         for name, value in capture.environ.items():
             monkeypatch.setenv(name, value)
