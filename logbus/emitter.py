@@ -25,7 +25,7 @@ from typing import Any
 
 from logbus.errors import ConfigError, InputError, RecordError, TransportError
 from logbus.message import Message
-from logbus.record import LogRecord, parse_routing_key
+from logbus.record import FIELDS, LogRecord, parse_routing_key
 from logbus.settings import Settings
 from logbus.topology import EmitTarget, Topology, declare, no_emit_targets, reachable
 from logbus.transports import Transport, connect
@@ -34,7 +34,7 @@ from logbus.transports.base import AsyncTransport
 
 __all__ = ["AsyncEmitter", "Emitter", "LineBatch", "declare_async", "reachable"]
 
-_KNOWN_FIELDS = frozenset(LogRecord.model_fields)
+_KNOWN_FIELDS = frozenset(FIELDS)
 _MAX_MESSAGE_SIZE = RABBITMQ_MAX_MESSAGE_SIZE  # a module global, so that tests can lower it
 _RECORD_FIELDS = _KNOWN_FIELDS - {"facility", "severity", "message"}
 

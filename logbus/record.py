@@ -10,25 +10,17 @@ where it can be lossless, because plain AMQP clients publish to logbus too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, TypeVar
-
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_serializer,
-    field_validator,
-)
-from pydantic_core import PydanticSerializationError
 
 from logbus._keys import (
     SYSLOG_FACILITIES,
@@ -39,11 +31,13 @@ from logbus._keys import (
     show,
     validate_facility,
 )
+from logbus._timestamps import Invalid, read_ts
 from logbus.errors import DecodeError, RecordError, RoutingKeyError
 from logbus.message import PERSISTENT, Properties
 
 __all__ = [
     "CONTENT_TYPE",
+    "FIELDS",
     "SCHEMA_VERSION",
     "SYSLOG_FACILITIES",
     "LogRecord",
@@ -58,6 +52,9 @@ _T = TypeVar("_T")
 
 CONTENT_TYPE = "application/json"
 SCHEMA_VERSION = 1
+
+#: A record's fields, in wire order.
+FIELDS = ("id", "ts", "facility", "severity", "host", "app", "pid", "message", "fields", "v")
 
 _MAX_DEPTH = 100
 _DEFAULT_FACILITY = "user"
@@ -112,7 +109,8 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     return out if is_map else list(out.values())
 
 
-class LogRecord(BaseModel):
+@dataclass(frozen=True, slots=True, init=False)
+class LogRecord:
     """One log event, immutable; what logbus routes, stores and shows.
 
     Build one with keywords (or :meth:`from_key`); ``id``, ``ts``, ``host``,
@@ -121,62 +119,45 @@ class LogRecord(BaseModel):
     field raises a :class:`RecordError` (or its ``FacilityError``/``SeverityError``
     subclass) whose one-line message names the field. ``fields`` must hold JSON
     data only.
+
+    A plain frozen class with its checks written out, not a pydantic model: a
+    one-record ``logbus emit`` would otherwise pay for importing pydantic and
+    building the model's schema, more than the rest of its work together.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str = Field(default_factory=new_id, min_length=1, strict=True)
-    ts: datetime = Field(default_factory=now)
-    facility: str = Field(strict=True)
+    id: str
+    ts: datetime
+    facility: str
     severity: Severity
-    host: str = Field(default_factory=hostname, strict=True)
-    app: str = Field(default="logbus", strict=True)
-    pid: int | None = Field(default_factory=os.getpid, strict=True)
-    message: str = Field(strict=True)
-    fields: dict[str, Any] = Field(default_factory=dict, strict=True)
-    v: int = Field(default=SCHEMA_VERSION, ge=1, strict=True)
+    host: str
+    app: str
+    pid: int | None
+    message: str
+    fields: dict[str, Any] = field(hash=False)  # a dict cannot be hashed; ids are unique
+    v: int
 
     def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise _record_error(exc) from None
-
-    @field_validator("ts")
-    @classmethod
-    def _ts_in_utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        if value.tzinfo is UTC:
-            return value
-        try:
-            return value.astimezone(UTC)
-        except OverflowError:
-            raise RecordError(f"ts {value.isoformat()} is out of range in UTC") from None
-
-    @field_validator("facility")
-    @classmethod
-    def _valid_facility(cls, value: str) -> str:
-        return validate_facility(value)
-
-    @field_validator("severity", mode="before")
-    @classmethod
-    def _parse_severity(cls, value: Any) -> Severity:
-        return Severity.parse(value)
-
-    @field_validator("fields")
-    @classmethod
-    def _json_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = _jsonable(value) if value else value
-        return result
-
-    @field_serializer("severity", when_used="json")
-    def _severity_word(self, value: Severity) -> str:
-        return WORDS[value]
-
-    @field_serializer("ts", when_used="json")
-    def _ts_text(self, value: datetime) -> str:
-        return format_ts(value)
+        problems: list[RecordError] = []
+        values = []
+        for name, check, default in _CHECKS:
+            value = data.pop(name, _MISSING)
+            if value is _MISSING:
+                if default is None:
+                    problems.append(RecordError(f"record field {name!r} is required"))
+                    continue
+                value = default()
+            try:
+                values.append(check(value))
+            except Invalid as exc:
+                problems.append(RecordError(f"record field {name!r}: {exc} (got {show(value)})"))
+            except RecordError as exc:
+                problems.append(exc)
+        problems += (RecordError(f"{name!r} is not a record field") for name in data)
+        if problems:
+            more = len(problems) - 1
+            first = problems[0]
+            raise type(first)(f"{first} (and {more} more problems)" if more else str(first))
+        _fill(self, *values)
 
     @classmethod
     def from_key(cls, key: str, message: str, **kw: Any) -> LogRecord:
@@ -189,14 +170,38 @@ class LogRecord(BaseModel):
         """``<facility>.<severity>`` with the canonical severity word."""
         return f"{self.facility}.{WORDS[self.severity]}"
 
+    def replace(self, **changes: Any) -> LogRecord:
+        """A copy with ``changes`` applied, validated as a new record is."""
+        return LogRecord(**{name: getattr(self, name) for name in FIELDS} | changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON data, what :meth:`to_bytes` writes: ``ts`` as RFC 3339 text,
+        ``severity`` as its word, ``fields`` as given (JSON data already)."""
+        data = {name: getattr(self, name) for name in FIELDS}
+        data["ts"] = format_ts(self.ts)
+        data["severity"] = WORDS[self.severity]
+        return data
+
     def to_bytes(self) -> bytes:
         """The body to publish: compact UTF-8 JSON, keys in wire order."""
         try:
-            # pydantic's serializer is about twice as fast as json.dumps of a dict.
-            return _SERIALIZER.to_json(self)
-        except PydanticSerializationError:
+            return self._json(_STRING, _FIELDS_JSON).encode()
+        except UnicodeEncodeError:
             # Lone surrogates cannot be UTF-8; \u escapes carry them losslessly.
-            return _ENCODE_ASCII(self.model_dump(mode="json")).encode()
+            return self._json(_STRING_ASCII, _FIELDS_ASCII).encode()
+
+    def _json(self, string: Callable[[str], str], dump: Callable[[Any], str]) -> str:
+        """This record as JSON text; ``string`` quotes a str, ``dump`` writes ``fields``."""
+        # One f-string over the C quoting function is about what pydantic's serializer
+        # took, and the facility and severity need no quoting: their grammar has none.
+        pid = "null" if self.pid is None else int(self.pid)
+        fields = dump(self.fields) if self.fields else "{}"
+        return (
+            f'{{"id":{string(self.id)},"ts":"{format_ts(self.ts)}","facility":"{self.facility}",'
+            f'"severity":"{WORDS[self.severity]}","host":{string(self.host)},"app":'
+            f'{string(self.app)},"pid":{pid},"message":{string(self.message)},"fields":{fields},'
+            f'"v":{int(self.v)}}}'
+        )
 
     def to_properties(self) -> Properties:
         """The AMQP properties to publish with: persistent, ids, and filterable headers."""
@@ -215,37 +220,84 @@ class LogRecord(BaseModel):
         )
 
 
-_SERIALIZER = LogRecord.__pydantic_serializer__
-_ENCODE_ASCII = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-_KNOWN = frozenset(LogRecord.model_fields)
-# ts as format_ts writes it; other forms get pydantic's own (more lenient) parsing.
-_WIRE_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-_NO_FIELDS: Any = object()
+_MISSING: Any = object()
 _NEW = LogRecord.__new__
 _SET = object.__setattr__
-# _trusted builds records as model_construct does for a model without these.
-assert LogRecord.__pydantic_post_init__ is None and not LogRecord.__private_attributes__
-assert list(LogRecord.model_fields) == [
-    *("id", "ts", "facility", "severity", "host", "app", "pid", "message", "fields", "v")
-]
+_SLOTS = tuple(getattr(LogRecord, name).__set__ for name in FIELDS)
+assert tuple(f.name for f in dataclasses.fields(LogRecord)) == FIELDS
+_STRING: Callable[[str], str] = json.encoder.encode_basestring
+_STRING_ASCII: Callable[[str], str] = json.encoder.encode_basestring_ascii
+_FIELDS_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_FIELDS_ASCII = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 
-def _record_error(exc: ValidationError) -> RecordError:
-    """One readable line for the first problem pydantic found, as a logbus error."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = first["loc"]
-    name = str(loc[0]) if loc else "record"
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    inner = first.get("ctx", {}).get("error")
-    if isinstance(inner, RecordError):
-        return type(inner)(f"{inner}{more}")
-    if first["type"] == "missing":
-        return RecordError(f"record field {name!r} is required{more}")
-    if first["type"] == "extra_forbidden":
-        return RecordError(f"{name!r} is not a record field{more}")
-    where = repr(name) + "".join(f"[{part!r}]" for part in loc[1:])
-    return RecordError(f"record field {where}: {first['msg']} (got {show(first['input'])}){more}")
+def _fill(record: LogRecord, *values: Any) -> None:
+    """Set the (frozen) slots of a new record, in :data:`FIELDS` order."""
+    for put, value in zip(_SLOTS, values, strict=True):
+        put(record, value)
+
+
+# -- the checks of each field ---------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid("Input should be a valid string")
+    return value
+
+
+def _ident(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        raise Invalid("String should have at least 1 character")
+    return text
+
+
+def _facility(value: Any) -> str:
+    return validate_facility(_text(value))
+
+
+def _pid(value: Any) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise Invalid("Input should be a valid integer")
+    return value
+
+
+def _version(value: Any) -> int:
+    number = _pid(value)
+    if number is None:
+        raise Invalid("Input should be a valid integer")
+    if number < 1:
+        raise Invalid("Input should be greater than or equal to 1")
+    return number
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Invalid("Input should be a valid dictionary")
+    if not value:
+        return {}
+    result = _jsonable(value)
+    return dict(result) if result is value else result
+
+
+_CHECKS: tuple[tuple[str, Callable[[Any], Any], Callable[[], Any] | None], ...] = (
+    ("id", _ident, new_id),
+    ("ts", read_ts, now),
+    ("facility", _facility, None),
+    ("severity", Severity.parse, None),
+    ("host", _text, hostname),
+    ("app", _text, lambda: "logbus"),
+    ("pid", _pid, os.getpid),
+    ("message", _text, None),
+    ("fields", _fields, dict),
+    ("v", _version, lambda: SCHEMA_VERSION),
+)
+
+_KNOWN = frozenset(FIELDS)
+# ts as format_ts writes it; other forms get the full check's (more lenient) parsing.
+_WIRE_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_NO_FIELDS: Any = object()
 
 
 def _reject_constant(name: str) -> Any:
@@ -392,26 +444,7 @@ def _trusted(data: dict[str, Any]) -> LogRecord | None:
     if type(v) is not int or v < 1:
         return None
     built = _NEW(LogRecord)
-    # What model_construct does, without its per-field walk (2.5 µs of a record's 3.5).
-    _SET(
-        built,
-        "__dict__",
-        {
-            "id": ident,
-            "ts": ts,
-            "facility": facility,
-            "severity": severity,
-            "host": host,
-            "app": app,
-            "pid": pid,
-            "message": message,
-            "fields": fields,
-            "v": v,
-        },
-    )
-    _SET(built, "__pydantic_fields_set__", set(data))  # as validation marks them: given
-    _SET(built, "__pydantic_extra__", None)
-    _SET(built, "__pydantic_private__", None)
+    _fill(built, ident, ts, facility, severity, host, app, pid, message, fields, v)
     return built
 
 

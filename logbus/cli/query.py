@@ -151,7 +151,7 @@ def _render(records: list[LogRecord]) -> None:
         return
     cells = [
         (
-            record.model_dump(mode="json", include={"ts"})["ts"],
+            record.to_dict()["ts"],
             escape_controls(record.host or "-"),
             escape_controls(record.app or "-"),
             record.routing_key,

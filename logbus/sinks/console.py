@@ -33,7 +33,7 @@ def escape_controls(text: str) -> str:
 def format_line(record: LogRecord) -> str:
     """``<ts> <host> <app>[<pid>] <facility>.<severity>: <message> <fields as JSON>``."""
     app = record.app if record.pid is None else f"{record.app}[{record.pid}]"
-    ts = record.model_dump(mode="json", include={"ts"})["ts"]
+    ts = record.to_dict()["ts"]
     line = f"{ts} {record.host or '-'} {app or '-'} {record.routing_key}: {record.message}"
     if record.fields:
         line += " " + json.dumps(record.fields, ensure_ascii=False, separators=(",", ":"))

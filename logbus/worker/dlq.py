@@ -89,7 +89,7 @@ class DeadLetter:
             "routing_key": self.routing_key,
         }
         if self.record is not None:
-            out["record"] = self.record.model_dump(mode="json")
+            out["record"] = self.record.to_dict()
         else:
             out["body"] = self.body.decode("utf-8", "replace")
         return out

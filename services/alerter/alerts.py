@@ -174,7 +174,7 @@ class AlertGate:
             "suppressed_over_limit": self.over_limit,
         }
         self.repeats = self.over_limit = 0
-        return record.model_copy(update={"fields": fields})
+        return record.replace(fields=fields)
 
 
 def _key(record: LogRecord) -> _Key:
