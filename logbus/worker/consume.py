@@ -52,11 +52,11 @@ from logbus._urls import redact_url
 from logbus.errors import ConfigError, LogbusError
 from logbus.sinks import Sink, is_recoverable
 from logbus.sinks._partial import stored_by
-from logbus.transports.base import Delivery, Transport
+from logbus.transports.base import Consumer, Delivery, Transport
 from logbus.worker.batching import Batching, Taker, batching_of, default_prefetch
 from logbus.worker.lanes import Lane, Pool, PoolKind, PoolWorkerLost
 from logbus.worker.outcomes import Forward, Outcomes, describe_failure
-from logbus.worker.pools import check_transport, make_pool
+from logbus.worker.pools import MAX_CONCURRENCY, check_concurrency, check_transport, make_pool
 from logbus.worker.processes import ProcessPool
 from logbus.worker.retry import RetryPolicy, declare_retry_queues, restore_origin, route_failure
 from logbus.worker.summary import WorkerSummary, units
@@ -75,8 +75,6 @@ __all__ = [
 
 log = get_logger("logbus.worker")
 
-#: More threads (processes, greenlets) than this is a configuration mistake, not a deployment.
-MAX_CONCURRENCY = 1024
 # How often the waiting threads look at the stop flag: the latency of stop().
 _POLL = 0.2
 # How often a worker with metrics asks the broker how deep its queue is (a passive declare).
@@ -121,24 +119,12 @@ class Worker:
         shutdown_timeout: float = SHUTDOWN_TIMEOUT,
         report: Callable[[str], object] | None = None,
     ) -> None:
-        if (
-            isinstance(shutdown_timeout, bool)
-            or not isinstance(shutdown_timeout, int | float)
-            or not 0 <= shutdown_timeout < math.inf
-        ):
-            raise ConfigError(
-                f"the shutdown timeout must be a number of seconds >= 0, not {shutdown_timeout!r}"
-            )
-        self.shutdown_timeout = float(shutdown_timeout)
+        self.shutdown_timeout = _shutdown_timeout(shutdown_timeout)
         self._report = report
         self.pool: Pool = make_pool(pool, sink)
         if isinstance(self.pool, ProcessPool):  # worker processes stop within the bound too
             self.pool.stop_timeout = self.shutdown_timeout
-        if not 1 <= concurrency <= MAX_CONCURRENCY:
-            raise ConfigError(
-                f"concurrency must be 1..{MAX_CONCURRENCY} {units(self.pool.unit, 2)}, "
-                f"not {concurrency}"
-            )
+        check_concurrency(concurrency, self.pool.unit)
         # The pool holds the sink it loaded; the process pool only its spec.
         batching = batching_of(getattr(self.pool, "sink", sink))
         self._batching: Batching = batching
@@ -156,13 +142,13 @@ class Worker:
         self.settings = settings
         self.retry = retry if retry is not None else RetryPolicy()
         self.metrics = metrics
+        # A URL is connected by start(), and that transport is the worker's to close.
+        self._url: str | None = None
+        self._transport: Transport | None = None
         if isinstance(transport_or_url, str):
-            self._url: str | None = transport_or_url
-            self._transport: Transport | None = None
+            self._url = url = transport_or_url
         else:
-            self._url = None
-            self._transport = transport_or_url
-        url = transport_or_url if isinstance(transport_or_url, str) else transport_or_url.url
+            self._transport, url = transport_or_url, transport_or_url.url
         check_transport(self.pool.kind, url)
         self._taker: Taker | None = None
         self._threads: list[threading.Thread] = []
@@ -194,6 +180,39 @@ class Worker:
         if self._started_at is not None:
             raise ConfigError("a Worker runs once; create another to run again")
         self._started_at = time.monotonic()
+        lanes, consumer = self._open()
+        metrics = self.metrics
+        self._taker = Taker(
+            consumer,
+            self._batching,
+            self.concurrency,
+            self.prefetch,
+            stopping=lambda: self._stop_requested,
+            received=None if metrics is None else metrics.received,
+            poll=_POLL,
+        )
+        if self.prefetch < self.concurrency:
+            log.warning(
+                "worker.prefetch_below_concurrency",
+                prefetch=self.prefetch,
+                concurrency=self.concurrency,
+                idle=self.concurrency - self.prefetch,
+            )
+        self._start_threads(lanes, self._taker)
+        log.info(
+            "worker.started",
+            queue=self.queue,
+            prefetch=self.prefetch,
+            pool=self.pool.kind,
+            concurrency=self.concurrency,
+            max_batch=self.max_batch,
+            max_wait=self.max_wait,
+            retry=str(self.retry),
+        )
+
+    def _open(self) -> tuple[list[Lane], Consumer]:
+        """Connect (a URL), declare the delay and dead-letter queues, open the pool and
+        consume; on failure, close what was opened here, and the transport if it is ours."""
         owned = self._transport is None
         if self._transport is None:
             from logbus.transports import connect
@@ -213,49 +232,23 @@ class Worker:
             if owned:
                 self._transport.close()
             raise
+        return lanes, consumer
+
+    def _start_threads(self, lanes: list[Lane], taker: Taker) -> None:
+        """One thread per lane, and one that watches the queue's depth for the metrics."""
         metrics = self.metrics
-        self._taker = Taker(
-            consumer,
-            self._batching,
-            self.concurrency,
-            self.prefetch,
-            stopping=lambda: self._stop_requested,
-            received=None if metrics is None else metrics.received,
-            poll=_POLL,
-        )
-        if self.prefetch < self.concurrency:
-            log.warning(
-                "worker.prefetch_below_concurrency",
-                prefetch=self.prefetch,
-                concurrency=self.concurrency,
-                idle=self.concurrency - self.prefetch,
-            )
         if metrics is not None:
+            name = f"logbus-depth:{self.queue}"
             threading.Thread(
-                target=self._watch_depth,
-                args=(metrics,),
-                name=f"logbus-depth:{self.queue}",
-                daemon=True,
+                target=self._watch_depth, args=(metrics,), name=name, daemon=True
             ).start()
         for number, lane in enumerate(lanes, 1):
+            name = f"logbus-worker-{number}:{self.queue}"
             thread = threading.Thread(
-                target=self._serve,
-                args=(lane, self._taker),
-                name=f"logbus-worker-{number}:{self.queue}",
-                daemon=True,
+                target=self._serve, args=(lane, taker), name=name, daemon=True
             )
             self._threads.append(thread)
             thread.start()
-        log.info(
-            "worker.started",
-            queue=self.queue,
-            prefetch=self.prefetch,
-            pool=self.pool.kind,
-            concurrency=self.concurrency,
-            max_batch=self.max_batch,
-            max_wait=self.max_wait,
-            retry=str(self.retry),
-        )
 
     def wait(self) -> WorkerSummary:
         """Wait until :meth:`stop` or a fatal error; stop cleanly.
@@ -486,6 +479,13 @@ class Worker:
         )
         if isinstance(self.pool, ProcessPool):  # worker processes still writing: stop them now
             self.pool.kill()
+
+
+def _shutdown_timeout(value: object) -> float:
+    """The shutdown timeout as seconds; ``ConfigError`` unless a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ConfigError(f"the shutdown timeout must be a number of seconds >= 0, not {value!r}")
+    return float(value)
 
 
 def _shown(sink: object) -> str:

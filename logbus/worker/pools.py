@@ -39,16 +39,21 @@ from logbus.worker.lanes import (
     handle_batch,
 )
 from logbus.worker.processes import ProcessPool
+from logbus.worker.summary import units
 
 __all__ = [
+    "MAX_CONCURRENCY",
     "GeventPool",
     "ProcessPool",
     "ThreadPool",
+    "check_concurrency",
     "check_transport",
     "gevent_patched",
     "make_pool",
 ]
 
+#: More threads (processes, greenlets) than this is a configuration mistake, not a deployment.
+MAX_CONCURRENCY = 1024
 # What must be patched for greenlets to stand in for threads, and waits to be cooperative.
 _PATCHED = ("threading", "queue", "socket", "time")
 
@@ -125,6 +130,15 @@ class GeventPool(ThreadPool):
                 "logbus (logbus worker --pool gevent does), or use the thread pool"
             )
         return super().open(concurrency, name)
+
+
+def check_concurrency(concurrency: int, unit: str) -> None:
+    """Raise ``ConfigError`` unless ``concurrency`` (threads, processes, greenlets: ``unit``)
+    is 1..``MAX_CONCURRENCY``."""
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigError(
+            f"concurrency must be 1..{MAX_CONCURRENCY} {units(unit, 2)}, not {concurrency}"
+        )
 
 
 def check_transport(kind: str, url: str) -> None:
