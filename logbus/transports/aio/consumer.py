@@ -1,4 +1,4 @@
-"""The aio transport's consumer, and the conversion between logbus and AMQP messages.
+"""The aio transport's consumer: one queue, on a robust channel of its own.
 
 Deliveries are read at aiormq's level (``basic_consume`` on the underlying
 channel of an aio-pika :class:`~aio_pika.RobustChannel`) rather than as
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
@@ -21,65 +21,37 @@ from pamqp.commands import Basic
 
 from logbus._log import get_logger
 from logbus.errors import AccessRefused, ChannelError, LogbusError
-from logbus.message import Message, Properties
+from logbus.transports.aio.connect import Options
 from logbus.transports.aio.errors import translate
 from logbus.transports.base import Delivery
 
-if TYPE_CHECKING:
-    from logbus.transports.aio import AioTransport
-
-__all__ = ["AioConsumer", "from_amqp", "to_amqp"]
+__all__ = ["AioConsumer", "ConsumerHost"]
 
 log = get_logger("logbus.transports.aio")
 
 _END = object()  # in a consumer's inbox: nothing more will come
 
 
-def to_amqp(properties: Properties) -> Basic.Properties:
-    """logbus properties as pamqp's ``Basic.Properties``."""
-    timestamp = properties.timestamp
-    return Basic.Properties(
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        headers=dict(properties.headers) if properties.headers else None,
-        delivery_mode=properties.delivery_mode,
-        priority=properties.priority,
-        correlation_id=properties.correlation_id,
-        reply_to=properties.reply_to,
-        expiration=properties.expiration,
-        message_id=properties.message_id,
-        timestamp=None if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
-        message_type=properties.type,
-        user_id=properties.user_id,
-        app_id=properties.app_id,
-    )
+class ConsumerHost(Protocol):
+    """What a consumer needs of its transport (the transport passes itself)."""
 
+    endpoint: str  # the broker it is connected to now: host:port
+    options: Options
 
-def from_amqp(delivered: aiormq.abc.DeliveredMessage) -> Message:
-    """A delivered (or got) AMQP message as a logbus :class:`Message`."""
-    p = delivered.header.properties
-    timestamp = p.timestamp
-    properties = Properties(
-        content_type=p.content_type,
-        content_encoding=p.content_encoding,
-        delivery_mode=p.delivery_mode,
-        priority=p.priority,
-        correlation_id=p.correlation_id,
-        reply_to=p.reply_to,
-        expiration=p.expiration,
-        message_id=p.message_id,
-        timestamp=None if timestamp is None else int(timestamp.timestamp()),
-        type=p.message_type,
-        user_id=p.user_id,
-        app_id=p.app_id,
-        headers=dict(p.headers or {}),
-    )
-    return Message(
-        delivered.body,
-        properties,
-        exchange=delivered.exchange or "",
-        routing_key=delivered.routing_key or "",
-    )
+    async def _restore_exchanges(self) -> None: ...
+
+    async def _prepare_queue(self, name: str, *, restoring: bool = False) -> None: ...
+
+    def _delivery(
+        self,
+        delivered: aiormq.abc.DeliveredMessage,
+        *,
+        queue: str,
+        consumer_tag: str,
+        after: Callable[[int, bool], None] | None = None,
+    ) -> Delivery: ...
+
+    def _forget(self, consumer: AioConsumer) -> None: ...
 
 
 class AioConsumer:
@@ -100,7 +72,7 @@ class AioConsumer:
 
     def __init__(
         self,
-        transport: AioTransport,
+        transport: ConsumerHost,
         channel: AbstractRobustChannel,
         queue: str,
         *,

@@ -14,25 +14,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import aiormq.abc
 import aiormq.exceptions as amqp
 
 from logbus.errors import LogbusError, NotConfirmed, Unroutable
 from logbus.message import Message
-from logbus.transports.aio.consumer import to_amqp
+from logbus.transports.aio.connect import Options
+from logbus.transports.aio.convert import to_amqp
 from logbus.transports.aio.errors import nacked, translate, unroutable
 from logbus.transports.amqp.window import PublishWindow
 
-if TYPE_CHECKING:
-    from logbus.transports.aio.transport import AioTransport
+__all__ = ["PublishHost", "send", "send_many"]
 
-__all__ = ["send", "send_many"]
+
+class PublishHost(Protocol):
+    """What publishing needs of its transport (the transport passes itself)."""
+
+    endpoint: str  # the broker it is connected to now: host:port
+    options: Options
+    _closed: bool
+    # Set when a confirm did not come in time: the broker is not reading what we send,
+    # so closing the transport does not wait for its answer.
+    _unanswered: bool
 
 
 async def send(
-    transport: AioTransport,
+    transport: PublishHost,
     underlay: aiormq.abc.AbstractChannel,
     message: Message,
     mandatory: bool,
@@ -74,7 +83,7 @@ async def send(
 
 
 async def send_many(
-    transport: AioTransport,
+    transport: PublishHost,
     underlay: aiormq.abc.AbstractChannel,
     messages: Iterable[Message],
     mandatory: bool,

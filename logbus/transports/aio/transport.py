@@ -28,7 +28,8 @@ from logbus.transports.aio.connect import (
     open_robust,
     split_urls,
 )
-from logbus.transports.aio.consumer import AioConsumer, from_amqp
+from logbus.transports.aio.consumer import AioConsumer
+from logbus.transports.aio.convert import from_amqp
 from logbus.transports.aio.declared import Declared, QueueSpec
 from logbus.transports.aio.errors import reply_text, translate
 from logbus.transports.aio.publish import send, send_many

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from functools import partial
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pika.exceptions as pika_errors
 
@@ -28,13 +28,11 @@ from logbus._log import get_logger
 from logbus.errors import LogbusError, TransportClosed, TransportError
 from logbus.message import Message, Properties
 from logbus.transports.amqp.pika_convert import properties_from_pika, reply_error
-from logbus.transports.amqp.pika_slot import io_callback
-from logbus.transports.base import BatchSettler, Delivery, Settler
+from logbus.transports.amqp.pika_loop import IoHost, io_callback
+from logbus.transports.amqp.pika_settle import Settled
+from logbus.transports.base import BatchSettler, Delivery, Settlement, Settler
 
-if TYPE_CHECKING:
-    from logbus.transports.amqp.pika_core import Core
-
-__all__ = ["AmqpConsumer", "restore_error"]
+__all__ = ["AmqpConsumer", "ConsumerHost", "restore_error"]
 
 log = get_logger("logbus.transports.amqp")
 
@@ -42,6 +40,39 @@ _END = object()
 
 #: Told once whether (re)starting the consumer worked: None, or why not.
 Started = Callable[[TransportError | None], None]
+
+
+class ConsumerHost(IoHost, Protocol):
+    """What a consumer needs of the core it lives on (the core passes itself)."""
+
+    consumers: dict[str, AmqpConsumer]  # registered by consumer tag
+    connection: Any
+
+    def call(
+        self, run: Callable[[Future[None]], None], what: str, timeout: float | None = None
+    ) -> None:
+        """Run ``run(future)`` on the I/O thread and wait for the future it settles."""
+        ...
+
+    def settle(
+        self, target: Settled, epoch: int, how: Settlement, tag: int, multiple: bool, requeue: bool
+    ) -> None:
+        """Queue a settlement from any thread (see ``pika_settle``)."""
+        ...
+
+    def settle_many(
+        self, target: Settled, epoch: int, how: Settlement, tags: list[int], requeue: bool
+    ) -> None:
+        """Queue several settlements alike from any thread (see ``pika_settle``)."""
+        ...
+
+    def consumer_ended(self, consumer: AmqpConsumer, *, by_broker: bool) -> None:
+        """Forget the queue of a consumer that ended, if nobody will declare it again."""
+        ...
+
+    def resolve(self, queue: str) -> str:
+        """A queue's current name (a server-named queue is renamed by a reconnect)."""
+        ...
 
 
 def restore_error(error: LogbusError, what: str) -> TransportError:
@@ -58,7 +89,7 @@ class AmqpConsumer:
     """Deliveries of one queue, consumed with manual acks on a channel of its own."""
 
     def __init__(
-        self, core: Core, queue_name: str, prefetch: int, exclusive: bool, owner: object
+        self, core: ConsumerHost, queue_name: str, prefetch: int, exclusive: bool, owner: object
     ) -> None:
         self.queue = queue_name
         self.tag = f"logbus-{secrets.token_hex(8)}"

@@ -37,10 +37,11 @@ from logbus.transports.amqp.pika_consume import AmqpConsumer
 from logbus.transports.amqp.pika_convert import Endpoint
 from logbus.transports.amqp.pika_errors import connect_error, local_error, reason
 from logbus.transports.amqp.pika_inbound import open_connection
+from logbus.transports.amqp.pika_loop import io_callback
 from logbus.transports.amqp.pika_publish import Publisher
 from logbus.transports.amqp.pika_restore import Restore
 from logbus.transports.amqp.pika_settle import Settlements
-from logbus.transports.amqp.pika_slot import ChannelSlot, Op, io_callback
+from logbus.transports.amqp.pika_slot import ChannelSlot, Op
 from logbus.transports.amqp.reconnect import DEFAULT_FIRST, ReconnectPolicy
 
 __all__ = ["Core"]

@@ -46,7 +46,7 @@ import os
 import struct
 import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pika
 from pika import channel as pika_channel
@@ -58,12 +58,10 @@ from pika.adapters.select_connection import SelectConnection
 from logbus._log import get_logger
 from logbus.message import Properties
 
-if TYPE_CHECKING:
-    from logbus.transports.amqp.pika_consume import AmqpConsumer
-
 __all__ = [
     "ENV",
     "InboundConnection",
+    "InboundConsumer",
     "decode_properties",
     "enabled",
     "missing_internals",
@@ -92,6 +90,25 @@ _WAIT_LIMIT = 65536
 _TABLE_CACHE_SIZE = 512
 _decoded_tables: dict[bytes, dict[Any, Any]] = {}
 _CONNECTION_STATE = ("_frame_buffer", "_channels", "bytes_received", "frames_received")
+
+
+class InboundConsumer(Protocol):
+    """What this path hands a delivery to: a consumer live on ``channel``
+    (:class:`~logbus.transports.amqp.pika_consume.AmqpConsumer`)."""
+
+    @property
+    def channel(self) -> Any: ...
+
+    def io_deliver(
+        self,
+        channel: Any,
+        tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        properties: Properties,
+        body: bytes,
+    ) -> None: ...
 
 
 def enabled() -> bool:
@@ -131,7 +148,7 @@ def missing_internals() -> tuple[str, ...]:
 
 
 def open_connection(
-    *args: Any, consumers: Mapping[str, AmqpConsumer], **kwargs: Any
+    *args: Any, consumers: Mapping[str, InboundConsumer], **kwargs: Any
 ) -> SelectConnection:
     """Open a connection as ``SelectConnection(*args, **kwargs)`` would: an
     :class:`InboundConnection` when the path is on and the installed pika has what it
@@ -169,7 +186,7 @@ class InboundConnection(SelectConnection):  # type: ignore[misc]
     every frame to pika.
     """
 
-    def __init__(self, *args: Any, consumers: Mapping[str, AmqpConsumer], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, consumers: Mapping[str, InboundConsumer], **kwargs: Any) -> None:
         self._logbus_consumers = consumers
         self._logbus_fast = True
         super().__init__(*args, **kwargs)

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pika import spec
 
@@ -27,11 +27,8 @@ from logbus._log import get_logger
 from logbus.errors import LogbusError, NotConfirmed, TransportError
 from logbus.transports.amqp.errors import nacked, named_exchange, unroutable
 from logbus.transports.amqp.pika_errors import RECOVERABLE, broker_refusal, local_error
-from logbus.transports.amqp.pika_slot import io_callback
+from logbus.transports.amqp.pika_loop import IoHost, io_callback
 from logbus.transports.amqp.window import PublishWindow
-
-if TYPE_CHECKING:
-    from logbus.transports.amqp.pika_core import Core
 
 __all__ = ["Outgoing", "PublishBatch", "Publisher"]
 
@@ -135,7 +132,7 @@ def _refused(error: LogbusError) -> Failure:
 class Publisher:
     """The confirm-mode channel: sends queued items when ready, matches confirms to them."""
 
-    def __init__(self, core: Core, window: int) -> None:
+    def __init__(self, core: IoHost, window: int) -> None:
         self.core = core
         self.window = PublishWindow(window)
         self.channel: Any = None

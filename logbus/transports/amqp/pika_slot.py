@@ -14,40 +14,21 @@ import functools
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any
 
 from pika import spec
 
 from logbus._log import get_logger
 from logbus.errors import LogbusError, TransportClosed, TransportError
 from logbus.transports.amqp.pika_errors import broker_refusal, hard_error, local_error
+from logbus.transports.amqp.pika_loop import IoHost, io_callback
 
-if TYPE_CHECKING:
-    from logbus.transports.amqp.pika_core import Core
-
-__all__ = ["ChannelSlot", "Op", "io_callback"]
+__all__ = ["ChannelSlot", "Op"]
 
 log = get_logger("logbus.transports.amqp")
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 #: Runs an operation on a channel; calls ``done(result)`` when the broker answered.
 Run = Callable[[Any, Callable[[Any], None]], None]
-
-
-def io_callback(method: Callable[P, R]) -> Callable[P, R | None]:
-    """Wrap a callback pika calls: a bug in it is logged, never left to kill the I/O loop."""
-
-    @functools.wraps(method)
-    def guarded(*args: P.args, **kwargs: P.kwargs) -> R | None:
-        try:
-            return method(*args, **kwargs)
-        except Exception:
-            log.exception("amqp.callback_failed", callback=method.__qualname__)
-            return None
-
-    return guarded
 
 
 class Op:
@@ -96,7 +77,7 @@ class Op:
 class ChannelSlot:
     """A channel running :class:`Op` s one at a time, reopened after a channel error."""
 
-    def __init__(self, core: Core, role: str, *, gets: bool = False) -> None:
+    def __init__(self, core: IoHost, role: str, *, gets: bool = False) -> None:
         self.core = core
         self.role = role
         self.channel: Any = None
