@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pika
@@ -226,8 +227,8 @@ def renamed(prefix: str) -> Topology:
     """The default topology, durable as in production, every name under ``prefix``."""
     base = default()
     return Topology(
-        exchanges=tuple(e.model_copy(update={"name": prefix + e.name}) for e in base.exchanges),
-        queues=tuple(q.model_copy(update={"name": prefix + q.name}) for q in base.queues),
+        exchanges=tuple(replace(e, name=prefix + e.name) for e in base.exchanges),
+        queues=tuple(replace(q, name=prefix + q.name) for q in base.queues),
         bindings=tuple(
             Binding(
                 source=prefix + b.source,

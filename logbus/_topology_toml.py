@@ -1,45 +1,35 @@
 """Topology TOML for :mod:`logbus.topology`: reading it with errors that name the line, writing it.
 
 Every problem is one line, ``<source>:<line>: <what is wrong> (<what to do>)``.
-TOML syntax errors come from :mod:`tomllib` reworded; validation errors are
-pydantic's, each turned into what and what-to-do by :func:`describe` (a model's
-own check raises :class:`FieldError` to give its wording and where it applies),
-and placed on a line by :func:`line_of`, since tomllib keeps no positions. Of
-several problems the first in the file is reported: fixing it shows the next.
+TOML syntax errors come from :mod:`tomllib` reworded. The document is then
+walked here (:func:`build`): unknown and missing keys are found, and each table
+becomes its entity, whose own checks raise :class:`~logbus.errors.InvalidTopology`
+with what, what to do and where; :func:`line_of` places that on a line, since
+tomllib keeps no positions. Of several problems the first in the file is
+reported: fixing it shows the next. No pydantic: the walk is small, and a
+``logbus emit --config FILE`` should not pay for importing it.
 
-:func:`dumps` writes a topology back as TOML :func:`loads` reads to an equal
-one; :func:`toml_value` writes one value inline, for it and for messages.
+:func:`dumps` writes a topology back as TOML :func:`loads` reads to an equal one.
+Imported by :mod:`logbus.topology` only when a file is read or written.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import math
 import re
-import tomllib
 from collections.abc import Mapping
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
+from logbus.errors import ConfigError, InvalidTopology
+from logbus.topology import toml_value
 
-from logbus.errors import ConfigError
-
-__all__ = ["FieldError", "Loc", "describe", "dumps", "line_of", "loads", "read", "toml_value"]
+__all__ = ["Loc", "build", "dumps", "line_of", "loads", "read", "toml_value"]
 
 Loc = tuple[str | int, ...]
-Sections = Mapping[str, type[BaseModel]]
-M = TypeVar("M", bound=BaseModel)
-
-
-class FieldError(ValueError):
-    """A validation failure that says what to do, and where relative to its model."""
-
-    def __init__(self, what: str, hint: str, loc: Loc = ()) -> None:
-        super().__init__(f"{what} ({hint})")
-        self.what, self.hint, self.loc = what, hint, loc
+Sections = Mapping[str, type[Any]]
+M = TypeVar("M")
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -59,7 +49,9 @@ def read(name: str) -> str:
 
 
 def loads(model: type[M], sections: Sections, text: str, source: str) -> M:
-    """Parse ``text`` and validate it as ``model``, whose array-of-tables are ``sections``."""
+    """Parse ``text`` and build it as ``model``, whose array-of-tables are ``sections``."""
+    import tomllib
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -71,50 +63,73 @@ def loads(model: type[M], sections: Sections, text: str, source: str) -> M:
             msg = msg.removesuffix(" (at end of document)")
         raise ConfigError(f"{source}:{line}: invalid TOML: {msg} ({hint})") from exc
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = sorted(
-            (line_of(text, loc), w, h)
-            for loc, w, h in (describe(err, model, sections) for err in exc.errors())
-        )
+        return build(model, sections, data)
+    except InvalidTopology as exc:
+        problems = sorted((line_of(text, p.loc), p.what, p.hint) for p in exc.problems)
         line, what, hint = problems[0]  # the first in the file; fixing it shows the next
         raise ConfigError(" ".join(f"{source}:{line}: {what} ({hint})".splitlines())) from exc
 
 
-_TYPE_HINTS = {
-    "int_type": "write a whole number, without quotes",
-    "bool_type": "write true or false, without quotes",
-    "string_type": "write a quoted string",
-    "dict_type": "write a table",
-    "model_type": "write a table",
-    "tuple_type": "write an array of tables",
-    "greater_than_equal": "use 0 or more",
-}
+def build(model: type[M], sections: Sections, data: Mapping[str, Any]) -> M:
+    """``model`` from a document: each of ``sections`` an array of tables of its entity.
+
+    Every table is checked before the whole, and :class:`InvalidTopology` carries every
+    problem found in the tables (or the first of the whole), each with its place.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidTopology("the document is not a table", "write tables", ())
+    problems: list[InvalidTopology] = []
+    built: dict[str, list[Any]] = {}
+    for key, items in data.items():
+        if key not in sections:
+            problems.append(_unknown(key, list(sections), (key,)))
+        elif not isinstance(items, list | tuple):
+            got = f" = {toml_value(items)}" if isinstance(items, str | int | float) else ""
+            what = f"{key}{got}: input should be a valid tuple"
+            problems.append(InvalidTopology(what, "write an array of tables", (key,)))
+        else:
+            built[key] = []
+            for i, item in enumerate(items):
+                try:
+                    built[key].append(_entity(sections[key], item, (key, i)))
+                except InvalidTopology as exc:
+                    problems += exc.at(key, i).problems
+    try:
+        if problems:
+            raise InvalidTopology.of(problems)
+        return model(**{key: tuple(items) for key, items in built.items()})
+    except InvalidTopology as exc:  # each problem said with its table: "[[queues]] #2: ..."
+        raise InvalidTopology.of([_entry(p) for p in exc.problems]) from None
 
 
-def describe(err: ErrorDetails, model: type[BaseModel], sections: Sections) -> tuple[Loc, str, str]:
-    """One pydantic error as (where in the document, what is wrong, what to do)."""
-    loc: Loc = tuple(err["loc"])
-    ctx = err.get("ctx", {})
-    problem = ctx.get("error")
-    loc += problem.loc if isinstance(problem, FieldError) else ()
-    entry = f"[[{loc[0]}]] #{loc[1] + 1}: " if len(loc) > 1 and isinstance(loc[1], int) else ""
-    if isinstance(problem, FieldError):
-        return loc, entry + problem.what, problem.hint
-    key = str(loc[-1]) if loc else "the document"
-    if err["type"] == "extra_forbidden":
-        allowed = list((sections[str(loc[0])] if len(loc) > 1 else model).model_fields)
-        close = difflib.get_close_matches(key, allowed, 1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
-        return loc, f"{entry}unknown key {key!r}", hint
-    if err["type"] == "missing":
-        return loc, f"{entry}required key {key!r} is missing", f"add {key} = ..."
-    value = err["input"]
-    got = f" = {toml_value(value)}" if isinstance(value, str | int | float) else ""
-    if err["type"] == "literal_error":
-        return loc, f"{entry}{key}{got} is not allowed", f"use one of {ctx['expected']}"
-    msg = err["msg"][0].lower() + err["msg"][1:]
-    return loc, f"{entry}{key}{got}: {msg}", _TYPE_HINTS.get(err["type"], "fix the value")
+def _entity(kind: type[Any], item: object, where: Loc) -> Any:
+    """One table as its entity; InvalidTopology located in the table."""
+    if not isinstance(item, Mapping):
+        got = f" = {toml_value(item)}" if isinstance(item, str | int | float) else ""
+        raise InvalidTopology(f"this entry{got} is not a table", "write a table", ())
+    known = {f.name: f for f in fields(kind)}
+    problems = [_unknown(key, list(known), (key,)) for key in item if key not in known]
+    for name, spec in known.items():
+        if name not in item and spec.default is MISSING and spec.default_factory is MISSING:
+            what = f"required key {name!r} is missing"
+            problems.append(InvalidTopology(what, f"add {name} = ...", (name,)))
+    if problems:
+        raise InvalidTopology.of(problems)
+    return kind(**item)
+
+
+def _entry(problem: InvalidTopology) -> InvalidTopology:
+    """``problem`` with the table it is in named first, as ``[[queues]] #2: ``."""
+    loc = problem.loc
+    if len(loc) > 1 and isinstance(loc[1], int):
+        return InvalidTopology(f"[[{loc[0]}]] #{loc[1] + 1}: {problem.what}", problem.hint, loc)
+    return problem
+
+
+def _unknown(key: str, allowed: list[str], loc: Loc) -> InvalidTopology:
+    close = difflib.get_close_matches(key, allowed, 1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
+    return InvalidTopology(f"unknown key {key!r}", hint, loc)
 
 
 _HEADER = re.compile(r"\s*(\[\[?)([^\]]*)\]")
@@ -159,39 +174,23 @@ def line_of(text: str, loc: Loc) -> int:
 _ALWAYS = {"durable", "destination_type", "routing_key", "key"}  # worth reading even if default
 
 
-def dumps(document: BaseModel, sections: Sections) -> str:
+def dumps(document: Any, sections: Sections) -> str:
     """TOML for ``document``: each of its ``sections`` an array of tables, defaults left out."""
     out: list[str] = []
     for section in sections:
         for item in getattr(document, section):
             out.append(f"[[{section}]]")
-            for name, info in type(item).model_fields.items():
-                value = getattr(item, name)
-                required = info.is_required()
-                fallback = None if required else info.get_default(call_default_factory=True)
-                if required or name in _ALWAYS or value != fallback:
-                    out.append(f"{_key(name)} = {toml_value(value)}")
+            for spec in fields(item):
+                value = getattr(item, spec.name)
+                required = spec.default is MISSING and spec.default_factory is MISSING
+                fallback = (
+                    spec.default if spec.default_factory is MISSING else spec.default_factory()
+                )
+                if required or spec.name in _ALWAYS or value != fallback:
+                    out.append(f"{_key(spec.name)} = {toml_value(value)}")
             out.append("")
     return "\n".join(out)
 
 
 def _key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value, inline, on one line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):  # JSON's escapes are TOML's, but TOML also forbids a raw DEL
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)  # inf, -inf, nan
-    if isinstance(value, dict):
-        inner = ", ".join(f"{_key(str(k))} = {toml_value(v)}" for k, v in value.items())
-        return f"{{ {inner} }}" if inner else "{}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write a {type(value).__name__} as TOML")

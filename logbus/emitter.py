@@ -154,10 +154,22 @@ async def declare_async(transport: AsyncTransport, topology: Topology) -> None:
     Idempotent; an entity that exists with other properties raises ``PreconditionFailed``.
     """
     for e in topology.exchanges:
-        await transport.declare_exchange(e.name, e.type, **e.model_dump(exclude={"name", "type"}))
+        await transport.declare_exchange(
+            e.name,
+            e.type,
+            durable=e.durable,
+            auto_delete=e.auto_delete,
+            internal=e.internal,
+            arguments=e.arguments,
+        )
     for q in topology.queues:
-        flags = q.model_dump(include={"durable", "exclusive", "auto_delete"})
-        await transport.declare_queue(q.name, arguments=q.amqp_arguments(), **flags)
+        await transport.declare_queue(
+            q.name,
+            durable=q.durable,
+            exclusive=q.exclusive,
+            auto_delete=q.auto_delete,
+            arguments=q.amqp_arguments(),
+        )
     for b in topology.bindings:
         bind = transport.bind_exchange if b.destination_type == "exchange" else transport.bind_queue
         await bind(b.destination, b.source, b.routing_key, b.arguments)

@@ -9,7 +9,8 @@ worker's retry logic and the CLI's exit statuses read that flag.
 
     LogbusError
     ├── ConfigError                 bad settings or topology file      (78, not recoverable)
-    │   └── TopologyError           declared entity disagrees with broker (78)
+    │   ├── TopologyError           declared entity disagrees with broker (78)
+    │   └── InvalidTopology         a topology breaks a rule (also a ValueError) (78)
     ├── InputError                  bad data from the user            (65, not recoverable)
     │   ├── RecordError             a field of a record is invalid
     │   │   ├── RoutingKeyError     not <facility>.<severity>
@@ -49,6 +50,7 @@ __all__ = [
     "DecodeError",
     "FacilityError",
     "InputError",
+    "InvalidTopology",
     "LogbusError",
     "NotConfirmed",
     "NotFound",
@@ -88,6 +90,39 @@ class ConfigError(LogbusError):
 
 class TopologyError(ConfigError):
     """A declared entity disagrees with what the broker already has."""
+
+
+class InvalidTopology(ConfigError, ValueError):
+    """A topology breaks a rule: a wrong type, a reference that does not resolve, a name
+    declared twice, something the broker would refuse at declare time.
+
+    The message is ``<what> (<hint>)``. ``what``, ``hint`` and ``loc`` (where, relative
+    to what was checked: ``("queues", 1, "max_length")`` in a topology, ``("name",)`` in
+    one entity) let a file loader name the line; ``problems`` holds every one found
+    when several were (this error is the first).
+    """
+
+    def __init__(
+        self,
+        what: str,
+        hint: str,
+        loc: tuple[str | int, ...] = (),
+        problems: tuple[InvalidTopology, ...] = (),
+    ) -> None:
+        super().__init__(f"{what} ({hint})")
+        self.what, self.hint, self.loc = what, hint, loc
+        self.problems = problems or (self,)
+
+    @classmethod
+    def of(cls, problems: list[InvalidTopology]) -> InvalidTopology:
+        """The first of ``problems``, carrying them all."""
+        first = problems[0]
+        return cls(first.what, first.hint, first.loc, tuple(problems))
+
+    def at(self, *prefix: str | int) -> InvalidTopology:
+        """The same problems, located under ``prefix`` (an entity inside a topology)."""
+        moved = tuple(type(self)(p.what, p.hint, (*prefix, *p.loc)) for p in self.problems)
+        return type(self).of(list(moved))
 
 
 class InputError(LogbusError):

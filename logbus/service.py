@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from logbus.errors import ConfigError, InputError
+from logbus.errors import ConfigError, InputError, InvalidTopology
 from logbus.record import LogRecord
 
 if TYPE_CHECKING:
@@ -209,11 +209,8 @@ def service_topology(config: ServiceConfig, base: Topology) -> Topology:
             bindings=(*base.bindings, *added),
             emit=base.emit,
         )
-    except ValidationError as exc:
-        raise ConfigError(
-            f"{config.source}: [queue] does not fit the topology: "
-            f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}"
-        ) from exc
+    except InvalidTopology as exc:
+        raise ConfigError(f"{config.source}: [queue] does not fit the topology: {exc}") from exc
 
 
 class TeeSink:

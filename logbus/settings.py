@@ -14,11 +14,9 @@ content replaces the password of every ``amqp(s)://`` URL.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from logbus._urls import parse_url, redact_url, split_urls
 from logbus.errors import ConfigError
@@ -29,7 +27,8 @@ __all__ = ["DEFAULT_URL", "Settings", "load_settings", "redact_url", "with_passw
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 
 
-class Settings(BaseModel):
+@dataclass(frozen=True, init=False)
+class Settings:
     """Connection and consumption settings; ``LOGBUS_<FIELD>`` variables fill what is not given.
 
     ``url`` is one broker URL or several, comma-separated (failover); ``config`` is a
@@ -39,88 +38,151 @@ class Settings(BaseModel):
     the URL, read when ``url`` is not given; ``password_file`` a file holding the
     password that replaces the one of every ``amqp://``/``amqps://`` URL (user
     ``guest`` where the URL names none); one trailing newline of either is ignored.
+    ``given`` names the fields that were set (by keyword or variable), not defaulted.
+
+    A frozen dataclass checked by hand, not a pydantic model (nor pydantic-settings):
+    every command builds one, and a one-record ``logbus emit`` should not pay for
+    importing pydantic. A bad value raises a one-line :class:`ConfigError` naming the
+    field and its variable (a URL shown redacted).
     """
 
-    # A plain model reading LOGBUS_* itself (see __init__): pydantic-settings and the
-    # asyncio it imports cost a one-record `logbus emit` about a third of its start-up.
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
-
-    url: str = Field(default=DEFAULT_URL, min_length=1)
-    config: Path | None = None
-    prefetch: int = Field(default=100, ge=1, le=65535)  # AMQP's prefetch-count is 16 bits
-    confirm_timeout: float = Field(default=30.0, gt=0)
-    connect_timeout: float = Field(default=10.0, gt=0)
-    heartbeat: int = Field(default=30, ge=0, le=65535)
-    url_file: Path | None = None
-    password_file: Path | None = None
+    url: str
+    config: Path | None
+    prefetch: int  # AMQP's prefetch-count is 16 bits
+    confirm_timeout: float
+    connect_timeout: float
+    heartbeat: int
+    url_file: Path | None
+    password_file: Path | None
+    given: frozenset[str] = field(compare=False, repr=False)
 
     def __init__(self, **values: Any) -> None:
-        super().__init__(**{**_environment(), **values})
-
-    @model_validator(mode="before")
-    @classmethod
-    def _credentials_from_files(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        url_file, password_file = data.get("url_file") or None, data.get("password_file") or None
-        if url_file is not None and not data.get("url"):
-            data = {**data, "url": _read_secret(url_file, "url_file").strip()}
-        if password_file is not None:
-            password = _read_secret(password_file, "password_file")
-            data = {**data, "url": with_password(data.get("url") or DEFAULT_URL, password)}
-        return data
-
-    @field_validator("config", "url_file", "password_file", mode="before")
-    @classmethod
-    def _unset_when_empty(cls, value: object) -> object:
-        # LOGBUS_CONFIG= (empty) means "no file", not the current directory.
-        return None if value == "" else value
-
-    @field_validator("url")
-    @classmethod
-    def _url_reads(cls, value: str) -> str:
-        # Every URL of the list is read once here, so that a malformed one is a one-line
-        # ConfigError (password hidden) on every command, before anything connects.
-        for one in split_urls(value):
-            if one.strip():
-                parse_url(one.strip())
-        return value
+        data = {**_environment(), **values}
+        unknown = sorted(set(data) - set(_RULES))
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r} (see logbus.settings.Settings)")
+        data = {k: None if v == "" and k in _PATHS else v for k, v in data.items()}
+        data = _credentials_from_files(data)
+        for name, (read, fallback) in _RULES.items():
+            value = data.get(name, fallback)
+            try:
+                checked = read(value)
+            except (TypeError, ValueError) as exc:
+                shown = redact_url(value) if name == "url" and isinstance(value, str) else value
+                what = f"setting {name} = {shown!r}: {exc}"
+                raise ConfigError(
+                    f"{what} (fix LOGBUS_{name.upper()} or the matching option)"
+                ) from None
+            object.__setattr__(self, name, checked)
+        object.__setattr__(self, "given", frozenset(data))
 
     def topology(self) -> Topology:
         """The topology to use: ``config`` loaded, or :func:`logbus.topology.default`."""
         return default() if self.config is None else load(self.config)
 
-    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        for name, value in super().__repr_args__():
-            yield name, redact_url(value) if name == "url" else value
+    def __repr__(self) -> str:
+        shown = (
+            f"{f.name}={redact_url(self.url) if f.name == 'url' else getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.repr
+        )
+        return f"Settings({', '.join(shown)})"
 
 
+# -- reading each field: lenient as environment variables need (the text "7" is 7) -------
+
+
+def _number(kind: type[int] | type[float], low: float, high: float | None, above: bool) -> Any:
+    word = "integer" if kind is int else "number"
+
+    def read(value: object) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"input should be a valid {word}")
+        try:
+            number = kind(value.strip() if isinstance(value, str) else value)
+        except ValueError:
+            raise ValueError(f"input should be a valid {word}, unable to parse it") from None
+        if kind is int and isinstance(value, float) and value != number:
+            raise ValueError("input should be a valid integer, got a number with a fraction")
+        if (number <= low) if above else (number < low):
+            raise ValueError(
+                f"input should be greater than {'' if above else 'or equal to '}{low:g}"
+            )
+        if high is not None and number > high:
+            raise ValueError(f"input should be less than or equal to {high:g}")
+        return number
+
+    return read
+
+
+def _url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("input should be a valid string")
+    if not value:
+        raise ValueError("string should have at least 1 character")
+    # Every URL of the list is read once here, so that a malformed one is a one-line
+    # ConfigError (password hidden) on every command, before anything connects.
+    for one in split_urls(value):
+        if one.strip():
+            parse_url(one.strip())
+    return value
+
+
+def _path(value: object) -> Path | None:
+    if value is None or isinstance(value, Path):
+        return value
+    if isinstance(value, str):
+        return Path(value)
+    raise ValueError("input is not a valid path")
+
+
+_RULES: dict[str, tuple[Any, Any]] = {
+    "url": (_url, DEFAULT_URL),
+    "config": (_path, None),
+    "prefetch": (_number(int, 1, 65535, False), 100),
+    "confirm_timeout": (_number(float, 0, None, True), 30.0),
+    "connect_timeout": (_number(float, 0, None, True), 10.0),
+    "heartbeat": (_number(int, 0, 65535, False), 30),
+    "url_file": (_path, None),
+    "password_file": (_path, None),
+}
+_PATHS = ("config", "url_file", "password_file")  # LOGBUS_CONFIG= (empty) means "no file"
 _PREFIX = "logbus_"
 
 
 def _environment() -> dict[str, str]:
     """The ``LOGBUS_<FIELD>`` variables that name a field, by field; names are matched
     case-insensitively, and variables that name no field (``LOGBUS_TEST_URL``) are left."""
-    fields = Settings.model_fields
     found: dict[str, str] = {}
     for name, value in os.environ.items():
         lowered = name.lower()
-        if lowered.startswith(_PREFIX) and lowered[len(_PREFIX) :] in fields:
+        if lowered.startswith(_PREFIX) and lowered[len(_PREFIX) :] in _RULES:
             found[lowered[len(_PREFIX) :]] = value
     return found
 
 
+def _credentials_from_files(data: dict[str, Any]) -> dict[str, Any]:
+    """``url`` from ``url_file`` when none is given, and ``password_file``'s password in it."""
+    url_file, password_file = data.get("url_file") or None, data.get("password_file") or None
+    if url_file is not None and not data.get("url"):
+        data = {**data, "url": _read_secret(url_file, "url_file").strip()}
+    if password_file is not None:
+        password = _read_secret(password_file, "password_file")
+        data = {**data, "url": with_password(data.get("url") or DEFAULT_URL, password)}
+    return data
+
+
 def _read_secret(path: object, field: str) -> str:
-    """The text of a credentials file, without its trailing newline; ValueError naming it."""
+    """The text of a credentials file, without its trailing newline; ConfigError naming it."""
     try:
         with open(str(path), encoding="utf-8") as source:
             text = source.read()
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(f"LOGBUS_{field.upper()} {str(path)!r} cannot be read: {why}") from None
+        raise ConfigError(f"LOGBUS_{field.upper()} {str(path)!r} cannot be read: {why}") from None
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
-        raise ValueError(f"LOGBUS_{field.upper()} {str(path)!r} is empty")
+        raise ConfigError(f"LOGBUS_{field.upper()} {str(path)!r} is empty")
     return text
 
 
@@ -144,21 +206,7 @@ def with_password(url: str, password: str) -> str:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """``Settings(**overrides)``, with a bad value reported as a one-line :class:`ConfigError`.
-
-    The message names the field and its variable; a rejected URL is shown redacted.
-    """
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        if not err["loc"] and err["type"] == "value_error":  # a credentials file: it says which
-            raise ConfigError(f"{err['ctx']['error']}") from None
-        field = str(err["loc"][0]) if err["loc"] else "settings"
-        env = f"LOGBUS_{field.upper()}"
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(f"unknown setting {field!r} (see logbus.settings.Settings)") from None
-        value = err["input"]
-        shown = redact_url(value) if field == "url" and isinstance(value, str) else value
-        what = f"setting {field} = {shown!r}: {err['msg'][0].lower()}{err['msg'][1:]}"
-        raise ConfigError(f"{what} (fix {env} or the matching option)") from None
+    """``Settings(**overrides)``: a bad value is a one-line :class:`ConfigError` naming the
+    field and its variable; a rejected URL is shown redacted. (Settings itself says so
+    now; this stays the name commands call.)"""
+    return Settings(**overrides)

@@ -30,42 +30,33 @@ The TOML format (``config/logbus.toml``) is four arrays of tables::
     exchange = "logbus.topic"       # "" is the default exchange: key is then a queue name
     key = "{facility}.{severity}"   # placeholders: {facility} {severity} {host} {app}
 
-Every problem is a one-line :class:`~logbus.errors.ConfigError`,
-``<source>:<line>: <what is wrong> (<what to do>)``.
+Every problem in a file is a one-line :class:`~logbus.errors.ConfigError`,
+``<source>:<line>: <what is wrong> (<what to do>)``; a topology built in code that
+breaks a rule raises :class:`~logbus.errors.InvalidTopology` (a ``ValueError`` too).
+
+The entities are frozen dataclasses checked in ``__post_init__``, not pydantic
+models: every ``logbus emit`` builds a topology, and importing pydantic and building
+the models' schemas cost more than the rest of a one-record emit's start-up.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-import re
-import string
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    field_validator,
-    model_validator,
-)
-
-from logbus import _topology_toml
-from logbus._topology_toml import FieldError, Loc, toml_value
-from logbus.errors import ConfigError, PreconditionFailed, TopologyError
-
-if TYPE_CHECKING:
-    from logbus.transports.base import Transport
+from logbus import _topology_checks as checks
+from logbus._topology_checks import PLACEHOLDERS, toml_value
+from logbus._topology_declare import Declarer, declare, mismatch
+from logbus.errors import ConfigError, InvalidTopology
 
 __all__ = [
     "FRIENDLY_ARGUMENTS",
     "PLACEHOLDERS",
     "Binding",
+    "Declarer",
     "EmitTarget",
     "Exchange",
     "Queue",
@@ -78,10 +69,9 @@ __all__ = [
     "mismatch",
     "no_emit_targets",
     "reachable",
+    "toml_value",
 ]
 
-PLACEHOLDERS = ("facility", "severity", "host", "app")
-"""The names an emit target's key template may use."""
 
 #: A queue's friendly fields and the x-arguments they stand for.
 FRIENDLY_ARGUMENTS = {
@@ -93,50 +83,62 @@ FRIENDLY_ARGUMENTS = {
     "dead_letter_routing_key": "x-dead-letter-routing-key",
 }
 
-
-def _entity_name(name: str) -> str:
-    if not name:
-        raise FieldError("the name is empty", 'give it one, like "logbus.audit"')
-    if len(name.encode()) > 255:  # an AMQP short string
-        raise FieldError(f"the name {name[:20]!r}... is over 255 bytes", "shorten it")
-    if name.startswith("amq."):  # the broker refuses to declare these
-        raise FieldError(f"the name {name!r} uses the reserved prefix amq.", "rename it")
-    return name
+ExchangeType = Literal["fanout", "direct", "topic", "headers"]
+QueueType = Literal["classic", "quorum"]
+Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
+DestinationType = Literal["queue", "exchange"]
 
 
-Name = Annotated[StrictStr, AfterValidator(_entity_name)]
-Arguments = dict[StrictStr, Any]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Exchange(_Model):
+@dataclass(frozen=True, slots=True)
+class Exchange:
     """An exchange to declare; an ``internal`` one takes no publishes, only e2e bindings."""
 
-    name: Name
-    type: Literal["fanout", "direct", "topic", "headers"]
-    durable: StrictBool = True
-    auto_delete: StrictBool = False
-    internal: StrictBool = False
-    arguments: Arguments = Field(default_factory=dict)
+    name: str
+    type: ExchangeType
+    durable: bool = True
+    auto_delete: bool = False
+    internal: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    RULES: ClassVar[Mapping[str, Any]]
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self, Exchange.RULES)
+        checks.frozen_dict(self, "arguments")
 
 
-class Queue(_Model):
+Exchange.RULES = {
+    "name": checks.name,
+    "type": checks.one_of(ExchangeType),
+    "durable": checks.flag,
+    "auto_delete": checks.flag,
+    "internal": checks.flag,
+    "arguments": checks.arguments,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
     """A queue to declare; the optional friendly fields are its common x-arguments."""
 
-    name: Name
-    durable: StrictBool = True
-    exclusive: StrictBool = False
-    auto_delete: StrictBool = False
-    arguments: Arguments = Field(default_factory=dict)
-    queue_type: Literal["classic", "quorum"] | None = None
-    max_length: StrictInt | None = Field(default=None, ge=0)
-    overflow: Literal["drop-head", "reject-publish", "reject-publish-dlx"] | None = None
-    message_ttl: StrictInt | None = Field(default=None, ge=0)
-    dead_letter_exchange: StrictStr | None = None
-    dead_letter_routing_key: StrictStr | None = None
+    name: str
+    durable: bool = True
+    exclusive: bool = False
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False)
+    queue_type: QueueType | None = None
+    max_length: int | None = None
+    overflow: Overflow | None = None
+    message_ttl: int | None = None
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+
+    RULES: ClassVar[Mapping[str, Any]]
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self, Queue.RULES)
+        checks.frozen_dict(self, "arguments")
+        self._consistent()
 
     def amqp_arguments(self) -> dict[str, Any]:
         """The x-arguments to declare with: ``arguments`` plus the friendly fields that are set."""
@@ -145,92 +147,122 @@ class Queue(_Model):
         args.update((k, v) for f, k in friendly if (v := getattr(self, f)) is not None)
         return args
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Queue:
-        for field, key in FRIENDLY_ARGUMENTS.items():
-            if getattr(self, field) is not None and key in self.arguments:
-                what = f"{field} and arguments[{key!r}] are both set"
-                raise FieldError(what, f"keep only {field}", (field,))
+    def _consistent(self) -> None:
+        for field_name, key in FRIENDLY_ARGUMENTS.items():
+            if getattr(self, field_name) is not None and key in self.arguments:
+                what = f"{field_name} and arguments[{key!r}] are both set"
+                raise InvalidTopology(what, f"keep only {field_name}", (field_name,))
         args = self.amqp_arguments()
         for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
             if key in args and not isinstance(args[key], str):
                 what = f"arguments[{key!r}] = {args[key]!r} is not a name"
-                raise FieldError(what, "write a quoted string", ("arguments",))
+                raise InvalidTopology(what, "write a quoted string", ("arguments",))
         if args.get("x-queue-type") == "quorum":
             for flag, wanted in (("durable", True), ("exclusive", False), ("auto_delete", False)):
                 if getattr(self, flag) is not wanted:
                     what = f"a quorum queue cannot have {flag} = {toml_value(not wanted)}"
                     hint = f'set {flag} = {toml_value(wanted)}, or queue_type = "classic"'
-                    raise FieldError(what, hint, (flag,))
+                    raise InvalidTopology(what, hint, (flag,))
             if args.get("x-overflow") == "reject-publish-dlx":
                 what = 'a quorum queue cannot have overflow = "reject-publish-dlx"'
-                raise FieldError(what, 'use "reject-publish"', ("overflow",))
+                raise InvalidTopology(what, 'use "reject-publish"', ("overflow",))
         if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
             what = "dead_letter_routing_key is set without dead_letter_exchange"
             hint = "set dead_letter_exchange too: the broker refuses the key alone"
-            raise FieldError(what, hint, ("dead_letter_routing_key",))
-        return self
+            raise InvalidTopology(what, hint, ("dead_letter_routing_key",))
 
 
-class Binding(_Model):
+Queue.RULES = {
+    "name": checks.name,
+    "durable": checks.flag,
+    "exclusive": checks.flag,
+    "auto_delete": checks.flag,
+    "arguments": checks.arguments,
+    "queue_type": checks.one_of(QueueType, optional=True),
+    "max_length": checks.count,
+    "overflow": checks.one_of(Overflow, optional=True),
+    "message_ttl": checks.count,
+    "dead_letter_exchange": checks.optional_string,
+    "dead_letter_routing_key": checks.optional_string,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
     """Routes from exchange ``source`` to a queue, or (exchange-to-exchange) an exchange."""
 
-    source: StrictStr
-    destination: Name
-    destination_type: Literal["queue", "exchange"] = "queue"
-    routing_key: StrictStr = ""
-    arguments: Arguments = Field(default_factory=dict)
+    source: str
+    destination: str
+    destination_type: DestinationType = "queue"
+    routing_key: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False)
 
-    @field_validator("source")
-    @classmethod
-    def _bindable(cls, source: str) -> str:
-        if not source:
-            hint = "bind to a declared exchange; the default one routes by queue name already"
-            raise FieldError("the default exchange cannot be bound", hint)
-        return source
+    RULES: ClassVar[Mapping[str, Any]]
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self, Binding.RULES)
+        checks.frozen_dict(self, "arguments")
 
 
-class EmitTarget(_Model):
+Binding.RULES = {
+    "source": checks.bindable,
+    "destination": checks.name,
+    "destination_type": checks.one_of(DestinationType),
+    "routing_key": checks.text,
+    "arguments": checks.arguments,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EmitTarget:
     """Where an emitter publishes each record: an exchange and a routing-key template.
 
     ``exchange = ""`` is the default exchange, whose routing key is a queue name.
     """
 
-    exchange: StrictStr
-    key: StrictStr = "{facility}.{severity}"
+    exchange: str
+    key: str = "{facility}.{severity}"
 
-    @field_validator("key")
-    @classmethod
-    def _template(cls, key: str) -> str:
-        hint = "use {facility}, {severity}, {host} or {app}; {{ and }} for literal braces"
-        try:
-            parsed = list(string.Formatter().parse(key))
-        except ValueError as exc:
-            raise FieldError(f"key template {key!r} is malformed: {exc}", hint) from None
-        for _text, name, spec, conversion in parsed:
-            if name is not None and (name not in PLACEHOLDERS or spec or conversion):
-                raise FieldError(f"key template {key!r} has unknown placeholder {{{name}}}", hint)
-        return key
+    RULES: ClassVar[Mapping[str, Any]]
+
+    def __post_init__(self) -> None:
+        checks.check_fields(self, EmitTarget.RULES)
 
     def render(self, facility: str, severity: str, host: str, app: str) -> str:
         """The routing key for one record."""
         return self.key.format(facility=facility, severity=severity, host=host, app=app)
 
 
-def _undeclared(what: str, name: str, known: Iterable[str], section: str, loc: Loc) -> FieldError:
+EmitTarget.RULES = {"exchange": checks.text, "key": checks.template}
+
+
+def _undeclared(
+    what: str, name: str, known: Iterable[str], section: str, loc: Any
+) -> InvalidTopology:
     close = difflib.get_close_matches(name, sorted(known), 1)
     hint = f"did you mean {close[0]!r}?" if close else f"declare it under [[{section}]]"
-    return FieldError(f"{what} {name!r} is not declared", hint, loc)
+    return InvalidTopology(f"{what} {name!r} is not declared", hint, loc)
 
 
-def _once(items: Sequence[object], section: str, field: str | None = None) -> None:
+def _once(items: Sequence[object], section: str, field_name: str | None = None) -> None:
     for i, item in enumerate(items):
         if item in items[:i]:
-            what = f"{item!r} is declared twice" if field else "this entry is declared twice"
-            raise FieldError(what, "remove one", (section, i, field) if field else (section, i))
+            what = f"{item!r} is declared twice" if field_name else "this entry is declared twice"
+            loc = (section, i, field_name) if field_name else (section, i)
+            raise InvalidTopology(what, "remove one", loc)
 
 
-class Topology(_Model):
+#: The arrays of tables a topology has, and the entity each holds.
+SECTIONS: dict[str, type[Any]] = {
+    "exchanges": Exchange,
+    "queues": Queue,
+    "bindings": Binding,
+    "emit": EmitTarget,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
     """Everything a deployment declares, checked for consistency as a whole."""
 
     exchanges: tuple[Exchange, ...] = ()
@@ -238,8 +270,20 @@ class Topology(_Model):
     bindings: tuple[Binding, ...] = ()
     emit: tuple[EmitTarget, ...] = ()
 
-    @model_validator(mode="after")
-    def _references(self) -> Topology:
+    def __post_init__(self) -> None:
+        for section, kind in SECTIONS.items():
+            items = getattr(self, section)
+            if not isinstance(items, tuple | list):
+                what = f"{section}: input should be a valid tuple"
+                raise InvalidTopology(what, "write an array of tables", (section,))
+            for i, item in enumerate(items):
+                if not isinstance(item, kind):
+                    what = f"[[{section}]] #{i + 1}: input should be a {kind.__name__}"
+                    raise InvalidTopology(what, "write a table", (section, i))
+            object.__setattr__(self, section, tuple(items))
+        self._references()
+
+    def _references(self) -> None:
         _once([e.name for e in self.exchanges], "exchanges", "name")
         _once([q.name for q in self.queues], "queues", "name")
         _once(self.bindings, "bindings")
@@ -249,8 +293,10 @@ class Topology(_Model):
         for i, q in enumerate(self.queues):
             dlx = q.amqp_arguments().get("x-dead-letter-exchange")
             if dlx and dlx not in exchanges:  # "" is the default exchange: fine
-                field = "arguments" if q.dead_letter_exchange is None else "dead_letter_exchange"
-                where = ("queues", i, field)
+                field_name = (
+                    "arguments" if q.dead_letter_exchange is None else "dead_letter_exchange"
+                )
+                where = ("queues", i, field_name)
                 raise _undeclared("dead-letter exchange", dlx, exchanges, "exchanges", where)
         for i, b in enumerate(self.bindings):
             if b.source not in exchanges:
@@ -267,10 +313,9 @@ class Topology(_Model):
                 raise _undeclared("emit exchange", t.exchange, exchanges, "exchanges", where)
             if t.exchange and exchanges[t.exchange].internal:
                 what = f"exchange {t.exchange!r} is internal and takes no publishes"
-                raise FieldError(what, "emit to an exchange bound to it", where)
+                raise InvalidTopology(what, "emit to an exchange bound to it", where)
             if not t.exchange and "{" not in t.key and t.key not in queues:
                 raise _undeclared("queue", t.key, queues, "queues", ("emit", i, "key"))
-        return self
 
     def exchange(self, name: str) -> Exchange:
         """The declared exchange called ``name``; :class:`ConfigError` if there is none."""
@@ -285,6 +330,24 @@ class Topology(_Model):
             return found
         known = [q.name for q in self.queues]
         raise ConfigError(str(_undeclared("queue", name, known, "queues", ())))
+
+    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
+        """The topology as JSON data: each section a list of tables, unset fields left out."""
+        return {
+            section: [
+                {k: v for k, v in asdict(item).items() if v is not None}
+                for item in getattr(self, section)
+            ]
+            for section in SECTIONS
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Topology:
+        """A topology from data shaped as :meth:`to_dict` writes it (or TOML reads it);
+        a problem raises :class:`InvalidTopology` saying where."""
+        from logbus import _topology_toml
+
+        return _topology_toml.build(cls, SECTIONS, data)
 
 
 def default() -> Topology:
@@ -348,7 +411,7 @@ def reachable(
         queues,
     )
     if names is None:
-        return topology.model_copy(update={"emit": ()})
+        return replace(topology, emit=())
     found_exchanges, found_queues = names
     return Topology(
         exchanges=tuple(e for e in topology.exchanges if e.name in found_exchanges),
@@ -390,73 +453,26 @@ def _reachable_names(
     return found["exchange"], found["queue"]
 
 
-def declare(transport: Transport, topology: Topology) -> None:
-    """Declare every exchange, queue and binding of ``topology`` on ``transport``.
-
-    Idempotent. An entity that exists with other properties (the broker's
-    PRECONDITION_FAILED) raises :class:`~logbus.errors.TopologyError` naming the
-    entity, the property, both values and the two ways out.
-    """
-    try:
-        for e in topology.exchanges:
-            transport.declare_exchange(e.name, e.type, **e.model_dump(exclude={"name", "type"}))
-        for q in topology.queues:
-            flags = q.model_dump(include={"durable", "exclusive", "auto_delete"})
-            transport.declare_queue(q.name, arguments=q.amqp_arguments(), **flags)
-    except PreconditionFailed as exc:
-        raise mismatch(exc) from exc
-    for b in topology.bindings:
-        bind = transport.bind_exchange if b.destination_type == "exchange" else transport.bind_queue
-        bind(b.destination, b.source, b.routing_key, b.arguments)
-
-
-_INEQUIVALENT = re.compile(
-    r"inequivalent arg '(?P<prop>[^']+)' for (?P<kind>exchange|queue) '(?P<name>[^']*)'"
-    r".*?received (?:the value )?(?P<want>'[^']*'|none)(?: of type '[^']*')?"
-    r" but current is (?:the value )?(?P<have>'[^']*'|none)"
-)
-
-
-def mismatch(exc: PreconditionFailed) -> TopologyError:
-    """Turn the broker's 'inequivalent arg' refusal into a TopologyError that says what to do."""
-    found = _INEQUIVALENT.search(str(exc))
-    if found is None:
-        return TopologyError(f"the broker refused the topology: {exc}")
-    kind, name, prop = found["kind"], found["name"], found["prop"]
-    want, have = found["want"].strip("'"), found["have"].strip("'")
-    how = (
-        f"rabbitmqctl delete_queue {name}"
-        if kind == "queue"
-        else f"rabbitmqadmin delete exchange name={name}"
-    )
-    return TopologyError(
-        f"{kind} '{name}' exists with other properties: {prop}: broker has {have}, "
-        f"config has {want} (change the config to match, or delete the {kind} "
-        f"— {how} — and declare again)"
-    )
-
-
 # -- reading and writing (the TOML itself is logbus._topology_toml's) ---------------------
-
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "exchanges": Exchange,
-    "queues": Queue,
-    "bindings": Binding,
-    "emit": EmitTarget,
-}
 
 
 def load(path: str | os.PathLike[str]) -> Topology:
     """Read a topology TOML file; every problem is a one-line :class:`ConfigError`."""
+    from logbus import _topology_toml
+
     name = os.fspath(path)
     return loads(_topology_toml.read(name), source=name)
 
 
 def loads(text: str, *, source: str = "<string>") -> Topology:
     """Parse and validate topology TOML; ``source`` names it in error messages."""
-    return _topology_toml.loads(Topology, _SECTIONS, text, source)
+    from logbus import _topology_toml
+
+    return _topology_toml.loads(Topology, SECTIONS, text, source)
 
 
 def dumps(topology: Topology) -> str:
     """TOML that :func:`loads` reads back to an equal topology."""
-    return _topology_toml.dumps(topology, _SECTIONS)
+    from logbus import _topology_toml
+
+    return _topology_toml.dumps(topology, SECTIONS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -109,7 +110,7 @@ def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     settings = make_settings(None, config)
     topology = settings.topology()
     if wants_json(as_json):
-        typer.echo(json.dumps(topology.model_dump(mode="json", exclude_none=True)))
+        typer.echo(json.dumps(topology.to_dict()))
         return
     typer.secho(f"topology: {_source(settings.config)}", bold=True)
     from logbus.cli._tables import add_row, print_table, table
@@ -117,12 +118,12 @@ def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     typer.echo("\nexchanges")
     exchanges = table("name", "type", "properties", header=False)
     for e in topology.exchanges:
-        add_row(exchanges, e.name, e.type, _flags(e.model_dump(), e.arguments))
+        add_row(exchanges, e.name, e.type, _flags(asdict(e), e.arguments))
     print_table(exchanges, indent=2)
     typer.echo("\nqueues")
     queues = table("name", "properties", header=False)
     for q in topology.queues:
-        add_row(queues, q.name, _flags(q.model_dump(), q.amqp_arguments()))
+        add_row(queues, q.name, _flags(asdict(q), q.amqp_arguments()))
     print_table(queues, indent=2)
     typer.echo("\nbindings")
     for b in topology.bindings:

@@ -73,7 +73,7 @@ def prefixed(topology: Topology, prefix: str) -> Topology:
     def rename(name: str) -> str:
         return f"{prefix}{name}" if name else name
 
-    data = topology.model_dump()
+    data = topology.to_dict()
     for queue in data["queues"]:
         queue["name"] = rename(queue["name"])
         if queue.get("dead_letter_exchange"):
@@ -91,7 +91,7 @@ def prefixed(topology: Topology, prefix: str) -> Topology:
             target["exchange"] = rename(target["exchange"])
         elif "{" not in target["key"]:
             target["key"] = rename(target["key"])
-    return Topology.model_validate(data)
+    return Topology.from_dict(data)
 
 
 class Capture:

@@ -129,7 +129,7 @@ class Worker:
         batching = batching_of(getattr(self.pool, "sink", sink))
         self._batching: Batching = batching
         self.max_batch, self.max_wait = batching.max_batch, batching.max_wait
-        if prefetch is None and settings is not None and "prefetch" in settings.model_fields_set:
+        if prefetch is None and settings is not None and "prefetch" in settings.given:
             prefetch = settings.prefetch
         self.prefetch = (
             default_prefetch(concurrency, batching.unit) if prefetch is None else prefetch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def deploy(
                 max_length=max_length,
                 overflow="reject-publish",
             )
-            topology = topology.model_copy(update={"queues": (tasks,)})
+            topology = dataclasses.replace(topology, queues=(tasks,))
         config = tmp_path / f"{prefix}toml"
         config.write_text(dumps(topology))
         with connect(amqp_url) as transport:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -333,8 +334,8 @@ def scene(healthy_private_broker: PrivateBroker, tmp_path: Path) -> Iterator[Sce
     """A durable copy of the default topology on the private node, removed after the test."""
     prefix = f"resub-{secrets.token_hex(4)}-"
     plain = demo_topology(prefix)
-    topology = plain.model_copy(
-        update={"exchanges": tuple(e.model_copy(update={"durable": True}) for e in plain.exchanges)}
+    topology = dataclasses.replace(
+        plain, exchanges=tuple(dataclasses.replace(e, durable=True) for e in plain.exchanges)
     )
     config = tmp_path / "logbus.toml"
     config.write_text(dumps(topology))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -152,7 +153,7 @@ def test_snapshot_from_management_json_keeps_properties_counts_rates_and_alarms(
 def _broker_with(topology: Topology) -> dict[str, Any]:
     """What the management API would show right after declaring ``topology``."""
     return {
-        "exchanges": {e.name: ExchangeState(**e.model_dump()) for e in topology.exchanges},
+        "exchanges": {e.name: ExchangeState(**dataclasses.asdict(e)) for e in topology.exchanges},
         "queues": {
             q.name: QueueState(
                 q.name,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from logbus import topology
-from logbus.errors import ConfigError
+from logbus.errors import ConfigError, InvalidTopology
 from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, default, dumps, loads
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_friendly_fields_become_x_arguments() -> None:
 
 def test_friendly_field_and_same_raw_argument_conflict() -> None:
     """Setting max_length and arguments['x-max-length'] together is rejected."""
-    with pytest.raises(ValidationError, match="keep only max_length"):
+    with pytest.raises(InvalidTopology, match="keep only max_length"):
         Queue(name="q", max_length=1, arguments={"x-max-length": 1})
 
 
@@ -136,13 +136,13 @@ def test_friendly_field_and_same_raw_argument_conflict() -> None:
 )
 def test_quorum_queue_must_be_durable_and_not_exclusive_or_auto_delete(flags: Any) -> None:
     """A quorum queue that is transient, exclusive or auto-delete is rejected."""
-    with pytest.raises(ValidationError, match="quorum queue cannot have"):
+    with pytest.raises(InvalidTopology, match="quorum queue cannot have"):
         Queue(name="q", queue_type="quorum", **flags)
 
 
 def test_quorum_rules_apply_to_a_raw_x_queue_type_too() -> None:
     """arguments['x-queue-type'] = 'quorum' gets the same checks as queue_type."""
-    with pytest.raises(ValidationError, match="exclusive"):
+    with pytest.raises(InvalidTopology, match="exclusive"):
         Queue(name="q", exclusive=True, arguments={"x-queue-type": "quorum"})
 
 
@@ -239,7 +239,7 @@ def test_load_names_the_file_in_errors(tmp_path: Path) -> None:
 
 def test_default_exchange_cannot_be_bound() -> None:
     """A binding with source "" is rejected."""
-    with pytest.raises(ValidationError, match="default exchange cannot be bound"):
+    with pytest.raises(InvalidTopology, match="default exchange cannot be bound"):
         Binding(source="", destination="q")
 
 
@@ -256,13 +256,13 @@ def test_default_exchange_cannot_be_bound() -> None:
 def test_references_must_be_declared(section: str, entry: Any) -> None:
     """Bindings and emit targets may only name declared exchanges and queues."""
     base = {"exchanges": (Exchange(name="t", type="topic"),), section: (entry,)}
-    with pytest.raises(ValidationError, match="is not declared"):
+    with pytest.raises(InvalidTopology, match="is not declared"):
         Topology(**base)
 
 
 def test_names_must_be_unique() -> None:
     """Two exchanges with one name are rejected."""
-    with pytest.raises(ValidationError, match="declared twice"):
+    with pytest.raises(InvalidTopology, match="declared twice"):
         Topology(exchanges=(Exchange(name="a", type="topic"), Exchange(name="a", type="direct")))
 
 
@@ -358,3 +358,38 @@ def test_no_emit_targets_names_the_file_and_the_fix() -> None:
     assert "the topology file /etc/t.toml has no [[emit]] table" in said
     assert "--exchange NAME or --queue NAME" in said
     assert "targets=[EmitTarget(...)]" in topology.no_emit_targets(None, api=True)
+
+
+def test_to_dict_and_from_dict_round_trip() -> None:
+    """to_dict() is JSON data (unset fields left out) that from_dict() reads back equal."""
+    for topo in (default(), rich()):
+        data = topo.to_dict()
+        assert Topology.from_dict(json.loads(json.dumps(data))) == topo
+    assert "queue_type" not in default().to_dict()["queues"][0]
+
+
+@pytest.mark.parametrize(
+    ("build", "said"),
+    [
+        (lambda: Exchange(name="x", type="topic", durable="yes"), 'durable = "yes": input should'),
+        (
+            lambda: Queue(name="q", max_length="5"),
+            'max_length = "5": input should be a valid integer',
+        ),
+        (lambda: Queue(name="q", max_length=-1), "greater than or equal to 0"),
+        (lambda: Exchange(name="x", type="topics"), "'fanout', 'direct', 'topic' or 'headers'"),
+        (lambda: Topology(queues=(Exchange(name="x", type="topic"),)), "should be a Queue"),
+    ],
+)
+def test_entities_built_in_code_are_checked_as_files_are(build: Any, said: str) -> None:
+    """A wrong type or value in code is an InvalidTopology (a ConfigError and a ValueError)."""
+    with pytest.raises(InvalidTopology, match=re.escape(said)) as caught:
+        build()
+    assert isinstance(caught.value, ConfigError)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_from_dict_names_the_table_of_a_problem() -> None:
+    """from_dict says which table is wrong, as loads does (without a line)."""
+    with pytest.raises(InvalidTopology, match=r"\[\[queues\]\] #2: unknown key 'colour'"):
+        Topology.from_dict({"queues": [{"name": "a"}, {"name": "b", "colour": 1}]})

@@ -1,0 +1,121 @@
+"""Declaring a topology on a broker, and the broker's refusal said as what to do.
+
+:func:`declare` needs only the four declaring calls of a transport
+(:class:`Declarer`), so that :mod:`logbus.topology`, which re-exports both, never
+imports :mod:`logbus.transports`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from logbus.errors import PreconditionFailed, TopologyError
+
+if TYPE_CHECKING:
+    from logbus.topology import Topology
+
+__all__ = ["Declarer", "declare", "mismatch"]
+
+
+class Declarer(Protocol):
+    """What :func:`declare` needs of a transport (every sync transport has it): the
+    four declaring calls, typed here so that this module never imports transports."""
+
+    def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> None: ...
+
+    def declare_queue(
+        self,
+        name: str = "",
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> object: ...
+
+    def bind_queue(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+    def bind_exchange(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+
+def declare(transport: Declarer, topology: Topology) -> None:
+    """Declare every exchange, queue and binding of ``topology`` on ``transport``.
+
+    Idempotent. An entity that exists with other properties (the broker's
+    PRECONDITION_FAILED) raises :class:`~logbus.errors.TopologyError` naming the
+    entity, the property, both values and the two ways out.
+    """
+    try:
+        for e in topology.exchanges:
+            transport.declare_exchange(
+                e.name,
+                e.type,
+                durable=e.durable,
+                auto_delete=e.auto_delete,
+                internal=e.internal,
+                arguments=e.arguments,
+            )
+        for q in topology.queues:
+            transport.declare_queue(
+                q.name,
+                durable=q.durable,
+                exclusive=q.exclusive,
+                auto_delete=q.auto_delete,
+                arguments=q.amqp_arguments(),
+            )
+    except PreconditionFailed as exc:
+        raise mismatch(exc) from exc
+    for b in topology.bindings:
+        bind = transport.bind_exchange if b.destination_type == "exchange" else transport.bind_queue
+        bind(b.destination, b.source, b.routing_key, b.arguments)
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<prop>[^']+)' for (?P<kind>exchange|queue) '(?P<name>[^']*)'"
+    r".*?received (?:the value )?(?P<want>'[^']*'|none)(?: of type '[^']*')?"
+    r" but current is (?:the value )?(?P<have>'[^']*'|none)"
+)
+
+
+def mismatch(exc: PreconditionFailed) -> TopologyError:
+    """Turn the broker's 'inequivalent arg' refusal into a TopologyError that says what to do."""
+    found = _INEQUIVALENT.search(str(exc))
+    if found is None:
+        return TopologyError(f"the broker refused the topology: {exc}")
+    kind, name, prop = found["kind"], found["name"], found["prop"]
+    want, have = found["want"].strip("'"), found["have"].strip("'")
+    how = (
+        f"rabbitmqctl delete_queue {name}"
+        if kind == "queue"
+        else f"rabbitmqadmin delete exchange name={name}"
+    )
+    return TopologyError(
+        f"{kind} '{name}' exists with other properties: {prop}: broker has {have}, "
+        f"config has {want} (change the config to match, or delete the {kind} "
+        f"— {how} — and declare again)"
+    )
