@@ -94,7 +94,7 @@ class Shipper:
         buffer_size: int = 10_000,
         block_timeout: float = 10.0,
         flush_timeout: float = 5.0,
-        batch_size: int = 1000,
+        batch_size: int = 5000,
         topology: Topology | str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
         sender: Callable[[], Sender] | None = None,
@@ -198,10 +198,13 @@ class Shipper:
         seconds (default ``flush_timeout``); whether it all went."""
         deadline = monotonic() + (self.flush_timeout if timeout is None else timeout)
         with self._lock:
+            sent_before = self._sent
             while self._buffer or self._in_flight:
                 left = deadline - monotonic()
                 if left <= 0 or self._thread is None or not self._thread.is_alive():
-                    self._stalled_at = self._sent
+                    # Nothing at all went out while waiting: the broker is away, and
+                    # close() (which logging.shutdown calls next) need not wait again.
+                    self._stalled_at = self._sent if self._sent == sent_before else None
                     return False
                 self._progress.wait(min(left, 0.5))
             return True
@@ -210,8 +213,8 @@ class Shipper:
         """Send what is buffered within ``timeout`` (default ``flush_timeout``) seconds,
         stop the listener and close the emitter; then log once what was lost. Idempotent.
 
-        If a flush just timed out and nothing was sent since, the broker is away:
-        close does not wait a second time."""
+        If a flush just timed out having sent nothing, and nothing was sent since, the
+        broker is away: close does not wait a second time."""
         with self._lock:
             if self._closing:
                 return
