@@ -28,13 +28,13 @@ from yarl import URL
 
 from logbus._log import Repeats, get_logger
 from logbus._urls import address, parse_url, query, user_and_vhost
-from logbus._urls import split_urls as split_list
 from logbus.errors import AccessRefused, BrokerUnavailable, ConfigError, LogbusError
 from logbus.settings import Settings, redact_url
 from logbus.transports.aio.errors import connect_refusal, reply_text
 from logbus.transports.amqp.errors import tls_refused
 from logbus.transports.amqp.reconnect import ReconnectPolicy
 from logbus.transports.amqp.tls import TLS_REFUSED, client_context, verify_failure
+from logbus.transports.amqp.urls import broker_urls
 
 __all__ = [
     "ChannelSlot",
@@ -50,28 +50,21 @@ log = get_logger("logbus.transports.aio")
 # A broker down for minutes fails every round: a line per window, then a count.
 _repeats = Repeats(log)
 
-_SCHEMES = ("amqp", "amqps")
 # The initial connect makes only a few rounds: their pauses stay short.
 _INITIAL_CAP = 5.0
 
 
 def split_urls(url: str) -> list[str]:
-    """The URLs of a comma-separated failover list; each must be amqp:// or amqps://."""
-    urls = [part.strip() for part in split_list(url) if part.strip()]
+    """The URLs of a comma-separated failover list; each must be amqp:// or amqps://,
+    and readable by yarl, which aio-pika reads it with."""
+    urls = broker_urls(url, "aio-pika")
     for one in urls:
-        scheme = parse_url(one).scheme.lower()
-        if scheme not in _SCHEMES:
-            raise ConfigError(
-                f"the aio-pika transport needs amqp:// or amqps:// URLs, not {redact_url(one)!r}"
-            )
         try:
             URL(one)  # aio-pika reads it with yarl, which may refuse what urllib splits
         except (ValueError, TypeError):  # its words may quote the password: not shown
             raise ConfigError(
                 f"malformed URL {redact_url(one)!r}: aio-pika cannot read it; fix the URL"
             ) from None
-    if not urls:
-        raise ConfigError("no broker URL given (set LOGBUS_URL or pass url=...)")
     return urls
 
 

@@ -89,67 +89,92 @@ async def send_many(
     mandatory: bool,
 ) -> None:
     """Publish with a window of confirms pending; raise if any was not confirmed."""
-    # A batch's publishes do not outlive its connection (a drop fails them), so
-    # each batch starts its window afresh, as the pika transport does per connection.
-    window = PublishWindow(transport.options.publish_window)
-    failures: list[tuple[int, LogbusError]] = []
-    in_flight: set[asyncio.Task[None]] = set()
-    loop = asyncio.get_running_loop()
-    wake: list[tuple[int, asyncio.Future[None]]] = []  # (at most this many left, waiter)
+    pending = _InFlight(transport, underlay, mandatory)
+    window = pending.window
     sent = 0
+    try:
+        for message in messages:
+            if pending.broken():
+                break  # a channel or connection error: stop sending
+            if len(pending.tasks) >= window.limit:  # refill from half: one wait per half window
+                await pending.until_at_most(window.limit // 2)
+            sent += 1
+            pending.start(sent, message)
+    except (asyncio.CancelledError, NotConfirmed):
+        pending.cancel()
+        raise
+    except BaseException:
+        # The iterable failed: the publishes already sent are waited for, so that
+        # their outcome is known, then its error goes on.
+        await pending.until_at_most(0)
+        raise
+    await pending.until_at_most(0)
+    _raise_failures(pending.failures, sent)
 
-    async def one(index: int, message: Message) -> None:
+
+class _InFlight:
+    """The publishes of one :func:`send_many` awaiting their confirms, and their window."""
+
+    def __init__(
+        self, transport: PublishHost, underlay: aiormq.abc.AbstractChannel, mandatory: bool
+    ) -> None:
+        self._transport = transport
+        self._underlay = underlay
+        self._mandatory = mandatory
+        # A batch's publishes do not outlive its connection (a drop fails them), so
+        # each batch starts its window afresh, as the pika transport does per connection.
+        self.window = PublishWindow(transport.options.publish_window)
+        self.failures: list[tuple[int, LogbusError]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._wake: list[tuple[int, asyncio.Future[None]]] = []  # (at most this many left, waiter)
+
+    def broken(self) -> bool:
+        """Whether a publish failed for more than a missing confirm (a channel error)."""
+        return any(not isinstance(e, NotConfirmed) for _, e in self.failures)
+
+    def start(self, index: int, message: Message) -> None:
+        """Publish ``message`` (the ``index``-th of the batch) without waiting."""
+        task = self._loop.create_task(self._one(index, message))
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    async def _one(self, index: int, message: Message) -> None:
         try:
-            await send(transport, underlay, message, mandatory, timed=False)
+            await send(self._transport, self._underlay, message, self._mandatory, timed=False)
         except LogbusError as exc:
-            failures.append((index, exc))
+            self.failures.append((index, exc))
         else:
-            window.confirmed(1, loop.time(), limited=bool(wake))
+            self.window.confirmed(1, self._loop.time(), limited=bool(self._wake))
 
-    def finished(task: asyncio.Task[None]) -> None:
-        in_flight.discard(task)
-        if wake and len(in_flight) <= wake[0][0] and not wake[0][1].done():
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        wake = self._wake
+        if wake and len(self.tasks) <= wake[0][0] and not wake[0][1].done():
             wake[0][1].set_result(None)
 
-    async def until_at_most(limit: int) -> None:
+    async def until_at_most(self, limit: int) -> None:
         """Wait (once, not per message) until at most ``limit`` are unconfirmed."""
-        if len(in_flight) <= limit:
+        if len(self.tasks) <= limit:
             return
-        waiter: asyncio.Future[None] = loop.create_future()
-        wake[:] = [(limit, waiter)]
+        transport = self._transport
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._wake[:] = [(limit, waiter)]
         try:
             await asyncio.wait_for(waiter, transport.options.confirm_timeout)
         except TimeoutError:
             transport._unanswered = True
             raise NotConfirmed(
-                f"{len(in_flight)} message(s) not confirmed by {transport.endpoint} within "
+                f"{len(self.tasks)} message(s) not confirmed by {transport.endpoint} within "
                 f"{transport.options.confirm_timeout:g} s (the broker may be overloaded; retry)",
-                unconfirmed=len(in_flight) + len(failures),
+                unconfirmed=len(self.tasks) + len(self.failures),
             ) from None
         finally:
-            wake.clear()
-
-    try:
-        for message in messages:
-            if failures and any(not isinstance(e, NotConfirmed) for _, e in failures):
-                break  # a channel or connection error: stop sending
-            if len(in_flight) >= window.limit:  # refill from half: one wait per half window
-                await until_at_most(window.limit // 2)
-            sent += 1
-            task = loop.create_task(one(sent, message))
-            in_flight.add(task)
-            task.add_done_callback(finished)
-    except (asyncio.CancelledError, NotConfirmed):
-        for task in in_flight:
-            task.cancel()
-        raise
-    except BaseException:
-        # The iterable failed: the publishes already sent are waited for, so that
-        # their outcome is known, then its error goes on.
-        await until_at_most(0)
-        raise
-    await until_at_most(0)
-    _raise_failures(failures, sent)
+            self._wake.clear()
 
 
 def _raise_failures(failures: list[tuple[int, LogbusError]], total: int) -> None:

@@ -1,6 +1,6 @@
 """The words of AMQP failures: broker replies and failed connects as logbus errors.
 
-Shared by the pika transport (through ``_pika_convert``) and the one-shot
+Shared by the pika transport (through ``pika_convert``) and the one-shot
 publisher of ``logbus emit`` (``_oneshot``), so that both say exactly the same
 thing; nothing here imports pika.
 """

@@ -316,7 +316,7 @@ class AmqpConsumer:
         properties: Properties,
         body: bytes,
     ) -> None:
-        """Queue a delivery of ``channel`` for the user (``_amqp_inbound`` reads most of
+        """Queue a delivery of ``channel`` for the user (``pika_inbound`` reads most of
         them off the wire itself; pika hands over the rest through ``_delivered``)."""
         epoch = self.live_epoch
         settle = self._settle

@@ -17,11 +17,12 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlunsplit
 
 import pika
 
-from logbus._urls import parse_url, redact_url, split_urls
+from logbus._urls import parse_url, redact_url
 from logbus.errors import ConfigError, InputError
 from logbus.message import Message, Properties
 from logbus.transports.amqp.errors import named_exchange, reply_error
 from logbus.transports.amqp.tls import TLS_QUERY, client_context
+from logbus.transports.amqp.urls import broker_urls
 
 __all__ = [
     "Endpoint",
@@ -35,7 +36,6 @@ __all__ = [
     "to_pika",
 ]
 
-_SCHEMES = ("amqp", "amqps")
 _SHORTSTR = 255
 _INT64 = 2**63
 _INT32 = 2**31
@@ -82,9 +82,6 @@ def endpoints(
     false. TLS (``amqps://``) verifies the broker's certificate and host name against
     the system's CAs, or ``cafile`` (an option, or the URL's ``cafile=`` parameter).
     """
-    parts = [part.strip() for part in split_urls(url) if part.strip()]
-    if not parts:
-        raise ConfigError("no broker URL given (set LOGBUS_URL or pass a URL)")
     return [
         _endpoint(
             part,
@@ -95,7 +92,7 @@ def endpoints(
             ssl_context=ssl_context,
             cafile=cafile,
         )
-        for part in parts
+        for part in broker_urls(url, "pika")
     ]
 
 
@@ -111,9 +108,7 @@ def _endpoint(
 ) -> Endpoint:
     shown = redact_url(url)
     split = parse_url(url)
-    scheme = split.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise ConfigError(f"not an amqp:// or amqps:// URL: {shown}")
+    scheme = split.scheme.lower()  # amqp or amqps: broker_urls saw to it
     query = parse_qsl(split.query, keep_blank_values=True)
     tls = {key: value for key, value in query if key in TLS_QUERY}
     rest = [(key, value) for key, value in query if key not in TLS_QUERY]

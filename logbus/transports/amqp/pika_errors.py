@@ -48,7 +48,7 @@ REFUSALS: tuple[type[BaseException], ...] = (
 )
 
 #: The connection or channel went, or is going, under a call: recoverable, the core
-#: reconnects (backoff from ``_reconnect``), declares again and re-sends.
+#: reconnects (backoff from ``reconnect``), declares again and re-sends.
 RECOVERABLE: tuple[type[BaseException], ...] = (
     pika_errors.StreamLostError,
     pika_errors.AMQPHeartbeatTimeout,

@@ -401,11 +401,9 @@ def decode_table(data: bytes, at: int) -> tuple[dict[Any, Any], int]:
 
 
 def decode_properties(data: bytes, at: int) -> Properties:
-    """Basic properties read from ``data`` at ``at`` (a content header's flags), with
-    the values and Python types pika's ``BasicProperties.decode`` gives them; headers
-    absent or empty become ``{}``, as :class:`Properties` has them. ``ValueError``
-    (or ``struct.error``, ``IndexError``) for a header that ends early or uses a second
-    flag word, which AMQP 0-9-1 never needs for basic properties."""
+    """Basic properties from ``data`` at ``at`` (a content header's flags), as pika's
+    ``BasicProperties.decode`` has them (absent headers: ``{}``); ``ValueError`` (or
+    ``struct.error``, ``IndexError``) for a header cut short or with a second flag word."""
     (flags,) = _UINT16.unpack_from(data, at)
     at += 2
     if flags & 1:

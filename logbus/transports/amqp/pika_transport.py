@@ -1,7 +1,7 @@
 """``amqp://`` and ``amqps://`` — RabbitMQ through pika, safe to share between threads.
 
 :class:`AmqpTransport` keeps one connection on an I/O thread of its own (see
-``_amqp_io``): user calls are handed to that thread and wait for the broker's
+``pika_core``): user calls are handed to that thread and wait for the broker's
 answer with a deadline, so heartbeats flow however long the user pauses, and
 any number of threads may publish, consume and settle through one transport.
 
@@ -18,7 +18,7 @@ Options (keywords, winning over ``settings``): ``heartbeat``, ``connect_timeout`
 or ``cafile`` for ``amqps://`` (the URL may say ``?cafile=/path/ca.pem``;
 certificates are verified by default), ``publish_window`` (the most publishes
 in flight, default 5,000; fewer while the broker's pace needs fewer, and after a
-reconnect: see ``_window``) and ``reconnect_max_delay`` (seconds).
+reconnect: see ``window``) and ``reconnect_max_delay`` (seconds).
 """
 
 from __future__ import annotations

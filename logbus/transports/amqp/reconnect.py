@@ -1,7 +1,7 @@
 """The one reconnect policy of logbus's AMQP transports: backoff, jitter, failover order, restore.
 
-Both the pika transport (``_amqp_io.Core``) and the aio-pika transport
-(``_aio_connect``) take their pauses and their order of failover hosts from a
+Both the pika transport (``pika_core.Core``) and the aio-pika transport
+(``aio.connect``) take their pauses and their order of failover hosts from a
 :class:`ReconnectPolicy`, so that a fleet of either kind behaves alike when a
 broker goes away:
 

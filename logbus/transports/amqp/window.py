@@ -1,5 +1,5 @@
 """How many confirmed publishes to keep in flight: :class:`PublishWindow`, one policy for both
-AMQP transports (the pika publisher in ``_amqp_publish``, aio-pika's ``send_many``).
+AMQP transports (the pika publisher in ``pika_publish``, aio-pika's ``send_many``).
 
 Every publish in flight is a duplicate in waiting: when the connection drops
 before its confirm came back, the pika transport sends it again (at least
