@@ -78,3 +78,149 @@ def test_the_worker_never_imports_the_command_line_or_the_services():
 def test_the_worker_subsystem_lives_in_its_package(name):
     """No worker module is left loose at the top of logbus/."""
     assert not (PACKAGE / f"{name}.py").exists()
+
+
+# -- transports/: a folder per engine, arrows one way, no circle --------------------------
+
+TRANSPORTS = PACKAGE / "transports"
+#: The AMQP modules both drivers share; the rest of amqp/ is the pika driver (pika_*.py).
+AMQP_SHARED = ["errors", "reconnect", "tls", "urls", "window"]
+
+
+def module_of(path: Path) -> str:
+    """The dotted module name of a file of logbus/ (a package is its __init__)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def every_import(path: Path) -> set[str]:
+    """Every top-level name of a module a file imports, logbus's own or a library's."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.partition(".")[0])
+    return names
+
+
+def transports_graph() -> dict[str, set[str]]:
+    """Module of transports/ -> the modules of transports/ it imports (parents not implied)."""
+    files = {module_of(path): path for path in TRANSPORTS.glob("**/*.py")}
+    return {
+        module: {name for name in imported_by(path) if name in files and name != module}
+        for module, path in files.items()
+    }
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of ``graph``, each as the path that closes it (empty: none)."""
+    found: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_circles_finds_a_circle_and_only_a_circle():
+    """The circle finder sees a -> b -> a, and nothing in a chain."""
+    assert circles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_module_of_the_transports_imports_itself_back():
+    """No circle between modules of transports/, function-level and TYPE_CHECKING imports too."""
+    assert circles(transports_graph()) == []
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [
+        ("transports/amqp", ["logbus.transports.aio", "logbus.transports.inprocess"]),
+        ("transports/inprocess", ["logbus.transports.amqp", "logbus.transports.aio"]),
+        ("transports/aio", ["logbus.transports.inprocess"]),
+    ],
+)
+def test_the_transport_folders_import_one_way(folder, forbidden):
+    """aio/ -> amqp/ (its shared modules) is the one arrow between the engines' folders."""
+    assert [hit for target in forbidden for hit in reaching(folder, target)] == []
+
+
+def test_the_aio_driver_uses_only_what_amqp_shares():
+    """aio/ imports amqp/'s shared modules, never the pika driver (amqp/pika_*.py)."""
+    assert [
+        f"{file}: {name}"
+        for file, names in imports_of("transports/aio").items()
+        for name in sorted(names)
+        if name.startswith("logbus.transports.amqp.pika")
+    ] == []
+
+
+@pytest.mark.parametrize("name", AMQP_SHARED)
+def test_what_the_amqp_drivers_share_imports_no_driver(name):
+    """A shared AMQP module imports neither client library nor a driver module of logbus."""
+    path = TRANSPORTS / "amqp" / f"{name}.py"
+    drivers = {"pika", "aio_pika", "aiormq", "pamqp"}
+    assert every_import(path) & drivers == set()
+    logbus_drivers = ("logbus.transports.amqp.pika", "logbus.transports.aio")
+    assert {n for n in imported_by(path) if n.startswith(logbus_drivers)} == set()
+
+
+@pytest.mark.parametrize("path", [TRANSPORTS / "__init__.py", TRANSPORTS / "base.py"])
+def test_the_scheme_map_and_the_protocols_import_no_transport(path):
+    """transports/__init__ names its transports as strings, loaded on first use; base.py is
+    what they all implement: neither imports a transport's folder."""
+    folders = ("logbus.transports.amqp", "logbus.transports.aio", "logbus.transports.inprocess")
+    assert {name for name in imported_by(path) if name.startswith(folders)} == set()
+
+
+def test_the_transports_live_in_their_folders():
+    """At the top of transports/ only the scheme map and the Protocols: each engine has a folder."""
+    assert sorted(path.name for path in TRANSPORTS.glob("*.py")) == ["__init__.py", "base.py"]
+
+
+def test_every_transport_in_the_scheme_map_is_in_a_folder():
+    """Each URL scheme's "module:Class" names a module of amqp/ or inprocess/ that exists."""
+    from logbus.transports import TRANSPORTS as SCHEMES
+
+    for target in SCHEMES.values():
+        module = target.partition(":")[0]
+        parts = module.split(".")
+        assert parts[2] in ("amqp", "inprocess"), target
+        assert (PACKAGE.parent / Path(*parts)).with_suffix(".py").exists(), target
+
+
+# -- sizes -----------------------------------------------------------------------------------
+
+
+def test_no_module_of_the_package_is_over_500_lines():
+    """One concept per module: a module past 500 lines is split by responsibility."""
+    sizes = {
+        str(path.relative_to(PACKAGE)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in PACKAGE.glob("**/*.py")
+    }
+    assert {name: size for name, size in sizes.items() if size > 500} == {}
+
+
+@pytest.mark.parametrize("folder", ["transports", "worker"])
+def test_no_function_of_the_transports_or_the_worker_is_over_60_lines(folder):
+    """Functions a reader can hold in view: none over 60 lines in transports/ or worker/."""
+    long = []
+    for path in sorted((PACKAGE / folder).glob("**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > 60:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({size})")
+    assert long == []
