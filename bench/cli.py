@@ -199,7 +199,7 @@ import os
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")  # as the logbus command sets it
 from logbus.cli import build_app
 build_app()
-import logbus.emitter, logbus.settings, logbus.topology, logbus.transports.amqp
+import logbus.emitter, logbus.settings, logbus.topology, logbus.transports.amqp.pika_transport
 """
 
 TUTORIAL_WORKER = """
