@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -64,7 +63,7 @@ JsonOption = Annotated[
 
 def make_settings(url: str | None = None, config: Path | None = None, **more: Any) -> Settings:
     """Settings from the environment, overridden by the options that were given."""
-    from logbus.settings import load_settings  # pydantic: only when needed
+    from logbus.settings import load_settings  # with the topology: only when needed
 
     overrides: dict[str, Any] = {k: v for k, v in more.items() if v is not None}
     if url is not None:
@@ -183,6 +182,8 @@ def run_guarded(app: typer.Typer, argv: list[str] | None = None, *, prog: str = 
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except LogbusError as exc:
         if debug:
+            import traceback  # only with --debug: not on every command's start-up
+
             traceback.print_exc()
         typer.echo(f"{prog}: error: {_safe(str(exc))}", err=True)
         return exc.exit_code
@@ -206,6 +207,6 @@ def _usage_error(exc: TyperException, prog: str) -> int:
 
 def _safe(text: str) -> str:
     """Redact any URL password that found its way into a message."""
-    from logbus.settings import redact_url
+    from logbus._urls import redact_url
 
     return " ".join(redact_url(word) if "://" in word else word for word in text.split(" "))
