@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["read_sd"]
 
-_SD_ID = re.compile(r'\[([^\s=\]"\[]{1,128})')
+_SD_ID = re.compile(r'\[([^\s=\]"]{1,128})')
 _PARAM = re.compile(r' +([^\s=\]"]{1,128})="((?:[^"\\]|\\.)*)"', re.DOTALL)
 _CLOSE = re.compile(r" *\]")
 _ESCAPE = re.compile(r'\\(["\\\]])')

@@ -70,6 +70,8 @@ _BSD_TS = re.compile(
 )
 _CISCO = re.compile(r"([0-9]{1,10}): |[*.](?=[A-Z][a-z][a-z] )")
 _TAG = re.compile(r"([^\s\[\]:]{1,128})(?:\[([^\]\s]{0,128})\]:?|:)(?: |$)")
+# After a hostname a tag needs no colon: rsyslog forwards RFC 5424 input as "host app msg".
+_BARE_TAG = re.compile(r"([^\s\[\]:]{1,48}) (?=[\s\S])")
 _WORD = re.compile(r"(\S+)(?: |$)")
 _PID = re.compile(r"[0-9]{1,10}")
 
@@ -241,10 +243,10 @@ def _rfc3164(
         if word is not None:
             host = word[1]
             after = after[word.end() :]
-            tag = _TAG.match(after)
+            tag = _TAG.match(after) or _BARE_TAG.match(after)
     if tag is not None:
         app = tag[1]
-        if tag[2] is not None:
+        if tag.lastindex == 2 and tag[2] is not None:
             fields["procid"] = tag[2]
             pid = _pid(tag[2])
         after = after[tag.end() :]
