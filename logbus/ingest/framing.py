@@ -115,7 +115,7 @@ class Framer:
                 self.skipped += 1
         elif self._state == _START and rest:
             self.framing_errors += 1
-            out.append(rest)
+            self._emit_line(rest, out)
         elif self._state == _LINE and not self._discarding:
             self._emit_line(rest, out)
         self._buf.clear()
