@@ -33,7 +33,7 @@ import random
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -54,6 +54,7 @@ log = logging.getLogger("logbus.integrations")
 
 _FIRST_PAUSE = 0.1  # seconds before the first retry of a batch; doubles up to _MAX_PAUSE
 _MAX_PAUSE = 5.0
+_LEAVE = 0.25  # seconds an abandoned listener is given to stop touching records
 
 
 class Event(NamedTuple):
@@ -237,6 +238,11 @@ class Shipper:
             self._buffer.clear()
             self._in_flight = 0
             self._abandoned = True
+        if thread is not None and thread.is_alive():
+            # A moment to see that flag: a daemon thread still building or encoding records
+            # (pydantic's Rust code calling back into Python) when the interpreter
+            # finalises aborts the process; one that waits on the network exits quietly.
+            thread.join(_LEAVE)
         if thread is None or not thread.is_alive():
             self._close_sender()
         if self._dropped or self._failed:
@@ -259,7 +265,7 @@ class Shipper:
     def _run(self) -> None:
         pause = _FIRST_PAUSE
         records: list[LogRecord] = []
-        while True:
+        while not self._abandoned:
             if not records:
                 taken = self._take()
                 if taken is None:
@@ -290,6 +296,8 @@ class Shipper:
     def _records(self, events: list[Event]) -> list[LogRecord]:
         records = []
         for event in events:
+            if self._abandoned:
+                return []
             try:
                 records.append(self._record(event))
             except LogbusError:
@@ -310,7 +318,7 @@ class Shipper:
         """Publish a batch; whether it is settled (sent, or the rest can never go)."""
         try:
             sender = self._sender or self._open_sender()
-            sender.emit_many(records)
+            sender.emit_many(self._unless_abandoned(records))
         except InputError:
             self._send_one_by_one(records)  # one record the broker cannot take
             return True
@@ -320,6 +328,13 @@ class Shipper:
             return False
         self._settle(len(records))
         return True
+
+    def _unless_abandoned(self, records: list[LogRecord]) -> Iterator[LogRecord]:
+        """The batch, cut short once close() gave up on it (see close)."""
+        for record in records:
+            if self._abandoned:
+                return
+            yield record
 
     def _send_one_by_one(self, records: list[LogRecord]) -> None:
         for record in records:
