@@ -227,8 +227,25 @@ _SLOTS = tuple(getattr(LogRecord, name).__set__ for name in FIELDS)
 assert tuple(f.name for f in dataclasses.fields(LogRecord)) == FIELDS
 _STRING: Callable[[str], str] = json.encoder.encode_basestring
 _STRING_ASCII: Callable[[str], str] = json.encoder.encode_basestring_ascii
-_FIELDS_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_FIELDS_ASCII = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def _fields_writer(quote: Callable[[str], str]) -> Callable[[Any], str]:
+    """Compact JSON of a record's fields through json's C encoder, built once: they are
+    checked JSON data (no NaN, no cycles, nothing for ``default``), so neither a
+    per-call encoder nor its circular-reference bookkeeping is needed."""
+
+    def refuse(value: object) -> None:
+        raise TypeError(f"not JSON data: {type(value).__name__}")  # _jsonable let none in
+
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:  # a Python without json's C speed-ups
+        return json.JSONEncoder(ensure_ascii=quote is _STRING_ASCII, separators=(",", ":")).encode
+    encode = make(None, refuse, quote, None, ":", ",", False, False, False)
+    return lambda fields: "".join(encode(fields, 0))
+
+
+_FIELDS_JSON = _fields_writer(_STRING)
+_FIELDS_ASCII = _fields_writer(_STRING_ASCII)
 
 
 def _fill(record: LogRecord, *values: Any) -> None:
