@@ -21,7 +21,10 @@ What lands where (the keywords of :class:`~logbus.record.LogRecord`):
   an RFC 3164 time with no year gets the current year, unless that puts it more
   than a day in the future, when it is last year's.
 - ``host`` from HOSTNAME, else the caller's ``host``, else the peer's address.
-- ``app`` and ``pid`` from APP-NAME/PROCID or the ``tag[pid]:`` of RFC 3164.
+- ``app`` and ``pid`` from APP-NAME/PROCID or the ``tag[pid]:`` of RFC 3164. A
+  word after a hostname is the tag even without a colon, as rsyslog reads it and
+  forwards RFC 5424 input (``host app msg``); a first word ending in ``:`` or
+  ``[pid]`` is a tag with no hostname before it (local senders, journald).
 - ``fields``: ``peer`` (the sender's address), ``msgid``, ``procid`` (as
   written), ``sd`` (structured data: ``{"id@n": {"name": "value"}}``, a repeated
   name gives a list), and ``syslog``: ``format`` (``rfc5424``, ``rfc3164``,

@@ -149,6 +149,38 @@ def test_lines_made_of_syslog_pieces_always_give_a_record(pieces):
     check_builds(parse(data, "[::1]:514", received=RECEIVED))
 
 
+# Each part of a header, valid or broken, so the fuzzer reaches every branch behind a good PRI.
+_SYSLOG_LINES = st.tuples(
+    st.sampled_from(["<13>", "<191>", "<0>", "<192>", "<1", "", "<013>"]),
+    st.sampled_from(["1 ", "12 ", "123: ", "", "*", "."]),
+    st.sampled_from(
+        [
+            "2026-12-07T00:00:00Z", "2026-12-07T00:00:00.5+14:00", "9999-12-31T23:59:59-23:59",
+            "0001-01-01T00:00:00+01:00", "2026-02-30T00:00:00", "2026-12-07 00:00:00,1z", "-",
+            "Dec  7 00:00:00", "Feb 29 23:59:60.999", "Jan 31 2026 00:00:00", "Dec 7 00:00:00:", "",
+        ]
+    ),
+    st.sampled_from([" host", " -", "", " app:", "  ", " [::1]"]),
+    st.sampled_from([" app", " app[12]:", " app[x]", " -", " tag:", "", " postfix/smtpd[1]"]),
+    st.sampled_from([" 123", " -", " worker-7", "", " 99999999999"]),
+    st.sampled_from([" ID47", " -", ""]),
+    st.sampled_from(
+        [
+            " -", ' [id a="1"]', ' [id a="\\"\\]\\\\" b="x\\y"]', ' [id a="1" a="2"][id b="3"]',
+            " [id a=1]", " [x", " [a@1]", " [", ' [a b="c"] ', "",
+        ]
+    ),
+    st.sampled_from([" msg", " \ufeffmsg", "", " \udcff", "\n", "\x00", " [not sd]", "\r\n"]),
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_SYSLOG_LINES)
+def test_syslog_headers_valid_or_broken_always_give_a_record(line):
+    """Headers assembled from valid and broken parts never break parse."""
+    check_builds(parse(line.encode("utf-8", "surrogateescape"), "10.0.0.1:9", received=RECEIVED))
+
+
 _SD_NAME = st.text(
     st.characters(min_codepoint=33, max_codepoint=126, exclude_characters='=]" '),
     min_size=1,
