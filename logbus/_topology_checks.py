@@ -28,6 +28,7 @@ __all__ = [
     "frozen_dict",
     "name",
     "one_of",
+    "optional_label",
     "optional_string",
     "template",
     "text",
@@ -109,6 +110,17 @@ def text(key: str, value: object) -> None:
 def optional_string(key: str, value: object) -> None:
     if value is not None:
         text(key, value)
+
+
+def optional_label(key: str, value: object) -> None:
+    """An emit target's name: absent, or a word to type after ``--target``."""
+    if value is None:
+        return
+    text(key, value)
+    assert isinstance(value, str)
+    if not value.strip() or "," in value:
+        what = f"{key} = {toml_value(value)} is not a usable name"
+        raise InvalidTopology(what, 'give a short word without commas, like "audit"', (key,))
 
 
 def flag(key: str, value: object) -> None:

@@ -16,7 +16,7 @@ from logbus.errors import PreconditionFailed, TopologyError
 if TYPE_CHECKING:
     from logbus.topology import Topology
 
-__all__ = ["Declarer", "declare", "mismatch"]
+__all__ = ["Declarer", "declare", "delete_command", "mismatch"]
 
 
 class Declarer(Protocol):
@@ -89,7 +89,7 @@ def declare(transport: Declarer, topology: Topology) -> None:
                 arguments=q.amqp_arguments(),
             )
     except PreconditionFailed as exc:
-        raise mismatch(exc) from exc
+        raise mismatch(exc, getattr(transport, "url", None)) from exc
     for b in topology.bindings:
         bind = transport.bind_exchange if b.destination_type == "exchange" else transport.bind_queue
         bind(b.destination, b.source, b.routing_key, b.arguments)
@@ -102,20 +102,39 @@ _INEQUIVALENT = re.compile(
 )
 
 
-def mismatch(exc: PreconditionFailed) -> TopologyError:
-    """Turn the broker's 'inequivalent arg' refusal into a TopologyError that says what to do."""
+def mismatch(exc: PreconditionFailed, url: str | None = None) -> TopologyError:
+    """Turn the broker's 'inequivalent arg' refusal into a TopologyError that says what to do.
+
+    ``url`` is the broker's (the transport's): the command the hint suggests names its
+    vhost when that is not ``/``, since without ``-p`` it would act on ``/`` — possibly
+    on another deployment's queue of the same name. The URL itself is never shown.
+    """
     found = _INEQUIVALENT.search(str(exc))
     if found is None:
         return TopologyError(f"the broker refused the topology: {exc}")
     kind, name, prop = found["kind"], found["name"], found["prop"]
     want, have = found["want"].strip("'"), found["have"].strip("'")
-    how = (
-        f"rabbitmqctl delete_queue {name}"
-        if kind == "queue"
-        else f"rabbitmqadmin delete exchange name={name}"
-    )
+    how = delete_command(kind, name, "/" if url is None else _vhost(url))
     return TopologyError(
         f"{kind} '{name}' exists with other properties: {prop}: broker has {have}, "
         f"config has {want} (change the config to match, or delete the {kind} "
         f"— {how} — and declare again)"
     )
+
+
+def delete_command(kind: str, name: str, vhost: str = "/") -> str:
+    """The command that deletes exchange or queue ``name`` of ``vhost``, quoted for a shell."""
+    import shlex
+
+    where = "" if vhost == "/" else f"-p {shlex.quote(vhost)} "
+    if kind == "queue":
+        return f"rabbitmqctl {where}delete_queue {shlex.quote(name)}"
+    vhost_flag = "" if vhost == "/" else f"--vhost={shlex.quote(vhost)} "
+    return f"rabbitmqadmin {vhost_flag}delete exchange name={shlex.quote(name)}"
+
+
+def _vhost(url: str) -> str:
+    """The vhost of ``url`` (imported here: only a refusal needs it)."""
+    from logbus.management import vhost_of
+
+    return vhost_of(url)

@@ -5,8 +5,11 @@
 ...     emitter.emit("kern.critical", "disk /dev/sda1 failed", host="web1")
 
 ``emit`` returns once the transport confirmed every target took the record;
-an unroutable or refused record raises instead of vanishing. ``emit_many``
-pipelines a batch's confirms. :class:`AsyncEmitter` is the async twin, on the
+an unroutable or refused record raises instead of vanishing, unless its target
+says ``mandatory = false``. With several targets each is published and confirmed
+on its own, so that :class:`PartlyRouted` can say which took the record and which
+did not; ``Emitter(targets=pick_targets(...))`` sends again to those only.
+``emit_many`` pipelines a batch's confirms. :class:`AsyncEmitter` is the async twin, on the
 aio-pika transport (``async with AsyncEmitter(url) as emitter: await emitter.emit(...)``).
 
 :class:`LineBatch` turns lines of text or JSON (a file, stdin) into records, a
@@ -23,19 +26,33 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
-from logbus.errors import ConfigError, InputError, RecordError, TransportError
+from logbus._targets import (
+    PartlyRouted,
+    check_routed,
+    chunks,
+    encode,
+    message_for,
+    pick_targets,
+)
+from logbus.errors import ConfigError, InputError, NotConfirmed, RecordError, TransportError
 from logbus.message import Message
 from logbus.record import FIELDS, LogRecord, parse_routing_key
 from logbus.settings import Settings
 from logbus.topology import EmitTarget, Topology, declare, no_emit_targets, reachable
 from logbus.transports import Transport, connect
-from logbus.transports.amqp.errors import RABBITMQ_MAX_MESSAGE_SIZE, record_too_large
 from logbus.transports.base import AsyncTransport
 
-__all__ = ["AsyncEmitter", "Emitter", "LineBatch", "declare_async", "reachable"]
+__all__ = [
+    "AsyncEmitter",
+    "Emitter",
+    "LineBatch",
+    "PartlyRouted",
+    "declare_async",
+    "pick_targets",
+    "reachable",
+]
 
 _KNOWN_FIELDS = frozenset(FIELDS)
-_MAX_MESSAGE_SIZE = RABBITMQ_MAX_MESSAGE_SIZE  # a module global, so that tests can lower it
 _RECORD_FIELDS = _KNOWN_FIELDS - {"facility", "severity", "message"}
 
 
@@ -98,14 +115,9 @@ class Emitter:
         A record no RabbitMQ would take raises :class:`~logbus.errors.RecordTooLarge`
         before anything is sent (a smaller configured limit is learnt from the broker).
         """
-        body = record.to_bytes()
-        if len(body) > _MAX_MESSAGE_SIZE:
-            raise record_too_large(len(body), _MAX_MESSAGE_SIZE)
-        properties = record.to_properties()
-        severity = str(record.severity)
+        encoded = encode(record)
         for target in self.targets:
-            key = target.render(record.facility, severity, record.host, record.app)
-            yield Message(body, properties, target.exchange, key)
+            yield message_for(encoded, target)
 
     def emit(self, key: str, message: str, **record_fields: Any) -> LogRecord:
         """Publish one record and wait for the confirm; returns the record sent."""
@@ -114,26 +126,47 @@ class Emitter:
         return record
 
     def emit_record(self, record: LogRecord) -> None:
-        """Publish an already built record and wait for the confirm."""
-        self.transport.publish_many(self.messages(record))
+        """Publish an already built record and wait for the confirm.
+
+        Raises :class:`PartlyRouted` when some of several targets did not take it.
+        """
+        self.emit_many((record,))
 
     def emit_many(self, records: Iterable[LogRecord | tuple[str, str]]) -> int:
         """Publish a batch with pipelined confirms; returns how many records were sent.
 
         Raises :class:`~logbus.errors.NotConfirmed` (with ``unconfirmed``) when
-        any of them was not confirmed.
+        any of them was not confirmed; with several targets, :class:`PartlyRouted`,
+        which names the targets that took the batch (chunks of 5,000 records; the
+        ones before it went everywhere).
         """
-        count = 0
+        built = (item if isinstance(item, LogRecord) else self.record(*item) for item in records)
+        transport = self.transport
+        if len(self.targets) == 1:  # one stream of publishes: confirms pipelined throughout
+            [target] = self.targets
+            count = 0
 
-        def batch() -> Iterator[Message]:
-            nonlocal count
-            for item in records:
-                record = item if isinstance(item, LogRecord) else self.record(*item)
-                count += 1
-                yield from self.messages(record)
+            def batch() -> Iterator[Message]:
+                nonlocal count
+                for record in built:
+                    count += 1
+                    yield message_for(encode(record), target)
 
-        self.transport.publish_many(batch())
-        return count
+            transport.publish_many(batch(), mandatory=target.mandatory)
+            return count
+        sent = 0
+        for chunk in chunks(built):
+            errors: dict[EmitTarget, NotConfirmed] = {}
+            for target in self.targets:
+                try:
+                    transport.publish_many(
+                        (message_for(e, target) for e in chunk), mandatory=target.mandatory
+                    )
+                except NotConfirmed as exc:
+                    errors[target] = exc
+            check_routed(self.targets, errors, len(chunk), sent)
+            sent += len(chunk)
+        return sent
 
     def close(self) -> None:
         """Close the transport if this emitter opened it."""
@@ -192,6 +225,7 @@ class AsyncEmitter:
         topology: Topology | None = None,
         transport: AsyncTransport | None = None,
         declare_topology: bool = True,
+        targets: Sequence[EmitTarget] | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.url = url or (transport.url if transport else self.settings.url)
@@ -205,7 +239,9 @@ class AsyncEmitter:
         self._lock = asyncio.Lock()
         # Records and their messages are built exactly as the sync Emitter builds them;
         # this one never connects (no transport is ever asked of it).
-        self._builder = Emitter(self.url, settings=self.settings, topology=self.topology)
+        self._builder = Emitter(
+            self.url, settings=self.settings, topology=self.topology, targets=targets
+        )
 
     async def connect(self) -> AsyncTransport:
         """The connected transport (connecting and declaring the topology on first use)."""
@@ -240,29 +276,53 @@ class AsyncEmitter:
         await self.emit_record(record)
         return record
 
+    @property
+    def targets(self) -> tuple[EmitTarget, ...]:
+        """Where each record is published: one message per target."""
+        return self._builder.targets
+
     async def emit_record(self, record: LogRecord) -> None:
-        """Publish an already built record and wait for the confirm."""
-        transport = await self.connect()
-        await transport.publish_many(self.messages(record))
+        """Publish an already built record and wait for the confirm.
+
+        Raises :class:`PartlyRouted` when some of several targets did not take it.
+        """
+        await self.emit_many((record,))
 
     async def emit_many(self, records: Iterable[LogRecord | tuple[str, str]]) -> int:
         """Publish a batch with pipelined confirms; returns how many records were sent.
 
         Raises :class:`~logbus.errors.NotConfirmed` (with ``unconfirmed``) when
-        any of them was not confirmed.
+        any of them was not confirmed; with several targets, :class:`PartlyRouted`
+        as :meth:`Emitter.emit_many` does. The targets of a chunk are published
+        at the same time, each with its own confirms.
         """
+        import asyncio
+
         transport = await self.connect()
-        count = 0
-
-        def batch() -> Iterator[Message]:
-            nonlocal count
-            for item in records:
-                record = item if isinstance(item, LogRecord) else self.record(*item)
-                count += 1
-                yield from self.messages(record)
-
-        await transport.publish_many(batch())
-        return count
+        built = (item if isinstance(item, LogRecord) else self.record(*item) for item in records)
+        targets = self.targets
+        sent = 0
+        for chunk in chunks(built):
+            outcomes = await asyncio.gather(
+                *(
+                    transport.publish_many(
+                        [message_for(e, t) for e in chunk], mandatory=t.mandatory
+                    )
+                    for t in targets
+                ),
+                return_exceptions=True,
+            )
+            errors: dict[EmitTarget, NotConfirmed] = {}
+            for target, outcome in zip(targets, outcomes, strict=True):
+                if isinstance(outcome, NotConfirmed):
+                    errors[target] = outcome
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+            if len(targets) == 1 and errors:
+                raise errors[targets[0]]
+            check_routed(targets, errors, len(chunk), sent)
+            sent += len(chunk)
+        return sent
 
     async def aclose(self) -> None:
         """Close the transport if this emitter opened it."""

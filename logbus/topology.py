@@ -19,6 +19,8 @@ The TOML format (``config/logbus.toml``) is four arrays of tables::
     overflow = "reject-publish"     # overflow, message_ttl (ms), dead_letter_exchange,
                                     # dead_letter_routing_key
     arguments = { "x-max-priority" = 10 }   # raw x-arguments, passed through
+    bounds = "arguments"            # or "policy": bounds, dead-lettering and TTLs go into
+                                    # a RabbitMQ policy (logbus topology apply), not x-arguments
 
     [[bindings]]
     source = "logbus.topic"         # a declared exchange
@@ -29,6 +31,9 @@ The TOML format (``config/logbus.toml``) is four arrays of tables::
     [[emit]]
     exchange = "logbus.topic"       # "" is the default exchange: key is then a queue name
     key = "{facility}.{severity}"   # placeholders: {facility} {severity} {host} {app}
+    mandatory = true                # false: a record no queue takes here is fine
+    name = "all"                    # what `logbus emit --target` and errors call it
+                                    # (default: the exchange, or the default exchange's key)
 
 Every problem in a file is a one-line :class:`~logbus.errors.ConfigError`,
 ``<source>:<line>: <what is wrong> (<what to do>)``; a topology built in code that
@@ -44,21 +49,34 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 from logbus import _topology_checks as checks
 from logbus._topology_checks import PLACEHOLDERS, toml_value
 from logbus._topology_declare import Declarer, declare, mismatch
+from logbus._topology_policies import (
+    POLICY_ARGUMENTS,
+    POLICY_PREFIX,
+    POLICY_PRIORITY,
+    Policy,
+    policies,
+    with_policies,
+)
+from logbus._topology_reach import reachable
 from logbus.errors import ConfigError, InvalidTopology
 
 __all__ = [
     "FRIENDLY_ARGUMENTS",
     "PLACEHOLDERS",
+    "POLICY_ARGUMENTS",
+    "POLICY_PREFIX",
+    "POLICY_PRIORITY",
     "Binding",
     "Declarer",
     "EmitTarget",
     "Exchange",
+    "Policy",
     "Queue",
     "Topology",
     "declare",
@@ -68,8 +86,10 @@ __all__ = [
     "loads",
     "mismatch",
     "no_emit_targets",
+    "policies",
     "reachable",
     "toml_value",
+    "with_policies",
 ]
 
 
@@ -84,7 +104,8 @@ FRIENDLY_ARGUMENTS = {
 }
 
 ExchangeType = Literal["fanout", "direct", "topic", "headers"]
-QueueType = Literal["classic", "quorum"]
+QueueType = Literal["classic", "quorum", "stream"]
+Bounds = Literal["arguments", "policy"]
 Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
 DestinationType = Literal["queue", "exchange"]
 
@@ -119,7 +140,13 @@ Exchange.RULES = {
 
 @dataclass(frozen=True, slots=True)
 class Queue:
-    """A queue to declare; the optional friendly fields are its common x-arguments."""
+    """A queue to declare; the optional friendly fields are its common x-arguments.
+
+    ``bounds = "policy"`` moves the bounds, dead-lettering and TTLs
+    (:data:`POLICY_ARGUMENTS`) out of the declare, into a RabbitMQ policy that
+    ``logbus topology apply`` puts on the broker: other clients can then declare
+    the queue with plain flags and no PRECONDITION_FAILED.
+    """
 
     name: str
     durable: bool = True
@@ -132,6 +159,7 @@ class Queue:
     message_ttl: int | None = None
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
+    bounds: Bounds = "arguments"
 
     RULES: ClassVar[Mapping[str, Any]]
 
@@ -140,11 +168,20 @@ class Queue:
         checks.frozen_dict(self, "arguments")
         self._consistent()
 
-    def amqp_arguments(self) -> dict[str, Any]:
-        """The x-arguments to declare with: ``arguments`` plus the friendly fields that are set."""
+    def all_arguments(self) -> dict[str, Any]:
+        """Every x-argument the queue has, declared or by policy: ``arguments`` plus the
+        friendly fields that are set."""
         args = dict(self.arguments)
         friendly = FRIENDLY_ARGUMENTS.items()
         args.update((k, v) for f, k in friendly if (v := getattr(self, f)) is not None)
+        return args
+
+    def amqp_arguments(self) -> dict[str, Any]:
+        """The x-arguments to declare with: :meth:`all_arguments`, less those a policy
+        carries when ``bounds = "policy"``."""
+        args = self.all_arguments()
+        if self.bounds == "policy":
+            return {k: v for k, v in args.items() if k not in POLICY_ARGUMENTS}
         return args
 
     def _consistent(self) -> None:
@@ -152,15 +189,16 @@ class Queue:
             if getattr(self, field_name) is not None and key in self.arguments:
                 what = f"{field_name} and arguments[{key!r}] are both set"
                 raise InvalidTopology(what, f"keep only {field_name}", (field_name,))
-        args = self.amqp_arguments()
+        args = self.all_arguments()
         for key in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
             if key in args and not isinstance(args[key], str):
                 what = f"arguments[{key!r}] = {args[key]!r} is not a name"
                 raise InvalidTopology(what, "write a quoted string", ("arguments",))
-        if args.get("x-queue-type") == "quorum":
+        kind = args.get("x-queue-type")
+        if kind in ("quorum", "stream"):
             for flag, wanted in (("durable", True), ("exclusive", False), ("auto_delete", False)):
                 if getattr(self, flag) is not wanted:
-                    what = f"a quorum queue cannot have {flag} = {toml_value(not wanted)}"
+                    what = f"a {kind} queue cannot have {flag} = {toml_value(not wanted)}"
                     hint = f'set {flag} = {toml_value(wanted)}, or queue_type = "classic"'
                     raise InvalidTopology(what, hint, (flag,))
             if args.get("x-overflow") == "reject-publish-dlx":
@@ -184,6 +222,7 @@ Queue.RULES = {
     "message_ttl": checks.count,
     "dead_letter_exchange": checks.optional_string,
     "dead_letter_routing_key": checks.optional_string,
+    "bounds": checks.one_of(Bounds),
 }
 
 
@@ -218,22 +257,39 @@ class EmitTarget:
     """Where an emitter publishes each record: an exchange and a routing-key template.
 
     ``exchange = ""`` is the default exchange, whose routing key is a queue name.
+    ``mandatory`` (the default) makes a record that no queue takes here an error
+    (exit 75); ``false`` suits an exchange whose consumers may all be away, as
+    the RabbitMQ tutorials' publishers treat theirs. ``name`` is what errors and
+    ``logbus emit --target`` call the target (:attr:`label`).
     """
 
     exchange: str
     key: str = "{facility}.{severity}"
+    mandatory: bool = True
+    name: str | None = None
 
     RULES: ClassVar[Mapping[str, Any]]
 
     def __post_init__(self) -> None:
         checks.check_fields(self, EmitTarget.RULES)
 
+    @property
+    def label(self) -> str:
+        """What to call the target: its ``name``, else its exchange, else (the default
+        exchange) its key, the queue name."""
+        return self.name or self.exchange or self.key
+
     def render(self, facility: str, severity: str, host: str, app: str) -> str:
         """The routing key for one record."""
         return self.key.format(facility=facility, severity=severity, host=host, app=app)
 
 
-EmitTarget.RULES = {"exchange": checks.text, "key": checks.template}
+EmitTarget.RULES = {
+    "exchange": checks.text,
+    "key": checks.template,
+    "mandatory": checks.flag,
+    "name": checks.optional_label,
+}
 
 
 def _undeclared(
@@ -288,10 +344,16 @@ class Topology:
         _once([q.name for q in self.queues], "queues", "name")
         _once(self.bindings, "bindings")
         _once(self.emit, "emit")
+        labels = [t.label for t in self.emit]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                what = f"two emit targets are both called {label!r}"
+                hint = 'give each its own name = "...", which logbus emit --target takes'
+                raise InvalidTopology(what, hint, ("emit", i, "name"))
         exchanges = {e.name: e for e in self.exchanges}
         queues = {q.name for q in self.queues}
         for i, q in enumerate(self.queues):
-            dlx = q.amqp_arguments().get("x-dead-letter-exchange")
+            dlx = q.all_arguments().get("x-dead-letter-exchange")
             if dlx and dlx not in exchanges:  # "" is the default exchange: fine
                 field_name = (
                     "arguments" if q.dead_letter_exchange is None else "dead_letter_exchange"
@@ -389,68 +451,6 @@ def no_emit_targets(config: object | None, *, api: bool = False) -> str:
         f"{where} has no [[emit]] table, so records would be published nowhere; add one "
         f'([[emit]] with exchange = "logbus.topic"), or pass {instead}'
     )
-
-
-def reachable(
-    topology: Topology, exchanges: Iterable[str] = (), queues: Iterable[str] = ()
-) -> Topology:
-    """The part of ``topology`` that publishes to ``exchanges`` (or ``queues``) can reach.
-
-    That is the entities a record may be routed to — through exchange-to-exchange
-    bindings, queue bindings and dead-letter exchanges — and the bindings between
-    them: what must exist before publishing so that no record is lost, and no
-    more. Names the topology does not declare are left out; the result has no
-    emit targets. A dead-letter route through the default exchange is not
-    followed by name, so then the whole topology is returned.
-    """
-    names = _reachable_names(
-        {e.name for e in topology.exchanges},
-        {q.name: q.amqp_arguments().get("x-dead-letter-exchange") for q in topology.queues},
-        [(b.source, b.destination_type, b.destination) for b in topology.bindings],
-        exchanges,
-        queues,
-    )
-    if names is None:
-        return replace(topology, emit=())
-    found_exchanges, found_queues = names
-    return Topology(
-        exchanges=tuple(e for e in topology.exchanges if e.name in found_exchanges),
-        queues=tuple(q for q in topology.queues if q.name in found_queues),
-        bindings=tuple(b for b in topology.bindings if b.source in found_exchanges),
-    )
-
-
-def _reachable_names(
-    exchanges: set[str],
-    dead_letters: Mapping[str, object],
-    bindings: Iterable[tuple[str, str, str]],
-    from_exchanges: Iterable[str],
-    from_queues: Iterable[str],
-) -> tuple[set[str], set[str]] | None:
-    """The declared exchanges and queues reachable from ``from_*``: a walk over
-    ``bindings`` (source, destination type, destination) and each queue's
-    dead-letter exchange (``dead_letters``, None without one); None when a
-    dead-letter route goes through the default exchange (anything may be reached)."""
-    routes: dict[str, list[tuple[str, str]]] = {}
-    for source, kind, destination in bindings:
-        routes.setdefault(source, []).append((kind, destination))
-    found: dict[str, set[str]] = {"exchange": set(), "queue": set()}
-    todo = [("exchange", x) for x in from_exchanges] + [("queue", q) for q in from_queues]
-    while todo:
-        kind, name = todo.pop()
-        known = exchanges if kind == "exchange" else dead_letters
-        if name in found[kind] or name not in known:
-            continue
-        found[kind].add(name)
-        if kind == "exchange":
-            todo += routes.get(name, [])
-            continue
-        dlx = dead_letters[name]
-        if dlx == "":
-            return None
-        if dlx is not None:
-            todo.append(("exchange", str(dlx)))
-    return found["exchange"], found["queue"]
 
 
 # -- reading and writing (the TOML itself is logbus._topology_toml's) ---------------------

@@ -19,12 +19,12 @@ from logbus.cli.common import ConfigOption, UrlOption, fail, make_settings, quie
 from logbus.errors import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, NotConfirmed
 
 if TYPE_CHECKING:
-    from logbus.emitter import Emitter, LineBatch
+    from logbus.emitter import Emitter, LineBatch, PartlyRouted
     from logbus.record import LogRecord
     from logbus.topology import EmitTarget, Topology
     from logbus.transports.base import Transport
 
-__all__ = ["CHUNK", "EPILOG", "emit", "register", "unconfirmed"]
+__all__ = ["CHUNK", "EPILOG", "emit", "partly_routed", "register", "unconfirmed"]
 
 #: Lines read, checked and handed to the transport at a time; the transport keeps
 #: publishes in flight across chunks, so confirms stay pipelined.
@@ -40,6 +40,8 @@ EPILOG = """Examples:
   app --json-logs | logbus emit --json user.info       # JSON lines, their own keys win
   logbus emit user.info --queue task_queue "resize photo 42"   # the tutorial's new_task
   logbus emit kern.info --exchange audit "keys rotated"        # that exchange, key kern.info
+  logbus emit kern.critical "disk failed" --target direct_logs --target topic_logs
+                                   # only those emit targets (a retry after exit 75)
 
 \b
 Exit status:
@@ -48,10 +50,13 @@ Exit status:
   65  bad routing key or bad line (stderr names the line; nothing of its chunk was sent),
       or a record larger than the broker's max_message_size
   69  the broker cannot be reached (stderr names the host)
-  75  some records were not confirmed (stderr counts them): send them again later
+  75  some records were not confirmed (stderr counts them): send them again later.
+      With several emit targets, stderr names the targets that took the record and
+      those that did not: send again with --target for each missing one (no duplicate
+      where it arrived). A target with mandatory = false that no queue takes is fine.
   77  the broker refused the user, the password or the vhost
   78  configuration (topology file without [[emit]], settings, a malformed URL;
-      --exchange names no exchange)
+      --exchange names no exchange, --target names no emit target)
 """
 
 _STDIN = "-"
@@ -136,6 +141,19 @@ def emit(
             show_default=False,
         ),
     ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="NAME",
+            help="Publish to this emit target of the topology only (its name, else its "
+            "exchange, else the queue of a default-exchange target; see logbus topology "
+            "show); repeat, or separate with commas, for several. After a partly routed "
+            "emit (exit 75), the missing targets named on stderr.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -172,6 +190,9 @@ def emit(
         ctx.fail("give the routing key FACILITY.SEVERITY, e.g. kern.critical")
     if exchange is not None and queue is not None:
         ctx.fail("--exchange and --queue are two different targets: give one")
+    names = [n.strip() for t in target or () for n in t.split(",") if n.strip()]
+    if names and (exchange is not None or queue is not None):
+        ctx.fail("--target picks emit targets of the topology: not with --exchange or --queue")
     if exchange == "":
         ctx.fail("--exchange '' is the default exchange: use --queue NAME for a queue")
     if queue is not None and not 0 < len(queue.encode()) <= 255:
@@ -197,7 +218,7 @@ def emit(
         from logbus.topology import no_emit_targets
 
         raise fail(no_emit_targets(settings.config), EX_CONFIG)
-    targets, needed = _targets(topology, exchange, queue)
+    targets, needed = _targets(topology, exchange, queue, names)
     batch: LineBatch | None = None
     with contextlib.ExitStack() as cleanup:
         records: Iterable[LogRecord]
@@ -299,10 +320,10 @@ def _parse_fields(ctx: typer.Context, items: Iterable[str]) -> dict[str, Any]:
 
 
 def _targets(
-    topology: Topology, exchange: str | None, queue: str | None
+    topology: Topology, exchange: str | None, queue: str | None, names: list[str]
 ) -> tuple[tuple[EmitTarget, ...], Topology]:
     """The emit targets, and the part of the topology they reach (what to declare)."""
-    from logbus.emitter import reachable
+    from logbus.emitter import pick_targets, reachable
     from logbus.topology import EmitTarget
 
     if queue is not None:
@@ -310,7 +331,7 @@ def _targets(
         return (EmitTarget(exchange="", key=literal),), reachable(topology, queues=[queue])
     if exchange is not None:
         return (EmitTarget(exchange=exchange),), reachable(topology, exchanges=[exchange])
-    targets = topology.emit
+    targets = pick_targets(topology.emit, names) if names else topology.emit
     if any(not t.exchange and "{" in t.key for t in targets):
         return targets, topology  # a queue named per record: any queue may be reached
     exchanges = [t.exchange for t in targets if t.exchange]
@@ -355,11 +376,26 @@ def _send(
             progress.step(sent)
             yield record
 
+    from logbus.emitter import PartlyRouted
+
     try:
         emitter.emit_many(counted())
+    except PartlyRouted as exc:
+        also = f"; also {batch.error}" if batch is not None and batch.error else ""
+        raise fail(partly_routed(exc) + also, EX_TEMPFAIL) from None
     except NotConfirmed as exc:
         also = f"; also {batch.error}" if batch is not None and batch.error else ""
         raise fail(unconfirmed(exc, sent, len(emitter.targets)) + also, EX_TEMPFAIL) from None
+
+
+def partly_routed(exc: PartlyRouted) -> str:
+    """What an emit says when some emit targets took the records and others did not:
+    both lists, why, and the ``--target`` options that send to the missing ones only
+    (records after the batch concerned were not sent at all)."""
+    import shlex
+
+    retry = " ".join(f"--target {shlex.quote(t.label)}" for t in exc.missed)
+    return f"{exc}; to send to the missing targets only, emit again with {retry}"
 
 
 def unconfirmed(exc: NotConfirmed, sent: int, targets: int) -> str:

@@ -21,13 +21,14 @@ from logbus._log import log_json_lines
 from logbus.cli.common import ConfigOption, UrlOption, fail, make_settings, quiet_connect
 
 if TYPE_CHECKING:
-    from logbus.topology import Topology
+    from logbus.topology import QueueType, Topology
     from logbus.worker.retry import RetryPolicy
 
 __all__ = [
     "EPILOG",
     "LogFormat",
     "PoolChoice",
+    "QueueTypeChoice",
     "register",
     "stopping_reporter",
     "worker",
@@ -43,6 +44,7 @@ EPILOG = """Examples:
   logbus worker --sink postgres:postgresql://logbus@db1/logs  # logbus[postgres]
   logbus worker --sink webhook:https://hooks.example.com/alerts
   logbus worker --queue logbus.tasks --prefetch 1   # strictly fair, slow sink
+  logbus worker --queue task_queue --queue-type quorum --prefetch 1   # the tutorials'
   logbus worker --pool process --concurrency 2     # a sink that needs CPU
   logbus worker --pool gevent --concurrency 200    # a sink that waits on I/O
   logbus worker --max-attempts 8 --retry-delay 500ms --retry-max-delay 1m
@@ -82,6 +84,14 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+class QueueTypeChoice(StrEnum):
+    """The type to create an absent queue with: ``--queue-type``."""
+
+    classic = "classic"
+    quorum = "quorum"
+    stream = "stream"
+
+
 class PoolChoice(StrEnum):
     """Where records are written: ``--pool``."""
 
@@ -97,8 +107,19 @@ def worker(
             "--queue",
             "-q",
             help="Queue to consume. Default: the one queue the topology declares "
-            "(logbus.tasks in the default topology). A queue the topology does not "
-            "declare is used as it exists, or declared durable with no arguments.",
+            "(logbus.tasks in the default topology). A queue that exists is used as it "
+            "is, whoever declared it and with whatever type and arguments; an absent one "
+            "is created as the topology declares it, else durable with --queue-type.",
+            show_default=False,
+        ),
+    ] = None,
+    queue_type: Annotated[
+        QueueTypeChoice | None,
+        typer.Option(
+            "--queue-type",
+            help="Type to create an absent --queue with when the topology does not declare "
+            "it: classic (the default), quorum (replicated, as the current RabbitMQ "
+            "tutorials declare task_queue) or stream. A queue that exists keeps its type.",
             show_default=False,
         ),
     ] = None,
@@ -230,6 +251,7 @@ def worker(
     settings = make_settings(url, config)
     topology = settings.topology()
     name = _pick_queue(topology, queue)
+    kind = _queue_type(topology, name, queue_type)
     chosen = load_sink(sink)  # a bad sink fails before anything touches the broker
     plan = WorkerPlan(
         settings,
@@ -244,6 +266,7 @@ def worker(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         metrics_label=sink,
+        queue_type=kind,
     )
     console = log_format is LogFormat.console
 
@@ -324,6 +347,22 @@ def _retry_policy(
         return RetryPolicy(max_attempts, first, backoff, longest)
     except (InputError, ConfigError) as exc:
         raise fail(str(exc), USAGE) from None
+
+
+def _queue_type(topology: Topology, name: str, chosen: QueueTypeChoice | None) -> QueueType | None:
+    """``--queue-type``, unless the topology declares queue ``name`` with another type."""
+    if chosen is None:
+        return None
+    declared = {q.name: q for q in topology.queues}.get(name)
+    if declared is not None:
+        has = declared.all_arguments().get("x-queue-type", "classic")
+        if has != chosen.value:
+            raise fail(
+                f"--queue-type {chosen.value}: the topology declares queue {name!r} as {has}; "
+                "drop --queue-type, or change the topology",
+                USAGE,
+            )
+    return chosen.value
 
 
 def _pick_queue(topology: Topology, queue: str | None) -> str:

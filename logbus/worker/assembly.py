@@ -11,14 +11,14 @@ is written once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from logbus._signals import stop_on_signals
 from logbus.errors import NotFound
-from logbus.topology import declare
+from logbus.topology import Queue, QueueType, declare
 from logbus.transports import connect
 from logbus.worker.consume import SHUTDOWN_TIMEOUT, Worker
 from logbus.worker.lanes import PoolKind
@@ -41,7 +41,9 @@ class WorkerPlan:
 
     ``sink`` is an opened sink or, for the process pool, its spec (each worker
     process opens it itself). ``metrics_port`` ``None`` serves no metrics;
-    ``metrics_label`` names the sink in them.
+    ``metrics_label`` names the sink in them. ``queue_type`` (classic, quorum,
+    stream) is the type to create ``queue`` with when it is absent and the topology
+    does not declare it; None: classic.
     """
 
     settings: Settings
@@ -56,6 +58,7 @@ class WorkerPlan:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_label: str = ""
+    queue_type: QueueType | None = None
 
 
 def run(
@@ -82,9 +85,7 @@ def run(
     with connecting():
         transport = connect(plan.settings.url, settings=plan.settings)
     try:
-        declare(transport, plan.topology)
-        if plan.queue not in {q.name for q in plan.topology.queues}:
-            _ensure_queue(transport, plan.queue)
+        _declare(transport, plan)
         worker = Worker(
             transport,
             plan.queue,
@@ -119,9 +120,55 @@ def run(
         transport.close()
 
 
-def _ensure_queue(transport: Transport, name: str) -> None:
-    """Use the queue as it exists (whatever its arguments), else declare it durable."""
+def _declare(transport: Transport, plan: WorkerPlan) -> None:
+    """Declare the topology and the worker's queue, using that queue as it exists if it does.
+
+    A queue someone else declared (the RabbitMQ tutorials' quorum ``task_queue``) is
+    consumed whatever its type and arguments: declaring it again with the topology's
+    could only end in PRECONDITION_FAILED. An absent queue is created as the topology
+    declares it, else durable with ``plan.queue_type`` (classic when None).
+    """
     try:
-        transport.declare_queue(name, passive=True)
+        transport.declare_queue(plan.queue, passive=True)
     except NotFound:
-        transport.declare_queue(name, durable=True)
+        declare(transport, plan.topology)
+        if plan.queue not in {q.name for q in plan.topology.queues}:
+            # Through Queue: its checks hold (a quorum or stream queue is durable).
+            made = Queue(name=plan.queue, queue_type=plan.queue_type)
+            transport.declare_queue(made.name, durable=True, arguments=made.amqp_arguments())
+        return
+    declare(_Existing(transport, plan.queue), plan.topology)
+
+
+class _Existing:
+    """A :class:`~logbus.topology.Declarer` that leaves queue ``name`` as it exists (a
+    passive declare) and declares everything else, bindings to that queue included."""
+
+    def __init__(self, transport: Transport, name: str) -> None:
+        self._transport = transport
+        self._name = name
+        self.url = transport.url
+        self.declare_exchange = transport.declare_exchange
+        self.bind_queue = transport.bind_queue
+        self.bind_exchange = transport.bind_exchange
+
+    def declare_queue(
+        self,
+        name: str = "",
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        passive: bool = False,
+    ) -> object:
+        if name == self._name:
+            return self._transport.declare_queue(name, passive=True)
+        return self._transport.declare_queue(
+            name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+            passive=passive,
+        )

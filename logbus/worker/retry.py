@@ -278,7 +278,7 @@ def declare_retry_queues(transport: Transport, queue: str, policy: RetryPolicy) 
         for name, arguments in wanted:
             transport.declare_queue(name, durable=True, arguments=arguments or None)
     except PreconditionFailed as exc:
-        raise mismatch(exc) from exc
+        raise mismatch(exc, transport.url) from exc
     return [name for name, _ in wanted]
 
 

@@ -66,7 +66,7 @@ def test_a_missing_cafile_is_the_same_config_error_on_both_paths():
 
 def test_a_record_no_rabbitmq_takes_is_refused_before_it_is_sent(monkeypatch):
     """Over the most max_message_size can be: RecordTooLarge (65), nothing published."""
-    monkeypatch.setattr("logbus.emitter._MAX_MESSAGE_SIZE", 1024)  # as if 512 MiB
+    monkeypatch.setattr("logbus._targets.MAX_MESSAGE_SIZE", 1024)  # as if 512 MiB
     with Emitter("memory://h3-size") as emitter:
         queue = emitter.transport.declare_queue("", exclusive=True).name
         emitter.transport.bind_queue(queue, "logbus.topic", "#")

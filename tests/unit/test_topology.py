@@ -50,6 +50,7 @@ def rich() -> Topology:
                 arguments={"x-delivery-limit": 3, "x-custom": {"nested": [1.5, True, "s"]}},
             ),
             Queue(name="temp", durable=False, exclusive=True, auto_delete=True),
+            Queue(name="bounded", max_length=7, bounds="policy"),
         ),
         bindings=(
             Binding(source="t", destination="in", destination_type="exchange", routing_key="#"),
@@ -58,7 +59,7 @@ def rich() -> Topology:
         emit=(
             EmitTarget(exchange="t"),
             EmitTarget(exchange="", key="temp"),
-            EmitTarget(exchange="t", key="{{{app}}}.{host}"),
+            EmitTarget(exchange="t", key="{{{app}}}.{host}", mandatory=False, name="by-app"),
         ),
     )
 
