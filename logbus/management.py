@@ -92,19 +92,30 @@ class ManagementApi:
 
     def get(self, path: str) -> Any:
         """The JSON at ``path`` (``/api/overview`` ...); :class:`ManagementUnavailable` if not."""
+        return self.call("GET", path)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """``method`` on ``path`` with JSON ``body``; the JSON answer (None when empty).
+
+        Any failure is :class:`ManagementUnavailable`, saying what answered or why nothing did.
+        """
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
-        request = urllib.request.Request(
-            self.base + path,
-            headers={"Authorization": f"Basic {token}", "Accept": "application/json"},
-        )
+        headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base + path, data, headers, method=method)
         # Reached directly, like the AMQP port: a proxy from the environment would take
         # a request for 127.0.0.1 somewhere else.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(request, timeout=self.timeout) as response:
-                return json.load(response)
+                answer = response.read()
+                return json.loads(answer) if answer.strip() else None
         except urllib.error.HTTPError as exc:
-            why = f"answered HTTP {exc.code} {exc.reason} for {path}"
+            asked = path if method == "GET" else f"{method} {path}"
+            why = f"answered HTTP {exc.code} {exc.reason} for {asked}"
             if exc.code in (401, 403):
                 why = f"refused user {self.user!r} (HTTP {exc.code}; it needs a management tag)"
             raise ManagementUnavailable(f"the management API at {self} {why}") from None
@@ -263,6 +274,8 @@ class QueueState:
     consumers: int | None = None
     publish_rate: float | None = None
     deliver_rate: float | None = None
+    #: The policy that governs the queue (the management API's ``policy``), if any.
+    policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
