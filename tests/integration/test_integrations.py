@@ -92,7 +92,7 @@ def test_logged_records_arrive_with_key_severity_and_fields(bus: Bus) -> None:
     try:
         logger.info("invoice %s sent", 17, extra={"customer": "acme", "amount": 12.5})
         try:
-            {}["missing"]
+            raise KeyError("missing")
         except KeyError:
             logger.exception("lookup failed")
         logger.log(45, "between error and critical")

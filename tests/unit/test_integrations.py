@@ -349,11 +349,15 @@ def test_close_gives_up_at_its_deadline_and_says_so_once(
 
 
 def test_a_flush_that_timed_out_is_not_waited_for_again_by_close(sender: FakeSender) -> None:
-    """logging.shutdown() flushes then closes: one deadline, not two, when nothing moves."""
+    """logging.shutdown() flushes then closes: one deadline, not two, when nothing moves.
+
+    close's own deadline here is longer than the test's timeout: a close that waited
+    again would fail the test."""
     sender.gate.clear()
-    ship = shipper(sender, flush_timeout=0.05)
+    ship = shipper(sender, flush_timeout=600)
     ship.put(event(0))
-    assert not ship.flush()
+    assert sender.entered.wait(10)
+    assert not ship.flush(0.05)
     ship.close()  # with the flush's deadline spent and nothing sent, close waits no more
     assert ship.dropped == 1
 
