@@ -67,7 +67,7 @@ import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 from wsgiref.simple_server import WSGIRequestHandler
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -123,6 +123,12 @@ BATCH_RECORDS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)
 
 #: ``health()`` returns (healthy, details); details are merged into the JSON answer.
 Health = Callable[[], tuple[bool, dict[str, object]]]
+
+
+class Registered(Protocol):
+    """What :func:`serve_metrics` serves: a worker's metrics, or the ingest gateway's."""
+
+    registry: CollectorRegistry
 
 _LABELS = ("queue", "sink")
 # The counters: (name without prefix and _total, HELP).
@@ -312,7 +318,7 @@ class _Server(ThreadingWSGIServer):
         log.debug("metrics.request_failed", client=str(client_address), exc_info=True)
 
 
-def _application(metrics: WorkerMetrics, health: Health | None) -> WSGIApplication:
+def _application(metrics: Registered, health: Health | None) -> WSGIApplication:
     """``/metrics`` to prometheus-client's app, ``/healthz`` to ``health``, else 404."""
     scrape: WSGIApplication = make_wsgi_app(metrics.registry)
 
@@ -399,7 +405,7 @@ class MetricsServer:
 
 
 def serve_metrics(
-    metrics: WorkerMetrics,
+    metrics: Registered,
     port: int,
     host: str = "127.0.0.1",
     health: Health | None = None,

@@ -35,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "broker",
     "query",
     "dlq",
+    "ingest",
 )
 
 
