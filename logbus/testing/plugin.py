@@ -19,8 +19,8 @@ are there in every test session without a ``conftest.py`` line:
   in a ``conftest.py`` captures on RabbitMQ, each test under its own name prefix).
 
 ``pytest -p no:logbus`` leaves the plugin out. This module loads in every pytest
-run of everyone who installs logbus, so it imports nothing heavy: pika, aio-pika, docker and testcontainers are imported by
-the fixtures, when a test asks for them.
+run of everyone who installs logbus, so it imports nothing heavy: pika, aio-pika,
+docker and testcontainers are imported by the fixtures, when a test asks for them.
 """
 
 from __future__ import annotations
