@@ -184,7 +184,8 @@ def _plan(options: dict[str, Any], config: Path | None) -> Any:
     fsync = options.get("spool_fsync", "always")
     if fsync not in FSYNC_POLICIES:
         raise ConfigError(f"--spool-fsync must be one of {', '.join(FSYNC_POLICIES)}")
-    paths = {k: Path(options[k]) for k in ("cert", "key", "client_ca", "spool") if k in options}
+    files = ("cert", "key", "client_ca", "spool")
+    paths: dict[str, Any] = {k: Path(options[k]) for k in files if k in options}
     numbers: dict[str, Any] = {
         k: options[k] for k in ("max_per_peer", "max_in_flight", "metrics_port") if k in options
     }

@@ -41,8 +41,8 @@ from logbus.ingest.listeners import (
     DatagramListener,
     Gate,
     ListenerStats,
-    handle_relp,
-    handle_stream,
+    RelpConnection,
+    StreamConnection,
     udp_kernel_drops,
 )
 from logbus.ingest.pipeline import Link, Pipeline
@@ -240,26 +240,28 @@ async def _serve(
         for server in servers:
             server.close()
         raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
+    addresses = [_address(li, server) for li, server in zip(plan.listeners, servers, strict=True)]
+    for listener_stats, address in zip(stats, addresses, strict=True):
+        listener_stats.name = address.replace(" ", ":", 1)  # the port bound, not the one asked
     pipeline.start()
     metrics_server = _serve_metrics(plan, stats, pipeline, ctx)
     if ready is not None:
-        bound = zip(plan.listeners, servers, strict=True)
-        ready([_address(listen, server) for listen, server in bound])
+        ready(addresses)
     stop = asyncio.Event()
 
     def ask_to_stop() -> None:
         loop.call_soon_threadsafe(stop.set)
 
     with stop_on_signals(ask_to_stop):
-        await _until(stop, pipeline)
+        await _until(stop, pipeline, ctx)
     log.info("ingest.draining", in_flight=ctx.gate.in_flight)
-    ctx.stopping.set()
+    ctx.stop_reading()
     for server in servers:
         server.close()
     deadline = monotonic() + plan.drain_timeout
+    # The loop keeps running meanwhile: settlements answer RELP frames as they come.
     drained = await loop.run_in_executor(None, pipeline.stop, deadline)
-    await asyncio.sleep(0)  # let the last settlements answer their RELP frames
-    await _close_connections(ctx, deadline)
+    await _close_connections(ctx)
     if metrics_server is not None:
         metrics_server.close()
     _remove_unix_sockets(plan)
@@ -268,36 +270,26 @@ async def _serve(
     return 0 if drained else EX_TEMPFAIL
 
 
-async def _until(stop: asyncio.Event, pipeline: Pipeline) -> None:
-    """Wait for a stop signal, or for the publisher to stop on an error it cannot wait out."""
+async def _until(stop: asyncio.Event, pipeline: Pipeline, ctx: Context) -> None:
+    """Wait for a stop signal, or for the publisher to stop on an error it cannot wait out;
+    meanwhile close idle connections."""
     while not stop.is_set() and pipeline.fatal is None:
         try:
             await asyncio.wait_for(stop.wait(), 0.5)
         except TimeoutError:
-            continue
+            ctx.close_idle()
 
 
 async def _bind(plan: IngestPlan, ctx: Context, listen: Listen, stats: ListenerStats) -> Any:
     loop = asyncio.get_running_loop()
     if listen.kind in ("tcp", "tls", "relp"):
-        handler = handle_relp if listen.kind == "relp" else handle_stream
+        kind = RelpConnection if listen.kind == "relp" else StreamConnection
         context = None
         if listen.kind == "tls":
             assert plan.cert is not None and plan.key is not None
             context = tls_context(plan.cert, plan.key, plan.client_ca)
-
-        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                ctx.tasks.add(task)
-            try:
-                await handler(ctx, stats, reader, writer)
-            finally:
-                if task is not None:
-                    ctx.tasks.discard(task)
-
-        return await asyncio.start_server(
-            connected, listen.host, listen.port, ssl=context, limit=2 * plan.max_size
+        return await loop.create_server(
+            lambda: kind(ctx, stats), listen.host, listen.port, ssl=context
         )
     if listen.kind == "udp":
         transport, _ = await loop.create_datagram_endpoint(
@@ -348,14 +340,14 @@ def _address(listen: Listen, server: Any) -> str:
     return f"{listen.kind} {host}:{port}"
 
 
-async def _close_connections(ctx: Context, deadline: float) -> None:
-    """Give connection handlers until ``deadline`` to say goodbye, then cut them."""
-    tasks = list(ctx.tasks)
-    if not tasks:
-        return
-    _, late = await asyncio.wait(tasks, timeout=max(0.1, deadline - monotonic()))
-    for task in late:
-        task.cancel()
+async def _close_connections(ctx: Context) -> None:
+    """Say goodbye to every connection (RELP: ``serverclose``) and let the closes go out."""
+    for connection in list(ctx.connections):
+        connection.goodbye()
+    for _ in range(50):
+        if not ctx.connections:
+            return
+        await asyncio.sleep(0.02)
 
 
 def _serve_metrics(

@@ -24,11 +24,11 @@ without a byte closes a connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from time import monotonic
 from typing import Any
 
 from logbus._log import get_logger
@@ -37,10 +37,17 @@ from logbus.ingest.framing import Framer, Truncated
 from logbus.ingest.pipeline import Outcome, Pending, Pipeline
 from logbus.ingest.syslog import parse_record, peer_host
 
-__all__ = ["Context", "DatagramListener", "Gate", "ListenerStats", "handle_relp", "handle_stream"]
+__all__ = [
+    "Context",
+    "DatagramListener",
+    "Gate",
+    "ListenerStats",
+    "RelpConnection",
+    "StreamConnection",
+    "udp_kernel_drops",
+]
 
 log = get_logger("logbus.ingest")
-_READ = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -72,25 +79,24 @@ class Gate:
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.in_flight = 0
-        self._room = asyncio.Event()
-        self._room.set()
+        self.closed = False  # the gateway is stopping: nobody reads again
+        #: Connections that stopped reading for want of room.
+        self.waiting: set[StreamConnection] = set()
 
     def take(self, n: int) -> None:
         self.in_flight += n
-        if self.in_flight >= self.limit:
-            self._room.clear()
 
     def release(self, n: int) -> None:
         self.in_flight -= n
-        if self.in_flight < self.limit:
-            self._room.set()
+        # Resume from half the bound: fewer pause/resume flips than at the edge.
+        if self.waiting and not self.closed and self.in_flight <= self.limit // 2:
+            waiting, self.waiting = self.waiting, set()
+            for connection in waiting:
+                connection.resume()
 
     @property
     def full(self) -> bool:
         return self.in_flight >= self.limit
-
-    async def room(self) -> None:
-        await self._room.wait()
 
 
 @dataclass
@@ -105,7 +111,22 @@ class Context:
     local_host: str = ""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     per_peer: dict[str, int] = field(default_factory=dict)
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    connections: set[StreamConnection] = field(default_factory=set)
+
+    def stop_reading(self) -> None:
+        """Every stream connection stops reading (the drain); datagrams are refused."""
+        self.stopping.set()
+        self.gate.closed = True
+        for connection in list(self.connections):
+            connection.pause()
+
+    def close_idle(self) -> None:
+        """Close connections silent for ``idle_timeout`` (not those paused by us)."""
+        cut = monotonic() - self.idle_timeout
+        for connection in list(self.connections):
+            if connection.last < cut and not connection.paused:
+                log.info("ingest.idle_closed", peer=connection.peer)
+                connection.goodbye()
 
     def hand_over(
         self,
@@ -164,131 +185,147 @@ class Context:
         stats.connections -= 1
 
 
-def peer_of(writer: asyncio.StreamWriter) -> str:
-    """``host:port`` of a stream's peer (IPv6 in brackets)."""
-    address = writer.get_extra_info("peername")
+def _peer(address: Any) -> str:
+    """``host:port`` of a socket address (IPv6 in brackets)."""
     if not isinstance(address, tuple):
         return str(address or "unknown")
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _read(ctx: Context, reader: asyncio.StreamReader) -> bytes:
-    """The next bytes once there is room in flight; b"" at EOF, idle timeout or stop."""
-    if ctx.gate.full:
-        await ctx.gate.room()
-    if ctx.stopping.is_set():
-        return b""
-    try:
-        return await asyncio.wait_for(reader.read(_READ), ctx.idle_timeout)
-    except (TimeoutError, ConnectionError, OSError):
-        return b""
+class StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection: RFC 6587 framing auto-detected, records handed over.
 
+    A protocol rather than a stream reader: every byte that arrived is framed
+    before ``connection_lost``, even when the peer ends a TLS session without a
+    ``close_notify`` (a ``StreamReader`` would raise and drop its buffer then), and
+    back-pressure is ``pause_reading`` on the transport.
+    """
 
-async def handle_stream(
-    ctx: Context, stats: ListenerStats, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    """One TCP or TLS connection: RFC 6587 framing auto-detected, records handed over."""
-    peer = peer_of(writer)
-    host = ctx.admit(peer, stats)
-    if host is None:
-        writer.close()
-        return
-    framer = Framer(ctx.max_size)
-    try:
-        while data := await _read(ctx, reader):
-            messages = framer.feed(data)
-            if messages:
-                ctx.hand_over(stats, messages, peer)
-        tail = framer.flush()
+    def __init__(self, ctx: Context, stats: ListenerStats) -> None:
+        self.ctx = ctx
+        self.stats = stats
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self.host: str | None = None
+        self.last = monotonic()
+        self.paused = False
+        self.framer = Framer(ctx.max_size)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = _peer(transport.get_extra_info("peername"))
+        self.host = self.ctx.admit(self.peer, self.stats)
+        if self.host is None:
+            transport.abort()
+            return
+        self.ctx.connections.add(self)
+        if self.ctx.gate.full or self.ctx.stopping.is_set():
+            self.pause()
+
+    def data_received(self, data: bytes) -> None:
+        self.last = monotonic()
+        self.consume(data)
+        if self.ctx.gate.full:
+            self.pause()
+
+    def consume(self, data: bytes) -> None:
+        messages = self.framer.feed(data)
+        if messages:
+            self.ctx.hand_over(self.stats, messages, self.peer)
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.host is None:
+            return
+        tail = self.framer.flush()
         if tail:
-            ctx.hand_over(stats, tail, peer)
-    finally:
-        ctx.leave(host, stats)
-        writer.close()
+            self.ctx.hand_over(self.stats, tail, self.peer)
+        self.ctx.leave(self.host, self.stats)
+        self.ctx.connections.discard(self)
+        self.ctx.gate.waiting.discard(self)
+        self.host = None
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = True
+            self.transport.pause_reading()
+            self.ctx.gate.waiting.add(self)
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = False
+            self.last = monotonic()  # waiting on the broker is not the peer's silence
+            self.transport.resume_reading()
+
+    def goodbye(self) -> None:
+        """The gateway is stopping: close (a RELP session says so first)."""
+        if self.transport is not None:
+            self.transport.close()
 
 
-class _RelpSession:
-    """One RELP connection's answers: a frame's ``rsp`` goes out once its record settled."""
+class RelpConnection(StreamConnection):
+    """One RELP session: ``open`` answered with the offers, each ``syslog`` frame answered
+    once its record settled, ``close`` answered once every earlier frame was."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+    def __init__(self, ctx: Context, stats: ListenerStats) -> None:
+        super().__init__(ctx, stats)
+        self.decoder = relp.RelpDecoder(max(ctx.max_size, 1024))
         self.pending = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.closing_txnr: int | None = None
 
-    def expect(self) -> None:
-        self.pending += 1
-        self.idle.clear()
+    def consume(self, data: bytes) -> None:
+        if self.closing_txnr is not None:
+            return
+        for frame in self.decoder.feed(data):
+            self.frame(frame)
+        if self.decoder.error is not None:
+            log.warning("ingest.relp_framing", peer=self.peer, error=self.decoder.error)
+            self.goodbye()
 
-    def answer(self, txnr: int, outcome: Outcome) -> None:
-        self.pending -= 1
-        if not self.writer.is_closing():
-            if outcome == "failed":
-                self.writer.write(relp.response(txnr, 500, "not stored"))
-            else:
-                self.writer.write(relp.response(txnr))
-        if self.pending == 0:
-            self.idle.set()
-
-
-async def handle_relp(
-    ctx: Context, stats: ListenerStats, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    """One RELP session: ``open`` answered with the offers, each ``syslog`` answered after
-    its record was confirmed, ``close`` answered once every earlier frame was."""
-    peer = peer_of(writer)
-    host = ctx.admit(peer, stats)
-    if host is None:
-        writer.close()
-        return
-    decoder = relp.RelpDecoder(max(ctx.max_size, 1024))
-    session = _RelpSession(writer)
-    try:
-        while data := await _read(ctx, reader):
-            if not await _relp_frames(ctx, stats, session, decoder.feed(data), peer):
-                break
-            if decoder.error is not None:
-                log.warning("ingest.relp_framing", peer=peer, error=decoder.error)
-                break
-        if ctx.stopping.is_set() and not writer.is_closing():
-            await session.idle.wait()
-            writer.write(relp.serverclose())
-    finally:
-        ctx.leave(host, stats)
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.drain()
-        writer.close()
-
-
-async def _relp_frames(
-    ctx: Context,
-    stats: ListenerStats,
-    session: _RelpSession,
-    frames: list[relp.RelpFrame],
-    peer: str,
-) -> bool:
-    """Act on a read's frames; False when the session is over."""
-    writer = session.writer
-    for frame in frames:
+    def frame(self, frame: relp.RelpFrame) -> None:
+        assert self.transport is not None
         command = frame.command.lower()
         if command == "syslog":
-            session.expect()
-            ctx.hand_over(stats, [frame.data], peer, partial(session.answer, frame.txnr))
+            self.pending += 1
+            done = partial(self.answer, frame.txnr)
+            self.ctx.hand_over(self.stats, [frame.data], self.peer, done)
         elif command == "open":
             offers = relp.accept_offers(relp.parse_offers(frame.data))
             if offers is None:
-                writer.write(relp.response(frame.txnr, 500, "no relp_version offered"))
-                return False
-            writer.write(relp.response(frame.txnr, body=relp.format_offers(offers)))
+                self.transport.write(relp.response(frame.txnr, 500, "no relp_version offered"))
+                self.transport.close()
+                return
+            self.transport.write(relp.response(frame.txnr, body=relp.format_offers(offers)))
         elif command == "close":
-            await session.idle.wait()
-            writer.write(relp.response(frame.txnr))
-            return False
+            self.closing_txnr = frame.txnr
+            self._close_when_answered()
         else:
-            writer.write(relp.response(frame.txnr, 500, f"unknown command {frame.command}"))
-    await writer.drain()
-    return True
+            self.transport.write(relp.response(frame.txnr, 500, f"unknown command {command}"))
+
+    def answer(self, txnr: int, outcome: Outcome) -> None:
+        self.pending -= 1
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if outcome == "failed":
+                transport.write(relp.response(txnr, 500, "not stored"))
+            else:
+                transport.write(relp.response(txnr))
+        self._close_when_answered()
+
+    def _close_when_answered(self) -> None:
+        if self.closing_txnr is not None and self.pending == 0 and self.transport is not None:
+            self.transport.write(relp.response(self.closing_txnr))
+            self.transport.close()
+
+    def goodbye(self) -> None:
+        """Unanswered frames stay unanswered: the sender sends them again elsewhere or later."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(relp.serverclose())
+            self.transport.close()
 
 
 class DatagramListener(asyncio.DatagramProtocol):
@@ -310,8 +347,7 @@ class DatagramListener(asyncio.DatagramProtocol):
         if self.local:
             ctx.hand_over(stats, [data], str(addr or "local"), host=ctx.local_host)
         else:
-            peer = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
-            ctx.hand_over(stats, [data], peer)
+            ctx.hand_over(stats, [data], _peer(addr))
 
     def error_received(self, exc: Exception) -> None:
         log.info("ingest.datagram_error", listener=self.stats.name, error=str(exc))
