@@ -176,10 +176,11 @@ class LogRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON data, what :meth:`to_bytes` writes: ``ts`` as RFC 3339 text,
-        ``severity`` as its word, ``fields`` as given (JSON data already)."""
+        ``severity`` as its word, ``fields`` a copy (JSON data already)."""
         data = {name: getattr(self, name) for name in FIELDS}
         data["ts"] = format_ts(self.ts)
         data["severity"] = WORDS[self.severity]
+        data["fields"] = dict(self.fields)
         return data
 
     def to_bytes(self) -> bytes:
@@ -222,7 +223,6 @@ class LogRecord:
 
 _MISSING: Any = object()
 _NEW = LogRecord.__new__
-_SET = object.__setattr__
 _SLOTS = tuple(getattr(LogRecord, name).__set__ for name in FIELDS)
 assert tuple(f.name for f in dataclasses.fields(LogRecord)) == FIELDS
 _STRING: Callable[[str], str] = json.encoder.encode_basestring
