@@ -22,6 +22,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -194,26 +195,30 @@ def test_the_async_emitter_names_the_targets_that_took_a_record(
 
 @contextlib.contextmanager
 def _worker(url: str, config: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """``logbus worker ARGS`` up (it said "consuming"); stopped with SIGTERM after, exit 0."""
+    """``logbus worker ARGS`` up (it said "consuming" within 30 s); stopped with SIGTERM
+    after, and then it must have exited 0 without meeting PRECONDITION_FAILED."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "logbus", "worker", *args, "--url", url, "--config", str(config)],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stderr is not None
     seen: list[str] = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if "consuming" in line:
-                break
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+
+    def up() -> bool:
         assert proc.poll() is None, "".join(seen)
+        return any("consuming" in line for line in seen)
+
+    try:
+        wait_until(up, 30, "the worker to say it is consuming")
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
-    text = "".join(seen) + err
+        proc.wait(30)
+        reader.join(10)
+    text = "".join(seen)
     assert proc.returncode == 0, text
     assert "PRECONDITION_FAILED" not in text
 
@@ -270,10 +275,9 @@ def test_worker_consumes_a_queue_someone_else_declared_as_it_is(
     bounded = Queue(name=queue, max_length=10, overflow="reject-publish")
     config = written(Topology(queues=(bounded,)))
     try:
-        with _worker(amqp_url, config, "--queue", queue, "--prefetch", "1") as proc:
+        with _worker(amqp_url, config, "--queue", queue, "--prefetch", "1"):
             _channel_do(amqp_url, lambda ch: ch.basic_publish("", queue, b"resize photo 42"))
             wait_until(lambda: _depth(amqp_url, queue) == 0, 20, "the worker to take the message")
-        assert proc.stdout is not None
     finally:
         _forget(amqp_url, queue)
 
