@@ -86,6 +86,9 @@ class Emitter:
         if not self.targets:  # nothing would be published, and emit() would say it was
             config = self.settings.config if topology is None and targets is None else None
             raise ConfigError(no_emit_targets(config, api=True))
+        labels = [t.label for t in self.targets]
+        if len(set(labels)) < len(labels):  # PartlyRouted could not tell them apart
+            raise ConfigError(f"emit targets share a name ({', '.join(labels)}): name each one")
         self._transport = transport
         self._owns_transport = transport is None
         self._declare = declare_topology
@@ -214,7 +217,9 @@ class AsyncEmitter:
     Without ``transport`` it opens an aio-pika transport for ``url`` (default
     ``settings.url``; amqp:// or amqps://, comma-separated for failover) on
     first use, and declares the topology then. ``emit_many`` keeps many
-    publishes in flight and waits for all their confirms.
+    publishes in flight and waits for all their confirms; the targets of a record
+    are published at the same time, each confirmed on its own (``targets`` as
+    :class:`Emitter` takes them; :class:`PartlyRouted` as it raises it).
     """
 
     def __init__(

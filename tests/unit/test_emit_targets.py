@@ -199,3 +199,11 @@ def test_the_async_emitter_takes_targets_too() -> None:
     topo = four_targets("s.")
     emitter = AsyncEmitter("memory://", topology=topo, targets=topo.emit[:1])
     assert [t.label for t in emitter.targets] == ["s.a"]
+
+
+def test_explicit_targets_must_have_distinct_names() -> None:
+    """Emitter(targets=...) with two targets called alike is refused: no report could
+    say which of them took a record."""
+    twice = [EmitTarget(exchange="x"), EmitTarget(exchange="x", key="{severity}")]
+    with pytest.raises(ConfigError, match="emit targets share a name"):
+        Emitter("memory://", topology=Topology(), targets=twice)
