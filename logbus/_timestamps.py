@@ -30,11 +30,13 @@ def read_ts(value: Any) -> datetime:
 
 # RFC 3339 and its common relatives: a date, then optionally a time (T, t or a space
 # between) with optional fraction and zone; more than six fraction digits are cut.
-_TS = re.compile(
+# Patterns, not compiled regexes: re caches them on first use, and a record that gets
+# its ts from now() (every emit) never needs them, so importing costs nothing.
+_TS = (
     r"(\d{4})-(\d\d)-(\d\d)(?:[Tt ](\d\d):(\d\d)(?::(\d\d)(?:[.,](\d+))?)?"
     r"(?:([Zz])|([+-])(\d\d):?(\d\d))?)?"
 )
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _MS_FROM = 2e10  # larger unix times are in milliseconds (as pydantic and JavaScript have it)
 
 
@@ -50,7 +52,7 @@ def _datetime(value: Any) -> datetime:
         except UnicodeDecodeError:
             raise Invalid("Input should be a valid datetime") from None
     if isinstance(value, str):
-        if _NUMBER.fullmatch(value):
+        if re.fullmatch(_NUMBER, value):
             return _unix(float(value))
         return _rfc3339(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -59,7 +61,7 @@ def _datetime(value: Any) -> datetime:
 
 
 def _rfc3339(text: str) -> datetime:
-    found = _TS.fullmatch(text)
+    found = re.fullmatch(_TS, text)
     if found is None:
         raise Invalid("Input should be a valid datetime or date, in RFC 3339 form")
     year, month, day, hour, minute, second, fraction, z, sign, zh, zm = found.groups()

@@ -95,7 +95,8 @@ def declare(transport: Declarer, topology: Topology) -> None:
         bind(b.destination, b.source, b.routing_key, b.arguments)
 
 
-_INEQUIVALENT = re.compile(
+# A pattern, compiled (and cached by re) only when the broker refuses a declaration.
+_INEQUIVALENT = (
     r"inequivalent arg '(?P<prop>[^']+)' for (?P<kind>exchange|queue) '(?P<name>[^']*)'"
     r".*?received (?:the value )?(?P<want>'[^']*'|none)(?: of type '[^']*')?"
     r" but current is (?:the value )?(?P<have>'[^']*'|none)"
@@ -109,7 +110,7 @@ def mismatch(exc: PreconditionFailed, url: str | None = None) -> TopologyError:
     vhost when that is not ``/``, since without ``-p`` it would act on ``/`` — possibly
     on another deployment's queue of the same name. The URL itself is never shown.
     """
-    found = _INEQUIVALENT.search(str(exc))
+    found = re.search(_INEQUIVALENT, str(exc))
     if found is None:
         return TopologyError(f"the broker refused the topology: {exc}")
     kind, name, prop = found["kind"], found["name"], found["prop"]
