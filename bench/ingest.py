@@ -1,0 +1,250 @@
+"""``logbus ingest`` against syslog-ng 3.38's ``amqp()`` with flow-control: lines/s, recovery.
+
+Run as ``python bench/ingest.py [LINES]`` (default 50,000). One run, the same
+broker, the same load: ``loggen`` over TCP, 150-byte lines, as fast as the
+receiver lets it (both receivers apply back-pressure: logbus by not reading
+while confirms lag, syslog-ng by ``flags(flow-control)``).
+
+  logbus      ``logbus ingest --tcp``, every line confirmed by RabbitMQ
+  syslog-ng   ``network()`` -> ``amqp()`` with ``flags(flow-control)``; no confirms
+
+Throughput is the lines counted in the receiving queue over the time from the
+first line sent. Printed: lines/s for each and the ratio (target >= 1.0x).
+
+Recovery (only with the private node's environment, ``LOGBUS_PRIVATE_*``; the
+shared broker is never restarted): a steady 1,000 lines/s stream, the broker
+stopped and started, and the seconds from its start until lines arrive again.
+syslog-ng is skipped with a line saying so where it is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from time import monotonic
+
+import pika
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def _channel(url: str) -> tuple[pika.BlockingConnection, object]:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    return connection, connection.channel()
+
+
+def _depth(url: str, queue: str) -> int:
+    try:
+        connection, channel = _channel(url)
+    except pika.exceptions.AMQPError:
+        return -1
+    try:
+        return int(channel.queue_declare(queue, passive=True).method.message_count)  # type: ignore[attr-defined]
+    finally:
+        connection.close()
+
+
+def _wait_depth(url: str, queue: str, depth: int, timeout: float = 600.0) -> float:
+    """Monotonic time at which ``queue`` first held ``depth`` messages."""
+    deadline = monotonic() + timeout
+    while _depth(url, queue) < depth:
+        if monotonic() > deadline:
+            raise SystemExit(f"bench: {queue} never reached {depth} messages")
+        threading.Event().wait(0.02)
+    return monotonic()
+
+
+def _loggen(port: int, lines: int, rate: int | None = None) -> subprocess.Popen[bytes]:
+    rate_flags = ["-r", str(rate)] if rate else ["-r", "1000000"]
+    return subprocess.Popen(
+        ["loggen", "-S", "-s", "150", "-n", str(lines), "-I", "3600", "-Q", *rate_flags,
+         "127.0.0.1", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int) -> None:
+    import socket
+
+    deadline = monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if monotonic() > deadline:
+                raise SystemExit(f"bench: nothing listens on {port}") from None
+            threading.Event().wait(0.05)
+
+
+class Logbus:
+    """``logbus ingest`` on a topology of its own (prefix ``bench-ingest-<n>.``)."""
+
+    def __init__(self, url: str, work: Path) -> None:
+        from logbus.demo import demo_topology
+        from logbus.topology import declare, dumps
+        from logbus.transports import connect
+
+        self.url = url
+        self.topology = demo_topology(f"bench-ingest-{os.getpid()}.")
+        self.queue = next(q.name for q in self.topology.queues if q.name.endswith("tasks"))
+        config = work / "topology.toml"
+        config.write_text(dumps(self.topology))
+        with connect(url) as transport:
+            declare(transport, self.topology)
+        self.port = _free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "logbus", "ingest", "--config", str(config), "--url", url,
+             "--tcp", f"127.0.0.1:{self.port}", "--max-size", "64k"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_port(self.port)
+
+    def close(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(120)
+        connection, channel = _channel(self.url)
+        for queue in self.topology.queues:
+            channel.queue_delete(queue.name)  # type: ignore[attr-defined]
+        for exchange in reversed(self.topology.exchanges):
+            channel.exchange_delete(exchange.name)  # type: ignore[attr-defined]
+        connection.close()
+
+
+class SyslogNg:
+    """syslog-ng in the foreground: ``network()`` -> ``amqp()``, ``flags(flow-control)``."""
+
+    def __init__(self, url: str, work: Path) -> None:
+        match = re.match(r"amqp://(\w+):(\w+)@([\w.]+):(\d+)/", url)
+        assert match is not None
+        user, password, host, amqp_port = match.groups()
+        self.url = url
+        self.exchange = self.queue = f"bench-syslog-ng-{os.getpid()}"
+        connection, channel = _channel(url)
+        channel.exchange_declare(self.exchange, "fanout", durable=True)  # type: ignore[attr-defined]
+        channel.queue_declare(self.queue, durable=True)  # type: ignore[attr-defined]
+        channel.queue_bind(self.queue, self.exchange)  # type: ignore[attr-defined]
+        connection.close()
+        self.port = _free_port()
+        conf = work / "syslog-ng.conf"
+        conf.write_text(
+            "@version: 3.38\n"
+            "options { stats_freq(0); };\n"
+            f"source s {{ network(ip(127.0.0.1) port({self.port}) transport(tcp)"
+            " log-iw-size(10000)); };\n"
+            f'destination d {{ amqp(host("{host}") port({amqp_port}) vhost("/")'
+            f' exchange("{self.exchange}") exchange-declare(no) routing-key("bench")'
+            f' body("$MSG") persistent(yes) username("{user}") password("{password}")); }};\n'
+            "log { source(s); destination(d); flags(flow-control); };\n"
+        )
+        self.process = subprocess.Popen(
+            ["syslog-ng", "-F", "-f", str(conf), "-R", str(work / "persist"),
+             "-p", str(work / "pid"), "-c", str(work / "ctl"), "--no-caps"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_port(self.port)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+        connection, channel = _channel(self.url)
+        channel.queue_delete(self.queue)  # type: ignore[attr-defined]
+        channel.exchange_delete(self.exchange)  # type: ignore[attr-defined]
+        connection.close()
+
+
+def throughput(receiver: Logbus | SyslogNg, lines: int) -> float:
+    """Lines/s from the first line sent until the queue holds them all."""
+    start = monotonic()
+    sender = _loggen(receiver.port, lines)
+    done = _wait_depth(receiver.url, receiver.queue, lines)
+    sender.wait(60)
+    return lines / (done - start)
+
+
+def recovery(receiver: Logbus | SyslogNg, private: Path) -> float:
+    """Seconds from the broker's start, after a stop, until lines arrive again."""
+    sender = _loggen(receiver.port, 10_000_000, rate=1000)
+    try:
+        _wait_depth(receiver.url, receiver.queue, 2000)
+        subprocess.run([str(private), "stop"], check=True, capture_output=True)
+        subprocess.run([str(private), "start"], check=True, capture_output=True)
+        back = monotonic()
+        before = max(0, _depth(receiver.url, receiver.queue))
+        _wait_depth(receiver.url, receiver.queue, before + 100, timeout=300)
+        return monotonic() - back
+    finally:
+        sender.kill()
+        sender.wait()
+
+
+def main() -> None:
+    lines = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    have_syslog_ng = shutil.which("syslog-ng") is not None
+    if shutil.which("loggen") is None:
+        raise SystemExit("bench: loggen is not installed (scripts/ensure-packages)")
+    print(f"# syslog over TCP into RabbitMQ: loggen, {lines:,} lines of 150 bytes, one run")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results: dict[str, float] = {}
+        logbus = Logbus(SHARED, work)
+        try:
+            results["logbus"] = throughput(logbus, lines)
+        finally:
+            logbus.close()
+        print(f"logbus ingest (confirmed)          {results['logbus']:>10,.0f} lines/s")
+        if have_syslog_ng:
+            syslog_ng = SyslogNg(SHARED, work)
+            try:
+                results["syslog-ng"] = throughput(syslog_ng, lines)
+            finally:
+                syslog_ng.close()
+            print(f"syslog-ng 3.38 amqp() flow-control {results['syslog-ng']:>10,.0f} lines/s")
+            ratio = results["logbus"] / results["syslog-ng"]
+            verdict = "met" if ratio >= 1.0 else "NOT met"
+            print(f"ratio logbus / syslog-ng = {ratio:.2f}x (target >= 1.0x: {verdict})")
+        else:
+            print("syslog-ng: not installed, skipped (scripts/ensure-packages installs it)")
+        _recoveries(have_syslog_ng, work)
+
+
+def _recoveries(have_syslog_ng: bool, work: Path) -> None:
+    port = os.environ.get("LOGBUS_PRIVATE_AMQP_PORT")
+    if not port:
+        print("recovery: skipped (set the private node's LOGBUS_PRIVATE_* environment)")
+        return
+    private = ROOT / "scripts" / "private-rabbitmq"
+    subprocess.run([str(private), "up"], check=True, capture_output=True)
+    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+    print("# recovery after a broker stop/start (1,000 lines/s), seconds from its start")
+    logbus = Logbus(url, work)
+    try:
+        print(f"logbus ingest      {recovery(logbus, private):6.1f} s")
+    finally:
+        logbus.close()
+    if have_syslog_ng:
+        syslog_ng = SyslogNg(url, work)
+        try:
+            print(f"syslog-ng amqp()   {recovery(syslog_ng, private):6.1f} s")
+        finally:
+            syslog_ng.close()
+
+
+if __name__ == "__main__":
+    main()
