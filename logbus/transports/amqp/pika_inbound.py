@@ -239,13 +239,18 @@ class InboundConnection(SelectConnection):  # type: ignore[misc]
     def _deliver(self, buf: bytes, pos: int, end: int, number: int) -> int:
         """Hand over the delivery starting with the method frame at ``pos``: where it
         ends; 0 to leave this frame to pika; -1 to wait for the rest of its content."""
+        if end - pos < 14 or buf[end - 1] != FRAME_END:
+            return 0
+        if _DELIVER.unpack_from(buf, pos)[3:] != _BASIC_DELIVER:
+            return 0
+        at: int = pos + 11
+        tag_size = buf[at]
+        if at + 1 + tag_size > end - 1:
+            return 0
         try:
-            method = _read_deliver(buf, pos, end)
-        except (ValueError, IndexError, struct.error):
+            tag = buf[at + 1 : at + 1 + tag_size].decode()
+        except UnicodeDecodeError:
             return 0
-        if method is None:
-            return 0
-        tag, delivery_tag, redelivered, exchange, routing_key = method
         consumer = self._logbus_consumers.get(tag)
         if consumer is None:
             return 0
@@ -260,6 +265,14 @@ class InboundConnection(SelectConnection):  # type: ignore[misc]
         ):
             return 0
         try:
+            at += 1 + tag_size
+            if at + 9 > end - 1:
+                return 0
+            delivery_tag, bits = _TAG.unpack_from(buf, at)
+            exchange, at = _read_short(buf, at + 9)
+            routing_key, at = _read_short(buf, at)
+            if at > end - 1:
+                return 0  # the strings ran past the method frame
             content = _read_content(buf, end, number)
         except (ValueError, IndexError, struct.error):
             return 0
@@ -269,36 +282,9 @@ class InboundConnection(SelectConnection):  # type: ignore[misc]
         self.bytes_received += at - pos
         self.frames_received += frames
         consumer.io_deliver(
-            channel, delivery_tag, redelivered, exchange, routing_key, properties, body
+            channel, delivery_tag, bool(bits & 1), exchange, routing_key, properties, body
         )
         return at
-
-
-def _read_deliver(buf: bytes, pos: int, end: int) -> tuple[str, int, bool, Any, Any] | None:
-    """``basic.deliver``'s arguments (consumer tag, delivery tag, redelivered, exchange,
-    routing key) from the method frame at ``pos``; None if it is not one, or not whole."""
-    if end - pos < 14 or buf[end - 1] != FRAME_END:
-        return None
-    if _DELIVER.unpack_from(buf, pos)[3:] != _BASIC_DELIVER:
-        return None
-    at: int = pos + 11
-    tag_size = buf[at]
-    if at + 1 + tag_size > end - 1:
-        return None
-    try:
-        tag = buf[at + 1 : at + 1 + tag_size].decode()
-    except UnicodeDecodeError:
-        return None
-    at += 1 + tag_size
-    if at + 9 > end - 1:
-        return None
-    delivery_tag, bits = _TAG.unpack_from(buf, at)
-    at += 9
-    exchange, at = _read_short(buf, at)
-    routing_key, at = _read_short(buf, at)
-    if at > end - 1:
-        return None  # the strings ran past the method frame
-    return tag, delivery_tag, bool(bits & 1), exchange, routing_key
 
 
 def _read_content(buf: bytes, start: int, number: int) -> tuple[Properties, bytes, int, int] | int:
