@@ -7,6 +7,7 @@ records are read back with plain pika, as any other AMQP client would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -108,9 +109,18 @@ def _copy_in_background(process: subprocess.Popen[str], sink: Any) -> None:
 
 
 @contextmanager
-def ingest_topology(url: str, prefix: str, tmp_path: Path) -> Iterator[tuple[Path, Topology]]:
-    """The default topology under ``prefix``, declared and written to a TOML file; removed after."""
+def ingest_topology(
+    url: str, prefix: str, tmp_path: Path, *, durable: bool = False
+) -> Iterator[tuple[Path, Topology]]:
+    """The default topology under ``prefix``, declared and written to a TOML file; removed
+    after. ``durable``: exchanges and queues that survive a broker restart (fault tests)."""
     topology = demo_topology(prefix)
+    if durable:
+        topology = dataclasses.replace(
+            topology,
+            exchanges=tuple(dataclasses.replace(e, durable=True) for e in topology.exchanges),
+            queues=tuple(dataclasses.replace(q, durable=True) for q in topology.queues),
+        )
     path = tmp_path / "ingest-topology.toml"
     path.write_text(dumps(topology))
     with connect(url) as transport:

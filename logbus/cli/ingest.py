@@ -137,6 +137,14 @@ def ingest(
         str | None,
         typer.Option(metavar="DURATION", help="On SIGTERM, wait this long for confirms (30s)."),
     ] = None,
+    confirm_timeout: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="A batch with no confirm for this long is held and sent again, or spooled "
+            "(default: $LOGBUS_CONFIRM_TIMEOUT, 30s; 5s with --spool).",
+        ),
+    ] = None,
     service_file: Annotated[
         Path | None,
         typer.Option(
@@ -160,10 +168,10 @@ def ingest(
     options.update(given)
     plan = _plan(options, config)
 
-    from logbus.ingest.gateway import run
+    from logbus.ingest.gateway import Running, run
 
-    def ready(addresses: list[str]) -> None:
-        for address in addresses:
+    def ready(running: Running) -> None:
+        for address in running.addresses:
             print(f"logbus ingest: listening on {address}", file=sys.stderr, flush=True)
 
     return run(plan, ready=ready)
@@ -193,7 +201,7 @@ def _plan(options: dict[str, Any], config: Path | None) -> Any:
         numbers["max_size"] = parse_size(options["max_size"], what="--max-size")
     if "spool_max_size" in options:
         numbers["spool_max_bytes"] = parse_size(options["spool_max_size"], what="--spool-max-size")
-    for name in ("idle_timeout", "drain_timeout"):
+    for name in ("idle_timeout", "drain_timeout", "confirm_timeout"):
         if name in options:
             numbers[name] = parse_duration(options[name], what=f"--{name.replace('_', '-')}")
     return IngestPlan(

@@ -38,6 +38,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "metrics_port": int,
     "metrics_host": str,
     "drain_timeout": (int, float, str),
+    "confirm_timeout": (int, float, str),
 }
 _SIZE = re.compile(r"([0-9]+)\s*([kKmMgG]?)i?[bB]?")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}

@@ -51,7 +51,7 @@ from logbus.record import LogRecord, hostname
 from logbus.settings import Settings
 from logbus.topology import Topology
 
-__all__ = ["KINDS", "IngestPlan", "Listen", "run"]
+__all__ = ["KINDS", "IngestPlan", "Listen", "Running", "run"]
 
 log = get_logger("logbus.ingest")
 
@@ -119,6 +119,9 @@ class IngestPlan:
     metrics_host: str = "127.0.0.1"
     drain_timeout: float = 30.0
     reconnect_max_delay: float = 2.0
+    #: Seconds a batch may wait for confirms before it is held (or spooled); default:
+    #: the settings' confirm_timeout, or 5 s with a spool (records go to disk sooner).
+    confirm_timeout: float | None = None
 
     def check(self) -> None:
         """Refuse a plan that cannot run, before anything is bound."""
@@ -140,9 +143,13 @@ class _BrokerLink:
         from logbus.emitter import Emitter
         from logbus.transports import connect
 
+        timeout = plan.confirm_timeout
+        if timeout is None:
+            timeout = min(settings.confirm_timeout, 5.0) if plan.spool else settings.confirm_timeout
         self._transport = connect(
             settings.url,
             settings=settings,
+            confirm_timeout=timeout,
             reconnect_max_delay=plan.reconnect_max_delay,
             connection_name=f"logbus-ingest-{hostname()}",
         )
@@ -184,16 +191,28 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
     return context
 
 
+@dataclass
+class Running:
+    """A gateway that is up, as ``run``'s ``ready`` callback sees it."""
+
+    #: ``tcp 127.0.0.1:5140`` per listener, the ports bound (not 0).
+    addresses: list[str]
+    #: Each listener's counters (read them on any thread; they only grow).
+    listeners: list[ListenerStats]
+    #: Ask the gateway to drain and stop, as SIGTERM does (any thread).
+    stop: Callable[[], None]
+
+
 def run(
     plan: IngestPlan,
     *,
-    ready: Callable[[list[str]], None] | None = None,
+    ready: Callable[[Running], None] | None = None,
     link: Callable[[], Link] | None = None,
 ) -> int:
-    """Run a gateway until SIGTERM/SIGINT; the exit status (see the module doc).
+    """Run a gateway until SIGTERM/SIGINT (or ``Running.stop``); the exit status.
 
-    ``ready`` is told the listeners' addresses once they are bound (``tcp
-    127.0.0.1:5140``); ``link`` replaces the broker connection (tests).
+    ``ready`` is called once every listener is bound; ``link`` replaces the broker
+    connection (tests).
     """
     plan.check()
     settings = plan.settings or Settings()
@@ -207,7 +226,7 @@ async def _serve(
     plan: IngestPlan,
     settings: Settings,
     spool: Spool | None,
-    ready: Callable[[list[str]], None] | None,
+    ready: Callable[[Running], None] | None,
     link: Callable[[], Link] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
@@ -232,6 +251,37 @@ async def _serve(
         local_host=hostname(),
     )
     stats = [ListenerStats(listen.name) for listen in plan.listeners]
+    servers, addresses = await _bind_all(plan, ctx, stats)
+    pipeline.start()
+    metrics_server = _serve_metrics(plan, stats, pipeline, ctx)
+    stop = asyncio.Event()
+
+    def ask_to_stop() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    if ready is not None:
+        ready(Running(addresses, stats, ask_to_stop))
+    with stop_on_signals(ask_to_stop):
+        await _until(stop, pipeline, ctx)
+    log.info("ingest.draining", in_flight=ctx.gate.in_flight)
+    ctx.stop_reading()
+    for server in servers:
+        server.close()
+    # The loop keeps running meanwhile: settlements answer RELP frames as they come.
+    drained = await loop.run_in_executor(None, pipeline.stop, monotonic() + plan.drain_timeout)
+    await _close_connections(ctx)
+    if metrics_server is not None:
+        metrics_server.close()
+    _remove_unix_sockets(plan)
+    if pipeline.fatal is not None:
+        raise pipeline.fatal
+    return 0 if drained else EX_TEMPFAIL
+
+
+async def _bind_all(
+    plan: IngestPlan, ctx: Context, stats: list[ListenerStats]
+) -> tuple[list[Any], list[str]]:
+    """Bind every listener (all or none); their servers and the addresses bound."""
     servers: list[Any] = []
     try:
         for listen, listener_stats in zip(plan.listeners, stats, strict=True):
@@ -243,31 +293,7 @@ async def _serve(
     addresses = [_address(li, server) for li, server in zip(plan.listeners, servers, strict=True)]
     for listener_stats, address in zip(stats, addresses, strict=True):
         listener_stats.name = address.replace(" ", ":", 1)  # the port bound, not the one asked
-    pipeline.start()
-    metrics_server = _serve_metrics(plan, stats, pipeline, ctx)
-    if ready is not None:
-        ready(addresses)
-    stop = asyncio.Event()
-
-    def ask_to_stop() -> None:
-        loop.call_soon_threadsafe(stop.set)
-
-    with stop_on_signals(ask_to_stop):
-        await _until(stop, pipeline, ctx)
-    log.info("ingest.draining", in_flight=ctx.gate.in_flight)
-    ctx.stop_reading()
-    for server in servers:
-        server.close()
-    deadline = monotonic() + plan.drain_timeout
-    # The loop keeps running meanwhile: settlements answer RELP frames as they come.
-    drained = await loop.run_in_executor(None, pipeline.stop, deadline)
-    await _close_connections(ctx)
-    if metrics_server is not None:
-        metrics_server.close()
-    _remove_unix_sockets(plan)
-    if pipeline.fatal is not None:
-        raise pipeline.fatal
-    return 0 if drained else EX_TEMPFAIL
+    return servers, addresses
 
 
 async def _until(stop: asyncio.Event, pipeline: Pipeline, ctx: Context) -> None:

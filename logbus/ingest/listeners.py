@@ -66,6 +66,10 @@ class ListenerStats:
     truncated: int = 0
     connections: int = 0
     refused_connections: int = 0
+    #: The most records this listener had in flight at once (back-pressure's evidence).
+    peak_in_flight: int = 0
+    #: Times a connection stopped reading for want of room.
+    pauses: int = 0
     kernel_drops: Callable[[], int] | None = None
 
     @property
@@ -147,6 +151,7 @@ class Context:
             items.append(Pending(record, stats, done))
         stats.received += len(messages)
         stats.published += len(items)
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         self.gate.take(len(items))
         self.pipeline.put(items)
 
@@ -252,6 +257,7 @@ class StreamConnection(asyncio.Protocol):
     def pause(self) -> None:
         if not self.paused and self.transport is not None and not self.transport.is_closing():
             self.paused = True
+            self.stats.pauses += 1
             self.transport.pause_reading()
             self.ctx.gate.waiting.add(self)
 
