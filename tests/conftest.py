@@ -24,7 +24,7 @@ from logbus._urls import redact_url
 
 _INTEGRATION = Path(__file__).parent / "integration"
 
-pytest_plugins = ["pytester", "tests.private_broker", "tests.pool_probe"]
+pytest_plugins = ["pytester", "tests.private_broker", "tests.cluster_broker", "tests.pool_probe"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
