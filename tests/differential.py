@@ -1,0 +1,299 @@
+"""The differential harness: one seeded operation sequence, run on RabbitMQ and on logbus.
+
+A scenario is a list of plain tuples drawn from a seed (:func:`scenario`): queue
+declares with TTLs, length limits, overflow, dead-lettering and quorum; publishes
+with per-message expirations (valid, 0 and invalid); ``basic.get``; consumers with
+prefetch; ack/nack/reject with and without requeue and ``multiple``; connection
+closes, purges, deletes, unbinds and redeclares. :class:`PikaSide` plays it on a
+live RabbitMQ through plain pika, :class:`LogbusSide` through a logbus transport,
+and :func:`play` writes down what a client could observe — every reply, error code,
+delivery (body, redelivered flag), passive-declare count, and at the end each
+queue's messages in order with their ``x-death`` — as lines of text, so two runs
+are compared with ``==`` and a difference reads as a diff.
+
+Both sides see one connection with one channel per client; a channel error closes
+that connection on both (pika's channel close and logbus's session close requeue
+alike), so the two stay comparable after an error. After every step each side is
+pumped until its consumers have been quiet for a moment (RabbitMQ delivers
+asynchronously): a wait on quiescence with a deadline, never an assertion on time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Op = tuple[Any, ...]
+
+#: Per-message expirations tried: valid, zero, short (expire while waiting), invalid.
+EXPIRATIONS = (None,) * 8 + ("0", "0", "1", "1", "60000", "abc", "-1", "1.5")
+CLIENTS = 2
+QUEUES = 3
+
+
+def queue_arguments(rng: random.Random, dlx: str) -> dict[str, Any]:
+    """A random mix of the arguments whose semantics the differential checks."""
+    args: dict[str, Any] = {}
+    quorum = rng.random() < 0.2
+    if quorum:
+        args["x-queue-type"] = "quorum"
+    if rng.random() < 0.35:
+        args["x-message-ttl"] = rng.choice((0, 1, 60000))
+    if rng.random() < 0.35:
+        args["x-max-length"] = rng.choice((0, 1, 2, 3))
+    if rng.random() < 0.2:
+        args["x-max-length-bytes"] = rng.choice((0, 4, 10))
+    if ("x-max-length" in args or "x-max-length-bytes" in args) and rng.random() < 0.5:
+        args["x-overflow"] = rng.choice(("drop-head", "reject-publish"))
+    if rng.random() < 0.4:
+        args["x-dead-letter-exchange"] = dlx
+        if rng.random() < 0.5:
+            args["x-dead-letter-routing-key"] = "dead"
+    if rng.random() < 0.1:
+        args["x-unknown-arg"] = rng.choice(("a", "b"))
+    return args
+
+
+def scenario(seed: int, length: int = 18) -> list[Op]:
+    """The operation sequence of ``seed``: declares first, then ``length`` random steps."""
+    rng = random.Random(seed)
+    ops: list[Op] = []
+    declared: list[dict[str, Any]] = []
+    for q in range(QUEUES):
+        args = queue_arguments(rng, "dlx")
+        exclusive = "x-queue-type" not in args and rng.random() < 0.15
+        declared.append(args)
+        ops.append(("declare", 0, q, args, exclusive))
+        if rng.random() < 0.5:
+            ops.append(("bind", 0, q, f"k{q}"))
+    body = 0
+    for _ in range(length):
+        kind = rng.choices(
+            ("publish", "get", "consume", "settle", "close", "count", "wait", "purge",
+             "delete", "redeclare", "unbind"),
+            (30, 10, 8, 22, 4, 6, 5, 2, 2, 3, 2),
+        )[0]  # fmt: skip
+        client, q = rng.randrange(CLIENTS), rng.randrange(QUEUES)
+        if kind == "publish":
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                ops.append(("publish", client, q, f"m{body}", rng.choice(EXPIRATIONS)))
+                body += 1
+        elif kind == "get":
+            ops.append(("get", client, q, rng.random() < 0.3))
+        elif kind == "consume":
+            ops.append(("consume", client, q, rng.choice((1, 2, 3, 10))))
+        elif kind == "settle":
+            how = rng.choice(("ack", "ack", "nack", "reject"))
+            multiple = how != "reject" and rng.random() < 0.3
+            ops.append((how, client, rng.randrange(4), multiple, rng.random() < 0.6))
+        elif kind == "delete":
+            ops.append(("delete", client, q, rng.random() < 0.5, rng.random() < 0.5))
+        elif kind == "redeclare":
+            args = dict(declared[q]) if rng.random() < 0.4 else queue_arguments(rng, "dlx")
+            if rng.random() < 0.3:
+                args["x-unknown-arg"] = "c"
+            ops.append(("declare", client, q, args, rng.random() < 0.2))
+        elif kind == "unbind":
+            ops.append(("unbind", client, q, rng.choice((f"k{q}", "missing"))))
+        else:
+            ops.append((kind, client, q))
+    return ops
+
+
+def reply_code(text: str) -> int:
+    """The AMQP reply code named by an error text ("NOT_FOUND - ...")."""
+    for code, word in (
+        (404, "NOT_FOUND"),
+        (405, "RESOURCE_LOCKED"),
+        (406, "PRECONDITION_FAILED"),
+        (403, "ACCESS_REFUSED"),
+        (540, "NOT_IMPLEMENTED"),
+        (503, "COMMAND_INVALID"),
+    ):
+        if word in text:
+            return code
+    return 0
+
+
+class Held:
+    """A delivery a client holds unsettled: its tag and what the trace calls it."""
+
+    __slots__ = ("handle", "label", "tag")
+
+    def __init__(self, tag: int, label: str, handle: Any) -> None:
+        self.tag, self.label, self.handle = tag, label, handle
+
+
+class Side:
+    """What :func:`play` needs of a broker; :class:`PikaSide` and :class:`LogbusSide`."""
+
+    quiet: float = 0.05
+
+    def open(self, client: int) -> None: ...
+    def close(self, client: int) -> None: ...
+    def declare(self, client: int, name: str, args: dict[str, Any], exclusive: bool) -> None: ...
+    def declare_dlx(self, name: str, queue: str) -> None: ...
+    def bind(self, client: int, queue: str, exchange: str, key: str, unbind: bool) -> None: ...
+    def publish(self, client: int, queue: str, body: str, expiration: str | None) -> bool: ...
+    def get(self, client: int, queue: str, auto_ack: bool) -> tuple[Any, int] | None: ...
+    def consume(self, client: int, queue: str, prefetch: int) -> None: ...
+    def settle(self, client: int, held: Held, how: str, multiple: bool, requeue: bool) -> None:
+        """Ack, nack or reject ``held``."""
+
+    def count(self, client: int, queue: str) -> tuple[int, int]: ...
+    def purge(self, client: int, queue: str) -> int: ...
+    def delete(self, client: int, queue: str, if_empty: bool, if_unused: bool) -> int: ...
+    def pump(self, client: int) -> list[tuple[Any, int]]:
+        """Consumer deliveries that arrived since the last pump: (message, tag)."""
+        return []
+
+    def describe(self, message: Any) -> str:
+        """Body, redelivered flag and x-death of a delivered message, as one string."""
+        return ""
+
+    def is_error(self, exc: BaseException) -> int | None:
+        """The reply code of a channel or connection error, None if ``exc`` is not one."""
+        return None
+
+
+def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
+    """Run ``ops`` on ``side`` with entity names under ``prefix``; the observed trace."""
+    trace: list[str] = []
+    held: list[list[Held]] = [[] for _ in range(CLIENTS)]
+    names = [f"{prefix}-q{q}" for q in range(QUEUES)]
+    dlq = f"{prefix}-dlq"
+    exchange = f"{prefix}-x"
+    for client in range(CLIENTS):
+        side.open(client)
+    side.declare_dlx(f"{prefix}-dlx", dlq)
+    side.declare_dlx(exchange, "")
+
+    def failed(client: int, exc: BaseException) -> None:
+        code = side.is_error(exc)
+        if code is None:
+            raise exc
+        trace.append(f"  error {code}")
+        side.close(client)
+        held[client].clear()
+        side.open(client)
+
+    def pump() -> None:
+        deadline = time.monotonic() + 5.0
+        quiet_until = time.monotonic() + side.quiet
+        while time.monotonic() < min(quiet_until, deadline):
+            arrived = False
+            for client in range(CLIENTS):
+                for message, tag in side.pump(client):
+                    arrived = True
+                    label = side.describe(message)
+                    held[client].append(Held(tag, label, message))
+                    trace.append(f"  c{client} deliver {label}")
+            if arrived:
+                quiet_until = time.monotonic() + side.quiet
+            elif side.quiet == 0:
+                break
+
+    for op in ops:
+        kind, client = op[0], op[1]
+        trace.append(" ".join(map(str, op)))
+        try:
+            _step(side, op, names, exchange, prefix, held, trace)
+        except Exception as exc:  # noqa: BLE001 - a channel error is an outcome to compare
+            failed(client, exc)
+        if kind == "wait":
+            time.sleep(0.03)  # lets TTLs of 1 ms run out on both sides alike
+        pump()
+    trace.extend(_final(side, names + [dlq], pump, failed))
+    return trace
+
+
+def _step(
+    side: Side,
+    op: Op,
+    names: list[str],
+    exchange: str,
+    prefix: str,
+    held: list[list[Held]],
+    trace: list[str],
+) -> None:
+    kind, client = op[0], op[1]
+    if kind == "declare":
+        args = dict(op[3])
+        if "x-dead-letter-exchange" in args:
+            args["x-dead-letter-exchange"] = f"{prefix}-dlx"
+        side.declare(client, names[op[2]], args, op[4])
+    elif kind == "bind" or kind == "unbind":
+        side.bind(client, names[op[2]], exchange, op[3], unbind=kind == "unbind")
+    elif kind == "publish":
+        ok = side.publish(client, names[op[2]], op[3], op[4])
+        trace.append("  confirmed" if ok else "  nacked")
+    elif kind == "get":
+        got = side.get(client, names[op[2]], op[3])
+        if got is None:
+            trace.append("  empty")
+        else:
+            label = side.describe(got[0])
+            trace.append(f"  got {label}")
+            if not op[3]:
+                held[client].append(Held(got[1], label, got[0]))
+    elif kind == "consume":
+        side.consume(client, names[op[2]], op[3])
+    elif kind in ("ack", "nack", "reject"):
+        mine = held[client]
+        if not mine:
+            trace.append("  nothing held")
+            return
+        target = mine[op[2] % len(mine)]
+        side.settle(client, target, kind, op[3], op[4])
+        if op[3]:
+            mine[:] = [h for h in mine if h.tag > target.tag]
+        else:
+            mine.remove(target)
+    elif kind == "close":
+        side.close(client)
+        held[client].clear()
+        side.open(client)
+    elif kind == "count":
+        trace.append("  count %d %d" % side.count(client, names[op[2]]))
+    elif kind == "purge":
+        trace.append(f"  purged {side.purge(client, names[op[2]])}")
+    elif kind == "delete":
+        trace.append(f"  deleted {side.delete(client, names[op[2]], op[3], op[4])}")
+
+
+def _final(
+    side: Side,
+    queues: list[str],
+    pump: Callable[[], None],
+    failed: Callable[[int, BaseException], None],
+) -> list[str]:
+    """Counts of every queue, then all connections closed and each queue drained."""
+    lines: list[str] = []
+    for queue in queues:
+        try:
+            lines.append("final count %s %d %d" % ((queue[-3:],) + side.count(0, queue)))
+        except Exception as exc:  # noqa: BLE001
+            lines.append(f"final count {queue[-3:]}")
+            failed(0, exc)
+    for client in range(CLIENTS):
+        side.close(client)
+    side.open(0)
+    time.sleep(side.quiet)  # requeues of the closed connections land (a quorum queue's too)
+    for queue in queues:
+        bodies: list[str] = []
+        with contextlib.suppress(Exception):
+            while (got := side.get(0, queue, True)) is not None:
+                bodies.append(side.describe(got[0]))
+        lines.append(f"final {queue[-3:]}: " + " ".join(bodies))
+    side.close(0)
+    return lines
+
+
+def x_death(headers: dict[str, Any] | None) -> str:
+    """``x-death`` as the trace shows it: queue suffix, reason, count; newest first."""
+    deaths = (headers or {}).get("x-death") or []
+    parts = [f"{str(d.get('queue'))[-3:]}/{d.get('reason')}/{d.get('count')}" for d in deaths]
+    return ("[" + ",".join(parts) + "]") if parts else ""
