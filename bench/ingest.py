@@ -11,6 +11,11 @@ while confirms lag, syslog-ng by ``flags(flow-control)``).
 Throughput is the lines counted in the receiving queue over the time from the
 first line sent. Printed: lines/s for each and the ratio (target >= 1.0x).
 
+Listener models (no broker: a stand-in that confirms at once, so only reading,
+framing, parsing and the hand-over count): the gateway's asyncio listeners
+against a thread per connection feeding the same publisher, 1 and 8 loggen
+connections, as a ratio. This is why the listeners are asyncio.
+
 Recovery (only with the private node's environment, ``LOGBUS_PRIVATE_*``; the
 shared broker is never restarted): a steady 1,000 lines/s stream, the broker
 stopped and started, and the seconds from its start until lines arrive again.
@@ -194,6 +199,103 @@ def recovery(receiver: Logbus | SyslogNg, private: Path) -> float:
         sender.wait()
 
 
+class _Instant:
+    """A broker stand-in that confirms every batch at once."""
+
+    connected = True
+
+    def emit_many(self, records: object) -> int:
+        return len(list(records))  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        pass
+
+
+def _loggen_all(port: int, lines: int, connections: int) -> None:
+    subprocess.run(
+        ["loggen", "-S", "-s", "150", "-n", str(lines // connections), "-I", "3600",
+         "-r", "1000000", "--active-connections", str(connections), "-Q", "127.0.0.1", str(port)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def _asyncio_listeners(lines: int, connections: int) -> float:
+    from logbus.ingest.gateway import IngestPlan, Listen, Running, run
+
+    box: list[Running] = []
+    up = threading.Event()
+
+    def ready(running: Running) -> None:
+        box.append(running)
+        up.set()
+
+    plan = IngestPlan(listeners=(Listen.parse("tcp", "0"),))
+    thread = threading.Thread(target=run, args=(plan,), kwargs={"ready": ready, "link": _Instant})
+    thread.start()
+    up.wait(30)
+    [running] = box
+    start = monotonic()
+    _loggen_all(int(running.addresses[0].rpartition(":")[2]), lines, connections)
+    while running.listeners[0].confirmed < lines // connections * connections:
+        threading.Event().wait(0.005)
+    took = monotonic() - start
+    running.stop()
+    thread.join(60)
+    return lines / took
+
+
+def _thread_listeners(lines: int, connections: int) -> float:
+    import socketserver
+
+    from logbus.ingest.framing import Framer
+    from logbus.ingest.pipeline import Pending, Pipeline
+    from logbus.ingest.syslog import parse_record
+
+    done = [0]
+    room = threading.Semaphore(20_000)
+
+    def settle(items: list[Pending], _outcome: object) -> None:
+        done[0] += len(items)
+        for _ in items:
+            room.release()
+
+    pipeline = Pipeline(_Instant, settle)
+    pipeline.start()
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            host, port = self.client_address[:2]
+            framer, peer = Framer(), f"{host}:{port}"
+            while data := self.request.recv(65536):
+                items = [Pending(parse_record(m, peer)) for m in framer.feed(data)]
+                for _ in items:
+                    room.acquire()
+                pipeline.put(items)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    start = monotonic()
+    _loggen_all(server.server_address[1], lines, connections)
+    while done[0] < lines // connections * connections:
+        threading.Event().wait(0.005)
+    took = monotonic() - start
+    server.shutdown()
+    pipeline.stop(monotonic() + 1)
+    return lines / took
+
+
+def listener_models(lines: int) -> None:
+    print("# listener models, broker stand-in (reading, framing, parsing, hand-over only)")
+    for connections in (1, 8):
+        a = _asyncio_listeners(lines, connections)
+        t = _thread_listeners(lines, connections)
+        print(
+            f"{connections} connection(s): asyncio {a:,.0f} lines/s, thread per connection "
+            f"{t:,.0f} lines/s, ratio {a / t:.2f}x"
+        )
+
+
 def main() -> None:
     lines = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     have_syslog_ng = shutil.which("syslog-ng") is not None
@@ -221,6 +323,7 @@ def main() -> None:
             print(f"ratio logbus / syslog-ng = {ratio:.2f}x (target >= 1.0x: {verdict})")
         else:
             print("syslog-ng: not installed, skipped (scripts/ensure-packages installs it)")
+        listener_models(min(lines, 40_000))
         _recoveries(have_syslog_ng, work)
 
 

@@ -113,13 +113,16 @@ def ingest_topology(
     url: str, prefix: str, tmp_path: Path, *, durable: bool = False
 ) -> Iterator[tuple[Path, Topology]]:
     """The default topology under ``prefix``, declared and written to a TOML file; removed
-    after. ``durable``: exchanges and queues that survive a broker restart (fault tests)."""
+    after. ``durable``: exchanges and queues that survive a broker restart, and a work queue
+    with no length bound (fault tests count duplicates: a bound would drop the oldest lines)."""
     topology = demo_topology(prefix)
     if durable:
         topology = dataclasses.replace(
             topology,
             exchanges=tuple(dataclasses.replace(e, durable=True) for e in topology.exchanges),
-            queues=tuple(dataclasses.replace(q, durable=True) for q in topology.queues),
+            queues=tuple(
+                dataclasses.replace(q, durable=True, max_length=None) for q in topology.queues
+            ),
         )
     path = tmp_path / "ingest-topology.toml"
     path.write_text(dumps(topology))
