@@ -24,6 +24,7 @@ __all__ = [
     "bindable",
     "check_fields",
     "count",
+    "dead_letter_strategy",
     "flag",
     "frozen_dict",
     "name",
@@ -188,3 +189,24 @@ def template(key_name: str, key: object) -> None:
         if name is not None and (name not in PLACEHOLDERS or spec or conversion):
             what = f"key template {key!r} has unknown placeholder {{{name}}}"
             raise InvalidTopology(what, hint, (key_name,))
+
+
+def dead_letter_strategy(args: Mapping[str, Any]) -> None:
+    """At-least-once dead-lettering as RabbitMQ (3.10+) takes it: a classic queue with
+    ``x-dead-letter-strategy`` is refused at declare time, and a quorum queue whose
+    overflow is not ``reject-publish`` quietly falls back to at-most-once (a broker log
+    warning only), so both are refused here, where the author reads why."""
+    if args.get("x-dead-letter-strategy") != "at-least-once":
+        return
+    if args.get("x-queue-type") != "quorum":
+        raise InvalidTopology(
+            'dead_letter_strategy = "at-least-once" needs a quorum queue',
+            'set queue_type = "quorum"; RabbitMQ refuses the strategy on other queues',
+            ("dead_letter_strategy",),
+        )
+    if args.get("x-overflow") != "reject-publish":
+        raise InvalidTopology(
+            'dead_letter_strategy = "at-least-once" needs overflow = "reject-publish"',
+            'set overflow = "reject-publish"; else RabbitMQ falls back to at-most-once',
+            ("overflow",),
+        )

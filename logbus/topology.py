@@ -17,7 +17,7 @@ The TOML format (``config/logbus.toml``) is four arrays of tables::
     name = "logbus.tasks"           # also: durable, exclusive, auto_delete
     max_length = 100000             # friendly keys for x-arguments: queue_type, max_length,
     overflow = "reject-publish"     # overflow, message_ttl (ms), dead_letter_exchange,
-                                    # dead_letter_routing_key
+                                    # dead_letter_routing_key, dead_letter_strategy
     arguments = { "x-max-priority" = 10 }   # raw x-arguments, passed through
     bounds = "arguments"            # or "policy": bounds, dead-lettering and TTLs go into
                                     # a RabbitMQ policy (logbus topology apply), not x-arguments
@@ -101,12 +101,14 @@ FRIENDLY_ARGUMENTS = {
     "message_ttl": "x-message-ttl",
     "dead_letter_exchange": "x-dead-letter-exchange",
     "dead_letter_routing_key": "x-dead-letter-routing-key",
+    "dead_letter_strategy": "x-dead-letter-strategy",
 }
 
 ExchangeType = Literal["fanout", "direct", "topic", "headers"]
 QueueType = Literal["classic", "quorum", "stream"]
 Bounds = Literal["arguments", "policy"]
 Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
+DeadLetterStrategy = Literal["at-most-once", "at-least-once"]
 DestinationType = Literal["queue", "exchange"]
 
 
@@ -159,6 +161,7 @@ class Queue:
     message_ttl: int | None = None
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
+    dead_letter_strategy: DeadLetterStrategy | None = None
     bounds: Bounds = "arguments"
 
     RULES: ClassVar[Mapping[str, Any]]
@@ -208,6 +211,7 @@ class Queue:
             what = "dead_letter_routing_key is set without dead_letter_exchange"
             hint = "set dead_letter_exchange too: the broker refuses the key alone"
             raise InvalidTopology(what, hint, ("dead_letter_routing_key",))
+        checks.dead_letter_strategy(args)
 
 
 Queue.RULES = {
@@ -222,6 +226,7 @@ Queue.RULES = {
     "message_ttl": checks.count,
     "dead_letter_exchange": checks.optional_string,
     "dead_letter_routing_key": checks.optional_string,
+    "dead_letter_strategy": checks.one_of(DeadLetterStrategy, optional=True),
     "bounds": checks.one_of(Bounds),
 }
 

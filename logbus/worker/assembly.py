@@ -94,7 +94,9 @@ def run(
             prefetch=plan.prefetch,
             concurrency=plan.concurrency,
             settings=plan.settings,
-            retry=plan.retry,
+            retry=plan.retry.following(
+                next((q for q in plan.topology.queues if q.name == plan.queue), None)
+            ),
             metrics=metrics,
             shutdown_timeout=plan.shutdown_timeout,
             report=report,

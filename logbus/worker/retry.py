@@ -20,6 +20,9 @@ queue                      arguments
                            (``logbus dlq list|show|replay|purge --queue Q``)
 =========================  ===================================================================
 
+The retry queues follow the work queue (:meth:`RetryPolicy.following`): quorum for a
+quorum ``Q``, and with ``dead_letter_strategy = "at-least-once"`` the delay queues too.
+
 One queue per delay, rather than a TTL per message, because a broker expires
 messages from the head of a queue only: in a queue where every message has the
 same TTL, the head is always the first to expire.
@@ -57,9 +60,9 @@ RabbitMQ take the trip for a dead-letter cycle.
 broker confirmed the copy in the delay (or dead-letter) queue, so a crash in
 between duplicates a record, never loses one (sinks de-duplicate by ``id``);
 a copy the broker did not confirm leaves the original to be requeued. One gap
-is the broker's: RabbitMQ dead-letters at most once, so a record whose delay
+is the broker's: classic queues dead-letter at most once, so a record whose delay
 ends while ``Q`` is at its ``x-max-length`` bound with ``reject-publish`` is
-dropped by the broker. Keep a worker on a bounded queue, or bound it generously.
+dropped; quorum delay queues dead-lettering at least once keep it until ``Q`` takes it.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ from logbus.errors import ConfigError, NotFound, PreconditionFailed
 from logbus.message import PERSISTENT, Message, Properties
 
 if TYPE_CHECKING:
+    from logbus.topology import Queue
     from logbus.transports.base import Transport
 
 __all__ = [
@@ -125,19 +129,12 @@ Outcome = Literal["retried", "dead_lettered"]
 MAX_ATTEMPTS = 1000
 #: Distinct delays (so delay queues per work queue) a policy may have.
 MAX_DELAY_QUEUES = 32
+_DEATH_OF = ("queue", "reason", "exchange")
 # x-message-ttl is an unsigned 32-bit count of milliseconds.
 _MAX_TTL_MS = 2**32 - 1
 # What the broker adds when it dead-letters; dropped when a record is sent on.
 _BROKER_DEATH_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-first-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        "x-last-death-exchange",
-    }
+    ["x-death"] + [f"x-{at}-death-{of}" for at in ("first", "last") for of in _DEATH_OF]
 )
 
 
@@ -157,8 +154,13 @@ class RetryPolicy:
     delay: float = 1.0
     backoff: float = 2.0
     max_delay: float = 300.0
+    #: The type of the delay and dead-letter queues, and how the delay queues dead-letter.
+    queue_type: Literal["classic", "quorum"] = "classic"
+    dead_letter_strategy: Literal["at-most-once", "at-least-once"] = "at-most-once"
 
     def __post_init__(self) -> None:
+        if self.dead_letter_strategy == "at-least-once" and self.queue_type != "quorum":
+            raise ConfigError("at-least-once dead-lettering needs quorum retry queues")
         attempts = self.max_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int):
             raise ConfigError(f"max attempts must be a whole number, not {attempts!r}")
@@ -193,6 +195,16 @@ class RetryPolicy:
                 f"(at most {MAX_DELAY_QUEUES}); raise the backoff, lower the max delay or "
                 "the max attempts"
             )
+
+    def following(self, work_queue: Queue | None) -> RetryPolicy:
+        """This policy with retry queues like ``work_queue`` (the topology's, if any): quorum
+        queues replicate records that wait as the work queue replicates those it holds."""
+        args = work_queue.all_arguments() if work_queue is not None else {}
+        if args.get("x-queue-type") != "quorum":
+            return self
+        if args.get("x-dead-letter-strategy") == "at-least-once":
+            return replace(self, queue_type="quorum", dead_letter_strategy="at-least-once")
+        return replace(self, queue_type="quorum")
 
     @classmethod
     def never(cls) -> RetryPolicy:
@@ -249,12 +261,16 @@ def _base(queue: str) -> str:
     return f"logbus.{queue}" if queue.startswith("amq.") else queue
 
 
-def _delay_arguments(queue: str, delay_ms: int) -> dict[str, Any]:
-    return {
-        "x-message-ttl": delay_ms,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": queue,
-    }
+def _delay_args(queue: str, delay_ms: int, policy: RetryPolicy) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"x-message-ttl": delay_ms, "x-dead-letter-exchange": ""}
+    arguments |= {"x-dead-letter-routing-key": queue, **_kind_arguments(policy)}
+    if policy.dead_letter_strategy == "at-least-once":  # any other overflow: at most once
+        arguments |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    return arguments
+
+
+def _kind_arguments(policy: RetryPolicy) -> dict[str, Any]:
+    return {"x-queue-type": "quorum"} if policy.queue_type == "quorum" else {}
 
 
 def declare_retry_queues(transport: Transport, queue: str, policy: RetryPolicy) -> list[str]:
@@ -266,8 +282,8 @@ def declare_retry_queues(transport: Transport, queue: str, policy: RetryPolicy) 
     """
     from logbus.topology import mismatch
 
-    wanted = [(delay_queue(queue, ms), _delay_arguments(queue, ms)) for ms in policy.delays_ms()]
-    wanted.append((dead_queue(queue), {}))
+    wanted = [(delay_queue(queue, ms), _delay_args(queue, ms, policy)) for ms in policy.delays_ms()]
+    wanted.append((dead_queue(queue), _kind_arguments(policy)))
     for name, _ in wanted:
         if len(name.encode()) > 255:
             raise ConfigError(
