@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import ssl
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -175,7 +176,7 @@ def to_pika(message: Message) -> Any:
         raise InputError(f"priority must be 0..255, not {props.priority!r}")
     if props.timestamp is not None and not 0 <= props.timestamp < 2**64:
         raise InputError(f"timestamp must be whole seconds since the epoch: {props.timestamp}")
-    return pika.BasicProperties(
+    return PreEncoded(
         content_type=props.content_type,
         content_encoding=props.content_encoding,
         headers=_table(props.headers, "headers") if props.headers else None,
@@ -284,3 +285,65 @@ def _decimal(value: decimal.Decimal, where: str) -> decimal.Decimal:
     if places > _SHORTSTR or not -_INT32 <= int(value.scaleb(places)) < _INT32:
         raise InputError(f"{where} = {value} does not fit an AMQP decimal")
     return value
+
+
+# -- what a publish sends ---------------------------------------------------------
+
+_H = struct.Struct(">H")
+_Q = struct.Struct(">Q")
+_MESSAGE_ID, _TIMESTAMP = 1 << 7, 1 << 6  # their property flags
+_SHAPES_MAX = 256
+_NO_FIELDS = (None,) * 10  # the ten properties up to timestamp, unset
+_shapes: dict[tuple[Any, ...], tuple[int, bytes, bytes]] = {}
+
+
+class PreEncoded(pika.BasicProperties):  # type: ignore[misc]
+    """pika's properties, encoded by pika once per shape (see :func:`encode_properties`)."""
+
+    def encode(self) -> list[bytes]:
+        return encode_properties(self)
+
+
+def encode_properties(props: Any) -> list[bytes]:
+    """pika's encoding of ``props``, each part but ``message_id`` and ``timestamp`` encoded
+    by pika once per shape and kept: what varies between records is only those two.
+
+    In AMQP's property order the two sit side by side, between ``expiration`` and
+    ``type``, so a record's bytes are the flags, pika's bytes of the fields before them,
+    the two, then pika's bytes of the fields after. Headers other than plain strings
+    (whose equal values may encode differently: ``1`` and ``True``) take pika's path.
+    """
+    headers = props.headers
+    if headers and not all(type(v) is str for v in headers.values()):
+        return pika.BasicProperties.encode(props)
+    before = (
+        props.content_type,
+        props.content_encoding,
+        headers,
+        props.delivery_mode,
+        props.priority,
+        props.correlation_id,
+        props.reply_to,
+        props.expiration,
+    )
+    after = (props.type, props.user_id, props.app_id, props.cluster_id)
+    key = (*before[:2], None if headers is None else tuple(headers.items()), *before[3:], *after)
+    shape = _shapes.get(key)
+    if shape is None:
+        head = pika.BasicProperties(*before).encode()
+        tail = pika.BasicProperties(*_NO_FIELDS, *after).encode()
+        flags = _H.unpack(head[0])[0] | _H.unpack(tail[0])[0]
+        shape = (flags, b"".join(head[1:]), b"".join(tail[1:]))
+        if len(_shapes) >= _SHAPES_MAX:
+            _shapes.clear()
+        _shapes[key] = shape
+    flags, head_bytes, tail_bytes = shape
+    middle = b""
+    if props.message_id is not None:
+        raw = props.message_id.encode()
+        flags |= _MESSAGE_ID
+        middle = bytes((len(raw),)) + raw
+    if props.timestamp is not None:
+        flags |= _TIMESTAMP
+        middle += _Q.pack(props.timestamp)
+    return [_H.pack(flags) + head_bytes + middle + tail_bytes]
