@@ -236,8 +236,10 @@ async def _serve(
         assert ctx is not None
         loop.call_soon_threadsafe(ctx.settled, items, outcome)
 
+    if link is None:
+        link = await _first_link(plan, settings, spool)
     pipeline = Pipeline(
-        link or partial(_BrokerLink, plan, settings),
+        link,
         settle,
         spool=spool,
         batch_size=plan.batch_size,
@@ -259,9 +261,9 @@ async def _serve(
     def ask_to_stop() -> None:
         loop.call_soon_threadsafe(stop.set)
 
-    if ready is not None:
-        ready(Running(addresses, stats, ask_to_stop))
-    with stop_on_signals(ask_to_stop):
+    with stop_on_signals(ask_to_stop):  # before "ready": a SIGTERM right after it drains
+        if ready is not None:
+            ready(Running(addresses, stats, ask_to_stop))
         await _until(stop, pipeline, ctx)
     log.info("ingest.draining", in_flight=ctx.gate.in_flight)
     ctx.stop_reading()
@@ -276,6 +278,22 @@ async def _serve(
     if pipeline.fatal is not None:
         raise pipeline.fatal
     return 0 if drained else EX_TEMPFAIL
+
+
+async def _first_link(
+    plan: IngestPlan, settings: Settings, spool: Spool | None
+) -> Callable[[], Link]:
+    """The broker link factory. Without a spool the broker must answer now: a gateway that
+    could only hold lines back fails at once (69, 77) rather than accept and stall."""
+    if spool is not None:
+        return partial(_BrokerLink, plan, settings)
+    loop = asyncio.get_running_loop()
+    first: list[Link] = [await loop.run_in_executor(None, _BrokerLink, plan, settings)]
+
+    def factory() -> Link:
+        return first.pop() if first else _BrokerLink(plan, settings)
+
+    return factory
 
 
 async def _bind_all(

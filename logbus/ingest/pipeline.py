@@ -119,6 +119,8 @@ class Pipeline:
         self._cond = threading.Condition()
         self._inbound: deque[Pending] = deque()
         self._held: list[Pending] = []  # a batch the broker did not take, first in line
+        self._current: list[Pending] = []  # the batch the thread is working on
+        self._given_up = False  # stop() settled what the thread still held
         self._stopping = False
         self._deadline = float("inf")
         self._pause = _FIRST_PAUSE
@@ -157,8 +159,11 @@ class Pipeline:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - monotonic()) + 5.0)
-        left = self._take_all()
-        if left and self.spool is not None:
+        stuck = self._thread.is_alive()  # inside a publish that does not come back
+        with self._cond:
+            self._given_up = stuck
+            left = (self._current if stuck else []) + self._take_all()
+        if left and self.spool is not None and not stuck:
             try:
                 self._spool(left)
                 left = []
@@ -167,9 +172,10 @@ class Pipeline:
         if left:
             self.stats.failed += len(left)
             self.settle(left, "failed")
-        self._close_link()
-        if self.spool is not None:
-            self.spool.close()
+        if not stuck:
+            self._close_link()
+            if self.spool is not None:
+                self.spool.close()
         return not left
 
     # -- the publisher thread -----------------------------------------------------
@@ -179,6 +185,7 @@ class Pipeline:
             batch = self._next_batch()
             if batch is None:
                 return
+            self._current = batch
             try:
                 if self.spool is not None and (len(self.spool) or monotonic() < self._retry_at):
                     self._spool_mode(batch)
@@ -192,6 +199,14 @@ class Pipeline:
                 log.error("ingest.publisher_crashed", error=f"{type(exc).__name__}: {exc}")
                 self.fatal = TransportError(f"the publisher failed: {type(exc).__name__}: {exc}")
                 self._held = batch + self._held
+            self._current = []
+
+    def _report(self, items: list[Pending], outcome: Outcome) -> None:
+        """Settle from the publisher thread, unless stop() gave up on it and settled them."""
+        with self._cond:
+            if self._given_up:
+                return
+        self.settle(items, outcome)
 
     def _next_batch(self) -> list[Pending] | None:
         """The held batch, else new records (waiting a little for them); None to stop."""
@@ -234,7 +249,7 @@ class Pipeline:
             return
         self._went_well()
         self.stats.confirmed += len(batch)
-        self.settle(batch, "confirmed")
+        self._report(batch, "confirmed")
 
     def _spool_mode(self, batch: list[Pending]) -> None:
         """While the spool is not empty: new records behind it, replay from its head."""
@@ -277,10 +292,10 @@ class Pipeline:
             except InputError as exc:
                 log.warning("ingest.record_refused", error=str(exc))
                 self.stats.failed += 1
-                self.settle([pending], "failed")
+                self._report([pending], "failed")
                 continue
             self.stats.confirmed += 1
-            self.settle([pending], "confirmed")
+            self._report([pending], "confirmed")
 
     def _spool_or_hold(self, batch: list[Pending]) -> None:
         try:
@@ -293,7 +308,7 @@ class Pipeline:
         assert self.spool is not None
         self.spool.append(p.record.to_bytes() for p in batch)
         self.stats.spooled += len(batch)
-        self.settle(batch, "spooled")
+        self._report(batch, "spooled")
 
     def _hold(self, batch: list[Pending]) -> None:
         """Keep ``batch`` first in line and pause before the next attempt."""
