@@ -3,9 +3,19 @@
 A :class:`LogRecord` is published as compact UTF-8 JSON with the keys ``id``,
 ``ts`` (RFC 3339, UTC, ``Z`` suffix, microseconds), ``facility``, ``severity``
 (the word), ``host``, ``app``, ``pid``, ``message``, ``fields`` and ``v``, under
-the routing key ``<facility>.<severity>``. :func:`decode` turns any body back
-into a record or raises :class:`~logbus.errors.DecodeError`, and is lenient
-where it can be lossless, because plain AMQP clients publish to logbus too.
+the routing key ``<facility>.<severity>``; then ``key`` when the record has one.
+
+``key`` is the routing key a record arrived under: :func:`decode` sets it from
+the delivery, records that logbus's own emitters build have none (None), so
+their bodies are exactly the ten keys above. A record that has a key writes it
+last in its body (``"key":"error"``), so the jsonl and webhook sinks keep it;
+the archive tables (sqlite, postgres) have no column for it. Reading a body
+back without a delivery (``routing_key=None``) takes the body's ``key``; with
+one, the delivery's key wins.
+
+:func:`decode` turns every body into a record and never raises on bytes,
+because plain AMQP clients publish to logbus too (see its docstring, and
+:mod:`logbus.shapes` for the JSON log shapes it reads).
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 from logbus._keys import (
@@ -32,10 +42,12 @@ from logbus._keys import (
     validate_facility,
 )
 from logbus._timestamps import Invalid, read_ts
-from logbus.errors import DecodeError, RecordError, RoutingKeyError
+from logbus.errors import DecodeError, RecordError
 from logbus.message import PERSISTENT, Properties
+from logbus.shapes import BODY_BASE64, readings
 
 __all__ = [
+    "BODY_BASE64",
     "CONTENT_TYPE",
     "FIELDS",
     "SCHEMA_VERSION",
@@ -55,6 +67,8 @@ SCHEMA_VERSION = 1
 
 #: A record's fields, in wire order.
 FIELDS = ("id", "ts", "facility", "severity", "host", "app", "pid", "message", "fields", "v")
+# And the routing key it arrived under, written after them only when there is one.
+_SLOT_NAMES = (*FIELDS, "key")
 
 _MAX_DEPTH = 100
 _DEFAULT_FACILITY = "user"
@@ -135,6 +149,7 @@ class LogRecord:
     message: str
     fields: dict[str, Any] = field(hash=False)  # a dict cannot be hashed; ids are unique
     v: int
+    key: str | None
 
     def __init__(self, **data: Any) -> None:
         problems: list[RecordError] = []
@@ -172,15 +187,17 @@ class LogRecord:
 
     def replace(self, **changes: Any) -> LogRecord:
         """A copy with ``changes`` applied, validated as a new record is."""
-        return LogRecord(**{name: getattr(self, name) for name in FIELDS} | changes)
+        return LogRecord(**{name: getattr(self, name) for name in _SLOT_NAMES} | changes)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON data, what :meth:`to_bytes` writes: ``ts`` as RFC 3339 text,
-        ``severity`` as its word, ``fields`` a copy (JSON data already)."""
+        ``severity`` as its word, ``fields`` a copy (JSON data already), ``key`` if set."""
         data = {name: getattr(self, name) for name in FIELDS}
         data["ts"] = format_ts(self.ts)
         data["severity"] = WORDS[self.severity]
         data["fields"] = dict(self.fields)
+        if self.key is not None:
+            data["key"] = self.key
         return data
 
     def to_bytes(self) -> bytes:
@@ -197,11 +214,12 @@ class LogRecord:
         # took, and the facility and severity need no quoting: their grammar has none.
         pid = "null" if self.pid is None else int(self.pid)
         fields = dump(self.fields) if self.fields else "{}"
+        key = "" if self.key is None else f',"key":{string(self.key)}'
         return (
             f'{{"id":{string(self.id)},"ts":"{format_ts(self.ts)}","facility":"{self.facility}",'
             f'"severity":"{WORDS[self.severity]}","host":{string(self.host)},"app":'
             f'{string(self.app)},"pid":{pid},"message":{string(self.message)},"fields":{fields},'
-            f'"v":{int(self.v)}}}'
+            f'"v":{int(self.v)}{key}}}'
         )
 
     def to_properties(self) -> Properties:
@@ -223,8 +241,8 @@ class LogRecord:
 
 _MISSING: Any = object()
 _NEW = LogRecord.__new__
-_SLOTS = tuple(getattr(LogRecord, name).__set__ for name in FIELDS)
-assert tuple(f.name for f in dataclasses.fields(LogRecord)) == FIELDS
+_SLOTS = tuple(getattr(LogRecord, name).__set__ for name in _SLOT_NAMES)
+assert tuple(f.name for f in dataclasses.fields(LogRecord)) == _SLOT_NAMES
 _STRING: Callable[[str], str] = json.encoder.encode_basestring
 _STRING_ASCII: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
@@ -249,7 +267,7 @@ _FIELDS_ASCII = _fields_writer(_STRING_ASCII)
 
 
 def _fill(record: LogRecord, *values: Any) -> None:
-    """Set the (frozen) slots of a new record, in :data:`FIELDS` order."""
+    """Set the (frozen) slots of a new record, in :data:`FIELDS` order, then ``key``."""
     for put, value in zip(_SLOTS, values, strict=True):
         put(record, value)
 
@@ -278,6 +296,10 @@ def _pid(value: Any) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         raise Invalid("Input should be a valid integer")
     return value
+
+
+def _key(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 def _version(value: Any) -> int:
@@ -309,85 +331,67 @@ _CHECKS: tuple[tuple[str, Callable[[Any], Any], Callable[[], Any] | None], ...] 
     ("message", _text, None),
     ("fields", _fields, dict),
     ("v", _version, lambda: SCHEMA_VERSION),
+    ("key", _key, lambda: None),
 )
 
-_KNOWN = frozenset(FIELDS)
+_KNOWN = frozenset(_SLOT_NAMES)
 # ts as format_ts writes it; other forms get the full check's (more lenient) parsing.
 _WIRE_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _NO_FIELDS: Any = object()
+_NO_PROPERTIES = Properties()
+# What building a record from a reading may raise: a value it cannot take.
+_UNFIT = (RecordError, Invalid, ValueError, TypeError, OverflowError, RecursionError)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not standard JSON")
+def decode(
+    body: bytes, properties: Properties | None = None, routing_key: str | None = None
+) -> LogRecord:
+    """Turn any received body into a record: every body is one, and nothing is lost.
 
+    * A JSON object of logbus's own keys is read as it is; any other JSON object
+      through :func:`logbus.shapes.read_shape` (pino, bunyan, ECS, GELF, Logstash,
+      python-json-logger), its unknown keys under ``fields``; without a message
+      key, the message is the body's text. An object whose values do not fit a
+      record is read as a shape, else as text: its whole text is the message.
+    * Any other body (other JSON: ``42``, ``[1, 2]``, ``"x"``; any text; an empty
+      one) is a record whose message is the text, trailing line breaks removed.
+    * Bytes that are not UTF-8: the message is the text with each bad byte
+      written ``\\xe9``, and ``fields["body_base64"]`` (:data:`BODY_BASE64`)
+      holds the exact bytes, base64.
 
-_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
-_JSON_START = frozenset('["-0123456789tfn')
-
-
-def decode(body: bytes, properties: Properties | None = None, routing_key: str = "") -> LogRecord:
-    """Turn a received body into a record, or raise :class:`DecodeError` saying why.
-
-    A body whose first non-blank character is ``{`` must be a JSON record: it
-    needs ``message``; known fields must have the right types; unknown top-level
-    keys are kept under ``fields`` (where a key exists in both, ``fields`` wins).
-    Any other body that is valid JSON (``[1]``, ``"x"``, ``42``) is not a record.
-    The rest is plain text (with trailing line breaks removed) and becomes the
-    message; an empty or blank body is an error.
-
-    Missing values are filled in: facility and severity from the routing key when
-    it is ``<facility>.<severity>``, else from the ``facility``/``severity``
-    headers, else ``user`` and ``info``; ``id`` from ``message_id``, else a new
-    one; ``ts`` from ``timestamp``, else now; ``host`` and ``app`` from headers
-    (``app`` then from ``app_id``), else empty; ``pid`` is None.
+    ``key`` is ``routing_key`` (without one, a logbus body's own ``key``). What the
+    body does not say comes from the key, then the properties: a key
+    ``<facility>.<severity>`` (any case, ``Kern.Critical``) gives both, a key that
+    is one severity word (``error``, ``crit``) gives the severity, any other key
+    neither; then the ``facility``/``severity`` headers, else ``user`` and
+    ``info``. ``id`` from ``message_id``, else a new one; ``ts`` from
+    ``timestamp``, else now; ``host`` and ``app`` from headers (``app`` then from
+    ``app_id``), else empty; ``pid`` is None. :class:`DecodeError` only when
+    ``body`` is not bytes at all (a caller's bug).
     """
-    props = properties if properties is not None else Properties()
     if not isinstance(body, bytes | bytearray | memoryview):
         raise DecodeError(f"body is a {type(body).__name__}, not bytes")
-    try:
-        text = str(body, "utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"body is not valid UTF-8 (at byte {exc.start}: {exc.reason})") from None
-    stripped = text.strip()
-    if not stripped:
-        raise DecodeError("body is empty" if not text else "body is blank (only whitespace)")
-    if stripped[0] == "{":
+    props = _NO_PROPERTIES if properties is None else properties
+    key = routing_key if isinstance(routing_key, str) else None
+    for data in readings(bytes(body)):
         try:
-            data = _DECODE(stripped)
-        except (ValueError, RecursionError) as exc:
-            raise DecodeError(f"body starts with '{{' but is not valid JSON: {exc}") from None
-        if "message" not in data:
-            raise DecodeError("JSON record has no 'message'")
-        known = {k: v for k, v in data.items() if k in _KNOWN}
-        if len(known) < len(data):
-            fields = known.get("fields", {})
-            if not isinstance(fields, dict):
-                raise DecodeError(f"JSON record's 'fields' is {_json_type(fields)}, not an object")
-            known["fields"] = {k: v for k, v in data.items() if k not in _KNOWN} | fields
-        return _complete(known, props, routing_key)
-    if stripped[0] in _JSON_START:
-        try:
-            data = _DECODE(stripped)
-        except (ValueError, RecursionError):
-            pass  # not JSON: plain text such as "[INFO] started" or "-- mark --"
-        else:
-            raise DecodeError(f"JSON body is {_json_type(data)}, not an object")
-    return _complete({"message": text.rstrip("\r\n")}, props, routing_key)
+            return _complete(data, props, key)
+        except _UNFIT:
+            continue  # the next reading keeps more as text
+    raise AssertionError("unreachable: a text reading always makes a record")
 
 
-def _json_type(data: object) -> str:
-    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(data), "a number")
-
-
-def _complete(data: dict[str, Any], props: Properties, routing_key: str) -> LogRecord:
+def _complete(data: dict[str, Any], props: Properties, routing_key: str | None) -> LogRecord:
     """Fill in what the body did not say from the key and properties, then validate."""
-    headers = props.headers if isinstance(props.headers, Mapping) else {}
+    if routing_key is not None:
+        data["key"] = routing_key
+    key = data.get("key")
     if "facility" not in data or "severity" not in data:
-        try:
-            facility, severity = parse_routing_key(routing_key)
-        except RoutingKeyError:
+        headers = props.headers if isinstance(props.headers, Mapping) else {}
+        facility, severity = _key_parts(key) if type(key) is str else (None, None)
+        if facility is None:
             facility = _from_header(headers, "facility", validate_facility, _DEFAULT_FACILITY)
+        if severity is None:
             severity = _from_header(headers, "severity", Severity.parse, Severity.INFO)
         data.setdefault("facility", facility)
         data.setdefault("severity", severity)
@@ -396,19 +400,28 @@ def _complete(data: dict[str, Any], props: Properties, routing_key: str) -> LogR
         data["id"] = message_id if isinstance(message_id, str) and message_id else new_id()
     if "ts" not in data:
         data["ts"] = _timestamp(props.timestamp)
-    if "host" not in data:
-        data["host"] = _from_header(headers, "host", str, "")
-    if "app" not in data:
+    if "host" not in data or "app" not in data:
+        headers = props.headers if isinstance(props.headers, Mapping) else {}
+        data.setdefault("host", _from_header(headers, "host", str, ""))
         app_id = props.app_id if isinstance(props.app_id, str) else ""
-        data["app"] = _from_header(headers, "app", str, app_id)
+        data.setdefault("app", _from_header(headers, "app", str, app_id))
     data.setdefault("pid", None)
     trusted = _trusted(data)
-    if trusted is not None:
-        return trusted
+    return trusted if trusted is not None else LogRecord(**data)
+
+
+@lru_cache(maxsize=4096)  # keys repeat; a bound keeps a stream of unique ones cheap
+def _key_parts(key: str) -> tuple[str | None, Severity | None]:
+    """What a routing key says: ``(facility, severity)``, either None where it says nothing."""
+    words = key.lower().split(".")
     try:
-        return LogRecord(**data)
-    except RecordError as exc:
-        raise DecodeError(f"not a valid record: {exc}") from None
+        if len(words) == 2:
+            return validate_facility(words[0]), Severity.parse(words[1])
+        if len(words) == 1 and words[0].isalpha():
+            return None, Severity.parse(words[0])
+    except RecordError:
+        pass
+    return None, None
 
 
 def _trusted(data: dict[str, Any]) -> LogRecord | None:
@@ -429,6 +442,7 @@ def _trusted(data: dict[str, Any]) -> LogRecord | None:
         pid = data["pid"]
     except (KeyError, RecordError):
         return None
+    key = data.get("key")
     if not (
         type(ident) is str
         and ident
@@ -436,6 +450,7 @@ def _trusted(data: dict[str, Any]) -> LogRecord | None:
         and type(app) is str
         and type(message) is str
         and (pid is None or type(pid) is int)
+        and (key is None or type(key) is str)
     ):
         return None
     if type(ts) is str:
@@ -461,7 +476,7 @@ def _trusted(data: dict[str, Any]) -> LogRecord | None:
     if type(v) is not int or v < 1:
         return None
     built = _NEW(LogRecord)
-    _fill(built, ident, ts, facility, severity, host, app, pid, message, fields, v)
+    _fill(built, ident, ts, facility, severity, host, app, pid, message, fields, v, key)
     return built
 
 

@@ -20,22 +20,37 @@ python-json-logger            ``message``, ``levelname``, ``asctime``, ``name``,
 :func:`read_shape` never raises: a value it cannot read stays in ``fields`` under
 its own key, and the record then takes its defaults (from the routing key, the
 AMQP properties or the time of arrival). Nothing here imports pydantic.
+
+:func:`readings` is how :func:`logbus.record.decode` reads a whole body: the
+ways to read it, most structured first, each a mapping of record fields that
+the decoder tries in turn until one makes a valid record. The last is always
+the body as text, so every body is a record. Bytes that are not UTF-8 are read
+once: the message is the text with each bad byte written as ``\\xe9``
+(``backslashreplace``: readable, and a byte never passes for the character it
+would be in Latin-1), and the exact bytes are kept, base64, under
+``fields["body_base64"]`` (:data:`BODY_BASE64`).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from logbus._keys import Severity, validate_facility
 from logbus.errors import RecordError
 
-__all__ = ["read_shape", "severity_of"]
+__all__ = ["BODY_BASE64", "read_shape", "readings", "severity_of"]
 
 #: The record's own keys, as logbus writes them.
 OWN_KEYS = ("id", "ts", "facility", "severity", "host", "app", "pid", "message", "fields", "v")
+#: The field that keeps a body that is not UTF-8, exactly, in base64.
+BODY_BASE64 = "body_base64"
+# A logbus body: its own keys, and the routing key it carried when it had one.
+_OWN = frozenset((*OWN_KEYS, "key"))
 
 # Level words of the log libraries (case-insensitive) beyond the syslog words and aliases.
 _LEVEL_WORDS = {
@@ -260,3 +275,40 @@ def read_shape(data: Mapping[str, Any]) -> dict[str, Any]:
     if rest:
         out["fields"] = rest
     return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not standard JSON")
+
+
+_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def readings(body: bytes) -> Iterator[dict[str, Any]]:
+    """The ways to read ``body`` as record fields, most structured first; the last
+    is the text alone (trailing line breaks removed), which always makes a record.
+
+    A JSON object of logbus's own keys with a ``message`` comes first as it is,
+    then any JSON object through :func:`read_shape` (the body's text is the
+    message when no key gave one). Other JSON and any other text are only text.
+    """
+    try:
+        text = str(body, "utf-8-sig")
+    except UnicodeDecodeError:
+        readable = str(body, "utf-8", "backslashreplace").rstrip("\r\n")
+        yield {"message": readable, "fields": {BODY_BASE64: base64.b64encode(body).decode()}}
+        return
+    line = text.rstrip("\r\n")
+    stripped = text.strip()
+    if stripped[:1] == "{":
+        try:
+            data = _DECODE(stripped)
+        except (ValueError, RecursionError):
+            data = None  # text that starts with '{': "{worker-3} crashed"
+        if type(data) is dict:
+            if "message" in data and data.keys() <= _OWN:
+                yield dict(data)
+            shape = read_shape(data)
+            shape.setdefault("message", line)
+            yield shape
+    yield {"message": line}
