@@ -28,7 +28,8 @@ worker's retry logic and the CLI's exit statuses read that flag.
         ├── ChannelError            the broker refused an operation (AMQP channel error)
         │   ├── NotFound            the entity does not exist (404)
         │   ├── PreconditionFailed  redeclared with other arguments (406)
-        │   └── ResourceLocked      exclusive to another connection (405)
+        │   ├── ResourceLocked      exclusive to another connection (405)
+        │   └── NotImplementedByBroker  a feature the queue type lacks (540)
         ├── AccessRefused           credentials or permissions refused (77, not recoverable)
         └── TransportClosed         used after close()                (not recoverable)
 
@@ -54,6 +55,7 @@ __all__ = [
     "LogbusError",
     "NotConfirmed",
     "NotFound",
+    "NotImplementedByBroker",
     "PreconditionFailed",
     "RecordError",
     "RecordTooLarge",
@@ -248,6 +250,15 @@ class ResourceLocked(ChannelError):
     """An exclusive queue belongs to another connection (AMQP 405 RESOURCE_LOCKED)."""
 
     reply_code = 405
+
+
+class NotImplementedByBroker(ChannelError):
+    """The queue's type does not support the operation (AMQP 540 NOT_IMPLEMENTED).
+
+    RabbitMQ closes the connection for it; retrying the same operation never helps.
+    """
+
+    reply_code = 540
 
 
 class AccessRefused(TransportError):

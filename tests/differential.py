@@ -121,10 +121,12 @@ def reply_code(text: str) -> int:
 class Held:
     """A delivery a client holds unsettled: its tag and what the trace calls it."""
 
-    __slots__ = ("handle", "label", "tag")
+    __slots__ = ("handle", "label", "scope", "tag")
 
-    def __init__(self, tag: int, label: str, handle: Any) -> None:
-        self.tag, self.label, self.handle = tag, label, handle
+    def __init__(self, tag: int, label: str, handle: Any, scope: str) -> None:
+        # scope: the channel the delivery came on ("get", or the consumer's own), which
+        # is what basic.ack's multiple reaches across.
+        self.tag, self.label, self.handle, self.scope = tag, label, handle, scope
 
 
 class Side:
@@ -146,8 +148,8 @@ class Side:
     def count(self, client: int, queue: str) -> tuple[int, int]: ...
     def purge(self, client: int, queue: str) -> int: ...
     def delete(self, client: int, queue: str, if_empty: bool, if_unused: bool) -> int: ...
-    def pump(self, client: int) -> list[tuple[Any, int]]:
-        """Consumer deliveries that arrived since the last pump: (message, tag)."""
+    def pump(self, client: int) -> list[tuple[Any, int, str]]:
+        """Consumer deliveries that arrived since the last pump: (message, tag, scope)."""
         return []
 
     def describe(self, message: Any) -> str:
@@ -183,30 +185,33 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
     def pump() -> None:
         deadline = time.monotonic() + 5.0
         quiet_until = time.monotonic() + side.quiet
-        while time.monotonic() < min(quiet_until, deadline):
+        while True:
             arrived = False
             for client in range(CLIENTS):
-                for message, tag in side.pump(client):
+                for message, tag, scope in side.pump(client):
                     arrived = True
                     label = side.describe(message)
-                    held[client].append(Held(tag, label, message))
+                    held[client].append(Held(tag, label, message, scope))
                     trace.append(f"  c{client} deliver {label}")
+            now = time.monotonic()
             if arrived:
-                quiet_until = time.monotonic() + side.quiet
-            elif side.quiet == 0:
+                quiet_until = now + side.quiet
+            elif now >= min(quiet_until, deadline):
                 break
+            else:
+                time.sleep(0.001)
 
     for op in ops:
         kind, client = op[0], op[1]
         trace.append(" ".join(map(str, op)))
         try:
             _step(side, op, names, exchange, prefix, held, trace)
-        except Exception as exc:  # noqa: BLE001 - a channel error is an outcome to compare
+        except Exception as exc:  # a channel error is an outcome to compare
             failed(client, exc)
         if kind == "wait":
             time.sleep(0.03)  # lets TTLs of 1 ms run out on both sides alike
         pump()
-    trace.extend(_final(side, names + [dlq], pump, failed))
+    trace.extend(_final(side, [*names, dlq], pump, failed))
     return trace
 
 
@@ -238,7 +243,7 @@ def _step(
             label = side.describe(got[0])
             trace.append(f"  got {label}")
             if not op[3]:
-                held[client].append(Held(got[1], label, got[0]))
+                held[client].append(Held(got[1], label, got[0], "get"))
     elif kind == "consume":
         side.consume(client, names[op[2]], op[3])
     elif kind in ("ack", "nack", "reject"):
@@ -249,7 +254,7 @@ def _step(
         target = mine[op[2] % len(mine)]
         side.settle(client, target, kind, op[3], op[4])
         if op[3]:
-            mine[:] = [h for h in mine if h.tag > target.tag]
+            mine[:] = [h for h in mine if h.scope != target.scope or h.tag > target.tag]
         else:
             mine.remove(target)
     elif kind == "close":
@@ -257,7 +262,8 @@ def _step(
         held[client].clear()
         side.open(client)
     elif kind == "count":
-        trace.append("  count %d %d" % side.count(client, names[op[2]]))
+        messages, consumers = side.count(client, names[op[2]])
+        trace.append(f"  count {messages} {consumers}")
     elif kind == "purge":
         trace.append(f"  purged {side.purge(client, names[op[2]])}")
     elif kind == "delete":
@@ -274,8 +280,9 @@ def _final(
     lines: list[str] = []
     for queue in queues:
         try:
-            lines.append("final count %s %d %d" % ((queue[-3:],) + side.count(0, queue)))
-        except Exception as exc:  # noqa: BLE001
+            messages, consumers = side.count(0, queue)
+            lines.append(f"final count {queue[-3:]} {messages} {consumers}")
+        except Exception as exc:
             lines.append(f"final count {queue[-3:]}")
             failed(0, exc)
     for client in range(CLIENTS):
@@ -284,9 +291,13 @@ def _final(
     time.sleep(side.quiet)  # requeues of the closed connections land (a quorum queue's too)
     for queue in queues:
         bodies: list[str] = []
-        with contextlib.suppress(Exception):
+        try:
             while (got := side.get(0, queue, True)) is not None:
                 bodies.append(side.describe(got[0]))
+        except Exception as exc:
+            bodies.append(f"error {side.is_error(exc)}")
+            side.close(0)
+            side.open(0)
         lines.append(f"final {queue[-3:]}: " + " ".join(bodies))
     side.close(0)
     return lines

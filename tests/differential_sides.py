@@ -29,7 +29,8 @@ class PikaSide(Side):
         self._parameters = parameters
         self._connections: dict[int, pika.BlockingConnection] = {}
         self._channels: dict[int, Any] = {}
-        self._inbox: dict[int, list[tuple[Any, int]]] = {}
+        self._inbox: dict[int, list[tuple[Any, int, str]]] = {}
+        self._consumer_channels: dict[str, Any] = {}
         self.created: list[tuple[str, str]] = []
 
     def open(self, client: int) -> None:
@@ -79,14 +80,23 @@ class PikaSide(Side):
         return (method, properties, body), method.delivery_tag
 
     def consume(self, client: int, queue: str, prefetch: int) -> None:
-        channel, inbox = self._channels[client], self._inbox[client]
+        # A channel per consumer, as logbus's amqp:// transport opens them.
+        channel, inbox = self._connections[client].channel(), self._inbox[client]
+        scope = f"c{len(self._consumer_channels)}"
+        self._consumer_channels[scope] = channel
         channel.basic_qos(prefetch_count=prefetch)
-        channel.basic_consume(
-            queue, lambda _c, m, p, b: inbox.append(((m, p, b), m.delivery_tag))
-        )
+        try:
+            channel.basic_consume(
+                queue, lambda _c, m, p, b: inbox.append(((m, p, b), m.delivery_tag, scope))
+            )
+        except pika_errors.ChannelClosedByBroker:
+            self.close(client)  # the other sides close their connection on any error
+            raise
 
     def settle(self, client: int, held: Held, how: str, multiple: bool, requeue: bool) -> None:
         channel = self._channels[client]
+        if held.scope != "get":
+            channel = self._consumer_channels[held.scope]
         if how == "ack":
             channel.basic_ack(held.tag, multiple=multiple)
         elif how == "nack":
@@ -108,12 +118,14 @@ class PikaSide(Side):
         ok = channel.queue_delete(queue, if_unused=if_unused, if_empty=if_empty)
         return int(ok.method.message_count)
 
-    def pump(self, client: int) -> list[tuple[Any, int]]:
+    def pump(self, client: int) -> list[tuple[Any, int, str]]:
         connection = self._connections.get(client)
         if connection is None or not connection.is_open:
             return []
         connection.process_data_events(time_limit=0)
-        out, self._inbox[client] = self._inbox[client], []
+        inbox = self._inbox[client]  # the consumers' callbacks hold this very list
+        out = inbox[:]
+        inbox.clear()
         return out
 
     def describe(self, message: Any) -> str:
@@ -122,9 +134,11 @@ class PikaSide(Side):
         return body.decode() + flag + x_death(properties.headers)
 
     def is_error(self, exc: BaseException) -> int | None:
-        if isinstance(exc, pika_errors.ChannelClosedByBroker | pika_errors.ConnectionClosedByBroker):
+        closed = pika_errors.ChannelClosedByBroker | pika_errors.ConnectionClosedByBroker
+        if isinstance(exc, closed):
             return int(exc.reply_code)
-        if isinstance(exc, pika_errors.ChannelWrongStateError | pika_errors.ConnectionWrongStateError):
+        wrong_state = pika_errors.ChannelWrongStateError | pika_errors.ConnectionWrongStateError
+        if isinstance(exc, wrong_state):
             return -1  # used after an error closed it asynchronously
         return None
 
@@ -210,11 +224,11 @@ class LogbusSide(Side):
     def delete(self, client: int, queue: str, if_empty: bool, if_unused: bool) -> int:
         return self._transports[client].delete_queue(queue, if_unused=if_unused, if_empty=if_empty)
 
-    def pump(self, client: int) -> list[tuple[Any, int]]:
-        out: list[tuple[Any, int]] = []
+    def pump(self, client: int) -> list[tuple[Any, int, str]]:
+        out: list[tuple[Any, int, str]] = []
         for consumer in self._consumers.get(client, []):
             while (delivery := consumer.get(timeout=0)) is not None:
-                out.append((delivery, delivery.delivery_tag))
+                out.append((delivery, delivery.delivery_tag, consumer.tag))
         return out
 
     def describe(self, message: Any) -> str:

@@ -35,6 +35,7 @@ from typing import Any
 
 from logbus.broker.journal import Journal, JournaledEntry, JournaledQueue
 from logbus.broker.queues import (
+    ConsumerState,
     Delivered,
     Entry,
     ExchangeState,
@@ -42,10 +43,11 @@ from logbus.broker.queues import (
     SessionState,
     Unacked,
     monotonic,
+    valid_expiration,
 )
 from logbus.broker.registry import EXCHANGE_TYPES, QUEUE, Registry
 from logbus.broker.settlement import Guard, Settling
-from logbus.errors import AccessRefused
+from logbus.errors import AccessRefused, PreconditionFailed
 from logbus.message import Message, QueueInfo
 
 __all__ = ["Broker", "PublishOutcome", "QueueInfo"]
@@ -167,6 +169,9 @@ class Broker(Registry, Settling):
         with self._lock:  # the hot path: _guard's work, inlined
             if self._mailbox:
                 self._drain()
+            expiration = message.properties.expiration
+            if expiration is not None and not valid_expiration(expiration):
+                raise PreconditionFailed(f"PRECONDITION_FAILED - invalid expiration '{expiration}'")
             if message.exchange:
                 exchange = self._exchange(message.exchange)
                 if exchange.internal:
@@ -223,25 +228,45 @@ class Broker(Registry, Settling):
         return queues
 
     def _enqueue(self, queue: QueueState, message: Message, now: float) -> bool:
-        """Add a message under the queue's overflow policy; False if it refused it."""
+        """Add a message as RabbitMQ does (``deliver_or_enqueue``); False if it refused it.
+
+        ``reject-publish`` is checked first; then a waiting consumer gets the message
+        at once, whatever its TTL (even 0) and the bounds. Otherwise it joins the tail,
+        ``drop-head`` trims the head, and expired messages go only from the head.
+        """
         entry = Entry(message, queue.expiry_for(message, now))
-        if entry.expires_at is not None and entry.expires_at <= now and not queue.consumers:
-            self._dead_letter(queue, entry, "expired")  # TTL 0 with nobody to take it
-            return True
-        while queue.is_full_for(entry):
-            if queue.overflow.startswith("reject-publish"):
-                if queue.overflow == "reject-publish-dlx":
-                    self._dead_letter(queue, entry, "maxlen")
-                return False
-            if not queue.ready:
-                self._dead_letter(queue, entry, "maxlen")  # bigger than the bound itself
+        if queue.overflow != "drop-head" and queue.would_overflow(entry):
+            if queue.overflow == "reject-publish-dlx":
+                self._dead_letter(queue, entry, "maxlen")
+            return False
+        if not queue.ready and queue.consumers:
+            consumer = queue.next_consumer()
+            if consumer is not None:
+                queue.push(entry)  # gives it its place, should it be requeued
+                self._deliver(queue, consumer, queue.pop())
                 return True
-            self._dead_letter(queue, queue.pop(), "maxlen")
         queue.push(entry)
+        dropped = self._drop_head(queue)
+        if dropped or len(queue.ready) == 1:
+            self._expire_head(queue, now)
         self._dispatch(queue)
         if entry.expires_at is not None:
             self._schedule_expiry()
         return True
+
+    def _drop_head(self, queue: QueueState) -> bool:
+        """Under ``drop-head``, dead-letter from the head while the queue is past a bound."""
+        dropped = False
+        if queue.overflow == "drop-head":
+            while queue.ready and queue.over_limit():
+                self._dead_letter(queue, queue.pop(), "maxlen")
+                dropped = True
+        return dropped
+
+    def _expire_head(self, queue: QueueState, now: float | None = None) -> None:
+        """Dead-letter expired messages from the head (RabbitMQ never looks further)."""
+        while queue.head_expired(now):
+            self._dead_letter(queue, queue.pop(), "expired")
 
     # -- dispatch --------------------------------------------------------------
 
@@ -252,15 +277,21 @@ class Broker(Registry, Settling):
                 continue
             consumer = queue.next_consumer()
             if consumer is None:
-                return
-            entry = queue.pop()
-            state = self._sessions[consumer.session_id]
-            tag = state.next_tag()
-            state.unacked[tag] = Unacked(entry, queue.name, consumer.tag)
-            consumer.unacked += 1
-            consumer.deliver(
-                Delivered(entry.message, consumer.tag, tag, entry.redelivered, queue.name)
-            )
+                break
+            self._deliver(queue, consumer, queue.pop())
+        self._watch_head(queue)
+
+    def _watch_head(self, queue: QueueState) -> None:
+        """Wake the expiry thread when a new head has a TTL (RabbitMQ's head timer)."""
+        if queue.ready and queue.ready[0].expires_at is not None:
+            self._schedule_expiry()
+
+    def _deliver(self, queue: QueueState, consumer: ConsumerState, entry: Entry) -> None:
+        state = self._sessions[consumer.session_id]
+        tag = state.next_tag()
+        state.unacked[tag] = Unacked(entry, queue.name, consumer.tag)
+        consumer.unacked += 1
+        consumer.deliver(Delivered(entry.message, consumer.tag, tag, entry.redelivered, queue.name))
 
     def _dispatch_all(self, names: set[str]) -> None:
         for name in names:

@@ -35,6 +35,8 @@ class Entry:
     message: Message
     expires_at: float | None = None
     redelivered: bool = False
+    # Its place in the queue's order, given on first entry: a requeue puts it back there.
+    seq: int = field(default=0, kw_only=True)
 
     @property
     def size(self) -> int:
@@ -122,6 +124,10 @@ class QueueState:
     consumers: deque[ConsumerState] = field(default_factory=deque)
     ready_bytes: int = 0
     had_consumer: bool = False
+    next_seq: int = 1
+    # A quorum queue serves returned messages first, in the order they came back.
+    returns: int = 0
+    quorum: bool = field(init=False)
     message_ttl: int | None = field(init=False)
     max_length: int | None = field(init=False)
     max_length_bytes: int | None = field(init=False)
@@ -137,6 +143,7 @@ class QueueState:
     def __post_init__(self) -> None:
         # Parsed once: these are read on every publish.
         args = self.arguments
+        self.quorum = args.get("x-queue-type") == "quorum"
         self.message_ttl = _int_arg(args, "x-message-ttl")
         self.max_length = _int_arg(args, "x-max-length")
         self.max_length_bytes = _int_arg(args, "x-max-length-bytes")
@@ -155,28 +162,68 @@ class QueueState:
                 ttl = own if ttl is None else min(ttl, own)
         return None if ttl is None else now + ttl / 1000.0
 
-    def is_full_for(self, entry: Entry) -> bool:
-        """Whether adding ``entry`` would pass ``x-max-length`` or ``x-max-length-bytes``."""
+    def would_overflow(self, entry: Entry) -> bool:
+        """Whether ``reject-publish`` refuses ``entry`` (RabbitMQ's ``will_overflow``).
+
+        A classic queue refuses what would take it past a bound; a quorum queue only
+        refuses once it is already past one, so it takes one message more.
+        """
         max_len, max_bytes = self.max_length, self.max_length_bytes
+        if self.quorum:
+            return (max_len is not None and len(self.ready) > max_len) or (
+                max_bytes is not None and self.ready_bytes > max_bytes
+            )
         if max_len is not None and len(self.ready) >= max_len:
             return True
         return max_bytes is not None and self.ready_bytes + entry.size > max_bytes
 
+    def over_limit(self) -> bool:
+        """Whether the ready messages pass ``x-max-length`` or ``x-max-length-bytes``."""
+        max_len, max_bytes = self.max_length, self.max_length_bytes
+        return (max_len is not None and len(self.ready) > max_len) or (
+            max_bytes is not None and self.ready_bytes > max_bytes
+        )
+
     def push(self, entry: Entry) -> None:
         """Append a message at the tail."""
+        if not entry.seq:
+            entry.seq = self.next_seq
+            self.next_seq += 1
         self.ready.append(entry)
         self.ready_bytes += len(entry.message.body)
 
-    def push_front(self, entry: Entry) -> None:
-        """Put a requeued message back at the head, where RabbitMQ puts it."""
-        self.ready.appendleft(entry)
+    def put_back(self, entry: Entry) -> None:
+        """Requeue a message where RabbitMQ puts it back.
+
+        A classic queue restores its original position (by ``seq``); a quorum queue
+        serves returns first, in the order they came back.
+        """
+        ready = self.ready
+        if self.quorum:
+            ready.insert(self.returns, entry)
+            self.returns += 1
+        else:
+            index = 0
+            for index, other in enumerate(ready):  # noqa: B007 - requeues land near the head
+                if other.seq > entry.seq:
+                    break
+            else:
+                index = len(ready)
+            ready.insert(index, entry)
         self.ready_bytes += entry.size
 
     def pop(self) -> Entry:
         """Take the message at the head."""
         entry = self.ready.popleft()
+        if self.returns:
+            self.returns -= 1
         self.ready_bytes -= len(entry.message.body)
         return entry
+
+    def clear(self) -> None:
+        """Drop every ready message (``queue.purge``)."""
+        self.ready.clear()
+        self.ready_bytes = self.returns = 0
 
     def head_expired(self, now: float | None = None) -> bool:
         """Whether the head message's TTL has run out (RabbitMQ expires from the head only)."""
@@ -206,10 +253,12 @@ def _message_ttl(message: Message) -> int | None:
     expiration = message.properties.expiration
     if expiration is None:
         return None
-    try:
-        return max(0, int(expiration))
-    except ValueError:
-        return None
+    return int(expiration) if valid_expiration(expiration) else None
+
+
+def valid_expiration(expiration: str) -> bool:
+    """Whether RabbitMQ takes a per-message ``expiration``: decimal digits only."""
+    return expiration.isascii() and expiration.isdigit()
 
 
 def monotonic() -> float:

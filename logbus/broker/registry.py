@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from logbus.broker.journal import BindingRecord, Journal, JournaledQueue
-from logbus.broker.queues import ExchangeState, QueueState, SessionState
+from logbus.broker.queues import ExchangeState, QueueState, SessionState, Unacked
 from logbus.errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
 from logbus.message import QueueInfo
 
@@ -27,6 +27,33 @@ if TYPE_CHECKING:
 __all__ = ["EXCHANGE", "EXCHANGE_TYPES", "QUEUE", "Registry"]
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+#: The queue arguments RabbitMQ 3.10 compares on a redeclare (rabbit_amqqueue's
+#: declare_args, checked against a live node); any other may differ freely.
+CHECKED_QUEUE_ARGUMENTS = frozenset(
+    {
+        "x-expires",
+        "x-message-ttl",
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-dead-letter-strategy",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-in-memory-length",
+        "x-max-in-memory-bytes",
+        "x-max-priority",
+        "x-overflow",
+        "x-queue-mode",
+        "x-single-active-consumer",
+        "x-queue-type",
+        "x-quorum-initial-group-size",
+        "x-max-age",
+        "x-stream-max-segment-size-bytes",
+        "x-initial-cluster-size",
+        "x-queue-master-locator",
+        "x-queue-leader-locator",
+        "x-delivery-limit",
+    }
+)
 # What a binding's destination is: the first half of each binding table's targets.
 QUEUE = "queue"
 EXCHANGE = "exchange"
@@ -92,7 +119,12 @@ class Registry:
                 ("durable", existing.durable, durable),
                 ("auto_delete", existing.auto_delete, auto_delete),
                 ("internal", existing.internal, internal),
-                ("arguments", existing.arguments, args),
+                # RabbitMQ compares only this one of an exchange's arguments.
+                (
+                    "alternate-exchange",
+                    existing.arguments.get("alternate-exchange"),
+                    args.get("alternate-exchange"),
+                ),
             ):
                 if have != want:
                     raise _inequivalent(prop, "exchange", name, want, have)
@@ -171,14 +203,19 @@ class Registry:
                 self._schedule_expiry()
                 return QueueInfo(name, 0, 0)
             self._check_owner(existing, session)
+            if existing.exclusive != exclusive:
+                raise ResourceLocked(
+                    f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue "
+                    f"'{name}' in vhost '/': the exclusive property value does not match"
+                )
             for prop, have, want in (
                 ("durable", existing.durable, durable),
-                ("exclusive", existing.exclusive, exclusive),
                 ("auto_delete", existing.auto_delete, auto_delete),
             ):
                 if have != want:
                     raise _inequivalent(prop, "queue", name, want, have)
-            for key in sorted(set(existing.arguments) | set(args)):
+            checked = (set(existing.arguments) | set(args)) & CHECKED_QUEUE_ARGUMENTS
+            for key in sorted(checked):
                 if existing.arguments.get(key) != args.get(key):
                     raise _inequivalent(
                         key, "queue", name, args.get(key), existing.arguments.get(key)
@@ -202,7 +239,14 @@ class Registry:
             )
 
     def _info(self, queue: QueueState) -> QueueInfo:
-        return QueueInfo(queue.name, len(queue.ready), len(queue.consumers))
+        consumers = len(queue.consumers)
+        if queue.quorum:  # a quorum queue counts a channel holding basic.get deliveries too
+            name = queue.name
+            consumers += sum(
+                any(u.queue == name and u.consumer_tag is None for u in s.unacked.values())
+                for s in self._sessions.values()
+            )
+        return QueueInfo(queue.name, len(queue.ready), consumers)
 
     def _delete_queue(self, name: str) -> int:
         queue = self._queues.pop(name)
@@ -215,9 +259,12 @@ class Registry:
                 state.consumers.pop(consumer.tag, None)
             if consumer.on_cancel is not None:
                 consumer.on_cancel(consumer.tag)
-        for state in self._sessions.values():  # unacked messages of a deleted queue are gone
-            for tag in [t for t, u in state.unacked.items() if u.queue == name]:
-                del state.unacked[tag]
+        for state in self._sessions.values():
+            # Unacked messages of a deleted queue are gone, but their tags stay valid:
+            # RabbitMQ accepts settling them (they lead nowhere now).
+            for tag, unacked in state.unacked.items():
+                if unacked.queue == name:
+                    state.unacked[tag] = Unacked(unacked.entry, "", unacked.consumer_tag)
         for exchange in list(self._exchanges.values()):
             if exchange.table.remove_destination((QUEUE, name)):
                 self._maybe_auto_delete_exchange(exchange)
@@ -256,15 +303,26 @@ class Registry:
             if unbind and kind == QUEUE and missing:
                 return  # RabbitMQ: removing a binding that cannot exist succeeds
             exchange = self._exchange(source)
+            args = dict(arguments or {})
             target: QueueState | ExchangeState
             if kind == QUEUE:
-                target = self._queue(destination, session)
+                queue = self._queue(destination)
+                if unbind and not exchange.table.remove(routing_key, args, (kind, destination)):
+                    return  # RabbitMQ: a missing binding is unbound fine, even if exclusive
+                try:
+                    self._check_owner(queue, session)
+                except ResourceLocked:
+                    if unbind:  # it was there: put it back
+                        exchange.table.add(routing_key, args, (kind, destination))
+                    raise
+                target = queue
             else:
                 target = self._exchange(destination)
-            args = dict(arguments or {})
             self._route_cache.clear()
             if unbind:
-                changed = exchange.table.remove(routing_key, args, (kind, destination))
+                changed = kind == QUEUE or exchange.table.remove(
+                    routing_key, args, (kind, destination)
+                )
             else:
                 try:
                     changed = exchange.table.add(routing_key, args, (kind, destination))
@@ -276,7 +334,7 @@ class Registry:
             if changed and self._journal is not None and _durable_binding(exchange, target):
                 binding = BindingRecord(source, kind, destination, routing_key, args)
                 self._journal.binding_changed(binding, added=not unbind)
-            if unbind:
+            if unbind and changed:  # a no-op unbind leaves an auto-delete exchange be
                 self._maybe_auto_delete_exchange(exchange)
 
 

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from logbus.broker.queues import ConsumerState, Delivered, SessionState, Unacked, monotonic
 from logbus.broker.registry import EXCHANGE, QUEUE
-from logbus.errors import AccessRefused, PreconditionFailed, TransportClosed
+from logbus.errors import (
+    AccessRefused,
+    NotImplementedByBroker,
+    PreconditionFailed,
+    TransportClosed,
+)
 from logbus.message import Message, QueueInfo
 
 if TYPE_CHECKING:
@@ -109,6 +114,12 @@ class Session:
             if name not in broker._queues:
                 return 0  # RabbitMQ: deleting what does not exist succeeds, with 0 messages
             queue = broker._queue(name, self._state)
+            if queue.quorum and (if_unused or if_empty):
+                flag = "if-unused" if if_unused else "if-empty"
+                raise NotImplementedByBroker(
+                    f"NOT_IMPLEMENTED - cannot delete queue '{name}' in vhost '/'. queue.delete "
+                    f"operations with {flag} flag set are not supported by quorum queues"
+                )
             if if_unused and queue.consumers:
                 raise PreconditionFailed(
                     f"PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"
@@ -127,8 +138,7 @@ class Session:
             count = len(queue.ready)
             if broker._journal is not None:
                 broker._journal.purged(name, queue.ready)
-            queue.ready.clear()
-            queue.ready_bytes = 0
+            queue.clear()
             return count
 
     def bind_queue(
@@ -184,12 +194,11 @@ class Session:
         with broker._guard:
             self._check_open()
             state = broker._queue(queue, self._state)
-            now = monotonic()
-            while state.head_expired(now):
-                broker._dead_letter(state, state.pop(), "expired")
+            broker._expire_head(state, monotonic())
             if not state.ready:
                 return None
             entry = state.pop()
+            broker._watch_head(state)  # the new head's TTL runs from now on
             tag = self._state.next_tag()
             if not auto_ack:
                 self._state.unacked[tag] = Unacked(entry, queue, None)
@@ -216,7 +225,9 @@ class Session:
         with broker._guard:
             self._check_open()
             state = broker._queue(queue, self._state)
-            if (exclusive and state.consumers) or any(c.exclusive for c in state.consumers):
+            # RabbitMQ 3.10's quorum queues let a consumer in after an exclusive one.
+            taken = not state.quorum and any(c.exclusive for c in state.consumers)
+            if (exclusive and state.consumers) or taken:
                 raise AccessRefused(
                     f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
                 )

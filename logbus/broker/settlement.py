@@ -52,6 +52,8 @@ class Settling:
     _route: Callable[[str, str, Message], AbstractSet[str]]
     _enqueue: Callable[[QueueState, Message, float], bool]
     _dispatch_all: Callable[[set[str]], None]
+    _drop_head: Callable[[QueueState], bool]
+    _expire_head: Callable[..., None]
 
     def _settle(
         self, state: SessionState, delivery_tag: int, multiple: bool, requeue: bool | None
@@ -75,7 +77,11 @@ class Settling:
                 pass
 
     def _drain(self) -> None:
-        """Apply queued settlements; tags no longer held (queue deleted) are skipped."""
+        """Apply queued settlements; tags no longer held (queue deleted) are skipped.
+
+        Each settlement's queue is dispatched before the next one applies, as on
+        RabbitMQ, where an ack frees a consumer's slot before a later requeue lands.
+        """
         if not self._mailbox:
             return
         touched: set[str] = set()
@@ -84,9 +90,9 @@ class Settling:
                 state, delivery_tag, multiple, requeue = self._mailbox.popleft()
             except IndexError:
                 break
-            if state.open:
-                self._settle_locked(state, delivery_tag, multiple, requeue, touched)
-        self._dispatch_all(touched)
+            if state.open and self._settle_locked(state, delivery_tag, multiple, requeue, touched):
+                self._dispatch_all(touched)
+                touched.clear()
 
     def waiting(self, waiter: int) -> Waiting:
         """Context for a consumer about to block: queued settlements are applied first."""
@@ -101,7 +107,7 @@ class Settling:
         touched: set[str],
     ) -> bool:
         if multiple:
-            tags = sorted(t for t in state.unacked if t <= delivery_tag or delivery_tag == 0)
+            tags = self._multiple(state, delivery_tag)
             if not tags and delivery_tag != 0:
                 return False
         elif delivery_tag in state.unacked:
@@ -122,6 +128,24 @@ class Settling:
                     self._journal.left(queue.name, unacked.entry)
         return True
 
+    @staticmethod
+    def _multiple(state: SessionState, delivery_tag: int) -> list[int]:
+        """The tags ``multiple`` settles: up to ``delivery_tag``, on its channel only.
+
+        A consumer has a channel of its own (as on ``amqp://``), basic.get deliveries
+        share one; tag 0 means all of the session's.
+        """
+        unacked = state.unacked
+        if delivery_tag == 0:
+            return sorted(unacked)
+        this = unacked.get(delivery_tag)
+        if this is None:
+            return []
+        channel = this.consumer_tag
+        return sorted(
+            t for t, u in unacked.items() if t <= delivery_tag and u.consumer_tag == channel
+        )
+
     def _release(self, state: SessionState, tag: int) -> Unacked:
         unacked = state.unacked.pop(tag)
         if unacked.consumer_tag is not None:
@@ -131,15 +155,20 @@ class Settling:
         return unacked
 
     def _requeue(self, state: SessionState, tags: list[int]) -> set[str]:
+        """Put messages back where their queue keeps them, then re-apply its bounds."""
         touched: set[str] = set()
-        for tag in sorted(tags, reverse=True):  # push_front in reverse keeps the order
+        for tag in tags:
             unacked = self._release(state, tag)
             queue = self._queues.get(unacked.queue)
             if queue is None:
                 continue
             unacked.entry.redelivered = True
-            queue.push_front(unacked.entry)
+            queue.put_back(unacked.entry)
             touched.add(queue.name)
+        for name in touched:  # RabbitMQ: requeue_and_run drops from the head first
+            queue = self._queues[name]
+            self._drop_head(queue)
+            self._expire_head(queue)
         return touched
 
     def _dead_letter(self, queue: QueueState, entry: Entry, reason: str) -> None:
