@@ -16,6 +16,7 @@ cut off when the spool is opened again, an entry whose checksum fails is
 skipped and counted in :attr:`Spool.corrupt`, and entries confirmed but not yet
 committed come out again (at least once; records keep their ``id``).
 
+One gateway at a time: the directory is locked (``flock``) while a spool has it open.
 ``max_bytes`` bounds the directory: :meth:`Spool.append` raises
 :class:`SpoolFull` rather than grow past it, and the gateway then holds its
 readers back. ``fsync`` says when appended entries are forced to disk:
@@ -25,6 +26,7 @@ second, and at close) or ``never`` (the system's own pace).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import zlib
@@ -78,6 +80,12 @@ class Spool:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot use {self.path} as a spool: {exc.strerror}") from None
+        self._lock = open(self.path / "lock", "a")  # noqa: SIM115  (held while open)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise ConfigError(f"the spool {self.path} is in use by another gateway") from None
         self.max_bytes = max_bytes
         self.fsync: FsyncPolicy = fsync
         self.segment_bytes = segment_bytes
@@ -195,6 +203,7 @@ class Spool:
         if not self._tail.closed:
             self.sync()
             self._tail.close()
+        self._lock.close()
 
     # -- on disk ------------------------------------------------------------------
 

@@ -126,3 +126,12 @@ def test_any_appends_and_commits_replay_everything_once_in_order(
         expected += batch
     spool.close()
     assert _drain(Spool(path, fsync="never", segment_bytes=seg), step) == expected
+
+
+def test_a_spool_directory_serves_one_gateway_at_a_time(tmp_path: Path) -> None:
+    """A second spool on an open directory is refused; after close it opens."""
+    first = Spool(tmp_path, fsync="never")
+    with pytest.raises(ConfigError, match="in use"):
+        Spool(tmp_path, fsync="never")
+    first.close()
+    Spool(tmp_path, fsync="never").close()
