@@ -130,6 +130,7 @@ class Registered(Protocol):
 
     registry: CollectorRegistry
 
+
 _LABELS = ("queue", "sink")
 # The counters: (name without prefix and _total, HELP).
 _COUNTERS = (
