@@ -1,0 +1,213 @@
+"""Failover on the local 3-node cluster: kill -9 of a queue's leader under a running fleet.
+
+Each test names its own exchange and quorum queue (declared fresh, so RabbitMQ's
+client-local leader locator puts the leader on the node of the client that declared
+it), runs logbus's own CLI processes against the cluster, and kills a node with
+``kill -9``; the ``cluster_healthy`` fixture starts every node again after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from time import monotonic
+
+import pytest
+
+from tests.cluster_broker import NODES, LocalCluster
+
+pytestmark = [pytest.mark.faults, pytest.mark.cluster]
+
+RECORDS = 20_000
+DEADLINE = 150.0
+
+
+@pytest.fixture
+def cluster_healthy(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """The cluster with every node running, before and after the test."""
+    local_cluster.up()
+    yield local_cluster
+    for node in NODES:
+        local_cluster.start(node)
+
+
+def _topology(path: Path, name: str) -> Path:
+    """A topic exchange and a quorum work queue as config/cluster.toml has it, named ``name``."""
+    path.write_text(
+        f"""
+[[exchanges]]
+name = "{name}.topic"
+type = "topic"
+
+[[queues]]
+name = "{name}.tasks"
+queue_type = "quorum"
+max_length = 200000
+overflow = "reject-publish"
+dead_letter_strategy = "at-least-once"
+
+[[bindings]]
+source = "{name}.topic"
+destination = "{name}.tasks"
+routing_key = "#"
+
+[[emit]]
+exchange = "{name}.topic"
+key = "{{facility}}.{{severity}}"
+"""
+    )
+    return path
+
+
+def _logbus(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOGBUS_URL", None)
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "logbus", *args], text=True, env=env, **kwargs
+    )
+
+
+def _wait(what: str, condition: object, timeout: float = DEADLINE) -> None:
+    deadline = monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        threading.Event().wait(0.1)
+
+
+def _stored(paths: list[Path]) -> set[str]:
+    """The messages the workers' jsonl sinks hold (a redelivered record counts once)."""
+    found: set[str] = set()
+    for path in paths:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.endswith("}"):  # a line being appended is read next time
+                    found.add(json.loads(line)["message"])
+    return found
+
+
+def _node_of_process(cluster: LocalCluster, pid: int) -> int:
+    """The node the process ``pid``'s AMQP connection is on (its name carries the pid)."""
+    found: list[int] = []
+
+    def located() -> bool:
+        connections = cluster.api("connections")
+        assert isinstance(connections, list)
+        for one in connections:
+            name = str((one.get("client_properties") or {}).get("connection_name", ""))
+            if f"-{pid}-" in name:
+                found.append(cluster.node_of(one["node"]))
+                return True
+        return False
+
+    _wait(f"a connection of process {pid}", located, timeout=60.0)
+    return found[0]
+
+
+def test_kill_9_of_the_work_queue_leader_mid_emit_loses_no_confirmed_record(
+    cluster_healthy: LocalCluster, tmp_path: Path
+) -> None:
+    """20,000 records emitted with failover URLs while the queue's leader is killed: every
+    record is confirmed and stored, workers on the other nodes drain on, the node rejoins."""
+    cluster = cluster_healthy
+    name = f"cluster-{uuid.uuid4().hex[:8]}"
+    config = _topology(tmp_path / "topology.toml", name)
+    lines = tmp_path / "records.txt"
+    lines.write_text("".join(f"rec-{i:05d}\n" for i in range(RECORDS)))
+    with lines.open() as stdin:
+        emit = _logbus(
+            "emit", "kern.info", "--config", str(config), "--url", cluster.failover_url,
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        leader = cluster.leader(f"{name}.tasks", timeout=60.0)
+        # The emitter declared the queue: the leader is on the emitter's node, so the kill
+        # below takes the emitter's connection too and it must fail over.
+        assert _node_of_process(cluster, emit.pid) == leader
+        others = [node for node in NODES if node != leader]
+        sinks = [tmp_path / f"worker-{node}.jsonl" for node in others]
+        for node, sink in zip(others, sinks, strict=True):
+            queue = ["--queue", f"{name}.tasks", "--config", str(config), "--sink", f"jsonl:{sink}"]
+            url = ["--url", cluster.urls[node]]  # that node only: it must drain through the kill
+            workers.append(_logbus("worker", *queue, *url, stderr=subprocess.DEVNULL))
+        _wait("the workers storing records", lambda: len(_stored(sinks)) >= 1000)
+        assert emit.poll() is None, "the emit ended before the kill: make it longer"
+        cluster.kill(leader)
+        at_kill = len(_stored(sinks))
+        _wait("the workers storing on after the kill", lambda: len(_stored(sinks)) > at_kill)
+        _out, err = emit.communicate(timeout=DEADLINE)
+        assert emit.returncode == 0, f"emit exited {emit.returncode}: {err[-2000:]}"
+        expected = {f"rec-{i:05d}" for i in range(RECORDS)}
+        _wait("every confirmed record stored", lambda: _stored(sinks) >= expected)
+        assert _stored(sinks) == expected
+        cluster.start(leader)
+        assert cluster.running() == list(NODES)
+        members = cluster.queue(f"{name}.tasks").get("members")
+        assert isinstance(members, list) and cluster.node_names[leader] in members
+    finally:
+        for process in [emit, *workers]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in [emit, *workers]:
+            process.wait(timeout=60)
+    assert all(worker.returncode == 0 for worker in workers), [w.returncode for w in workers]
+
+
+def test_a_subscriber_on_a_node_that_dies_resumes_on_another(
+    cluster_healthy: LocalCluster, tmp_path: Path
+) -> None:
+    """kill -9 of the subscriber's node: it binds again on another node and prints on."""
+    cluster = cluster_healthy
+    name = f"cluster-{uuid.uuid4().hex[:8]}"
+    config = _topology(tmp_path / "topology.toml", name)
+    printed, said = tmp_path / "printed.jsonl", tmp_path / "stderr.txt"
+    with printed.open("w") as out, said.open("w") as err:
+        subscriber = _logbus(
+            "subscribe", "kern.*", "--json", "--config", str(config),
+            "--url", cluster.failover_url, stdout=out, stderr=err,
+        )  # fmt: skip
+    try:
+        _wait("the subscriber bound", lambda: "subscribed" in said.read_text())
+        node = _node_of_process(cluster, subscriber.pid)
+        other = next(n for n in NODES if n != node)
+
+        def emit(message: str) -> None:
+            done = subprocess.run(
+                [sys.executable, "-m", "logbus", "emit", "kern.warning", message,
+                 "--config", str(config), "--url", cluster.urls[other]],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+
+        def seen() -> set[str]:
+            lines = printed.read_text().splitlines()
+            return {json.loads(line)["message"] for line in lines if line.endswith("}")}
+
+        emit("before the kill")
+        _wait("the first record printed", lambda: "before the kill" in seen())
+        cluster.kill(node)
+        _wait("the subscriber on another node", lambda: _moved(cluster, subscriber.pid, node))
+
+        def after_printed() -> bool:
+            emit("after the kill")
+            return "after the kill" in seen()
+
+        _wait("a record emitted after the kill printed", after_printed, timeout=90.0)
+    finally:
+        subscriber.send_signal(signal.SIGINT)
+        subscriber.wait(timeout=60)
+
+
+def _moved(cluster: LocalCluster, pid: int, away_from: int) -> bool:
+    try:
+        return _node_of_process(cluster, pid) != away_from
+    except AssertionError:
+        return False
