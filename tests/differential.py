@@ -20,7 +20,6 @@ asynchronously): a wait on quiescence with a deadline, never an assertion on tim
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence

@@ -1,0 +1,116 @@
+"""Contract: RabbitMQ's queue semantics where the in-process broker once differed (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+
+from logbus.errors import InputError, PreconditionFailed, ResourceLocked
+from logbus.message import Message, Properties
+from tests.contract.test_delivery import put, take
+
+
+def test_ttl_zero_reaches_a_waiting_consumer(make, open_transport):
+    """A message with expiration 0 is delivered when a consumer is waiting for it."""
+    q = make.queue("work")
+    consumer = open_transport().consume(q, prefetch=1)
+    put(make.transport, q, "now", properties=Properties(expiration="0"))
+    assert [d.body for d in take(consumer, 1)] == [b"now"]
+
+
+def test_requeued_messages_return_to_their_original_positions(make):
+    """Two gets requeued in publish order come back in publish order, ahead of the rest."""
+    q = make.queue("work")
+    put(make.transport, q, "m1", "m2", "m3")
+    first, second = make.transport.get(q), make.transport.get(q)
+    assert first is not None and second is not None
+    first.reject(requeue=True)
+    second.reject(requeue=True)
+    bodies = [make.transport.get(q, auto_ack=True) for _ in range(3)]
+    assert [d.body for d in bodies if d is not None] == [b"m1", b"m2", b"m3"]
+
+
+def test_an_ack_frees_a_slot_before_a_later_requeue(make, open_transport):
+    """Ack m2 then requeue m1 with prefetch 2: m3 is delivered before m1 comes back."""
+    q = make.queue("work")
+    consumer = open_transport().consume(q, prefetch=2)
+    put(make.transport, q, "m1", "m2", "m3")
+    m1, m2 = take(consumer, 2)
+    m2.ack()
+    m1.nack(requeue=True)
+    assert [d.body for d in take(consumer, 2)] == [b"m3", b"m1"]
+
+
+def test_a_requeue_past_the_bound_drops_from_the_head(make):
+    """With x-max-length 1, a requeued message that becomes the head is dropped."""
+    q = make.queue("work", arguments={"x-max-length": 1})
+    put(make.transport, q, "m1")
+    held = make.transport.get(q)
+    assert held is not None
+    put(make.transport, q, "m2")
+    held.reject(requeue=True)
+    got = make.transport.get(q, auto_ack=True)
+    assert got is not None and got.body == b"m2"
+    assert make.transport.get(q) is None
+
+
+@pytest.mark.parametrize("expiration", ["abc", "-1", "1.5"])
+def test_an_invalid_expiration_is_refused(make, open_transport, expiration):
+    """A per-message expiration that is not decimal digits is refused, never published.
+
+    The in-process broker answers RabbitMQ's 406; amqp:// refuses before sending.
+    """
+    q = make.queue("work")
+    message = Message(b"x", Properties(expiration=expiration), "", q)
+    with pytest.raises((PreconditionFailed, InputError)):
+        open_transport().publish(message, mandatory=False)
+
+
+def test_unchecked_arguments_may_differ_on_redeclare(make):
+    """RabbitMQ compares only the arguments it knows; x-unknown-arg may change."""
+    q = make.queue("work", arguments={"x-unknown-arg": "a"})
+    info = make.transport.declare_queue(q, arguments={"x-unknown-arg": "b"})
+    assert info.name == q
+
+
+def test_changing_exclusive_on_redeclare_is_resource_locked(make, open_transport):
+    """Redeclaring a queue as exclusive when it is not fails with 405, not 406."""
+    q = make.queue("work")
+    with pytest.raises(ResourceLocked):
+        open_transport().declare_queue(q, exclusive=True)
+
+
+def test_a_no_op_unbind_keeps_an_auto_delete_exchange(make):
+    """Unbinding a binding that is not there leaves an auto-delete exchange alone."""
+    x = make.exchange("x", "direct", auto_delete=True)
+    q = make.queue("work")
+    make.transport.bind_queue(q, x, "a")
+    make.transport.unbind_queue(q, x, "missing")
+    make.transport.declare_exchange(x, "direct", auto_delete=True, passive=True)
+
+
+def test_settling_a_get_after_its_queue_was_deleted_is_accepted(make, open_transport):
+    """An ack for a basic.get delivery of a deleted queue is not an error."""
+    transport = open_transport()
+    q = make.queue("work")
+    put(make.transport, q, "m1")
+    held = transport.get(q)
+    assert held is not None
+    make.transport.delete_queue(q)
+    held.ack()
+    transport.declare_queue(make.names("other"), exclusive=True)  # still open and usable
+
+
+def test_multiple_stays_on_its_consumer(make, open_transport):
+    """ack(multiple=True) on one consumer's delivery leaves another consumer's unacked."""
+    transport = open_transport()
+    q1, q2 = make.queue("one"), make.queue("two")
+    first = transport.consume(q1, prefetch=5)
+    second = transport.consume(q2, prefetch=5)
+    put(make.transport, q2, "b1")
+    take(second, 1)  # b1, held unacked by the other consumer
+    put(make.transport, q1, "a1")
+    (a1,) = take(first, 1)
+    a1.ack(multiple=True)
+    transport.close()
+    got = make.transport.get(q2, auto_ack=True)
+    assert got is not None and got.body == b"b1" and got.redelivered
