@@ -18,12 +18,12 @@ transport's error from ``get`` instead of waiting for records that cannot come.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-from logbus._log import Repeats, get_logger
+from logbus._log import get_logger
 from logbus.emitter import declare_async
-from logbus.errors import ConfigError, ConnectionLost, DecodeError, TransportError
+from logbus.errors import ConfigError, ConnectionLost, TransportError
 from logbus.record import LogRecord, Severity, decode
 from logbus.settings import Settings
 from logbus.topology import Topology, declare
@@ -33,8 +33,6 @@ from logbus.transports.base import AsyncConsumer, AsyncTransport
 __all__ = ["AsyncSubscriber", "Subscriber"]
 
 log = get_logger("logbus.subscriber")
-# One warning per undecodable body would flood stderr: a line per window, then a count.
-_repeats = Repeats(log)
 
 
 def exchange_of_type(topology: Topology, exchange_type: str) -> str:
@@ -82,10 +80,10 @@ class Subscriber:
     """Consumes records routed by binding keys, severities, exact keys, headers or all.
 
     Iterate it for :class:`~logbus.record.LogRecord` objects; each is acked
-    when the loop asks for the next one. A message that is not a record is
-    rejected (dead-lettered where the queue has a DLX), counted in
-    :attr:`undecodable`, and handed with its reason to ``on_undecodable`` when
-    given (else logged as a warning).
+    when the loop asks for the next one. Every message is a record
+    (:func:`~logbus.record.decode`: plain text, other JSON and bytes that are
+    not UTF-8 included), and each carries the routing key it was published
+    with in ``record.key``.
     """
 
     def __init__(
@@ -104,11 +102,9 @@ class Subscriber:
         settings: Settings | None = None,
         topology: Topology | None = None,
         transport: Transport | None = None,
-        on_undecodable: Callable[[Delivery, DecodeError], None] | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.topology = topology or self.settings.topology()
-        self._on_undecodable = on_undecodable
         self.bindings = bindings_for(self.topology, keys, severities, exact, headers, match, all)
         if not self.bindings:
             raise ConfigError(
@@ -118,7 +114,6 @@ class Subscriber:
         self.url = url or (transport.url if transport else self.settings.url)
         self._owns_transport = transport is None
         self.transport = transport or connect(self.url, settings=self.settings)
-        self.undecodable = 0
         declare(self.transport, self.topology)
         temporary = queue is None
         name = self.transport.declare_queue(
@@ -148,23 +143,11 @@ class Subscriber:
         declared again): it would otherwise receive nothing more.
         """
         self._settle_pending()
-        while (delivery := self._consumer.get(timeout)) is not None:
-            try:
-                record = decode(delivery.body, delivery.properties, delivery.routing_key)
-            except DecodeError as exc:
-                self.undecodable += 1
-                delivery.reject(requeue=False)
-                if self._on_undecodable is None:
-                    _repeats.warning(
-                        "undecodable", key=(self.queue,), queue=self.queue, reason=str(exc)
-                    )
-                else:
-                    log.debug("undecodable", queue=self.queue, reason=str(exc))
-                    self._on_undecodable(delivery, exc)
-                continue
-            self._pending = delivery
-            return record
-        return None
+        delivery = self._consumer.get(timeout)
+        if delivery is None:
+            return None
+        self._pending = delivery
+        return decode(delivery.body, delivery.properties, delivery.routing_key)
 
     def _settle_pending(self, *, requeue: bool = False) -> None:
         if self._pending is not None:
@@ -234,7 +217,6 @@ class AsyncSubscriber:
                 "headers, or all=True"
             )
         self.url = url or (transport.url if transport else self.settings.url)
-        self.undecodable = 0
         #: The subscription's queue name, once started.
         self.queue: str | None = None
         self._transport = transport
@@ -282,31 +264,20 @@ class AsyncSubscriber:
         await self.start()
         assert self._consumer is not None
         self._settle_pending()
-        while (delivery := await self._consumer.get(timeout)) is not None:
-            try:
-                record = decode(delivery.body, delivery.properties, delivery.routing_key)
-            except DecodeError as exc:
-                self.undecodable += 1
-                _repeats.warning(
-                    "undecodable", key=(self.queue,), queue=self.queue, reason=str(exc)
-                )
-                self._settle(delivery, reject=True)
-                continue
-            self._pending = delivery
-            return record
-        return None
+        delivery = await self._consumer.get(timeout)
+        if delivery is None:
+            return None
+        self._pending = delivery
+        return decode(delivery.body, delivery.properties, delivery.routing_key)
 
     def _settle_pending(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self._settle(pending)
 
-    def _settle(self, delivery: Delivery, *, reject: bool = False) -> None:
+    def _settle(self, delivery: Delivery) -> None:
         try:
-            if reject:
-                delivery.reject(requeue=False)
-            else:
-                delivery.ack()
+            delivery.ack()
         except ConnectionLost as exc:  # the broker requeued it with the old channel
             log.info("settlement lost with the connection", queue=self.queue, reason=str(exc))
 

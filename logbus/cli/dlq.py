@@ -256,6 +256,9 @@ def _one_queue(settings: Settings, queue: str | None) -> str:
     )
 
 
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 def _records(count: int) -> str:
     return f"{count} record" if count == 1 else f"{count} records"
 
@@ -283,10 +286,10 @@ def _render_show(queue: str, letters: list[DeadLetter], depth: int) -> None:
     for letter in letters:
         typer.echo("")
         record = letter.record
-        if record is not None:
-            what = f"{record.routing_key} {record.host}/{record.app}: {record.message}"
-        else:
-            what = f"not a record: {letter.body[:80].decode('utf-8', 'replace')!r}"
+        # The message as decoded: text as sent, a byte that is not UTF-8 written \xe9,
+        # control characters escaped so that a record stays on its line.
+        message = record.message.translate(_ESCAPES)
+        what = f"{record.routing_key} {record.host}/{record.app}: {message}"
         typer.echo(f"#{letter.position} {letter.message_id or '(no id)'}  {what}")
         typer.echo(f"   reason: {letter.reason or '(none given)'}")
         origin = f"{letter.exchange or '(default exchange)'} / {letter.routing_key}"

@@ -31,10 +31,8 @@ from logbus.cli.common import (
 from logbus.errors import EX_TEMPFAIL
 
 if TYPE_CHECKING:
-    from logbus.errors import DecodeError
     from logbus.record import LogRecord
     from logbus.subscriber import Subscriber
-    from logbus.transports.base import Delivery
 
 __all__ = ["EPILOG", "register", "subscribe"]
 
@@ -159,8 +157,10 @@ def subscribe(
 
     On a terminal each record is one coloured line: time, host, app, key
     (coloured by severity), message and fields. Piped, or with --json, each is
-    its JSON wire form on a line of its own, flushed at once. A message that is
-    not a record is named on stderr and rejected, and subscribing goes on.
+    its JSON wire form on a line of its own, flushed at once, with the routing
+    key it came with as "key". Every message is a record: plain text, other JSON
+    and bytes that are not UTF-8 (kept exactly, base64, in fields.body_base64).
+    A key that is not <facility>.<severity> is shown beside the record's own.
     Once bound, a line on stderr says so ("logbus: subscribed ...").
     """
     if not (keys or severity or exact or everything or header):
@@ -208,7 +208,6 @@ def subscribe(
                     prefetch=min(count, settings.prefetch) if count else None,
                     settings=settings,
                     topology=topology,
-                    on_undecodable=_show_undecodable,
                 )
             typer.echo(f"logbus: subscribed: {_describe(sub)}; Ctrl-C to stop", err=True)
             deadline = None if timeout is None else monotonic() + timeout
@@ -310,6 +309,9 @@ def _human_line(record: LogRecord) -> None:
     when = record.ts.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     who = record.app if record.pid is None else f"{record.app}[{record.pid}]"
     key = typer.style(record.routing_key, **_COLOURS.get(str(record.severity), {}))
+    if record.key is not None and record.key != record.routing_key:
+        # The key it was published with ("error", "Kern.Critical") says more than ours.
+        key += " " + typer.style(f"({_plain(record.key) or 'empty key'})", dim=True)
     host, who = _plain(record.host or "-"), _plain(who or "-")
     line = f"{typer.style(when, dim=True)} {host} {who} {key} {_plain(record.message)}"
     if record.fields:
@@ -330,14 +332,6 @@ _ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 def _plain(text: str) -> str:
     return text.translate(_ESCAPES)
-
-
-def _show_undecodable(delivery: Delivery, error: DecodeError) -> None:
-    where = f"key {delivery.routing_key!r} from exchange {delivery.exchange!r}"
-    typer.echo(
-        f"logbus: not a record, rejected ({where}, {len(delivery.body)} bytes): {error}",
-        err=True,
-    )
 
 
 # -- signals ----------------------------------------------------------------------------

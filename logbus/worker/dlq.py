@@ -19,6 +19,7 @@ record was first published in its headers. These functions are what
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 from collections import Counter
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from logbus.errors import ConfigError, DecodeError, LogbusError, NotFound
+from logbus.errors import ConfigError, LogbusError, NotFound
 from logbus.record import LogRecord, decode
 from logbus.worker.retry import (
     QUEUE_HEADER,
@@ -63,7 +64,11 @@ _ERROR_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One record on a dead-letter queue, as its headers describe it."""
+    """One record on a dead-letter queue, as its headers describe it.
+
+    ``body`` is the exact bytes that were published (replay sends them again as
+    they are); ``record`` is what they decode to (every body is a record).
+    """
 
     position: int
     message_id: str | None
@@ -74,10 +79,11 @@ class DeadLetter:
     exchange: str
     routing_key: str
     body: bytes = field(repr=False)
-    record: LogRecord | None = None
+    record: LogRecord
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the headers' story, and the record (or the body, if it is none)."""
+        """JSON-ready: the headers' story, the record, and the body as published: as text
+        (a byte that is not UTF-8 written ``\\xe9``) and exactly, in base64."""
         out: dict[str, Any] = {
             "position": self.position,
             "message_id": self.message_id,
@@ -88,10 +94,9 @@ class DeadLetter:
             "exchange": self.exchange,
             "routing_key": self.routing_key,
         }
-        if self.record is not None:
-            out["record"] = self.record.to_dict()
-        else:
-            out["body"] = self.body.decode("utf-8", "replace")
+        out["record"] = self.record.to_dict()
+        out["body"] = self.body.decode("utf-8", "backslashreplace")
+        out["body_base64"] = base64.b64encode(self.body).decode()
         return out
 
 
@@ -258,10 +263,7 @@ def _requeue(deliveries: list[Delivery]) -> None:
 def _letter(position: int, delivery: Delivery) -> DeadLetter:
     props = delivery.properties
     origin = restore_origin(delivery.message)
-    try:
-        record: LogRecord | None = decode(delivery.body, props, origin.routing_key)
-    except DecodeError:
-        record = None
+    record = decode(delivery.body, props, origin.routing_key)
     reason = props.headers.get(REASON_HEADER)
     queue = props.headers.get(QUEUE_HEADER)
     return DeadLetter(
