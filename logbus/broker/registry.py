@@ -240,11 +240,12 @@ class Registry:
 
     def _info(self, queue: QueueState) -> QueueInfo:
         consumers = len(queue.consumers)
-        if queue.quorum:  # a quorum queue counts a channel holding basic.get deliveries too
+        if queue.quorum:  # RabbitMQ 3.10 counts each unacked basic.get as a consumer
             name = queue.name
             consumers += sum(
-                any(u.queue == name and u.consumer_tag is None for u in s.unacked.values())
+                u.queue == name and u.consumer_tag is None
                 for s in self._sessions.values()
+                for u in s.unacked.values()
             )
         return QueueInfo(queue.name, len(queue.ready), consumers)
 
