@@ -8,8 +8,8 @@ final contents with ``x-death``) must be equal. RabbitMQ is the reference.
 ``LOGBUS_DIFF_SCENARIOS`` (default 40) sets how many scenarios run per transport,
 ``LOGBUS_DIFF_SEED`` (default 1) which ones: scenario ``i`` uses seed
 ``SEED * 1_000_000 + i``, printed with any difference so it can be replayed alone
-(``LOGBUS_DIFF_SEED=... LOGBUS_DIFF_ONLY=i``). gevent:// drives the same broker
-code as memory:// and needs a monkey-patched process of its own; it is not run here.
+(``LOGBUS_DIFF_SEED=... LOGBUS_DIFF_ONLY=i``). gevent:// needs a monkey-patched
+process of its own: ``tests/gevent/test_differential_gevent.py`` runs it there.
 """
 
 from __future__ import annotations
