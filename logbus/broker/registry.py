@@ -185,11 +185,20 @@ class Registry:
                     f"ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.*'"
                 )
             _check_queue_arguments(name, args)
-            if args.get("x-queue-type") == "quorum" and (not durable or exclusive or auto_delete):
-                flag = "durable" if not durable else "exclusive" if exclusive else "auto_delete"
+            # Quorum and stream queues (streams otherwise served as classic: issue 15)
+            # must be durable, not exclusive, not auto-delete.
+            replicated = args.get("x-queue-type") in ("quorum", "stream")
+            if replicated and (not durable or exclusive or auto_delete):
+                flag = (
+                    "non-durable"
+                    if not durable
+                    else "exclusive-owner"
+                    if exclusive
+                    else "auto-delete"
+                )
                 raise PreconditionFailed(
                     f"PRECONDITION_FAILED - invalid property '{flag}' for queue '{name}' "
-                    "in vhost '/': quorum queues must be durable, not exclusive, not auto-delete"
+                    "in vhost '/'"
                 )
             existing = self._queues.get(name)
             if existing is None:

@@ -114,3 +114,9 @@ def test_multiple_stays_on_its_consumer(make, open_transport):
     transport.close()
     got = make.transport.get(q2, auto_ack=True)
     assert got is not None and got.body == b"b1" and got.redelivered
+
+
+def test_a_non_durable_stream_is_refused(make):
+    """A stream queue must be durable: PRECONDITION_FAILED, as for a quorum queue."""
+    with pytest.raises(PreconditionFailed):
+        make.queue("log", durable=False, arguments={"x-queue-type": "stream"})
