@@ -144,16 +144,22 @@ def test_a_plain_pika_publishers_text_is_printed_as_a_record(amqp_url, deploymen
     assert record["message"] == "disk /dev/sda1 failed"
 
 
-def test_a_message_that_is_not_a_record_is_named_rejected_and_skipped(amqp_url, deployment):
-    """Invalid UTF-8 is one stderr line naming why; the next record still prints."""
-    subscription = start(amqp_url, deployment, "kern.*", "--count", "1", "--json")
+def test_plain_bodies_print_as_records_with_their_key(amqp_url, deployment):
+    """Invalid UTF-8, text starting with '{' and a bare number each print as a record,
+    its routing key in "key", the exact bytes of the first in fields.body_base64."""
+    subscription = start(amqp_url, deployment, "kern.*", "--count", "3", "--json")
     topic = deployment.name("logbus.topic")
     publish(amqp_url, topic, "kern.info", b"\xff\xfe not text")
-    publish(amqp_url, topic, "kern.info", b"fine")
+    publish(amqp_url, topic, "kern.Error", b"{worker-3} crashed")
+    publish(amqp_url, topic, "kern.warn", b"42")
     assert subscription.finish() == 0, subscription.stderr
-    assert [r["message"] for r in subscription.records] == ["fine"]
-    [complaint] = [line for line in subscription.err if "not a record" in line]
-    assert "not valid UTF-8" in complaint
+    got = [(r["message"], r["key"], r["severity"]) for r in subscription.records]
+    assert got == [
+        ("\\xff\\xfe not text", "kern.info", "info"),
+        ("{worker-3} crashed", "kern.Error", "error"),
+        ("42", "kern.warn", "warning"),
+    ]
+    assert subscription.records[0]["fields"] == {"body_base64": "//4gbm90IHRleHQ="}
     assert "Traceback" not in subscription.stderr
 
 

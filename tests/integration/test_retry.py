@@ -286,22 +286,28 @@ def test_a_failure_that_is_not_recoverable_goes_straight_to_the_dead_letter_queu
     assert attempts(headers[HISTORY_HEADER]) == [1]
 
 
-def test_an_undecodable_message_goes_to_the_dead_letter_queue_with_the_reason(broker):
-    """A body that is not a record never reaches the sink; it is parked, as it came, with why."""
-    sink = ScriptedSink(lambda record, attempt: None)
+def test_a_latin1_body_that_fails_is_dead_lettered_exactly_as_published(broker):
+    """A body that is not UTF-8 reaches the sink as a record; refused, it is parked byte for
+    byte, with why."""
+    sink = ScriptedSink(lambda record, attempt: ValueError("refused"))
     running, _ = broker.worker(sink, FAST)
-    body = b'["not", "a", "record"]'
+    body = b"caf\xe9"
     broker.admin.publish(
-        Message(body, Properties(message_id="bad-1"), broker.exchange, "kern.info")
+        Message(body, Properties(message_id="latin-1"), broker.exchange, "Kern.Info")
     )
     wait_until(lambda: broker.ready(dead_queue(broker.queue)) == 1, DEADLINE, "the dead letter")
     summary = running.stop()
-    assert sink.seen == []
-    assert (summary.undecodable, summary.dead_lettered, summary.failed) == (1, 1, 0)
+    [seen] = sink.seen
+    assert (seen.message, seen.fields["body_base64"], seen.key) == (
+        "caf\\xe9",
+        "Y2Fm6Q==",
+        "Kern.Info",
+    )
+    assert (summary.undecodable, summary.dead_lettered) == (0, 1)
     dead = broker.take_dead()
     assert dead.body == body
-    assert dead.properties.message_id == "bad-1"
-    assert text(dead.properties.headers[REASON_HEADER]).startswith("undecodable: ")
+    assert dead.properties.message_id == "latin-1"
+    assert text(dead.properties.headers[REASON_HEADER]).startswith("not recoverable: ")
 
 
 def test_a_record_counting_attempts_past_the_maximum_is_dead_lettered_on_its_next_failure(broker):

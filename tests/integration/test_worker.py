@@ -252,20 +252,19 @@ def test_an_exception_raised_by_write_counts_as_that_records_failure(amqp_url, a
     assert (summary.handled, summary.rejected) == (1, 1)
 
 
-def test_an_undecodable_message_is_dead_lettered_and_counted(amqp_url, admin, work_queue):
-    """A body that is not a record never reaches the sink and is dead-lettered."""
-    sink = ProbeSink()
+def test_a_plain_body_reaches_the_sink_as_a_record(amqp_url, admin, work_queue):
+    """A body that is not logbus JSON (a JSON array) is stored as a record of its text."""
+    seen: list[LogRecord] = []
+    sink = ProbeSink(lambda record, attempt: seen.append(record))  # type: ignore[func-returns-value]
     running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK))
-    bad = Message(b'["not", "a", "record"]', Properties(message_id="bad-1"), "", work_queue)
-    admin.publish(bad)
+    plain = Message(b'["not", "logbus"]', Properties(message_id="plain-1"), "", work_queue)
+    admin.publish(plain)
     [good] = records(1)
     publish(admin, work_queue, [good])
-    wait_until(lambda: sink.stored == [good.id], 10, "the good record")
-    wait_until(lambda: ready(admin, dead_queue(work_queue)) == 1, 10, "the dead-lettered message")
+    wait_until(lambda: sink.stored == ["plain-1", good.id], 10, "both records")
     summary = running.stop()
-    assert (summary.handled, summary.undecodable, summary.failed) == (1, 1, 0)
-    dead = admin.get(dead_queue(work_queue), auto_ack=True)
-    assert dead is not None and dead.properties.message_id == "bad-1"
+    assert (summary.handled, summary.undecodable, summary.failed) == (2, 0, 0)
+    assert (seen[0].message, seen[0].key) == ('["not", "logbus"]', work_queue)
 
 
 def test_n_threads_hand_n_records_to_the_sink_at_once(amqp_url, admin, work_queue):
@@ -451,7 +450,8 @@ def counter(metrics: WorkerMetrics, name: str) -> int:
 
 
 def test_the_metrics_hook_counts_what_the_worker_does(amqp_url, admin, work_queue):
-    """Received, written, failed, retried, dead-lettered and undecodable, as they happened."""
+    """Received, written, failed, retried and dead-lettered, as they happened; a plain body
+    is written like any record (undecodable stays 0)."""
     [good, refused, flaky, other] = records(4)
 
     def behave(record: LogRecord, attempt: int) -> Exception | None:
@@ -466,8 +466,8 @@ def test_the_metrics_hook_counts_what_the_worker_does(amqp_url, admin, work_queu
     running = RunningWorker(Worker(amqp_url, work_queue, sink, retry=QUICK, metrics=metrics))
     publish(admin, work_queue, [good, refused, flaky, other])
     admin.publish(Message(b"[]", Properties(message_id="bad"), "", work_queue))
-    wait_until(lambda: len(sink.stored) == 3, 10, "three records stored")
-    wait_until(lambda: ready(admin, dead_queue(work_queue)) == 2, 10, "two dead letters")
+    wait_until(lambda: len(sink.stored) == 4, 10, "four records stored")
+    wait_until(lambda: ready(admin, dead_queue(work_queue)) == 1, 10, "one dead letter")
     summary = running.stop()
     counts = {
         name: counter(metrics, name)
@@ -476,13 +476,13 @@ def test_the_metrics_hook_counts_what_the_worker_does(amqp_url, admin, work_queu
     # 5 deliveries, and the flaky one again after its delay.
     assert counts == {
         "received": 6,
-        "written": 3,
+        "written": 4,
         "failed": 2,
         "retried": 1,
-        "dead_lettered": 2,
-        "undecodable": 1,
+        "dead_lettered": 1,
+        "undecodable": 0,
     }
-    assert (summary.retried, summary.dead_lettered) == (1, 2)
+    assert (summary.retried, summary.dead_lettered) == (1, 1)
     batches = [line for line in metrics.render().splitlines() if "batch_records_count" in line]
     assert float(batches[0].rsplit(" ", 1)[1]) >= 1
 
