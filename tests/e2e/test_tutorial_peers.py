@@ -17,6 +17,7 @@ and deleted after; each test starts from an empty vhost. ``pytest -m peers`` sel
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from collections import Counter
@@ -238,3 +239,67 @@ def test_mixed_work_queue(peers: Peers, tmp_path: Path, first: str) -> None:
     assert all(n > 0 for n in shares.values()), f"every worker gets a share: {shares}"
     assert _queue(peers.url, "task_queue") == (0, 0)
     _no_precondition_failed(*started.values())
+
+
+#: Issue 13's "Found 1" bodies and the message each record must carry.
+FOUND_1 = [
+    (b"{worker-3} crashed", "{worker-3} crashed"),
+    (b"42", "42"),
+    (b"true", "true"),
+    (b'"a quoted string"', '"a quoted string"'),
+    (b"[1, 2]", "[1, 2]"),
+    (b"caf\xe9", "caf\\xe9"),
+    (b'{"msg": "pino says hi", "level": 30}', "pino says hi"),
+]
+#: (tutorial style, routing key, logbus subscribe selector, facility and severity it gives).
+KEYED = {
+    "topic": ("Kern.Critical", ["#"], ("kern", "critical")),
+    "direct": ("error", ["--exact", "error"], ("user", "error")),
+}
+
+
+def _found_1_intact(records: list[dict[str, object]], key: str) -> None:
+    """Every Found-1 body arrived, in order, as its record, with the key it was sent with."""
+    assert [r["message"] for r in records] == [message for _, message in FOUND_1]
+    assert {r["key"] for r in records} == {key}
+    latin1 = records[5]["fields"]
+    assert isinstance(latin1, dict)
+    assert base64.b64decode(str(latin1["body_base64"])) == b"caf\xe9"
+    assert records[6]["severity"] == "info"  # pino's level 30, whatever the key says
+
+
+@pytest.mark.parametrize("style", sorted(KEYED))
+@pytest.mark.parametrize("publisher", PUBLISHERS)
+def test_found_1_bodies_reach_logbus_subscribe(peers: Peers, publisher: str, style: str) -> None:
+    """Each plain body of issue 13, sent by a tutorial publisher (or amqp-publish) under a
+    key that is not logbus's, prints from ``logbus subscribe --json`` as a record whose
+    message is what was sent, the key kept and read (Kern.Critical, a lone severity)."""
+    key, selector, (facility, severity) = KEYED[style]
+    count = str(len(FOUND_1))
+    sub = peers.logbus("subscribe", *selector, "--count", count, "--timeout", "60", "--json")
+    sub.wait_for("logbus: subscribed", stderr=True)
+
+    _publish(peers, publisher, style, [body for body, _ in FOUND_1], key)
+
+    assert sub.finish() == 0, sub.err()
+    records = [json.loads(line) for line in sub.out().splitlines()]
+    _found_1_intact(records, key)
+    assert {(r["facility"], r["severity"]) for r in records[:6]} == {(facility, severity)}
+
+
+@pytest.mark.parametrize("publisher", PUBLISHERS)
+def test_found_1_bodies_reach_logbus_worker(peers: Peers, publisher: str, tmp_path: Path) -> None:
+    """Each plain body of issue 13 sent to task_queue is written by ``logbus worker --sink
+    jsonl:`` as its record; nothing is dead-lettered."""
+    sink = tmp_path / "sink.jsonl"
+    worker = peers.logbus(
+        "worker", "--queue", "task_queue", "--prefetch", "1", "--sink", f"jsonl:{sink}"
+    )
+    worker.wait_for("consuming task_queue", stderr=True)
+
+    _publish(peers, publisher, "work", [body for body, _ in FOUND_1], "")
+
+    wait_until(lambda: len(list(lines_of(sink))) >= len(FOUND_1), 30, "every body in the sink")
+    assert worker.interrupt() == 0, worker.err()
+    _found_1_intact(list(lines_of(sink)), "task_queue")
+    assert _queue(peers.url, "task_queue.dead")[0] == 0
