@@ -315,7 +315,8 @@ def encode_properties(props: Any) -> list[bytes]:
     """
     headers = props.headers
     if headers and not all(type(v) is str for v in headers.values()):
-        return pika.BasicProperties.encode(props)
+        encoded: list[bytes] = pika.BasicProperties.encode(props)
+        return encoded
     before = (
         props.content_type,
         props.content_encoding,
