@@ -9,6 +9,7 @@ what :mod:`logbus.routing` says each binding should get.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import secrets
@@ -26,7 +27,7 @@ from logbus.record import LogRecord, decode
 from logbus.routing import headers_match, topic_matches
 from logbus.settings import Settings
 from logbus.subscriber import Subscriber
-from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, default
+from logbus.topology import Binding, EmitTarget, Exchange, Topology, default
 from logbus.transports import Transport, connect
 
 __all__ = ["DemoReport", "Participant", "run_demo"]
@@ -130,7 +131,8 @@ def demo_topology(prefix: str) -> Topology:
             for e in base.exchanges
         ),
         queues=tuple(
-            Queue(name=name(q.name), durable=False, auto_delete=False, max_length=q.max_length)
+            # The bound keeps its overflow: without it RabbitMQ would drop the oldest silently.
+            dataclasses.replace(q, name=name(q.name), durable=False, auto_delete=False)
             for q in base.queues
         ),
         bindings=tuple(
