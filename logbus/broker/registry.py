@@ -185,23 +185,9 @@ class Registry:
                     f"ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.*'"
                 )
             _check_queue_arguments(name, args)
-            # Quorum and stream queues (streams otherwise served as classic: issue 15)
-            # must be durable, not exclusive, not auto-delete.
-            replicated = args.get("x-queue-type") in ("quorum", "stream")
-            if replicated and (not durable or exclusive or auto_delete):
-                flag = (
-                    "non-durable"
-                    if not durable
-                    else "exclusive-owner"
-                    if exclusive
-                    else "auto-delete"
-                )
-                raise PreconditionFailed(
-                    f"PRECONDITION_FAILED - invalid property '{flag}' for queue '{name}' "
-                    "in vhost '/'"
-                )
             existing = self._queues.get(name)
             if existing is None:
+                _check_replicated(name, args, durable, exclusive, auto_delete)
                 owner = session.id if exclusive else None
                 if self._journal is not None and durable and not exclusive:
                     queue = JournaledQueue(self._journal, name, auto_delete, args)
@@ -368,6 +354,22 @@ def _durable_binding(source: ExchangeState, target: QueueState | ExchangeState) 
     if isinstance(target, QueueState):
         return source.durable and isinstance(target, JournaledQueue)
     return source.durable and target.durable
+
+
+def _check_replicated(
+    name: str, args: Mapping[str, Any], durable: bool, exclusive: bool, auto_delete: bool
+) -> None:
+    """Quorum and stream queues must be durable, not exclusive, not auto-delete.
+
+    (Streams are otherwise served as classic queues for now: issue 15.)
+    """
+    if args.get("x-queue-type") not in ("quorum", "stream"):
+        return
+    flag = "non-durable" if not durable else "exclusive-owner" if exclusive else "auto-delete"
+    if not durable or exclusive or auto_delete:
+        raise PreconditionFailed(
+            f"PRECONDITION_FAILED - invalid property '{flag}' for queue '{name}' in vhost '/'"
+        )
 
 
 def _check_queue_arguments(name: str, args: Mapping[str, Any]) -> None:

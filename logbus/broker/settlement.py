@@ -165,9 +165,11 @@ class Settling:
             unacked.entry.redelivered = True
             queue.put_back(unacked.entry)
             touched.add(queue.name)
-        for name in touched:  # RabbitMQ: requeue_and_run drops from the head first
+        for name in touched:
             queue = self._queues[name]
-            self._drop_head(queue)
+            if queue.quorum:  # a quorum queue expires returns before it trims to its bound
+                self._expire_head(queue)
+            self._drop_head(queue)  # a classic one trims first (requeue_and_run)
             self._expire_head(queue)
         return touched
 
