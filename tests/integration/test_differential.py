@@ -66,7 +66,7 @@ def _opener(transport: str, local_url: str) -> tuple[Callable[[], Transport], fl
     return lambda: connect(url), 0.005  # longer than a 1 ms TTL2
 
 
-@pytest.mark.timeout(120 + 5 * len(_seeds()))  # about 1.5 s a scenario on RabbitMQ
+@pytest.mark.timeout(120 + 10 * len(_seeds()))  # about 1.5 s a scenario on RabbitMQ
 @pytest.mark.parametrize("transport", ["memory", "process", "local"])
 def test_in_process_broker_matches_rabbitmq(
     transport: str,
