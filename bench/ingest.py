@@ -34,6 +34,7 @@ import tempfile
 import threading
 from pathlib import Path
 from time import monotonic
+from typing import Any
 
 import pika
 
@@ -206,6 +207,15 @@ class _Instant:
 
     def emit_many(self, records: object) -> int:
         return len(list(records))  # type: ignore[call-overload]
+
+    def emit_stream(self, take: Any, progress: Any) -> int:
+        count, more = 0, True
+        while more:
+            records, more = take(5000)
+            count += len(records)
+            if records:
+                progress(len(records))
+        return count
 
     def close(self) -> None:
         pass

@@ -22,7 +22,7 @@ record is lost.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -170,6 +170,40 @@ class Emitter:
             check_routed(self.targets, errors, len(chunk), sent)
             sent += len(chunk)
         return sent
+
+    def emit_stream(
+        self,
+        take: Callable[[int], tuple[list[LogRecord], bool]],
+        progress: Callable[[int], None],
+    ) -> int:
+        """``emit_many`` without its end-of-batch wait, for a producer that keeps going (the
+        ingest gateway): ``take(room)`` gives up to ``room`` ready records and whether more
+        may follow; ``progress(n)`` is told (maybe on the I/O thread) as the next ``n`` are
+        confirmed, in order. Streamed on the pika transport (its one publishing engine);
+        elsewhere each take is a batch. Raises as ``emit_many``; returns how many were taken.
+        """
+        transport = self.transport
+        count = 0
+        stream = getattr(transport, "publish_stream", None)
+        if len(self.targets) == 1 and stream is not None:
+            [target] = self.targets
+
+            def messages(room: int) -> tuple[list[Message], bool]:
+                nonlocal count
+                records, more = take(room)
+                count += len(records)
+                return [message_for(encode(r), target) for r in records], more
+
+            stream(messages, progress, mandatory=target.mandatory)
+            return count
+        more = True
+        while more:
+            records, more = take(5000)
+            if records:
+                self.emit_many(records)
+                count += len(records)
+                progress(len(records))
+        return count
 
     def close(self) -> None:
         """Close the transport if this emitter opened it."""

@@ -180,6 +180,14 @@ class LogRecord:
         facility, severity = parse_routing_key(key)
         return cls(facility=facility, severity=severity, message=message, **kw)
 
+    @classmethod
+    def from_parsed(cls, kw: dict[str, Any]) -> LogRecord:
+        """A parser's keywords (ingest's syslog ``parse``) as a record, unchecked: valid by
+        construction (PRI-table facility, Severity, UTC datetime, str, JSON-safe fields)."""
+        built = _NEW(cls)
+        _fill(built, new_id(), *(kw[k] for k in FIELDS[1:9]), SCHEMA_VERSION, None)
+        return built
+
     @property
     def routing_key(self) -> str:
         """``<facility>.<severity>`` with the canonical severity word."""

@@ -202,3 +202,20 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+def stream_in_batches(
+    emit_many: Callable[[list[Any]], int],
+    take: Callable[[int], tuple[list[Any], bool]],
+    progress: Callable[[int], None],
+) -> int:
+    """A fake link's ``emit_stream``: each take published as one batch, then counted as
+    confirmed (what a broker that confirms a batch at once would do)."""
+    count, more = 0, True
+    while more:
+        records, more = take(1000)
+        if records:
+            emit_many(records)
+            count += len(records)
+            progress(len(records))
+    return count

@@ -169,6 +169,13 @@ class _BrokerLink:
     def emit_many(self, records: Iterable[LogRecord]) -> int:
         return self._emitter.emit_many(records)
 
+    def emit_stream(
+        self,
+        take: Callable[[int], tuple[list[LogRecord], bool]],
+        progress: Callable[[int], None],
+    ) -> int:
+        return self._emitter.emit_stream(take, progress)
+
     def close(self) -> None:
         self._transport.close()
 

@@ -1,13 +1,13 @@
 """The gateway's publisher: one thread that moves parsed records into RabbitMQ, confirmed.
 
 Listeners hand over :class:`Pending` records with :meth:`Pipeline.put` (from any
-thread; the gateway's event loop). The publisher thread takes what is waiting,
-up to ``batch_size`` at a time, and publishes it with
-:meth:`Emitter.emit_many <logbus.emitter.Emitter.emit_many>` — the engine of
-``logbus emit``'s stdin batches: one pika transport, confirms pipelined inside
-the batch. When the call returns every record of the batch was confirmed, and
-:attr:`Pipeline.settle` is told so, once per batch (the gateway then answers
-RELP frames and lets paused readers go on).
+thread; the gateway's event loop). The publisher thread streams what
+arrives into :meth:`Emitter.emit_stream <logbus.emitter.Emitter.emit_stream>` —
+the engine of ``logbus emit``'s stdin batches (one pika transport, its confirm
+window), without a wait at the end of each batch: records keep flowing into the
+window while earlier ones are confirmed, and :attr:`Pipeline.settle` is told of
+each as its confirm comes, in order (the gateway then answers RELP frames and
+lets paused readers go on). A stream ends when nothing arrives for a moment.
 
 A batch the broker did not take (down, blocked, refusing) is never dropped:
 
@@ -20,8 +20,9 @@ A batch the broker did not take (down, blocked, refusing) is never dropped:
   committed (deleted) only after their confirms. Once the spool is empty,
   records go straight to the broker again. Order is kept throughout.
 
-Publishing is at least once: a batch confirmed only in part is published
-again whole, and records keep their ``id``, so consumers can drop duplicates.
+Publishing is at least once: what a failed stream (or a replayed spool batch)
+had not had confirmed is published again, and records keep their ``id``, so
+consumers can drop duplicates.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ log = get_logger("logbus.ingest")
 Outcome = Literal["confirmed", "spooled", "failed"]
 _FIRST_PAUSE = 0.1
 _MAX_PAUSE = 2.0
+_IDLE = 0.05  # seconds a stream waits for new records before it ends
 
 
 class Link(Protocol):
@@ -58,6 +60,12 @@ class Link(Protocol):
         ...
 
     def emit_many(self, records: Iterable[LogRecord]) -> int: ...
+
+    def emit_stream(
+        self,
+        take: Callable[[int], tuple[list[LogRecord], bool]],
+        progress: Callable[[int], None],
+    ) -> int: ...
 
     def close(self) -> None: ...
 
@@ -120,6 +128,7 @@ class Pipeline:
         self._inbound: deque[Pending] = deque()
         self._held: list[Pending] = []  # a batch the broker did not take, first in line
         self._current: list[Pending] = []  # the batch the thread is working on
+        self._unconfirmed: deque[Pending] = deque()  # a stream's records, taken, not confirmed
         self._given_up = False  # stop() settled what the thread still held
         self._stopping = False
         self._deadline = float("inf")
@@ -162,7 +171,7 @@ class Pipeline:
         stuck = self._thread.is_alive()  # inside a publish that does not come back
         with self._cond:
             self._given_up = stuck
-            left = (self._current if stuck else []) + self._take_all()
+            left = (self._current + self._left() if stuck else []) + self._take_all()
         if left and self.spool is not None and not stuck:
             try:
                 self._spool(left)
@@ -190,15 +199,15 @@ class Pipeline:
                 if self.spool is not None and (len(self.spool) or monotonic() < self._retry_at):
                     self._spool_mode(batch)
                 elif batch:
-                    self._publish(batch)
+                    self._stream(batch)
             except LogbusError as exc:  # not recoverable: credentials, configuration
                 log.error("ingest.publisher_stopped", error=str(exc))
                 self.fatal = exc
-                self._held = batch + self._held
+                self._held = self._current + self._left() + self._held
             except Exception as exc:  # a bug must stop the gateway loudly, not hang it
                 log.error("ingest.publisher_crashed", error=f"{type(exc).__name__}: {exc}")
                 self.fatal = TransportError(f"the publisher failed: {type(exc).__name__}: {exc}")
-                self._held = batch + self._held
+                self._held = self._current + self._left() + self._held
             self._current = []
 
     def _report(self, items: list[Pending], outcome: Outcome) -> None:
@@ -231,25 +240,71 @@ class Pipeline:
                     continue
                 self._cond.wait(0.5)
 
-    def _publish(self, batch: list[Pending]) -> None:
-        """Publish ``batch`` confirmed; on failure spool it, or hold it and pause."""
+    def _stream(self, first: list[Pending]) -> None:
+        """Publish ``first`` and what keeps arriving as one stream, each record settled as
+        its confirm comes (in order), until the inbound queue stays empty a moment.
+
+        What was taken but not confirmed when the stream fails is handled as a batch that
+        failed (held, spooled, or sent one by one), ahead of anything newer.
+        """
+        unconfirmed = self._unconfirmed
+        unconfirmed.extend(first)
+        self._current = []  # tracked in unconfirmed from here
+        handed: list[list[Pending]] = [first]
+
+        def take(room: int) -> tuple[list[LogRecord], bool]:
+            out = handed.pop() if handed else self._take(room)
+            if out is None:
+                return [], False
+            if out is not first:
+                unconfirmed.extend(out)
+            self.stats.published += len(out)
+            return [p.record for p in out], True
+
+        def progress(count: int) -> None:
+            done = [unconfirmed.popleft() for _ in range(count)]
+            self.stats.confirmed += count
+            self._report(done, "confirmed")
+
         try:
-            self._send([p.record for p in batch])
+            link = self._link
+            if link is None:
+                link = self._link = self._link_factory()
+            if self.spool is not None and not link.connected:
+                raise _Away("the broker connection is down (reconnecting)")
+            link.emit_stream(take, progress)
         except InputError:
-            self._one_by_one(batch)
+            self._one_by_one(self._left())
             return
         except TransportError as exc:
             if not exc.recoverable:
                 raise
             self._broker_away(exc)
+            left = self._left()
             if self.spool is not None:
-                self._spool_or_hold(batch)
+                self._spool_or_hold(left)
             else:
-                self._hold(batch)
+                self._hold(left)
             return
         self._went_well()
-        self.stats.confirmed += len(batch)
-        self._report(batch, "confirmed")
+
+    def _left(self) -> list[Pending]:
+        left = list(self._unconfirmed)
+        self._unconfirmed.clear()
+        return left
+
+    def _take(self, room: int) -> list[Pending] | None:
+        """Up to ``room`` new records for a stream, waiting a little; None to end it (idle,
+        stopping, or the broker connection down with a spool to fall back on)."""
+        with self._cond:
+            if not self._inbound and not self._stopping:
+                self._cond.wait(_IDLE)
+            if not self._inbound or (self._stopping and monotonic() >= self._deadline):
+                return None
+            if self.spool is not None and self._link is not None and not self._link.connected:
+                return None
+            n = min(room, len(self._inbound))
+            return [self._inbound.popleft() for _ in range(n)]
 
     def _spool_mode(self, batch: list[Pending]) -> None:
         """While the spool is not empty: new records behind it, replay from its head."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from time import monotonic
 from typing import Any
 
@@ -17,6 +17,7 @@ from logbus.errors import NotConfirmed
 from logbus.ingest import relp
 from logbus.ingest.gateway import IngestPlan, Listen, Running, run
 from logbus.record import LogRecord
+from tests.ingest_support import stream_in_batches
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,6 +36,13 @@ class HeldLink:
             raise NotConfirmed("held by the test", unconfirmed=len(batch))
         self.taken += [r.message for r in batch]
         return len(batch)
+
+    def emit_stream(
+        self,
+        take: Callable[[int], tuple[list[LogRecord], bool]],
+        progress: Callable[[int], None],
+    ) -> int:
+        return stream_in_batches(self.emit_many, take, progress)
 
     def close(self) -> None:
         pass

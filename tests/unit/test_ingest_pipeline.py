@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from time import monotonic
 
@@ -11,6 +11,7 @@ from logbus.errors import BrokerUnavailable, InputError, NotConfirmed
 from logbus.ingest.pipeline import Outcome, Pending, Pipeline
 from logbus.ingest.spool import Spool
 from logbus.record import LogRecord
+from tests.ingest_support import stream_in_batches
 
 
 class FakeLink:
@@ -35,6 +36,13 @@ class FakeLink:
             raise InputError("refused")
         self.taken += [r.message for r in batch]
         return len(batch)
+
+    def emit_stream(
+        self,
+        take: Callable[[int], tuple[list[LogRecord], bool]],
+        progress: Callable[[int], None],
+    ) -> int:
+        return stream_in_batches(self.emit_many, take, progress)
 
     def close(self) -> None:
         pass

@@ -42,7 +42,28 @@ def test_each_corpus_line_reads_as_expected(case):
     received = datetime.fromisoformat(case["received"])
     result = parse(data, case["peer"], host=case["host"], received=received)
     assert readable(result) == case["expect"]
-    LogRecord(**result)
+    same_as_checked(result)
+
+
+def same_as_checked(result: dict[str, Any]) -> LogRecord:
+    """LogRecord.from_parsed (no checks) builds what the checked constructor builds."""
+    fast = LogRecord.from_parsed(dict(result))
+    checked = LogRecord(**result, id=fast.id)
+    assert fast == checked
+    assert fast.to_bytes() == checked.to_bytes()
+    assert type(fast.severity) is Severity and fast.ts.tzinfo is UTC
+    return fast
+
+
+def test_parse_record_builds_what_the_checked_constructor_builds():
+    """A listener's record (parse_record) equals LogRecord(**parse(...)) but for the new id."""
+    line = b"<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 "
+    line += b'[exampleSDID@32473 iut="3" eventSource="Application"] An application event'
+    record = parse_record(line, "10.0.0.1:514", received=RECEIVED)
+    assert record == LogRecord(**parse(line, "10.0.0.1:514", received=RECEIVED), id=record.id)
+    assert record.to_dict()["fields"]["sd"] == {
+        "exampleSDID@32473": {"iut": "3", "eventSource": "Application"}
+    }
 
 
 def test_the_corpus_covers_every_kind_of_sender():
@@ -118,7 +139,7 @@ def test_an_explicit_host_wins_over_the_peer():
 def check_builds(result: dict[str, Any]) -> None:
     """The safety net never fired, and the result is a record that encodes."""
     assert "error" not in result["fields"]["syslog"]
-    record = LogRecord(**result)
+    record = same_as_checked(result)
     json.loads(record.to_bytes())
 
 

@@ -30,19 +30,24 @@ from logbus.transports.amqp.pika_errors import RECOVERABLE, broker_refusal, loca
 from logbus.transports.amqp.pika_loop import IoHost, io_callback
 from logbus.transports.amqp.window import PublishWindow
 
-__all__ = ["Outgoing", "PublishBatch", "Publisher"]
+__all__ = ["Outgoing", "Progress", "PublishBatch", "Publisher"]
 
 log = get_logger("logbus.transports.amqp")
 
 #: Builds the error a batch raises, given how many of its messages failed.
 Failure = Callable[[int], LogbusError]
+#: Told (on the I/O thread) how many more of a stream's messages are confirmed, in order.
+Progress = Callable[[int], None]
 
 
 class PublishBatch:
     """One caller's publishes: counts what is outstanding and what failed, wakes the caller."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self.cond = threading.Condition()
+        self.progress = progress
+        self._prefix = 0  # with progress: messages 0.._prefix-1 are all confirmed
+        self._ahead: set[int] = set()  # confirmed out of order, past the prefix
         self.outstanding = 0
         self.failed = 0
         self.first_failure: Failure | None = None
@@ -71,6 +76,29 @@ class PublishBatch:
                     self.first_failure = failure
             if self.outstanding <= self.wake_at:
                 self.cond.notify_all()
+
+    def confirmed_in_order(self, seqs: list[int]) -> None:
+        """Messages ``seqs`` (their places in the stream) were confirmed (I/O thread): tell
+        :attr:`progress` how far the stream is confirmed from its start without a gap.
+
+        A stream's caller answers its own senders (a RELP frame, a spool entry) per
+        message; only a gapless prefix may be answered, so a message confirmed after
+        a re-send on a new connection waits for those before it.
+        """
+        assert self.progress is not None
+        start = prefix = self._prefix
+        ahead = self._ahead
+        for seq in seqs:
+            if seq == prefix:
+                prefix += 1
+            else:
+                ahead.add(seq)
+        while ahead and prefix in ahead:
+            ahead.discard(prefix)
+            prefix += 1
+        self._prefix = prefix
+        if prefix > start:
+            self.progress(prefix - start)
 
     def wait(self, limit: int, timeout: float) -> bool:
         """Wait until at most ``limit`` are outstanding; False if the broker made no
@@ -113,6 +141,7 @@ class Outgoing:
     properties: Any  # pika.BasicProperties
     mandatory: bool
     returned: bool = False
+    seq: int = 0  # its place in its batch, for a stream's progress
 
 
 def _unroutable(item: Outgoing) -> Failure:
@@ -242,6 +271,10 @@ class Publisher:
             else:
                 confirmed[item.batch] = confirmed.get(item.batch, 0) + 1
         for batch, count in confirmed.items():
+            if batch.progress is not None:  # told before the caller can wake and return
+                batch.confirmed_in_order(
+                    [i.seq for i in done if i.batch is batch and ok and not i.returned]
+                )
             batch.resolve(count=count)
         if done:
             window = self.window

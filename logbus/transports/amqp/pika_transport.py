@@ -39,7 +39,7 @@ from logbus.transports.amqp.errors import blocked, not_confirmed, unconfirmed_in
 from logbus.transports.amqp.pika_consume import AmqpConsumer
 from logbus.transports.amqp.pika_convert import arguments, endpoints, from_pika, names, to_pika
 from logbus.transports.amqp.pika_core import Core
-from logbus.transports.amqp.pika_publish import Outgoing, PublishBatch
+from logbus.transports.amqp.pika_publish import Outgoing, Progress, PublishBatch
 from logbus.transports.amqp.pika_topology import Declaration
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
@@ -292,17 +292,54 @@ class AmqpTransport:
         the first failure, counting every message that was not confirmed."""
         self._publish(messages, mandatory)
 
-    def _publish(self, messages: Iterable[Message], mandatory: bool) -> None:
+    def publish_stream(
+        self,
+        take: Callable[[int], tuple[list[Message], bool]],
+        progress: Progress,
+        *,
+        mandatory: bool = True,
+    ) -> None:
+        """Publish what ``take(room)`` hands out, continuously, as ``publish_many`` does.
+
+        ``take`` returns up to ``room`` messages that are ready (it may wait a little
+        for them) and whether more may follow; ``progress(n)`` is called on the I/O
+        thread as the next ``n`` messages of the stream are confirmed, in order, so
+        a caller answers its senders per confirm instead of per batch. The stream
+        stops taking at the first failure and raises it once what is in flight ended.
+        """
+        self._publish(None, mandatory, take, progress)
+
+    def _publish(
+        self,
+        messages: Iterable[Message] | None,
+        mandatory: bool,
+        take: Callable[[int], tuple[list[Message], bool]] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        # The one engine of publish, publish_many and publish_stream: fill the window,
+        # then wait for it to drain to half before filling again.
         core = self._core
-        batch = PublishBatch()
-        source = iter(messages)
+        batch = PublishBatch(progress)
+        if take is None:
+            source = iter(messages or ())
+
+            def take(room: int) -> tuple[list[Message], bool]:
+                chunk = list(islice(source, room))
+                return chunk, len(chunk) == room
+
         refill_at = self._window // 2
         bad: InputError | None = None
-        while True:
+        seq = 0
+        more = True
+        while more:
             with batch.cond:
                 room = self._window - batch.outstanding
+                stop = progress is not None and batch.failed > 0
+            if stop:
+                break
+            ready, more = take(room) if room > 0 else ([], True)
             chunk: list[Outgoing] = []
-            for message in islice(source, room):
+            for message in ready:
                 try:
                     properties = to_pika(message)
                 except InputError as exc:
@@ -316,14 +353,16 @@ class AmqpTransport:
                         bytes(message.body),
                         properties,
                         mandatory,
+                        seq=seq,
                     )
                 )
+                seq += 1
             if chunk:
                 batch.add(len(chunk))
                 core.submit(partial(core.publisher.submit, chunk))
-            if bad is not None or len(chunk) < room:
+            if bad is not None:
                 break
-            if not batch.wait(refill_at, self._confirm_timeout):
+            if more and len(ready) >= room and not batch.wait(refill_at, self._confirm_timeout):
                 self._give_up(batch)
         if not batch.wait(0, self._confirm_timeout):
             self._give_up(batch)
