@@ -136,6 +136,6 @@ def delete_command(kind: str, name: str, vhost: str = "/") -> str:
 
 def _vhost(url: str) -> str:
     """The vhost of ``url`` (imported here: only a refusal needs it)."""
-    from logbus.management import vhost_of
+    from logbus._urls import vhost_of
 
     return vhost_of(url)

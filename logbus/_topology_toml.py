@@ -22,8 +22,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from logbus._topology_checks import toml_value
 from logbus.errors import ConfigError, InvalidTopology
-from logbus.topology import toml_value
 
 __all__ = ["Loc", "build", "dumps", "line_of", "loads", "read", "toml_value"]
 

@@ -167,3 +167,17 @@ def user_and_vhost(parts: SplitResult) -> tuple[str, str]:
 def query(parts: SplitResult) -> dict[str, str]:
     """A split URL's query as a mapping (a key given twice: the last wins, blanks kept)."""
     return dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
+def is_amqp(url: str) -> bool:
+    """Whether ``url`` (its first, for a failover list) is ``amqp://`` or ``amqps://``."""
+    return split_urls(url)[0].strip().partition("://")[0].strip().lower() in ("amqp", "amqps")
+
+
+def vhost_of(url: str) -> str:
+    """The vhost an AMQP URL names (its first, for a failover list), read as pika reads it;
+    ``/`` for logbus's own brokers (``local://``, ``memory://`` ...), which have only that one."""
+    if not is_amqp(url):
+        return "/"
+    segments = parse_url(split_urls(url)[0].strip()).path.split("/")
+    return unquote(segments[1]) if len(segments) > 1 and segments[1] else "/"

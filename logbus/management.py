@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote, unquote
 
-from logbus._urls import parse_url, redact_url, split_urls
+from logbus._urls import is_amqp, parse_url, redact_url, split_urls, vhost_of
 from logbus.errors import BrokerUnavailable, NotFound, ResourceLocked
 from logbus.topology import Topology
 
@@ -184,11 +184,6 @@ def _first_url(url: str) -> str:
     return split_urls(url)[0].strip()
 
 
-def is_amqp(url: str) -> bool:
-    """Whether ``url`` (its first, for a failover list) is ``amqp://`` or ``amqps://``."""
-    return _first_url(url).partition("://")[0].strip().lower() in ("amqp", "amqps")
-
-
 def where(url: str) -> str:
     """How to name the broker at ``url`` to an operator: a ``local://`` broker as its
     socket path, any other as its URL with the password hidden."""
@@ -196,15 +191,6 @@ def where(url: str) -> str:
     if first.partition("://")[0].strip().lower() == "local":
         return unquote(first.partition("://")[2].partition("?")[0]) or first
     return redact_url(url)
-
-
-def vhost_of(url: str) -> str:
-    """The vhost an AMQP URL names (its first, for a failover list), read as pika reads it;
-    ``/`` for logbus's own brokers (``local://``, ``memory://`` ...), which have only that one."""
-    if not is_amqp(url):
-        return "/"
-    segments = parse_url(_first_url(url)).path.split("/")
-    return unquote(segments[1]) if len(segments) > 1 and segments[1] else "/"
 
 
 def management_api(
