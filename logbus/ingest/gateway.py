@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -239,9 +240,22 @@ async def _serve(
     loop = asyncio.get_running_loop()
     ctx: Context | None = None
 
-    def settle(items: list[Any], outcome: Any) -> None:
+    # Settlements come per confirm frame (from pika's I/O thread): queued here and handed
+    # to the loop by one wake-up for all that wait, not a self-pipe write each.
+    waiting: deque[tuple[list[Any], Any]] = deque()
+    woken = [False]
+
+    def deliver() -> None:
         assert ctx is not None
-        loop.call_soon_threadsafe(ctx.settled, items, outcome)
+        woken[0] = False
+        while waiting:
+            ctx.settled(*waiting.popleft())
+
+    def settle(items: list[Any], outcome: Any) -> None:
+        waiting.append((items, outcome))
+        if not woken[0]:
+            woken[0] = True
+            loop.call_soon_threadsafe(deliver)
 
     if link is None:
         link = await _first_link(plan, settings, spool)

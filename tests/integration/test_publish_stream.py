@@ -99,3 +99,21 @@ def test_a_stream_through_connection_resets_reports_each_record_once(
     assert flapping.resets >= 1, "no reset happened: the test proved nothing"
     assert (feed.confirmed, feed.overrun) == (30_000, False)
     assert admin.declare_queue(name, passive=True).message_count >= 30_000
+
+
+def test_publishes_are_sent_joined_through_the_pika_this_project_pins(
+    amqp_url: str, queue: tuple[AmqpTransport, str]
+) -> None:
+    """The publisher finds pika's send queue (so a burst of frames goes out in one send),
+    and joining its tail keeps every byte in order."""
+    from collections import deque
+
+    from logbus.transports.amqp.pika_publish import _join_tail, _tx_buffers
+
+    admin, name = queue
+    feed = Feed(500)
+    assert _stream(amqp_url, name, feed) == 500
+    assert _tx_buffers(admin._core.publisher.channel) is not None
+    buffers = deque([b"head", b"a", b"bc", b"d"])
+    _join_tail(buffers, 3)
+    assert list(buffers) == [b"head", b"abcd"]
