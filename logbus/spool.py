@@ -16,7 +16,10 @@ cut off when the spool is opened again, an entry whose checksum fails is
 skipped and counted in :attr:`Spool.corrupt`, and entries confirmed but not yet
 committed come out again (at least once; records keep their ``id``).
 
-One gateway at a time: the directory is locked (``flock``) while a spool has it open.
+One process at a time: the directory is locked (``flock``) while a spool has it open; a
+second gateway is refused, while ``logbus emit --spool`` and the logging handler's
+``spool=`` (``wait=True``) wait their turn. :func:`replay` sends a spool's records
+from its head through any confirmed publish (``Emitter.emit_many``).
 ``max_bytes`` bounds the directory: :meth:`Spool.append` raises
 :class:`SpoolFull` rather than grow past it, and the gateway then holds its
 readers back. ``fsync`` says when appended entries are forced to disk:
@@ -30,14 +33,14 @@ import fcntl
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from time import monotonic
-from typing import BinaryIO, Final, Literal
+from typing import Any, BinaryIO, Final, Literal
 
 from logbus.errors import ConfigError, LogbusError
 
-__all__ = ["FSYNC_POLICIES", "FsyncPolicy", "Spool", "SpoolFull"]
+__all__ = ["FSYNC_POLICIES", "FsyncPolicy", "Spool", "SpoolFull", "replay"]
 
 FsyncPolicy = Literal["always", "second", "never"]
 FSYNC_POLICIES: Final = ("always", "second", "never")
@@ -70,6 +73,7 @@ class Spool:
         max_bytes: int = 1024**3,
         fsync: FsyncPolicy = "always",
         segment_bytes: int = _SEGMENT_BYTES,
+        wait: bool = False,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ConfigError(f"spool fsync must be one of {', '.join(FSYNC_POLICIES)}")
@@ -82,10 +86,10 @@ class Spool:
             raise ConfigError(f"cannot use {self.path} as a spool: {exc.strerror}") from None
         self._lock = open(self.path / "lock", "a")  # noqa: SIM115  (held while open)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:
             self._lock.close()
-            raise ConfigError(f"the spool {self.path} is in use by another gateway") from None
+            raise ConfigError(f"the spool {self.path} is in use by another process") from None
         self.max_bytes = max_bytes
         self.fsync: FsyncPolicy = fsync
         self.segment_bytes = segment_bytes
@@ -281,3 +285,21 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def replay(spool: Spool, publish: Callable[[list[Any]], object], batch: int = 1000) -> int:
+    """Publish ``spool``'s records from its head, in order, ``batch`` at a time, each batch
+    committed (deleted) once ``publish`` returned (confirmed); how many went. What
+    ``publish`` raises is raised, and the rest stays for the next time."""
+    from logbus.record import decode  # here: a spool that is never replayed needs no records
+
+    sent = 0
+    while len(spool):
+        entries, position = spool.peek(batch)
+        if entries:
+            publish([decode(entry) for entry in entries])
+        spool.commit(position, len(entries))
+        sent += len(entries)
+        if not entries:
+            break  # only entries that failed their checksum were left (counted in corrupt)
+    return sent

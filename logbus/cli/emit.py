@@ -40,12 +40,14 @@ EPILOG = """Examples:
   app --json-logs | logbus emit --json user.info       # JSON lines, their own keys win
   logbus emit user.info --queue task_queue "resize photo 42"   # the tutorial's new_task
   logbus emit kern.info --exchange audit "keys rotated"        # that exchange, key kern.info
+  logbus emit --spool /var/spool/logbus-emit cron.info "backup done"  # kept if the broker is away
   logbus emit kern.critical "disk failed" --target direct_logs --target topic_logs
                                    # only those emit targets (a retry after exit 75)
 
 \b
 Exit status:
-  0   every record was confirmed by the broker
+  0   every record was confirmed by the broker, or (--spool) the broker was away and
+      those it did not confirm were kept in the spool (stderr counts them)
   2   usage (bad option, no message)
   65  bad routing key or bad line (stderr names the line; nothing of its chunk was sent),
       or a record larger than the broker's max_message_size
@@ -162,6 +164,17 @@ def emit(
             show_default=False,
         ),
     ] = None,
+    spool: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="When the broker is away, keep the records it did not confirm in this "
+            "directory and exit 0 (stderr says how many); every emit with it sends "
+            "those first, in order. See 'Spool' in the README.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     url: UrlOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -241,12 +254,22 @@ def emit(
         progress = _Progress.choose(source)
         cleanup.callback(progress.finish)
         started = time.monotonic()
-        with quiet_connect():
-            transport = connect(settings.url, settings=settings)
-        cleanup.callback(transport.close)
-        _check_target(transport, topology, exchange, queue)
-        emitter = Emitter(settings=settings, topology=needed, transport=transport, targets=targets)
-        _send(emitter, records, batch, progress)
+
+        def open_emitter() -> Emitter:
+            with quiet_connect():
+                transport = connect(settings.url, settings=settings)
+            cleanup.callback(transport.close)
+            _check_target(transport, topology, exchange, queue)
+            return Emitter(settings=settings, topology=needed, transport=transport, targets=targets)
+
+        if spool is None:
+            _send(open_emitter(), records, batch, progress)
+        else:  # imported only here: a plain emit stays light
+            from logbus.cli._emit_spool import SpoolingSend, open_spool
+
+            spooling = SpoolingSend(open_spool(spool))
+            cleanup.callback(spooling.spool.close)
+            spooling.report(spool, spooling.run(open_emitter, records))
     if batch is not None and batch.error is not None:
         if not batch.records:
             raise fail(f"{batch.error}; nothing was sent", EX_DATAERR)

@@ -183,7 +183,7 @@ def _plan(options: dict[str, Any], config: Path | None) -> Any:
     from logbus.errors import ConfigError
     from logbus.ingest.config import parse_size
     from logbus.ingest.gateway import KINDS, IngestPlan, Listen
-    from logbus.ingest.spool import FSYNC_POLICIES
+    from logbus.spool import FSYNC_POLICIES
 
     settings = make_settings(options.get("url"), config)
     listeners = tuple(

@@ -8,7 +8,7 @@ any embedding call it): listeners on an asyncio loop in the calling thread
 (:mod:`~logbus.ingest.listeners`), one publisher thread with pika's pipelined
 confirms (:mod:`~logbus.ingest.pipeline`, through
 :class:`~logbus.emitter.Emitter`), an optional spool
-(:mod:`~logbus.ingest.spool`) and ``/metrics`` + ``/healthz``
+(:mod:`~logbus.spool`) and ``/metrics`` + ``/healthz``
 (:mod:`~logbus.ingest.metrics`). Every listener binds to 127.0.0.1 unless its
 address names a host.
 
@@ -47,9 +47,9 @@ from logbus.ingest.listeners import (
     udp_kernel_drops,
 )
 from logbus.ingest.pipeline import Link, Pipeline
-from logbus.ingest.spool import FsyncPolicy, Spool
 from logbus.record import LogRecord, hostname
 from logbus.settings import Settings
+from logbus.spool import FsyncPolicy, Spool
 from logbus.topology import Topology
 
 __all__ = ["KINDS", "IngestPlan", "Listen", "Running", "run"]

@@ -14,7 +14,7 @@ A batch the broker did not take (down, blocked, refusing) is never dropped:
 - without a spool it is kept and published again after a pause, ahead of
   anything newer, while the listeners stay paused (their in-flight bound is
   full): back-pressure, and order kept;
-- with a :class:`~logbus.ingest.spool.Spool`, it is appended there and settled
+- with a :class:`~logbus.spool.Spool`, it is appended there and settled
   as ``"spooled"``; from then on every new batch goes to the spool too, behind
   it, and the spool is replayed from its head while the broker answers, entries
   committed (deleted) only after their confirms. Once the spool is empty,
@@ -36,8 +36,8 @@ from typing import Any, Literal, Protocol
 
 from logbus._log import get_logger
 from logbus.errors import InputError, LogbusError, TransportError
-from logbus.ingest.spool import Spool, SpoolFull
 from logbus.record import LogRecord, decode
+from logbus.spool import Spool, SpoolFull
 
 __all__ = ["Link", "Outcome", "Pending", "Pipeline"]
 

@@ -9,8 +9,8 @@ from time import monotonic
 
 from logbus.errors import BrokerUnavailable, InputError, NotConfirmed
 from logbus.ingest.pipeline import Outcome, Pending, Pipeline
-from logbus.ingest.spool import Spool
 from logbus.record import LogRecord
+from logbus.spool import Spool
 from tests.ingest_support import stream_in_batches
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logbus.errors import ConfigError
-from logbus.ingest.spool import Spool, SpoolFull
+from logbus.spool import Spool, SpoolFull
 
 
 def _drain(spool: Spool, step: int = 3) -> list[bytes]:
