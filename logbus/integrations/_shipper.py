@@ -44,6 +44,7 @@ from logbus.errors import ConfigError, InputError, LogbusError, RecordError, Tra
 from logbus.record import LogRecord, Severity
 
 if TYPE_CHECKING:
+    from logbus.integrations._spooled import SpoolKeeper
     from logbus.settings import Settings
     from logbus.topology import Topology
 
@@ -99,6 +100,7 @@ class Shipper:
         topology: Topology | str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
         sender: Callable[[], Sender] | None = None,
+        spool: str | os.PathLike[str] | None = None,
     ) -> None:
         if policy not in ("drop", "block"):
             raise ConfigError(f"policy must be 'drop' or 'block', not {policy!r}")
@@ -120,6 +122,11 @@ class Shipper:
         self._static: dict[str, Any] = {"facility": facility, "app": app, **host_field}
         self._sender_factory = sender or _emitter_factory(url, topology, settings)
         self._sender: Sender | None = None
+        self._keeper: SpoolKeeper | None = None
+        if spool is not None:  # records the broker does not take go there (_spooled.py)
+            from logbus.integrations._spooled import SpoolKeeper
+
+            self._keeper = SpoolKeeper(spool)
         self._reset_state()
         # Closing at interpreter exit, through a weak reference: atexit keeps no shipper alive.
         self._at_exit = partial(_close_at_exit, weakref.ref(self))
@@ -138,7 +145,7 @@ class Shipper:
         self._abandoned = False  # close() gave up on a listener stuck in a publish
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
-        self._sent = self._dropped = self._failed = 0
+        self._sent = self._dropped = self._failed = self._spooled = 0
         self._stalled_at: int | None = None  # self._sent when a flush last timed out
 
     # -- counters -----------------------------------------------------------------
@@ -157,6 +164,11 @@ class Shipper:
     def failed(self) -> int:
         """Events that can never be a published record (too large, refused as input)."""
         return self._failed
+
+    @property
+    def spooled(self) -> int:
+        """Events written to the spool (``spool=``) because the broker did not take them."""
+        return self._spooled
 
     @property
     def buffered(self) -> int:
@@ -231,6 +243,7 @@ class Shipper:
         atexit.unregister(self._at_exit)
         if thread is not None:
             thread.join(wait + 0.5)
+        self._spool_rest(thread)
         with self._lock:
             # A listener still stuck in a publish is abandoned: its batch counts as dropped
             # (some of it may yet arrive); it is a daemon thread and cannot hold the exit.
@@ -255,6 +268,19 @@ class Shipper:
                 self._failed,
                 self._sent,
             )
+
+    def _spool_rest(self, thread: threading.Thread | None) -> None:
+        """At close, with a spool and the listener stopped: what is still buffered is kept
+        there rather than dropped."""
+        if self._keeper is None or (thread is not None and thread.is_alive()):
+            return
+        with self._lock:
+            events = list(self._buffer)
+            self._buffer.clear()
+        records = self._records(events)
+        if records and not self._spool(self._keeper, records):
+            with self._lock:
+                self._dropped += len(records)
 
     # -- the listener thread ------------------------------------------------------
 
@@ -315,7 +341,10 @@ class Shipper:
         )
 
     def _send(self, records: list[LogRecord]) -> bool:
-        """Publish a batch; whether it is settled (sent, or the rest can never go)."""
+        """Publish a batch; whether it is settled (sent, spooled, or the rest can never go)."""
+        keeper = self._keeper
+        if keeper is not None and keeper.waiting and not (keeper.due() and self._replay(keeper)):
+            return self._spool(keeper, records)  # behind what the spool holds
         try:
             sender = self._sender or self._open_sender()
             sender.emit_many(self._unless_abandoned(records))
@@ -325,8 +354,29 @@ class Shipper:
         except TransportError as exc:
             if not exc.recoverable:  # closed or refused: start again with a new emitter
                 self._close_sender()
-            return False
+            if keeper is None:
+                return False
+            keeper.away()
+            return self._spool(keeper, records)
         self._settle(len(records))
+        return True
+
+    def _replay(self, keeper: SpoolKeeper) -> bool:
+        """Send what the spool holds; whether it is empty now."""
+        try:
+            keeper.replay((self._sender or self._open_sender()).emit_many)
+        except LogbusError:
+            return False
+        return True
+
+    def _spool(self, keeper: SpoolKeeper, records: list[LogRecord]) -> bool:
+        """Keep ``records`` in the spool; whether they are (else retried as without one)."""
+        try:
+            kept = keeper.keep(records)
+        except (LogbusError, OSError) as exc:
+            log.warning("logbus: the spool %s cannot take records: %s", keeper.path, exc)
+            return False
+        self._settle(0, spooled=kept)
         return True
 
     def _unless_abandoned(self, records: list[LogRecord]) -> Iterator[LogRecord]:
@@ -347,13 +397,14 @@ class Shipper:
             else:
                 self._settle(1)
 
-    def _settle(self, sent: int, *, failed: int = 0) -> None:
+    def _settle(self, sent: int, *, failed: int = 0, spooled: int = 0) -> None:
         with self._lock:
             if self._abandoned:
                 return
             self._sent += sent
             self._failed += failed
-            self._in_flight = max(0, self._in_flight - sent - failed)
+            self._spooled += spooled
+            self._in_flight = max(0, self._in_flight - sent - failed - spooled)
             self._progress.notify_all()
 
     def _pause(self, seconds: float) -> bool:

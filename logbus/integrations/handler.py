@@ -70,8 +70,10 @@ class LogbusHandler(logging.Handler):
     ``block_timeout`` and ``flush_timeout`` (seconds), ``topology`` (a TOML file or a
     :class:`~logbus.topology.Topology`; default ``LOGBUS_CONFIG`` or the built-in one),
     ``settings``, ``level``. Pass ``shipper`` to share one engine with a
-    :class:`~logbus.integrations.LogbusProcessor`.
-    :attr:`dropped`, :attr:`sent` and :attr:`failed` count what happened.
+    :class:`~logbus.integrations.LogbusProcessor`. ``spool`` (a directory) keeps on
+    disk what the broker does not take, also across a restart: sent first when it is
+    back (see ``_spooled.py``).
+    :attr:`dropped`, :attr:`sent`, :attr:`spooled` and :attr:`failed` count what happened.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class LogbusHandler(logging.Handler):
         settings: Settings | None = None,
         level: int | str = logging.NOTSET,
         shipper: Shipper | None = None,
+        spool: str | os.PathLike[str] | None = None,
     ) -> None:
         # The engine first: a configuration error then leaves no half-made handler in
         # logging's list for logging.shutdown() to flush at exit.
@@ -103,6 +106,7 @@ class LogbusHandler(logging.Handler):
             flush_timeout=flush_timeout,
             topology=topology,
             settings=settings,
+            spool=spool,
         )
         super().__init__(level)
 
@@ -115,6 +119,11 @@ class LogbusHandler(logging.Handler):
     def sent(self) -> int:
         """Records the broker confirmed."""
         return self.shipper.sent
+
+    @property
+    def spooled(self) -> int:
+        """Records kept in the spool (``spool=``) because the broker did not take them."""
+        return self.shipper.spooled
 
     @property
     def failed(self) -> int:

@@ -92,6 +92,7 @@ class LogbusProcessor:
         topology: Topology | str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
         shipper: Shipper | None = None,
+        spool: str | os.PathLike[str] | None = None,
     ) -> None:
         self.shipper = shipper or Shipper(
             url,
@@ -104,6 +105,7 @@ class LogbusProcessor:
             flush_timeout=flush_timeout,
             topology=topology,
             settings=settings,
+            spool=spool,
         )
 
     @property
