@@ -61,9 +61,9 @@ def _opener(transport: str, local_url: str) -> tuple[Callable[[], Transport], fl
     """How one scenario opens connections on ``transport``, and how long it is quiet."""
     if transport == "memory":
         url = f"memory://diff-{secrets.token_hex(4)}"  # a fresh broker per scenario
-        return lambda: connect(url), 0.005  # longer than a 1 ms TTL
+        return lambda: connect(url), 0.02  # well past a 1 ms TTL, even on a loaded machine
     url = _PROCESS_URL if transport == "process" else local_url
-    return lambda: connect(url), 0.005  # longer than a 1 ms TTL2
+    return lambda: connect(url), 0.02
 
 
 @pytest.mark.timeout(120 + 10 * len(_seeds()))  # about 1.5 s a scenario on RabbitMQ
