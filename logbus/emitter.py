@@ -182,28 +182,9 @@ class Emitter:
         confirmed, in order. Streamed on the pika transport (its one publishing engine);
         elsewhere each take is a batch. Raises as ``emit_many``; returns how many were taken.
         """
-        transport = self.transport
-        count = 0
-        stream = getattr(transport, "publish_stream", None)
-        if len(self.targets) == 1 and stream is not None:
-            [target] = self.targets
+        from logbus._emit_stream import emit_stream
 
-            def messages(room: int) -> tuple[list[Message], bool]:
-                nonlocal count
-                records, more = take(room)
-                count += len(records)
-                return [message_for(encode(r), target) for r in records], more
-
-            stream(messages, progress, mandatory=target.mandatory)
-            return count
-        more = True
-        while more:
-            records, more = take(5000)
-            if records:
-                self.emit_many(records)
-                count += len(records)
-                progress(len(records))
-        return count
+        return emit_stream(self, take, progress)
 
     def close(self) -> None:
         """Close the transport if this emitter opened it."""
