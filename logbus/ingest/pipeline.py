@@ -129,6 +129,7 @@ class Pipeline:
         self._held: list[Pending] = []  # a batch the broker did not take, first in line
         self._current: list[Pending] = []  # the batch the thread is working on
         self._unconfirmed: deque[Pending] = deque()  # a stream's records, taken, not confirmed
+        self._stream_lock = threading.Lock()  # a late confirm of an ended stream settles nothing
         self._given_up = False  # stop() settled what the thread still held
         self._stopping = False
         self._deadline = float("inf")
@@ -247,8 +248,8 @@ class Pipeline:
         What was taken but not confirmed when the stream fails is handled as a batch that
         failed (held, spooled, or sent one by one), ahead of anything newer.
         """
-        unconfirmed = self._unconfirmed
-        unconfirmed.extend(first)
+        with self._stream_lock:
+            unconfirmed = self._unconfirmed = deque(first)
         self._current = []  # tracked in unconfirmed from here
         handed: list[list[Pending]] = [first]
 
@@ -261,9 +262,12 @@ class Pipeline:
             self.stats.published += len(out)
             return [p.record for p in out], True
 
-        def progress(count: int) -> None:
-            done = [unconfirmed.popleft() for _ in range(count)]
-            self.stats.confirmed += count
+        def progress(count: int) -> None:  # on the transport's I/O thread
+            with self._stream_lock:
+                if unconfirmed is not self._unconfirmed:
+                    return  # this stream ended (its rest was held or spooled): too late
+                done = [unconfirmed.popleft() for _ in range(min(count, len(unconfirmed)))]
+            self.stats.confirmed += len(done)
             self._report(done, "confirmed")
 
         try:
@@ -289,8 +293,10 @@ class Pipeline:
         self._went_well()
 
     def _left(self) -> list[Pending]:
-        left = list(self._unconfirmed)
-        self._unconfirmed.clear()
+        """End the stream: what it took and did not get confirmed (in order)."""
+        with self._stream_lock:
+            left = list(self._unconfirmed)
+            self._unconfirmed = deque()
         return left
 
     def _take(self, room: int) -> list[Pending] | None:

@@ -172,3 +172,40 @@ def test_stop_spools_what_could_not_be_sent(tmp_path: Path) -> None:
     assert pipeline.stop(monotonic() + 0.1)
     assert settled.outcomes == [("kept", "spooled")]
     assert len(Spool(tmp_path)) == 1
+
+
+class HalfwayLink(FakeLink):
+    """A stream whose confirms stop after ``confirm`` records, the first time: it raises
+    NotConfirmed for the rest, and a confirm of the ended stream comes in late."""
+
+    def __init__(self, confirm: int) -> None:
+        super().__init__()
+        self.confirm = confirm
+        self.late: Callable[[int], None] | None = None
+
+    def emit_stream(
+        self,
+        take: Callable[[int], tuple[list[LogRecord], bool]],
+        progress: Callable[[int], None],
+    ) -> int:
+        if self.late is not None:
+            self.late(1)  # the first stream's straggler: must settle nothing now
+            return stream_in_batches(self.emit_many, take, progress)
+        records, _more = take(1000)
+        self.taken += [r.message for r in records[: self.confirm]]
+        progress(self.confirm)
+        self.late = progress
+        raise NotConfirmed("broker away", unconfirmed=len(records) - self.confirm)
+
+
+def test_a_stream_settles_its_confirmed_prefix_and_holds_the_rest_first_in_line() -> None:
+    """Records confirmed before a stream failed are settled confirmed, once; the rest are sent
+    again ahead of anything newer, in order; a late confirm of the failed stream settles none."""
+    link, settled = HalfwayLink(confirm=4), Settled()
+    pipeline = Pipeline(lambda: link, settled, batch_size=10)
+    pipeline.start()
+    pipeline.put(_records(*(str(n) for n in range(10))))
+    settled.wait_for(10)
+    assert pipeline.stop(monotonic() + 5)
+    assert link.taken == [str(n) for n in range(10)]
+    assert settled.outcomes == [(str(n), "confirmed") for n in range(10)]

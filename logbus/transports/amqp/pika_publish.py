@@ -86,6 +86,8 @@ class PublishBatch:
         a re-send on a new connection waits for those before it.
         """
         assert self.progress is not None
+        if self.abandoned:
+            return  # its caller gave up and reported the rest as not confirmed
         start = prefix = self._prefix
         ahead = self._ahead
         for seq in seqs:
