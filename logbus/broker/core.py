@@ -156,7 +156,7 @@ class Broker(Registry, Settling):
             state.open = False
             for tag in list(state.consumers):
                 self._cancel(state, tag)
-            touched = self._requeue(state, sorted(state.unacked))
+            touched = self._requeue(state, sorted(state.unacked), returned=True)
             for name in [q.name for q in self._queues.values() if q.exclusive_owner == state.id]:
                 self._delete_queue(name)
             self._sessions.pop(state.id, None)

@@ -192,16 +192,20 @@ class QueueState:
         self.ready.append(entry)
         self.ready_bytes += len(entry.message.body)
 
-    def put_back(self, entry: Entry) -> None:
-        """Requeue a message where RabbitMQ puts it back.
+    def put_back(self, entry: Entry, *, returned: bool = False) -> None:
+        """Requeue a message where RabbitMQ 3.10 puts it back.
 
-        A classic queue restores its original position (by ``seq``); a quorum queue
-        serves returns first, in the order they came back.
+        A classic queue restores its original position (by ``seq``). A quorum queue
+        puts a nacked or rejected message at the tail, and serves messages returned
+        by a closed channel first, in the order they came back.
         """
         ready = self.ready
         if self.quorum:
-            ready.insert(self.returns, entry)
-            self.returns += 1
+            if returned:
+                ready.insert(self.returns, entry)
+                self.returns += 1
+            else:
+                ready.append(entry)
         else:
             index = 0
             for index, other in enumerate(ready):  # noqa: B007 - requeues land near the head

@@ -154,8 +154,11 @@ class Settling:
                 consumer.unacked -= 1
         return unacked
 
-    def _requeue(self, state: SessionState, tags: list[int]) -> set[str]:
-        """Put messages back where their queue keeps them, then re-apply its bounds."""
+    def _requeue(self, state: SessionState, tags: list[int], *, returned: bool = False) -> set[str]:
+        """Put messages back where their queue keeps them, then re-apply its bounds.
+
+        ``returned``: by a closing channel, rather than by a nack or reject.
+        """
         touched: set[str] = set()
         for tag in tags:
             unacked = self._release(state, tag)
@@ -163,7 +166,7 @@ class Settling:
             if queue is None:
                 continue
             unacked.entry.redelivered = True
-            queue.put_back(unacked.entry)
+            queue.put_back(unacked.entry, returned=returned)
             touched.add(queue.name)
         for name in touched:
             queue = self._queues[name]
