@@ -242,12 +242,13 @@ class Broker(Registry, Settling):
         if not queue.ready and queue.consumers:
             consumer = queue.next_consumer()
             if consumer is not None:
-                queue.push(entry)  # gives it its place, should it be requeued
+                queue.push(entry)  # its place (should it be requeued), its journal entry
                 self._deliver(queue, consumer, queue.pop())
                 return True
         queue.push(entry)
-        dropped = self._drop_head(queue)
-        if dropped or len(queue.ready) == 1:
+        dropped = queue.bounded and self._drop_head(queue)
+        ready = queue.ready
+        if (dropped or len(ready) == 1) and ready and ready[0].expires_at is not None:
             self._expire_head(queue, now)
         self._dispatch(queue)
         if entry.expires_at is not None:
@@ -279,7 +280,8 @@ class Broker(Registry, Settling):
             if consumer is None:
                 break
             self._deliver(queue, consumer, queue.pop())
-        self._watch_head(queue)
+        if queue.ready and queue.ready[0].expires_at is not None:
+            self._schedule_expiry()  # the new head's TTL timer, as _watch_head
 
     def _watch_head(self, queue: QueueState) -> None:
         """Wake the expiry thread when a new head has a TTL (RabbitMQ's head timer)."""

@@ -134,6 +134,7 @@ class QueueState:
     overflow: str = field(init=False)
     dead_letter_exchange: str | None = field(init=False)
     dead_letter_routing_key: str | None = field(init=False)
+    bounded: bool = field(init=False)
 
     @property
     def exclusive(self) -> bool:
@@ -147,6 +148,7 @@ class QueueState:
         self.message_ttl = _int_arg(args, "x-message-ttl")
         self.max_length = _int_arg(args, "x-max-length")
         self.max_length_bytes = _int_arg(args, "x-max-length-bytes")
+        self.bounded = self.max_length is not None or self.max_length_bytes is not None
         self.overflow = str(args.get("x-overflow", "drop-head"))
         dlx = args.get("x-dead-letter-exchange")
         self.dead_letter_exchange = None if dlx is None else str(dlx)
