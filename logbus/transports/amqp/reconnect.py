@@ -10,9 +10,10 @@ broker goes away:
 * **jitter**: "full jitter", a uniform draw between none and that bound, so that
   a fleet dropped by one broker restart does not come back in lockstep (the
   draws spread the load evenly over the window rather than at its edge);
-* **failover order**: a round tries every URL once, in the order the operator
-  wrote them, starting from the one that worked last, so that a connection
-  stays on the host it was on rather than jumping back to the first;
+* **failover order**: a round tries every URL once, in this process's own
+  shuffled order (:func:`~logbus.transports.amqp.urls.failover_order`, so that
+  a fleet's clients spread over a cluster's nodes), starting from the one that
+  worked last, so that a connection stays on the host it was on;
 * **restore**: once the connection and what was declared on it are back,
   :meth:`Attempts.restored` starts the backoff again from ``first``.
 
