@@ -150,7 +150,8 @@ class FacilityError(RecordError):
 
 
 class DecodeError(InputError):
-    """Bytes received from a broker cannot be turned into a record."""
+    """Bytes received cannot be read: a broker frame that does not parse, or a body
+    that is not bytes at all. (Every bytes body decodes to a record.)"""
 
 
 class SinkError(LogbusError):

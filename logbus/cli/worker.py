@@ -53,9 +53,10 @@ EPILOG = """Examples:
 
 A record the sink fails to store recoverably waits in <queue>.retry.<ms>
 (a delay queue the broker empties back into <queue>) and is tried again,
-up to --max-attempts; then, or at once if the failure is not recoverable or
-the message is not a record, it goes to <queue>.dead with the reason and
-its attempt history (see logbus dlq). The worker declares these queues.
+up to --max-attempts; then, or at once if the failure is not recoverable, it
+goes to <queue>.dead with the reason, its attempt history and the body exactly
+as it was published (see logbus dlq). Every body is a record: plain text, other
+JSON and bytes that are not UTF-8 included (README, "Semantics"). The worker declares these queues.
 
 SIGTERM or Ctrl-C stops taking records, returns the prefetched ones to the
 queue, finishes and acks those in hand, saying so on stderr, and exits 0
