@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from logbus._keys import (
@@ -41,6 +39,7 @@ from logbus._keys import (
     show,
     validate_facility,
 )
+from logbus._record_values import _jsonable, format_ts, hostname, new_id, now
 from logbus._timestamps import Invalid, read_ts
 from logbus.errors import DecodeError, RecordError
 from logbus.message import PERSISTENT, Properties
@@ -56,6 +55,10 @@ __all__ = [
     "Severity",
     "decode",
     "format_routing_key",
+    "format_ts",
+    "hostname",
+    "new_id",
+    "now",
     "parse_routing_key",
     "validate_facility",
 ]
@@ -70,57 +73,7 @@ FIELDS = ("id", "ts", "facility", "severity", "host", "app", "pid", "message", "
 # And the routing key it arrived under, written after them only when there is one.
 _SLOT_NAMES = (*FIELDS, "key")
 
-_MAX_DEPTH = 100
 _DEFAULT_FACILITY = "user"
-
-
-@cache
-def hostname() -> str:
-    """This machine's name, the default ``host`` of a record."""
-    return socket.gethostname()
-
-
-def new_id() -> str:
-    """A new record id: a random UUID (version 4) as 32 hex digits."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return raw.hex()
-
-
-def now() -> datetime:
-    """The current time, in UTC."""
-    return datetime.now(UTC)
-
-
-def format_ts(ts: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a ``Z``: ``2024-05-17T08:30:15.123456Z``."""
-    # isoformat pads the year to four digits (strftime may not) and is faster;
-    # ts is always UTC, so its "+00:00" suffix is swapped for "Z".
-    return ts.isoformat(timespec="microseconds")[:-6] + "Z"
-
-
-def _jsonable(value: Any, depth: int = 0) -> Any:
-    """Return ``value`` as plain JSON data (tuples become lists), or raise RecordError."""
-    if value is None or isinstance(value, str | int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    is_map = isinstance(value, Mapping)
-    if not is_map and not isinstance(value, list | tuple):
-        raise RecordError(f"fields hold the {type(value).__name__} {show(value)}; not JSON data")
-    if depth >= _MAX_DEPTH:
-        raise RecordError(f"fields are nested deeper than {_MAX_DEPTH} levels")
-    out: dict[Any, Any] = {}
-    changed = type(value) not in (dict, list)  # tuples and other mappings get rebuilt
-    for key, item in value.items() if is_map else enumerate(value):
-        if is_map and not isinstance(key, str):
-            raise RecordError(f"fields hold the {type(key).__name__} key {show(key)}; keys are str")
-        out[key] = new = _jsonable(item, depth + 1)
-        changed = changed or new is not item
-    if not changed:
-        return value
-    return out if is_map else list(out.values())
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -338,25 +338,8 @@ class AmqpTransport:
             if stop:
                 break
             ready, more = take(room) if room > 0 else ([], True)
-            chunk: list[Outgoing] = []
-            for message in ready:
-                try:
-                    properties = to_pika(message)
-                except InputError as exc:
-                    bad = exc
-                    break
-                chunk.append(
-                    Outgoing(
-                        batch,
-                        message.exchange,
-                        message.routing_key,
-                        bytes(message.body),
-                        properties,
-                        mandatory,
-                        seq=seq,
-                    )
-                )
-                seq += 1
+            chunk, bad = _outgoing(batch, ready, mandatory, seq)
+            seq += len(chunk)
             if chunk:
                 batch.add(len(chunk))
                 core.submit(partial(core.publisher.submit, chunk))
@@ -485,3 +468,20 @@ def _positive(options: Mapping[str, Any], name: str, default: float) -> float:
     if not number > 0:
         raise ConfigError(f"option {name} must be a positive number, not {value!r}")
     return number
+
+
+def _outgoing(
+    batch: PublishBatch, ready: list[Message], mandatory: bool, seq: int
+) -> tuple[list[Outgoing], InputError | None]:
+    """``ready`` as the I/O thread's publishes, numbered from ``seq``; the messages up
+    to the first that AMQP cannot carry, and that one's error."""
+    chunk: list[Outgoing] = []
+    for message in ready:
+        try:
+            properties = to_pika(message)
+        except InputError as exc:
+            return chunk, exc
+        where = (message.exchange, message.routing_key)
+        chunk.append(Outgoing(batch, *where, bytes(message.body), properties, mandatory, seq=seq))
+        seq += 1
+    return chunk, None
