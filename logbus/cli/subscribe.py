@@ -224,7 +224,7 @@ def subscribe(
         except PreconditionFailed as exc:
             # Declaring, or declaring again after a reconnect: the broker has the entity
             # with other properties. Say which and how to fix it, then exit 78.
-            raise mismatch(exc) from exc
+            raise mismatch(exc, settings.url) from exc
         except _Stopped as exc:
             stop.signum = exc.signum
         except BrokenPipeError:

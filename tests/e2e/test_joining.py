@@ -311,6 +311,23 @@ def test_a_mismatch_in_a_vhost_suggests_the_command_with_p(
     assert "guest:guest" not in line
 
 
+def test_subscribe_in_a_vhost_suggests_the_command_with_p(logbus: Runner, vhost_url: str) -> None:
+    """A subscriber's own queue exists in vhost V with other flags: exit 78, and the
+    hint names V (-p), as emit's and topology apply's do."""
+    queue = f"hint-sub-{secrets.token_hex(4)}"
+    _channel_do(vhost_url, lambda ch: ch.queue_declare(queue, durable=False))
+    vhost = vhost_url.rsplit("/", 1)[1]
+    try:
+        args = ("subscribe", "--url", vhost_url, "--queue", queue, "--durable", "--count", "1")
+        done = logbus(*args, "--timeout", "5", "#")
+    finally:
+        _channel_do(vhost_url, lambda ch: ch.queue_delete(queue))
+    assert done.returncode == 78, done.stderr
+    line = one_error_line(done.stderr)
+    assert f"rabbitmqctl -p {vhost} delete_queue {queue}" in line
+    assert "guest:guest" not in line
+
+
 def test_the_tutorial_config_emits_with_no_tutorial_consumer_running(
     logbus: Runner, vhost_url: str
 ) -> None:
