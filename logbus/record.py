@@ -102,7 +102,9 @@ class LogRecord:
     message: str
     fields: dict[str, Any] = field(hash=False)  # a dict cannot be hashed; ids are unique
     v: int
-    key: str | None
+    # Where the record was seen, not what it is: two records are equal (and hash
+    # alike) whatever routing key each arrived under.
+    key: str | None = field(compare=False)
 
     def __init__(self, **data: Any) -> None:
         problems: list[RecordError] = []
