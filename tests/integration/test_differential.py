@@ -14,16 +14,18 @@ process of its own: ``tests/gevent/test_differential_gevent.py`` runs it there.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pika
 import pytest
 
-from logbus.transports import Transport, connect
-from tests.contract.conftest import local_broker_url  # noqa: F401 (a fixture)
+from logbus.transports import connect
 from tests.differential import play, scenario
 from tests.differential_sides import LogbusSide, PikaSide
 
@@ -57,13 +59,33 @@ def reference(amqp_url: str) -> Iterator[Callable[[int], list[str]]]:
     yield trace
 
 
-def _opener(transport: str, local_url: str) -> tuple[Callable[[], Transport], float]:
-    """How one scenario opens connections on ``transport``, and how long it is quiet."""
+@contextlib.contextmanager
+def _broker(transport: str) -> Iterator[str]:
+    """The URL of a broker for one scenario: a fresh one for memory:// and local://
+    (a BrokerServer of its own, closed after), the module's process:// broker."""
     if transport == "memory":
-        url = f"memory://diff-{secrets.token_hex(4)}"  # a fresh broker per scenario
-        return lambda: connect(url), 0.02  # well past a 1 ms TTL, even on a loaded machine
-    url = _PROCESS_URL if transport == "process" else local_url
-    return lambda: connect(url), 0.02
+        yield f"memory://diff-{secrets.token_hex(4)}"
+        return
+    if transport == "process":
+        yield _PROCESS_URL
+        return
+    from logbus.broker import Broker
+    from logbus.broker.server import BrokerServer, listen
+
+    directory = tempfile.mkdtemp(prefix="logbus-diff-")  # short: AF_UNIX paths are limited
+    path = os.path.join(directory, "broker.sock")
+    listener, key = listen(path)
+    broker = Broker(f"diff-local-{secrets.token_hex(3)}")
+    try:
+        with BrokerServer(broker, listener, authkey=key):
+            yield f"local://{path}"
+    finally:
+        broker.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# Quiet this long after a step: well past a 1 ms TTL, even on a loaded machine.
+_QUIET = 0.02
 
 
 @pytest.mark.timeout(120 + 10 * len(_seeds()))  # about 1.5 s a scenario on RabbitMQ
@@ -71,15 +93,15 @@ def _opener(transport: str, local_url: str) -> tuple[Callable[[], Transport], fl
 def test_in_process_broker_matches_rabbitmq(
     transport: str,
     reference: Callable[[int], list[str]],
-    local_broker_url: str,  # noqa: F811
 ) -> None:
     """Every seeded scenario leaves the same observable trace as on RabbitMQ."""
     differences: list[str] = []
     seeds = _seeds()
     for seed in seeds:
         expected = reference(seed)
-        opener, quiet = _opener(transport, local_broker_url)
-        got = play(LogbusSide(opener, quiet), scenario(seed), f"diff-{seed}-{secrets.token_hex(2)}")
+        with _broker(transport) as url:
+            side = LogbusSide(lambda url=url: connect(url), _QUIET)
+            got = play(side, scenario(seed), f"diff-{seed}-{secrets.token_hex(2)}")
         if got != expected:
             diff = "\n".join(difflib.unified_diff(expected, got, "rabbitmq", transport, n=2))
             differences.append(f"seed {seed} (LOGBUS_DIFF_ONLY={seed % 1_000_000}):\n{diff}")
