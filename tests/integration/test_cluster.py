@@ -8,6 +8,7 @@ it), runs logbus's own CLI processes against the cluster, and kills a node with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -110,6 +111,28 @@ def _node_of_process(cluster: LocalCluster, pid: int) -> int:
     return found[0]
 
 
+@contextlib.contextmanager
+def _paced_stdin(count: int, *, chunk: int, pause: float) -> Iterator[int]:
+    """The read end of a pipe that a thread fills with ``count`` lines, ``chunk`` at a
+    time with ``pause`` seconds between, then closes."""
+    read, write = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write, "w") as sink:
+            for start in range(0, count, chunk):
+                end = min(count, start + chunk)
+                sink.write("".join(f"rec-{i:05d}\n" for i in range(start, end)))
+                sink.flush()
+                threading.Event().wait(pause)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        yield read
+    finally:
+        os.close(read)
+
+
 def test_kill_9_of_the_work_queue_leader_mid_emit_loses_no_confirmed_record(
     cluster_healthy: LocalCluster, tmp_path: Path
 ) -> None:
@@ -118,9 +141,9 @@ def test_kill_9_of_the_work_queue_leader_mid_emit_loses_no_confirmed_record(
     cluster = cluster_healthy
     name = f"cluster-{uuid.uuid4().hex[:8]}"
     config = _topology(tmp_path / "topology.toml", name)
-    lines = tmp_path / "records.txt"
-    lines.write_text("".join(f"rec-{i:05d}\n" for i in range(RECORDS)))
-    with lines.open() as stdin:
+    # Fed at a pace, so the emit is still running when the leader is killed however
+    # fast it publishes: 40 chunks of 500 lines, a quarter of a second apart.
+    with _paced_stdin(RECORDS, chunk=500, pause=0.25) as stdin:
         emit = _logbus(
             "emit", "kern.info", "--config", str(config), "--url", cluster.failover_url,
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
