@@ -152,11 +152,15 @@ class WorkerProcess:
         return "\n".join(self.lines)
 
     def records(self) -> list[str]:
-        """The ids of the records in its jsonl file (each line must be valid JSON)."""
+        """The ids of the records in its jsonl file (each whole line must be valid JSON).
+
+        The worker may be writing while this reads: a last line without its newline is
+        still being written, so it is left for the next read."""
         if self.output is None or not self.output.exists():
             return []
         text = self.output.read_text(encoding="utf-8")
-        return [json.loads(line)["id"] for line in text.splitlines()]
+        whole = text[: text.rfind("\n") + 1]
+        return [json.loads(line)["id"] for line in whole.splitlines()]
 
     def terminate(self, timeout: float = 15) -> int:
         """SIGTERM, and the exit status."""

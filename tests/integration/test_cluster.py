@@ -24,7 +24,9 @@ import pytest
 
 from tests.cluster_broker import NODES, LocalCluster
 
-pytestmark = [pytest.mark.faults, pytest.mark.cluster]
+# Each test's own waits (DEADLINE and less) end before pytest-timeout does, so a failure
+# says what it was waiting for, with the emitter's stderr, rather than a thread dump.
+pytestmark = [pytest.mark.faults, pytest.mark.cluster, pytest.mark.timeout(420)]
 
 RECORDS = 20_000
 DEADLINE = 150.0
@@ -143,10 +145,11 @@ def test_kill_9_of_the_work_queue_leader_mid_emit_loses_no_confirmed_record(
     config = _topology(tmp_path / "topology.toml", name)
     # Fed at a pace, so the emit is still running when the leader is killed however
     # fast it publishes: 40 chunks of 500 lines, a quarter of a second apart.
-    with _paced_stdin(RECORDS, chunk=500, pause=0.25) as stdin:
+    said = tmp_path / "emit-stderr.txt"  # a file, not a pipe: nothing blocks on a full pipe
+    with _paced_stdin(RECORDS, chunk=500, pause=0.25) as stdin, said.open("w") as err_file:
         emit = _logbus(
             "emit", "kern.info", "--config", str(config), "--url", cluster.failover_url,
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=stdin, stdout=subprocess.DEVNULL, stderr=err_file,
         )  # fmt: skip
     workers: list[subprocess.Popen[str]] = []
     try:
@@ -165,7 +168,14 @@ def test_kill_9_of_the_work_queue_leader_mid_emit_loses_no_confirmed_record(
         cluster.kill(leader)
         at_kill = len(_stored(sinks))
         _wait("the workers storing on after the kill", lambda: len(_stored(sinks)) > at_kill)
-        _out, err = emit.communicate(timeout=DEADLINE)
+        try:
+            emit.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            emit.kill()
+            emit.wait()
+            tail = said.read_text()[-3000:]
+            raise AssertionError(f"emit running {DEADLINE} s after the kill: {tail}") from None
+        err = said.read_text()
         assert emit.returncode == 0, f"emit exited {emit.returncode}: {err[-2000:]}"
         expected = {f"rec-{i:05d}" for i in range(RECORDS)}
         _wait("every confirmed record stored", lambda: _stored(sinks) >= expected)
