@@ -485,7 +485,11 @@ def drained(outs: list[Path], procs: list[subprocess.Popen[bytes]]) -> float:
 def main() -> None:
     """Run the parts asked for (all three by default) and print their ratios."""
     compileall.compile_dir(Path(logbus.__file__).parent, quiet=1)
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    parameters = pika.URLParameters(URL)
+    # This control connection sits idle while each subprocess runs, so it never answers
+    # heartbeats: without them off, the broker closed it in the middle of part (c).
+    parameters.heartbeat = 0
+    connection = pika.BlockingConnection(parameters)
     channel = connection.channel()
     try:
         with tempfile.TemporaryDirectory(prefix="logbus-bench-") as tmp:
