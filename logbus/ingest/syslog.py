@@ -123,6 +123,7 @@ def parse_record(data: bytes, peer: str | None = None, **options: Any) -> LogRec
     return LogRecord.from_parsed(kw) if kw["ts"].tzinfo is UTC else LogRecord(**kw)
 
 
+@lru_cache(maxsize=4096)  # asked for every line of a connection
 def peer_host(peer: str) -> str:
     """The host part of ``"10.0.0.1:514"``, ``"[::1]:514"`` or a bare address."""
     if peer.startswith("["):
