@@ -16,14 +16,20 @@ framing, parsing and the hand-over count): the gateway's asyncio listeners
 against a thread per connection feeding the same publisher, 1 and 8 loggen
 connections, as a ratio. This is why the listeners are asyncio.
 
-Recovery (only with the private node's environment, ``LOGBUS_PRIVATE_*``; the
-shared broker is never restarted): a steady 1,000 lines/s stream, the broker
-stopped and started, and the seconds from its start until lines arrive again.
+Also printed: each receiver's CPU time per line (its process, all threads), the
+figure that bounds it on a machine whose cores are all busy.
+
+Recovery (only with a private node's environment, all six ``LOGBUS_PRIVATE_*``
+variables; the shared broker is never restarted): the bench brings the node up
+with ``scripts/private-rabbitmq`` (and down again after, if it was not up), a
+steady 1,000 lines/s stream, the broker stopped and started, and the seconds
+from its start until lines arrive again.
 syslog-ng is skipped with a line saying so where it is not installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -47,25 +53,46 @@ def _channel(url: str) -> tuple[pika.BlockingConnection, object]:
     return connection, connection.channel()
 
 
-def _depth(url: str, queue: str) -> int:
-    try:
-        connection, channel = _channel(url)
-    except pika.exceptions.AMQPError:
-        return -1
-    try:
-        return int(channel.queue_declare(queue, passive=True).method.message_count)  # type: ignore[attr-defined]
-    finally:
-        connection.close()
+class _Depth:
+    """A queue's depth, polled over one connection kept open (a connection per poll, 50 a
+    second, cost the broker more CPU than the publishes measured); reopened after a
+    broker restart."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._open: tuple[pika.BlockingConnection, object] | None = None
+
+    def __call__(self, queue: str) -> int:
+        try:
+            if self._open is None:
+                self._open = _channel(self.url)
+            _, channel = self._open
+            return int(channel.queue_declare(queue, passive=True).method.message_count)  # type: ignore[attr-defined]
+        except pika.exceptions.AMQPError:
+            self.close()
+            return -1
+
+    def close(self) -> None:
+        opened, self._open = self._open, None
+        if opened is not None and opened[0].is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                opened[0].close()
 
 
-def _wait_depth(url: str, queue: str, depth: int, timeout: float = 600.0) -> float:
+def _wait_depth(depth_of: _Depth, queue: str, depth: int, timeout: float = 600.0) -> float:
     """Monotonic time at which ``queue`` first held ``depth`` messages."""
     deadline = monotonic() + timeout
-    while _depth(url, queue) < depth:
+    while depth_of(queue) < depth:
         if monotonic() > deadline:
             raise SystemExit(f"bench: {queue} never reached {depth} messages")
         threading.Event().wait(0.02)
     return monotonic()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _loggen(port: int, lines: int, rate: int | None = None) -> subprocess.Popen[bytes]:
@@ -175,29 +202,39 @@ class SyslogNg:
         connection.close()
 
 
-def throughput(receiver: Logbus | SyslogNg, lines: int) -> float:
-    """Lines/s from the first line sent until the queue holds them all."""
-    start = monotonic()
-    sender = _loggen(receiver.port, lines)
-    done = _wait_depth(receiver.url, receiver.queue, lines)
-    sender.wait(60)
-    return lines / (done - start)
+def throughput(receiver: Logbus | SyslogNg, lines: int) -> tuple[float, float]:
+    """Lines/s from the first line sent until the queue holds them all, and the receiver's
+    CPU time per line (microseconds)."""
+    depth_of = _Depth(receiver.url)
+    try:
+        cpu = _cpu_seconds(receiver.process.pid)
+        start = monotonic()
+        sender = _loggen(receiver.port, lines)
+        done = _wait_depth(depth_of, receiver.queue, lines)
+        cpu = _cpu_seconds(receiver.process.pid) - cpu
+        sender.wait(60)
+    finally:
+        depth_of.close()
+    return lines / (done - start), cpu / lines * 1e6
 
 
 def recovery(receiver: Logbus | SyslogNg, private: Path) -> float:
     """Seconds from the broker's start, after a stop, until lines arrive again."""
+    depth_of = _Depth(receiver.url)
     sender = _loggen(receiver.port, 10_000_000, rate=1000)
     try:
-        _wait_depth(receiver.url, receiver.queue, 2000)
+        _wait_depth(depth_of, receiver.queue, 2000)
+        depth_of.close()
         subprocess.run([str(private), "stop"], check=True, capture_output=True)
         subprocess.run([str(private), "start"], check=True, capture_output=True)
         back = monotonic()
-        before = max(0, _depth(receiver.url, receiver.queue))
-        _wait_depth(receiver.url, receiver.queue, before + 100, timeout=300)
+        before = max(0, depth_of(receiver.queue))
+        _wait_depth(depth_of, receiver.queue, before + 100, timeout=300)
         return monotonic() - back
     finally:
         sender.kill()
         sender.wait()
+        depth_of.close()
 
 
 class _Instant:
@@ -315,48 +352,92 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         results: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         logbus = Logbus(SHARED, work)
         try:
-            results["logbus"] = throughput(logbus, lines)
+            results["logbus"], cpu["logbus"] = throughput(logbus, lines)
         finally:
             logbus.close()
         print(f"logbus ingest (confirmed)          {results['logbus']:>10,.0f} lines/s")
         if have_syslog_ng:
             syslog_ng = SyslogNg(SHARED, work)
             try:
-                results["syslog-ng"] = throughput(syslog_ng, lines)
+                results["syslog-ng"], cpu["syslog-ng"] = throughput(syslog_ng, lines)
             finally:
                 syslog_ng.close()
             print(f"syslog-ng 3.38 amqp() flow-control {results['syslog-ng']:>10,.0f} lines/s")
             ratio = results["logbus"] / results["syslog-ng"]
             verdict = "met" if ratio >= 1.0 else "NOT met"
-            print(f"ratio logbus / syslog-ng = {ratio:.2f}x (target >= 1.0x: {verdict})")
+            print(
+                f"logbus ingest {results['logbus']:,.0f} lines/s vs syslog-ng amqp() "
+                f"{results['syslog-ng']:,.0f} = {ratio:.2f} x (target >= 1.0 x: {verdict})"
+            )
         else:
             print("syslog-ng: not installed, skipped (scripts/ensure-packages installs it)")
+        print(
+            "receiver CPU per line: "
+            + ", ".join(f"{name} {micros:,.0f} us" for name, micros in cpu.items())
+        )
         listener_models(min(lines, 40_000))
         _recoveries(have_syslog_ng, work)
 
 
+_PRIVATE_ENV = (
+    "LOGBUS_PRIVATE_DIR",
+    "LOGBUS_PRIVATE_NODE",
+    "LOGBUS_PRIVATE_AMQP_PORT",
+    "LOGBUS_PRIVATE_AMQPS_PORT",
+    "LOGBUS_PRIVATE_MANAGEMENT_PORT",
+    "LOGBUS_PRIVATE_DIST_PORT",
+)
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
 def _recoveries(have_syslog_ng: bool, work: Path) -> None:
-    port = os.environ.get("LOGBUS_PRIVATE_AMQP_PORT")
-    if not port:
-        print("recovery: skipped (set the private node's LOGBUS_PRIVATE_* environment)")
+    """Recovery on a private node of this run's own (never the shared broker): the bench
+    brings it up with scripts/private-rabbitmq, stops and starts it, and takes it down
+    again if it was not up before."""
+    missing = [name for name in _PRIVATE_ENV if not os.environ.get(name)]
+    if missing:
+        print(
+            "recovery: skipped (it stops and starts a broker: set a private node of your own, "
+            f"{', '.join(missing)}; see scripts/private-rabbitmq)"
+        )
         return
     private = ROOT / "scripts" / "private-rabbitmq"
-    subprocess.run([str(private), "up"], check=True, capture_output=True)
+    port = int(os.environ["LOGBUS_PRIVATE_AMQP_PORT"])
+    was_up = _answers(port)
+    started = subprocess.run([str(private), "up"], capture_output=True, text=True, check=False)
+    if started.returncode != 0:
+        why = (started.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"recovery: skipped (scripts/private-rabbitmq up failed: {why})")
+        return
     url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
     print("# recovery after a broker stop/start (1,000 lines/s), seconds from its start")
-    logbus = Logbus(url, work)
     try:
-        print(f"logbus ingest      {recovery(logbus, private):6.1f} s")
-    finally:
-        logbus.close()
-    if have_syslog_ng:
-        syslog_ng = SyslogNg(url, work)
+        logbus = Logbus(url, work)
         try:
-            print(f"syslog-ng amqp()   {recovery(syslog_ng, private):6.1f} s")
+            print(f"logbus ingest      {recovery(logbus, private):6.1f} s")
         finally:
-            syslog_ng.close()
+            logbus.close()
+        if have_syslog_ng:
+            syslog_ng = SyslogNg(url, work)
+            try:
+                print(f"syslog-ng amqp()   {recovery(syslog_ng, private):6.1f} s")
+            finally:
+                syslog_ng.close()
+    finally:
+        if not was_up:
+            subprocess.run([str(private), "down"], capture_output=True, check=False)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from logbus._keys import (
@@ -39,7 +40,7 @@ from logbus._keys import (
     show,
     validate_facility,
 )
-from logbus._record_values import _jsonable, format_ts, hostname, new_id, now
+from logbus._record_values import _jsonable, epoch_seconds, format_ts, hostname, new_id, now
 from logbus._timestamps import Invalid, read_ts
 from logbus.errors import DecodeError, RecordError
 from logbus.message import PERSISTENT, Properties
@@ -140,7 +141,7 @@ class LogRecord:
         """A parser's keywords (ingest's syslog ``parse``) as a record, unchecked: valid by
         construction (PRI-table facility, Severity, UTC datetime, str, JSON-safe fields)."""
         built = _NEW(cls)
-        _fill(built, new_id(), *(kw[k] for k in FIELDS[1:9]), SCHEMA_VERSION, None)
+        _fill(built, new_id(), *_PARSED(kw), SCHEMA_VERSION, None)
         return built
 
     @property
@@ -191,7 +192,7 @@ class LogRecord:
             content_type=CONTENT_TYPE,
             delivery_mode=PERSISTENT,
             message_id=self.id,
-            timestamp=int(self.ts.timestamp()),
+            timestamp=epoch_seconds(self.ts),
             app_id="logbus",
             headers={
                 "facility": self.facility,
@@ -203,6 +204,7 @@ class LogRecord:
 
 
 _MISSING: Any = object()
+_PARSED = itemgetter(*FIELDS[1:9])  # from_parsed's values, ts to fields
 _NEW = LogRecord.__new__
 _SLOTS = tuple(getattr(LogRecord, name).__set__ for name in _SLOT_NAMES)
 assert tuple(f.name for f in dataclasses.fields(LogRecord)) == _SLOT_NAMES

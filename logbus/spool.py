@@ -13,8 +13,10 @@ in the order they were appended; :meth:`Spool.commit` moves the head once
 RabbitMQ confirmed them and deletes the segments left behind. A crash at any
 point loses nothing that was synced: a torn last entry (the write was cut) is
 cut off when the spool is opened again, an entry whose checksum fails is
-skipped and counted in :attr:`Spool.corrupt`, and entries confirmed but not yet
-committed come out again (at least once; records keep their ``id``).
+skipped and counted in :attr:`Spool.corrupt` (it counts as waiting until a read
+passes it, and the commit after that read takes it off, so a spool of corrupt
+entries only still empties), and entries confirmed but not yet committed come
+out again (at least once; records keep their ``id``).
 
 One process at a time: the directory is locked (``flock``) while a spool has it open; a
 second gateway is refused, while ``logbus emit --spool`` and the logging handler's
@@ -96,6 +98,8 @@ class Spool:
         #: Entries whose checksum failed, skipped when read.
         self.corrupt = 0
         self._corrupt_at: set[tuple[int, int]] = set()
+        # peek's end position -> corrupt entries it skipped, taken off by that commit
+        self._skipped: dict[tuple[int, int], int] = {}
         self._synced_at = monotonic()
         self._dirty = False
         self._head = self._read_head()
@@ -104,6 +108,7 @@ class Spool:
         self._tail: BinaryIO = open(self.path / _segment_name(self._tail_number), "ab")  # noqa: SIM115
 
     def __len__(self) -> int:
+        """Entries behind the head, those that will fail their checksum included."""
         return self._count
 
     @property
@@ -158,8 +163,10 @@ class Spool:
 
     def peek(self, limit: int) -> tuple[list[bytes], tuple[int, int]]:
         """Up to ``limit`` entries from the head, and the position just after them
-        (give it to :meth:`commit` once they were confirmed)."""
+        (give it to :meth:`commit` once they were confirmed). Corrupt entries on the way
+        are skipped (not part of ``limit``), and the commit to that position drops them."""
         out: list[bytes] = []
+        skipped = 0
         number, offset = self._head
         while len(out) < limit and number <= self._tail_number:
             path = self.path / _segment_name(number)
@@ -176,19 +183,26 @@ class Spool:
                     if entry is not None:
                         out.append(entry)
                     else:
+                        skipped += 1
                         self._corrupt_at.add((number, offset))
                         self.corrupt = len(self._corrupt_at)
             if len(out) < limit and number < self._tail_number:
                 number, offset = number + 1, 0
             else:
                 break
+        if skipped:
+            if len(self._skipped) >= 64:  # positions peeked and never committed
+                self._skipped.clear()
+            self._skipped[number, offset] = skipped
         return out, (number, offset)
 
     def commit(self, position: tuple[int, int], count: int) -> None:
         """``count`` entries up to ``position`` were confirmed: move the head past them and
-        delete the segments now wholly behind it."""
+        delete the segments now wholly behind it (and the corrupt entries the read to
+        ``position`` skipped)."""
         self._write_head(position)
-        self._count = max(0, self._count - count)
+        self._count = max(0, self._count - count - self._skipped.pop(position, 0))
+        self._skipped.clear()  # positions before this one are behind the head now
         for number in self._segments():
             if number < position[0]:
                 path = self.path / _segment_name(number)
@@ -267,11 +281,11 @@ class Spool:
                 offset = self._head[1] if number == self._head[0] else 0
                 segment.seek(offset)
                 while True:
-                    entry, length = self._read_entry(segment)
+                    _, length = self._read_entry(segment)
                     if length == 0:
                         break
                     offset += length
-                    count += entry is not None
+                    count += 1  # a corrupt one too: it waits until a read skips it
                 if number == segments[-1]:
                     segment.truncate(offset)  # a torn last entry: its write was cut
             size += path.stat().st_size

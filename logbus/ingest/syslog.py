@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 from typing import Any
 
 from logbus.ingest._sd import read_sd
@@ -122,6 +123,7 @@ def parse_record(data: bytes, peer: str | None = None, **options: Any) -> LogRec
     return LogRecord.from_parsed(kw) if kw["ts"].tzinfo is UTC else LogRecord(**kw)
 
 
+@lru_cache(maxsize=4096)  # asked for every line of a connection
 def peer_host(peer: str) -> str:
     """The host part of ``"10.0.0.1:514"``, ``"[::1]:514"`` or a bare address."""
     if peer.startswith("["):
@@ -315,8 +317,14 @@ def _bsd_time(
     return None
 
 
+@lru_cache(maxsize=1024)
 def _rfc3339(stamp: str, zone: tzinfo) -> datetime | None:
-    """An RFC 3339 time in UTC (no zone: ``zone``), or None when it is not one."""
+    """An RFC 3339 time in UTC (no zone: ``zone``), or None when it is not one.
+
+    Kept for the last stamps read: a stream's lines share their (whole-second) stamps,
+    and the same time object for them lets :func:`~logbus.record.format_ts` reuse
+    its text too.
+    """
     match = _RFC3339.fullmatch(stamp)
     if match is None:
         return None

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logbus.errors import ConfigError
-from logbus.spool import Spool, SpoolFull
+from logbus.spool import Spool, SpoolFull, replay
 
 
 def _drain(spool: Spool, step: int = 3) -> list[bytes]:
@@ -80,6 +80,43 @@ def test_a_corrupt_entry_is_skipped_and_counted(tmp_path: Path) -> None:
     reopened = Spool(tmp_path)
     assert _drain(reopened) == [b"good1", b"good2"]
     assert reopened.corrupt == 1
+
+
+def _corrupt(path: Path, *payloads: bytes) -> None:
+    """Flip a byte of each of ``payloads`` in the spool's segment at ``path``."""
+    [segment] = path.glob("seg-*.log")
+    data = bytearray(segment.read_bytes())
+    for payload in payloads:
+        data[data.index(payload)] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+
+def test_a_reopened_spool_of_corrupt_entries_only_is_read_past_and_empty(
+    tmp_path: Path,
+) -> None:
+    """Entries that all fail their checksum are waiting until read past, then gone."""
+    spool = Spool(tmp_path, fsync="always")
+    spool.append([b"BAD-1", b"BAD-2"])
+    spool.close()
+    _corrupt(tmp_path, b"BAD-1", b"BAD-2")
+    reopened = Spool(tmp_path)
+    sent: list[object] = []
+    assert replay(reopened, sent.extend) == 0
+    assert (len(reopened), reopened.corrupt, sent) == (0, 2, [])
+
+
+def test_entries_corrupted_while_the_spool_is_open_leave_it_empty_once_read(
+    tmp_path: Path,
+) -> None:
+    """Appended (so counted) entries whose bytes then go bad still leave len() at 0."""
+    spool = Spool(tmp_path, fsync="always")
+    spool.append([b"BAD-1", b"good", b"BAD-2"])
+    _corrupt(tmp_path, b"BAD-1", b"BAD-2")
+    entries, position = spool.peek(10)
+    spool.commit(position, len(entries))
+    assert (entries, len(spool), spool.corrupt) == ([b"good"], 0, 2)
+    spool.append([b"next"])
+    assert (len(spool), _drain(spool)) == (1, [b"next"])
 
 
 def test_the_size_bound_refuses_a_batch_whole(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from logbus.transports.amqp.tls import TLS_QUERY, client_context
 from logbus.transports.amqp.urls import broker_urls
 
 __all__ = [
+    "Encoded",
     "Endpoint",
     "arguments",
     "endpoints",
@@ -153,44 +154,59 @@ def _endpoint(
 
 
 def to_pika(message: Message) -> Any:
-    """``message``'s properties as ``pika.BasicProperties``; raises ``InputError``
-    for what AMQP cannot carry (a float header, an over-long short string)."""
+    """``message``'s properties as pika sends them (:class:`Encoded`); raises
+    ``InputError`` for what AMQP cannot carry (a float header, an over-long short string).
+
+    Records share a few shapes of properties and differ only in ``message_id`` and
+    ``timestamp``: the rest is checked and encoded (by pika) once per shape and kept,
+    so a publish costs a lookup and a join. Headers other than plain strings (whose
+    equal values may encode differently: ``1`` and ``True``) are checked and encoded
+    every time.
+    """
     _check_short(message.exchange, "exchange name")
     _check_short(message.routing_key, "routing key")
     if not isinstance(message.body, bytes | bytearray | memoryview):
         raise InputError(f"a message body must be bytes, not {type(message.body).__name__}")
     props = message.properties
-    if props.expiration is not None and not (
-        isinstance(props.expiration, str) and props.expiration.isdigit()
-    ):
-        raise InputError(
-            f"expiration must be milliseconds as a string of digits, not {props.expiration!r}"
-        )
-    for name in _SHORT_PROPERTIES:
-        value = getattr(props, name)
-        if value is not None:
-            _check_short(value, name)
-    if props.delivery_mode not in (None, 1, 2):
-        raise InputError(f"delivery_mode must be 1 or 2, not {props.delivery_mode!r}")
-    if props.priority is not None and not 0 <= props.priority <= 255:
-        raise InputError(f"priority must be 0..255, not {props.priority!r}")
-    if props.timestamp is not None and not 0 <= props.timestamp < 2**64:
-        raise InputError(f"timestamp must be whole seconds since the epoch: {props.timestamp}")
-    return PreEncoded(
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
-        headers=_table(props.headers, "headers") if props.headers else None,
-        delivery_mode=props.delivery_mode,
-        priority=props.priority,
-        correlation_id=props.correlation_id,
-        reply_to=props.reply_to,
-        expiration=props.expiration,
-        message_id=props.message_id,
-        timestamp=props.timestamp,
-        type=props.type,
-        user_id=props.user_id,
-        app_id=props.app_id,
+    headers = props.headers or None
+    items = None
+    if headers is not None:
+        if not all(type(value) is str for value in headers.values()):
+            return _whole(props)
+        items = tuple(headers.items())
+    key = (
+        props.content_type,
+        props.content_encoding,
+        items,
+        props.delivery_mode,
+        props.priority,
+        props.correlation_id,
+        props.reply_to,
+        props.expiration,
+        props.type,
+        props.user_id,
+        props.app_id,
     )
+    shape = _shapes.get(key)
+    if shape is None:
+        shape = _shape(props)
+        if len(_shapes) >= _SHAPES_MAX:
+            _shapes.clear()
+        _shapes[key] = shape
+    flags, head, tail = shape
+    middle = b""
+    message_id = props.message_id
+    if message_id is not None:
+        _check_short(message_id, "message_id")
+        raw = message_id.encode()
+        flags |= _MESSAGE_ID
+        middle = bytes((len(raw),)) + raw
+    timestamp = props.timestamp
+    if timestamp is not None:
+        _check_timestamp(timestamp)
+        flags |= _TIMESTAMP
+        middle += _Q.pack(timestamp)
+    return Encoded(_H.pack(flags) + head + middle + tail)
 
 
 def from_pika(props: Any, body: bytes, exchange: str, routing_key: str) -> Message:
@@ -297,26 +313,52 @@ _NO_FIELDS = (None,) * 10  # the ten properties up to timestamp, unset
 _shapes: dict[tuple[Any, ...], tuple[int, bytes, bytes]] = {}
 
 
-class PreEncoded(pika.BasicProperties):  # type: ignore[misc]
-    """pika's properties, encoded by pika once per shape (see :func:`encode_properties`)."""
+class Encoded(pika.BasicProperties):  # type: ignore[misc]
+    """A publish's properties as the bytes pika's own ``encode`` gives (see :func:`to_pika`).
+
+    pika reads nothing of a publish's properties but ``encode()``; these carry only
+    their bytes.
+    """
+
+    def __init__(self, data: bytes) -> None:  # not pika's: no fields to set
+        self.data = data
 
     def encode(self) -> list[bytes]:
-        return encode_properties(self)
+        return [self.data]  # a new list each time: pika inserts the frame header into it
+
+    def __repr__(self) -> str:
+        return f"<Encoded properties, {len(self.data)} bytes>"
 
 
-def encode_properties(props: Any) -> list[bytes]:
-    """pika's encoding of ``props``, each part but ``message_id`` and ``timestamp`` encoded
-    by pika once per shape and kept: what varies between records is only those two.
+def _check(props: Properties) -> None:
+    """The checks of every property but ``message_id`` and ``timestamp`` (and headers)."""
+    if props.expiration is not None and not (
+        isinstance(props.expiration, str) and props.expiration.isdigit()
+    ):
+        raise InputError(
+            f"expiration must be milliseconds as a string of digits, not {props.expiration!r}"
+        )
+    for name in _SHORT_PROPERTIES:
+        value = getattr(props, name)
+        if value is not None and name != "message_id":
+            _check_short(value, name)
+    if props.delivery_mode not in (None, 1, 2):
+        raise InputError(f"delivery_mode must be 1 or 2, not {props.delivery_mode!r}")
+    if props.priority is not None and not (
+        isinstance(props.priority, int) and 0 <= props.priority <= 255
+    ):
+        raise InputError(f"priority must be 0..255, not {props.priority!r}")
 
-    In AMQP's property order the two sit side by side, between ``expiration`` and
-    ``type``, so a record's bytes are the flags, pika's bytes of the fields before them,
-    the two, then pika's bytes of the fields after. Headers other than plain strings
-    (whose equal values may encode differently: ``1`` and ``True``) take pika's path.
-    """
-    headers = props.headers
-    if headers and not all(type(v) is str for v in headers.values()):
-        encoded: list[bytes] = pika.BasicProperties.encode(props)
-        return encoded
+
+def _check_timestamp(timestamp: Any) -> None:
+    if not (isinstance(timestamp, int) and 0 <= timestamp < 2**64):
+        raise InputError(f"timestamp must be whole seconds since the epoch: {timestamp!r}")
+
+
+def _fields(props: Properties) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """pika's fields before ``message_id`` and after ``timestamp``, checked."""
+    _check(props)
+    headers = _table(props.headers, "headers") if props.headers else None
     before = (
         props.content_type,
         props.content_encoding,
@@ -327,24 +369,29 @@ def encode_properties(props: Any) -> list[bytes]:
         props.reply_to,
         props.expiration,
     )
-    after = (props.type, props.user_id, props.app_id, props.cluster_id)
-    key = (*before[:2], None if headers is None else tuple(headers.items()), *before[3:], *after)
-    shape = _shapes.get(key)
-    if shape is None:
-        head = pika.BasicProperties(*before).encode()
-        tail = pika.BasicProperties(*_NO_FIELDS, *after).encode()
-        flags = _H.unpack(head[0])[0] | _H.unpack(tail[0])[0]
-        shape = (flags, b"".join(head[1:]), b"".join(tail[1:]))
-        if len(_shapes) >= _SHAPES_MAX:
-            _shapes.clear()
-        _shapes[key] = shape
-    flags, head_bytes, tail_bytes = shape
-    middle = b""
+    return before, (props.type, props.user_id, props.app_id)
+
+
+def _shape(props: Properties) -> tuple[int, bytes, bytes]:
+    """The flags and pika's bytes of the fields before ``message_id`` and after ``timestamp``.
+
+    In AMQP's property order the two sit side by side, between ``expiration`` and
+    ``type``, so a message's bytes are the flags, the fields before, the two, the
+    fields after.
+    """
+    before, after = _fields(props)
+    head = pika.BasicProperties(*before).encode()
+    tail = pika.BasicProperties(*_NO_FIELDS, *after).encode()
+    flags = _H.unpack(head[0])[0] | _H.unpack(tail[0])[0]
+    return flags, b"".join(head[1:]), b"".join(tail[1:])
+
+
+def _whole(props: Properties) -> Encoded:
+    """Properties with headers other than strings: checked and encoded by pika, whole."""
+    before, after = _fields(props)
     if props.message_id is not None:
-        raw = props.message_id.encode()
-        flags |= _MESSAGE_ID
-        middle = bytes((len(raw),)) + raw
+        _check_short(props.message_id, "message_id")
     if props.timestamp is not None:
-        flags |= _TIMESTAMP
-        middle += _Q.pack(props.timestamp)
-    return [_H.pack(flags) + head_bytes + middle + tail_bytes]
+        _check_timestamp(props.timestamp)
+    whole = pika.BasicProperties(*before, props.message_id, props.timestamp, *after)
+    return Encoded(b"".join(whole.encode()))
