@@ -16,7 +16,8 @@ The TOML format (``config/logbus.toml``) is four arrays of tables::
     [[queues]]
     name = "logbus.tasks"           # also: durable, exclusive, auto_delete
     max_length = 100000             # friendly keys for x-arguments: queue_type, max_length,
-    overflow = "reject-publish"     # overflow, message_ttl (ms), dead_letter_exchange,
+    overflow = "reject-publish"     # max_length_bytes, max_age ("7D": Y M D h m s, streams),
+                                    # overflow, message_ttl (ms), dead_letter_exchange,
                                     # dead_letter_routing_key, dead_letter_strategy
     arguments = { "x-max-priority" = 10 }   # raw x-arguments, passed through
     bounds = "arguments"            # or "policy": bounds, dead-lettering and TTLs go into
@@ -68,6 +69,7 @@ from logbus.errors import ConfigError, InvalidTopology
 
 __all__ = [
     "FRIENDLY_ARGUMENTS",
+    "HISTORY",
     "PLACEHOLDERS",
     "POLICY_ARGUMENTS",
     "POLICY_PREFIX",
@@ -97,6 +99,8 @@ __all__ = [
 FRIENDLY_ARGUMENTS = {
     "queue_type": "x-queue-type",
     "max_length": "x-max-length",
+    "max_length_bytes": "x-max-length-bytes",
+    "max_age": "x-max-age",
     "overflow": "x-overflow",
     "message_ttl": "x-message-ttl",
     "dead_letter_exchange": "x-dead-letter-exchange",
@@ -157,6 +161,8 @@ class Queue:
     arguments: dict[str, Any] = field(default_factory=dict, hash=False)
     queue_type: QueueType | None = None
     max_length: int | None = None
+    max_length_bytes: int | None = None
+    max_age: str | None = None
     overflow: Overflow | None = None
     message_ttl: int | None = None
     dead_letter_exchange: str | None = None
@@ -212,6 +218,7 @@ class Queue:
             hint = "set dead_letter_exchange too: the broker refuses the key alone"
             raise InvalidTopology(what, hint, ("dead_letter_routing_key",))
         checks.dead_letter_strategy(args)
+        checks.stream_arguments(args)
 
 
 Queue.RULES = {
@@ -222,6 +229,8 @@ Queue.RULES = {
     "arguments": checks.arguments,
     "queue_type": checks.one_of(QueueType, optional=True),
     "max_length": checks.count,
+    "max_length_bytes": checks.count,
+    "max_age": checks.max_age,
     "overflow": checks.one_of(Overflow, optional=True),
     "message_ttl": checks.count,
     "dead_letter_exchange": checks.optional_string,
@@ -417,8 +426,15 @@ class Topology:
         return _topology_toml.build(cls, SECTIONS, data)
 
 
+#: The default topology's history stream, and how much it keeps.
+HISTORY = "logbus.history"
+HISTORY_MAX_AGE = "7D"
+HISTORY_MAX_BYTES = 1 << 30
+
+
 def default() -> Topology:
-    """DESIGN.md's default topology: one topic exchange that feeds every other style."""
+    """DESIGN.md's default topology: one topic exchange that feeds every other style,
+    the work queue, and the history stream."""
     topic = "logbus.topic"
     fed = ("logbus.fanout", "logbus.direct", "logbus.headers")
     # An e2e binding forwards the original key (kern.critical): `--exact` works.
@@ -435,10 +451,20 @@ def default() -> Topology:
         ),
         # Bounded, so a deployment without workers cannot fill the disk; at the bound new
         # records are refused (nacked) and emitters say so: back-pressure, never a drop.
-        queues=(Queue(name="logbus.tasks", max_length=100_000, overflow="reject-publish"),),
+        queues=(
+            Queue(name="logbus.tasks", max_length=100_000, overflow="reject-publish"),
+            # Every record, kept (not consumed away) for `logbus subscribe --since`.
+            Queue(
+                name=HISTORY,
+                queue_type="stream",
+                max_age=HISTORY_MAX_AGE,
+                max_length_bytes=HISTORY_MAX_BYTES,
+            ),
+        ),
         bindings=(
             *e2e,
             Binding(source=topic, destination="logbus.tasks", routing_key="#"),
+            Binding(source=topic, destination=HISTORY, routing_key="#"),
         ),
         emit=(EmitTarget(exchange=topic),),
     )
