@@ -9,10 +9,11 @@ Strict as the file format is: ``"1"`` is not 1, and 1 is not ``true``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from string import Formatter
 from typing import Any, get_args
 
@@ -252,3 +253,21 @@ def stream_arguments(args: Mapping[str, Any]) -> None:
             what = f"a stream queue cannot have {key}"
             hint = "bound a stream with max_length_bytes and max_age, or use another queue type"
             raise InvalidTopology(what, hint, (field_name,))
+
+
+def undeclared(
+    what: str, name: str, known: Iterable[str], section: str, loc: Any
+) -> InvalidTopology:
+    """InvalidTopology for a name that is not declared, with the closest one as a hint."""
+    close = difflib.get_close_matches(name, sorted(known), 1)
+    hint = f"did you mean {close[0]!r}?" if close else f"declare it under [[{section}]]"
+    return InvalidTopology(f"{what} {name!r} is not declared", hint, loc)
+
+
+def once(items: Sequence[object], section: str, field_name: str | None = None) -> None:
+    """InvalidTopology for the first item declared twice in a section."""
+    for i, item in enumerate(items):
+        if item in items[:i]:
+            what = f"{item!r} is declared twice" if field_name else "this entry is declared twice"
+            loc = (section, i, field_name) if field_name else (section, i)
+            raise InvalidTopology(what, "remove one", loc)

@@ -47,9 +47,8 @@ the models' schemas cost more than the rest of a one-record emit's start-up.
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -306,22 +305,6 @@ EmitTarget.RULES = {
 }
 
 
-def _undeclared(
-    what: str, name: str, known: Iterable[str], section: str, loc: Any
-) -> InvalidTopology:
-    close = difflib.get_close_matches(name, sorted(known), 1)
-    hint = f"did you mean {close[0]!r}?" if close else f"declare it under [[{section}]]"
-    return InvalidTopology(f"{what} {name!r} is not declared", hint, loc)
-
-
-def _once(items: Sequence[object], section: str, field_name: str | None = None) -> None:
-    for i, item in enumerate(items):
-        if item in items[:i]:
-            what = f"{item!r} is declared twice" if field_name else "this entry is declared twice"
-            loc = (section, i, field_name) if field_name else (section, i)
-            raise InvalidTopology(what, "remove one", loc)
-
-
 #: The arrays of tables a topology has, and the entity each holds.
 SECTIONS: dict[str, type[Any]] = {
     "exchanges": Exchange,
@@ -354,10 +337,10 @@ class Topology:
         self._references()
 
     def _references(self) -> None:
-        _once([e.name for e in self.exchanges], "exchanges", "name")
-        _once([q.name for q in self.queues], "queues", "name")
-        _once(self.bindings, "bindings")
-        _once(self.emit, "emit")
+        checks.once([e.name for e in self.exchanges], "exchanges", "name")
+        checks.once([q.name for q in self.queues], "queues", "name")
+        checks.once(self.bindings, "bindings")
+        checks.once(self.emit, "emit")
         labels = [t.label for t in self.emit]
         for i, label in enumerate(labels):
             if label in labels[:i]:
@@ -373,39 +356,41 @@ class Topology:
                     "arguments" if q.dead_letter_exchange is None else "dead_letter_exchange"
                 )
                 where = ("queues", i, field_name)
-                raise _undeclared("dead-letter exchange", dlx, exchanges, "exchanges", where)
+                raise checks.undeclared("dead-letter exchange", dlx, exchanges, "exchanges", where)
         for i, b in enumerate(self.bindings):
             if b.source not in exchanges:
                 where = ("bindings", i, "source")
-                raise _undeclared("binding source", b.source, exchanges, "exchanges", where)
+                raise checks.undeclared("binding source", b.source, exchanges, "exchanges", where)
             kind = b.destination_type
             targets = exchanges.keys() if kind == "exchange" else queues
             if b.destination not in targets:
                 where = ("bindings", i, "destination")
-                raise _undeclared(f"destination {kind}", b.destination, targets, f"{kind}s", where)
+                raise checks.undeclared(
+                    f"destination {kind}", b.destination, targets, f"{kind}s", where
+                )
         for i, t in enumerate(self.emit):
             where = ("emit", i, "exchange")
             if t.exchange and t.exchange not in exchanges:
-                raise _undeclared("emit exchange", t.exchange, exchanges, "exchanges", where)
+                raise checks.undeclared("emit exchange", t.exchange, exchanges, "exchanges", where)
             if t.exchange and exchanges[t.exchange].internal:
                 what = f"exchange {t.exchange!r} is internal and takes no publishes"
                 raise InvalidTopology(what, "emit to an exchange bound to it", where)
             if not t.exchange and "{" not in t.key and t.key not in queues:
-                raise _undeclared("queue", t.key, queues, "queues", ("emit", i, "key"))
+                raise checks.undeclared("queue", t.key, queues, "queues", ("emit", i, "key"))
 
     def exchange(self, name: str) -> Exchange:
         """The declared exchange called ``name``; :class:`ConfigError` if there is none."""
         if found := {e.name: e for e in self.exchanges}.get(name):
             return found
         known = [e.name for e in self.exchanges]
-        raise ConfigError(str(_undeclared("exchange", name, known, "exchanges", ())))
+        raise ConfigError(str(checks.undeclared("exchange", name, known, "exchanges", ())))
 
     def queue(self, name: str) -> Queue:
         """The declared queue called ``name``; :class:`ConfigError` if there is none."""
         if found := {q.name: q for q in self.queues}.get(name):
             return found
         known = [q.name for q in self.queues]
-        raise ConfigError(str(_undeclared("queue", name, known, "queues", ())))
+        raise ConfigError(str(checks.undeclared("queue", name, known, "queues", ())))
 
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
         """The topology as JSON data: each section a list of tables, unset fields left out."""
