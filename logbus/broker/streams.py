@@ -213,8 +213,8 @@ def start_offset(stream: StreamState, spec: object) -> int:
 
     ``next`` (or none) waits for new messages, ``first`` starts at the oldest
     kept, ``last`` at the newest; an offset before the oldest starts at the
-    oldest, one past the end waits; a timestamp starts at the first message
-    appended then or later.
+    oldest, one past the end waits for that offset (what comes before it is not
+    delivered); a timestamp starts at the first message appended then or later.
     """
     first, end = stream.first_offset, stream.next_offset
     if spec is None or spec == "next":
@@ -224,7 +224,7 @@ def start_offset(stream: StreamState, spec: object) -> int:
     if spec == "last":
         return end - 1 if end > first else end
     if isinstance(spec, int) and not isinstance(spec, bool):
-        return min(max(spec, first), end)
+        return max(spec, first)
     if isinstance(spec, datetime):
         when = spec if spec.tzinfo is not None else spec.replace(tzinfo=UTC)
         return stream.offset_at(when.timestamp())

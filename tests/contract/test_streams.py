@@ -63,6 +63,19 @@ def test_an_integer_offset_starts_there(make, open_transport):
     assert [d.body for d in read(open_transport, q, 3, 2)] == [b"m2", b"m3", b"m4"]
 
 
+def test_an_offset_past_the_end_waits_for_that_offset(make, open_transport):
+    """x-stream-offset 3 of a two-message stream: m2 is not delivered, m3 is."""
+    q = make.queue("history", arguments=STREAM)
+    put(make.transport, q, "m0", "m1")
+    consumer = open_transport().consume(q, prefetch=10, arguments={"x-stream-offset": 3})
+    assert nothing_more(consumer)
+    put(make.transport, q, "m2")
+    put(make.transport, q, "m3")
+    (got,) = take(consumer, 1)
+    assert (got.body, offsets([got])) == (b"m3", [3])
+    assert nothing_more(consumer)
+
+
 def test_without_an_offset_a_consumer_reads_only_what_comes_next(make, open_transport):
     """The default is ``next``: what was there before is not delivered, what comes is."""
     q = make.queue("history", arguments=STREAM)

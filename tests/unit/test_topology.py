@@ -109,8 +109,7 @@ def test_default_history_is_a_durable_stream_with_age_and_size_retention() -> No
 def test_a_toml_topology_declares_a_stream_with_friendly_retention() -> None:
     """queue_type = "stream" with max_age and max_length_bytes reads to its x-arguments."""
     top = loads(
-        '[[queues]]\nname = "h"\nqueue_type = "stream"\nmax_age = "12h"\n'
-        "max_length_bytes = 1000\n"
+        '[[queues]]\nname = "h"\nqueue_type = "stream"\nmax_age = "12h"\nmax_length_bytes = 1000\n'
     )
     assert top.queue("h").amqp_arguments() == {
         "x-queue-type": "stream",
