@@ -225,7 +225,7 @@ class Subscriber:
     def _settle_pending(self, *, requeue: bool = False) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            if requeue:
+            if requeue and self.history is None:  # a stream keeps it anyway, and takes acks only
                 pending.nack(requeue=True)
             else:
                 pending.ack()

@@ -152,3 +152,11 @@ def test_the_history_stream_is_the_one_an_emit_exchange_feeds():
     )
     assert history_stream(topology) == "logbus.history"
     assert Binding  # the default binds logbus.history from logbus.topic
+
+
+def test_closing_with_requeue_on_history_acks_what_a_stream_would_refuse(url, emitter):
+    """close(requeue=True) after a history record does not nack (a stream answers 540)."""
+    emitter.emit("kern.info", "one")
+    sub = Subscriber(url, keys=["#"], from_start=True)
+    assert sub.get(2) is not None
+    sub.close(requeue=True)  # a nack here would raise NotImplementedByBroker
