@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from logbus.errors import ConfigError
-from logbus.record import LogRecord
+from logbus.record import LogRecord, decode
 from logbus.routing import headers_match, topic_matches
 from logbus.topology import Topology
 from logbus.transports.base import Delivery
@@ -101,19 +101,26 @@ class History:
             self.done = True
         return self.done
 
-    def admit(self, delivery: Delivery, record: LogRecord) -> bool:
-        """Whether to show this record; it may also end the replay (:attr:`done`)."""
+    def admit(self, delivery: Delivery) -> LogRecord | None:
+        """The record to show, or None (not selected, shown already, outside the window);
+        a record stamped after ``until`` ends the replay (:attr:`done`).
+
+        The key and headers are looked at first: a record not selected is never decoded.
+        """
         offset = _offset(delivery.properties.headers)
         if offset is not None:
             if offset <= self._seen:
-                return False  # replayed again by a restored consumer
+                return None  # replayed again by a restored consumer
             self._seen = offset
+        if not self.selects(delivery.routing_key, delivery.properties.headers):
+            return None
+        record = decode(delivery.body, delivery.properties, delivery.routing_key)
         if self.until is not None and record.ts > self.until:
             self.done = True
-            return False
+            return None
         if self.since is not None and record.ts < self.since:
-            return False
-        return self.selects(delivery.routing_key, delivery.properties.headers)
+            return None
+        return record
 
     def selects(self, key: str, headers: Mapping[str, Any]) -> bool:
         """Whether the subscription's selectors take a record published under ``key``."""

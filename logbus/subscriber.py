@@ -12,8 +12,9 @@ subscription goes on, but records routed while it was disconnected are missed.
 while nobody listens. ``since=`` (``"10m"``, a ``timedelta`` or a time),
 ``from_start=True`` or ``offset=N`` replay the topology's history stream from
 that point, with the same selectors, then follow it live; ``until=`` ends the
-replay there (see :mod:`logbus._history`). A subscription that cannot be restored raises the
-transport's error from ``get`` instead of waiting for records that cannot come.
+replay there (see :mod:`logbus._history`). A subscription that cannot be
+restored raises the transport's error from ``get`` instead of waiting for
+records that cannot come.
 :class:`AsyncSubscriber` is the async twin, on the aio-pika transport
 (``async for record in sub``).
 """
@@ -215,8 +216,7 @@ class Subscriber:
             if delivery is None:
                 history.ended_waiting()
                 return None
-            record = decode(delivery.body, delivery.properties, delivery.routing_key)
-            if history.admit(delivery, record):
+            if (record := history.admit(delivery)) is not None:
                 self._pending = delivery
                 return record
             delivery.ack()
@@ -361,8 +361,10 @@ class AsyncSubscriber:
                 if history is not None:
                     history.ended_waiting()
                 return None
-            record = decode(delivery.body, delivery.properties, delivery.routing_key)
-            if history is None or history.admit(delivery, record):
+            if history is None:
+                self._pending = delivery
+                return decode(delivery.body, delivery.properties, delivery.routing_key)
+            if (record := history.admit(delivery)) is not None:
                 self._pending = delivery
                 return record
             self._settle(delivery)
