@@ -161,10 +161,8 @@ class StreamState(QueueState):
 
     def push(self, entry: Entry, now: float | None = None) -> None:
         """Append an entry (a new one, or one recovered from the journal) under the next
-        offset, which its message then carries as header ``x-stream-offset``."""
-        message = entry.message
-        headers = {**message.properties.headers, "x-stream-offset": self.next_offset}
-        entry.message = replace(message, properties=replace(message.properties, headers=headers))
+        offset. Its message gets the header ``x-stream-offset`` when it is delivered:
+        a stream is written on every publish and read far less."""
         wall = time.time() if now is None else now
         self._at.append(max(wall, self._at[-1]) if self._at else wall)
         self._log.append(entry)
@@ -240,7 +238,9 @@ def next_for(stream: StreamState, consumer: ConsumerState) -> Entry | None:
     if position >= stream.next_offset:
         return None
     stream.positions[consumer.tag] = position + 1
-    return Entry(stream.entry(position).message)
+    message = stream.entry(position).message
+    headers = {**message.properties.headers, "x-stream-offset": position}
+    return Entry(replace(message, properties=replace(message.properties, headers=headers)))
 
 
 def dispatch(
