@@ -9,10 +9,11 @@ Strict as the file format is: ``"1"`` is not 1, and 1 is not ``true``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from string import Formatter
 from typing import Any, get_args
 
@@ -210,3 +211,63 @@ def dead_letter_strategy(args: Mapping[str, Any]) -> None:
             'set overflow = "reject-publish"; else RabbitMQ falls back to at-most-once',
             ("overflow",),
         )
+
+
+_AGE = re.compile(r"[0-9]+[YMDhms]")
+#: What a stream refuses, as the friendly field a TOML author wrote or the x-argument.
+_NOT_FOR_STREAMS = {
+    "x-max-length": "max_length",
+    "x-overflow": "overflow",
+    "x-message-ttl": "message_ttl",
+    "x-dead-letter-exchange": "dead_letter_exchange",
+    "x-dead-letter-routing-key": "dead_letter_routing_key",
+    "x-dead-letter-strategy": "dead_letter_strategy",
+    "x-max-priority": "arguments",
+    "x-expires": "arguments",
+    "x-single-active-consumer": "arguments",
+    "x-delivery-limit": "arguments",
+}
+
+
+def max_age(key: str, value: object) -> None:
+    """A stream's retention by age: a count and a unit, ``7D``, ``12h`` (RabbitMQ's form)."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not _AGE.fullmatch(value):
+        raise InvalidTopology(
+            f"{key} = {toml_value(value)} is not an age",
+            'write a count and a unit: "7D", "12h", "30m" (Y M D h m s)',
+            (key,),
+        )
+
+
+def stream_arguments(args: Mapping[str, Any]) -> None:
+    """RabbitMQ refuses a stream with the arguments of other queue types; so do we, first."""
+    if args.get("x-queue-type") != "stream":
+        if "x-max-age" in args:
+            what = "max_age is for streams only"
+            raise InvalidTopology(what, 'set queue_type = "stream", or remove it', ("max_age",))
+        return
+    for key, field_name in _NOT_FOR_STREAMS.items():
+        if key in args:
+            what = f"a stream queue cannot have {key}"
+            hint = "bound a stream with max_length_bytes and max_age, or use another queue type"
+            raise InvalidTopology(what, hint, (field_name,))
+
+
+def undeclared(
+    what: str, name: str, known: Iterable[str], section: str, loc: Any
+) -> InvalidTopology:
+    """InvalidTopology for a name that is not declared, with the closest one as a hint."""
+    close = difflib.get_close_matches(name, sorted(known), 1)
+    hint = f"did you mean {close[0]!r}?" if close else f"declare it under [[{section}]]"
+    return InvalidTopology(f"{what} {name!r} is not declared", hint, loc)
+
+
+def once(items: Sequence[object], section: str, field_name: str | None = None) -> None:
+    """InvalidTopology for the first item declared twice in a section."""
+    for i, item in enumerate(items):
+        if item in items[:i]:
+            what = f"{item!r} is declared twice" if field_name else "this entry is declared twice"
+            loc = (section, i, field_name) if field_name else (section, i)
+            raise InvalidTopology(what, "remove one", loc)

@@ -25,16 +25,15 @@ text that names the sink (``sqlite:/var/lib/logbus/archive.db``,
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-from logbus.durations import UNITS
+from logbus.durations import parse_time
 from logbus.errors import ArchiveUnavailable, ConfigError, InputError
 from logbus.record import LogRecord, Severity
 from logbus.sinks.archive_table import (
@@ -59,10 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Archive", "Query", "open_archive", "parse_time", "search"]
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _SELECT = ", ".join(COLUMNS)
-# A time "ago" also takes weeks, which retry delays and windows have no use for.
-_AGO_UNITS = {**UNITS, "w": 7 * UNITS["d"]}
 
 
 def _from_row(row: Sequence[Any]) -> LogRecord:
@@ -134,27 +130,6 @@ class Query:
         if self.limit is not None:
             text += f" LIMIT {int(self.limit)}"
         return text, params
-
-
-def parse_time(text: str, *, now: datetime | None = None, option: str = "time") -> datetime:
-    """An RFC 3339 time (UTC when it has no offset) or a duration ago: ``90s``, ``15m``, ``2h``,
-    ``1d``, ``1w``. Anything else raises :class:`InputError` naming ``option``."""
-    value = text.strip()
-    match = _DURATION.fullmatch(value.lower())
-    if match is not None:
-        seconds = float(match[1]) * _AGO_UNITS[match[2]]
-        try:
-            return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-        except OverflowError:
-            raise InputError(f"{option} {text!r} reaches before year 1") from None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise InputError(
-            f"{option} {text!r} is neither an RFC 3339 time (2025-01-02T03:04:05Z) nor a "
-            "duration ago (90s, 15m, 2h, 1d, 1w)"
-        ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 class Archive(Protocol):

@@ -119,8 +119,13 @@ class DemoReport:
 
 
 def demo_topology(prefix: str) -> Topology:
-    """The default topology with every name under ``prefix`` and nothing durable."""
+    """The default topology with every name under ``prefix`` and nothing durable.
+
+    Without the history stream: a stream is durable by nature, and the demo leaves
+    nothing behind.
+    """
     base = default()
+    streams = {q.name for q in base.queues if q.queue_type == "stream"}
 
     def name(n: str) -> str:
         return prefix + n
@@ -134,6 +139,7 @@ def demo_topology(prefix: str) -> Topology:
             # The bound keeps its overflow: without it RabbitMQ would drop the oldest silently.
             dataclasses.replace(q, name=name(q.name), durable=False, auto_delete=False)
             for q in base.queues
+            if q.name not in streams
         ),
         bindings=tuple(
             Binding(
@@ -144,6 +150,7 @@ def demo_topology(prefix: str) -> Topology:
                 arguments=b.arguments,
             )
             for b in base.bindings
+            if b.destination not in streams
         ),
         emit=tuple(EmitTarget(exchange=name(t.exchange), key=t.key) for t in base.emit),
     )

@@ -9,8 +9,12 @@ lives as long as the subscriber's connection. After a reconnect the transport
 declares it again (under a new name) with its bindings and consumes it, so the
 subscription goes on, but records routed while it was disconnected are missed.
 ``queue=NAME, durable=True`` makes a named subscription that keeps records
-while nobody listens. A subscription that cannot be restored raises the
-transport's error from ``get`` instead of waiting for records that cannot come.
+while nobody listens. ``since=`` (``"10m"``, a ``timedelta`` or a time),
+``from_start=True`` or ``offset=N`` replay the topology's history stream from
+that point, with the same selectors, then follow it live; ``until=`` ends the
+replay there (see :mod:`logbus._history`). A subscription that cannot be
+restored raises the transport's error from ``get`` instead of waiting for
+records that cannot come.
 :class:`AsyncSubscriber` is the async twin, on the aio-pika transport
 (``async for record in sub``).
 """
@@ -19,9 +23,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from time import monotonic
 from typing import Any, Literal
 
+from logbus._history import History, history_stream, start_spec
 from logbus._log import get_logger
+from logbus.durations import parse_time
 from logbus.emitter import declare_async
 from logbus.errors import ConfigError, ConnectionLost, TransportError
 from logbus.record import LogRecord, Severity, decode
@@ -76,6 +84,42 @@ def bindings_for(
     return out
 
 
+#: A point in time as the history options take it: a time, a duration ago, or text
+#: (``"10m"``, ``"2025-01-02T03:04:05Z"``).
+Moment = datetime | timedelta | str
+
+
+def _moment(value: Moment | None, option: str) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, timedelta):
+        return datetime.now(UTC) - value
+    return parse_time(value, option=option)
+
+
+def _replay(
+    sub: Subscriber | AsyncSubscriber,
+    queue: str | None,
+    since: Moment | None,
+    from_start: bool,
+    offset: int | None,
+    until: Moment | None,
+) -> tuple[str, dict[str, Any]] | None:
+    """Set ``sub.history``; the stream and consumer arguments of a replay, or None."""
+    start = _moment(since, "since")
+    spec = start_spec(start, from_start, offset)
+    sub.history = None
+    if spec is None:
+        if until is not None:
+            raise ConfigError("until needs a place to start: give since, from_start or offset")
+        return None
+    if queue is not None:
+        raise ConfigError("a history subscription reads the stream: it takes no queue of its own")
+    stream = history_stream(sub.topology)
+    sub.history = History(sub.bindings, sub.topology, since=start, until=_moment(until, "until"))
+    return stream, {"x-stream-offset": spec}
+
+
 class Subscriber:
     """Consumes records routed by binding keys, severities, exact keys, headers or all.
 
@@ -85,6 +129,9 @@ class Subscriber:
     not UTF-8 included), and each carries the routing key it was published
     with in ``record.key``.
     """
+
+    #: The replay's state when subscribed with history (``since``, ...), else None.
+    history: History | None
 
     def __init__(
         self,
@@ -102,6 +149,10 @@ class Subscriber:
         settings: Settings | None = None,
         topology: Topology | None = None,
         transport: Transport | None = None,
+        since: Moment | None = None,
+        from_start: bool = False,
+        offset: int | None = None,
+        until: Moment | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.topology = topology or self.settings.topology()
@@ -111,10 +162,18 @@ class Subscriber:
                 "nothing to subscribe to: give binding keys, severities, exact keys, "
                 "headers, or all=True"
             )
+        replay = _replay(self, queue, since, from_start, offset, until)
         self.url = url or (transport.url if transport else self.settings.url)
         self._owns_transport = transport is None
         self.transport = transport or connect(self.url, settings=self.settings)
+        self._pending: Delivery | None = None
         declare(self.transport, self.topology)
+        if replay is not None:
+            stream, arguments = replay
+            self._consumer: Consumer = self.transport.consume(
+                stream, prefetch=prefetch or self.settings.prefetch, arguments=arguments
+            )
+            return
         temporary = queue is None
         name = self.transport.declare_queue(
             queue or "",
@@ -124,10 +183,7 @@ class Subscriber:
         ).name
         for exchange, key, arguments in self.bindings:
             self.transport.bind_queue(name, exchange, key, arguments)
-        self._consumer: Consumer = self.transport.consume(
-            name, prefetch=prefetch or self.settings.prefetch
-        )
-        self._pending: Delivery | None = None
+        self._consumer = self.transport.consume(name, prefetch=prefetch or self.settings.prefetch)
 
     @property
     def queue(self) -> str:
@@ -143,16 +199,33 @@ class Subscriber:
         declared again): it would otherwise receive nothing more.
         """
         self._settle_pending()
+        if self.history is not None:
+            return self._replayed(self.history, timeout)
         delivery = self._consumer.get(timeout)
         if delivery is None:
             return None
         self._pending = delivery
         return decode(delivery.body, delivery.properties, delivery.routing_key)
 
+    def _replayed(self, history: History, timeout: float | None) -> LogRecord | None:
+        """The next record of the history that the selectors take (the others are acked)."""
+        deadline = None if timeout is None else monotonic() + timeout
+        while not history.done:
+            left = None if deadline is None else max(0.0, deadline - monotonic())
+            delivery = self._consumer.get(history.wait(left))
+            if delivery is None:
+                history.ended_waiting()
+                return None
+            if (record := history.admit(delivery)) is not None:
+                self._pending = delivery
+                return record
+            delivery.ack()
+        return None
+
     def _settle_pending(self, *, requeue: bool = False) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            if requeue:
+            if requeue and self.history is None:  # a stream keeps it anyway, and takes acks only
                 pending.nack(requeue=True)
             else:
                 pending.ack()
@@ -191,6 +264,9 @@ class AsyncSubscriber:
     are redelivered. One that cannot be restored raises its error from ``get``.
     """
 
+    #: The replay's state when subscribed with history (``since``, ...), else None.
+    history: History | None
+
     def __init__(
         self,
         url: str | None = None,
@@ -207,6 +283,10 @@ class AsyncSubscriber:
         settings: Settings | None = None,
         topology: Topology | None = None,
         transport: AsyncTransport | None = None,
+        since: Moment | None = None,
+        from_start: bool = False,
+        offset: int | None = None,
+        until: Moment | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.topology = topology or self.settings.topology()
@@ -216,6 +296,7 @@ class AsyncSubscriber:
                 "nothing to subscribe to: give binding keys, severities, exact keys, "
                 "headers, or all=True"
             )
+        self._replay = _replay(self, queue, since, from_start, offset, until)
         self.url = url or (transport.url if transport else self.settings.url)
         #: The subscription's queue name, once started.
         self.queue: str | None = None
@@ -239,6 +320,13 @@ class AsyncSubscriber:
                 self._transport = await connect_async(self.url, settings=self.settings)
             transport = self._transport
             await declare_async(transport, self.topology)
+            if self._replay is not None:
+                stream, arguments = self._replay
+                self._consumer = await transport.consume(
+                    stream, prefetch=self._prefetch, arguments=arguments
+                )
+                self.queue = stream
+                return self
             temporary = self._queue is None
             info = await transport.declare_queue(
                 self._queue or "",
@@ -264,11 +352,23 @@ class AsyncSubscriber:
         await self.start()
         assert self._consumer is not None
         self._settle_pending()
-        delivery = await self._consumer.get(timeout)
-        if delivery is None:
-            return None
-        self._pending = delivery
-        return decode(delivery.body, delivery.properties, delivery.routing_key)
+        history = self.history
+        deadline = None if timeout is None else monotonic() + timeout
+        while history is None or not history.done:
+            left = None if deadline is None else max(0.0, deadline - monotonic())
+            delivery = await self._consumer.get(left if history is None else history.wait(left))
+            if delivery is None:
+                if history is not None:
+                    history.ended_waiting()
+                return None
+            if history is None:
+                self._pending = delivery
+                return decode(delivery.body, delivery.properties, delivery.routing_key)
+            if (record := history.admit(delivery)) is not None:
+                self._pending = delivery
+                return record
+            self._settle(delivery)
+        return None
 
     def _settle_pending(self) -> None:
         if self._pending is not None:

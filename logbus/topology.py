@@ -16,7 +16,8 @@ The TOML format (``config/logbus.toml``) is four arrays of tables::
     [[queues]]
     name = "logbus.tasks"           # also: durable, exclusive, auto_delete
     max_length = 100000             # friendly keys for x-arguments: queue_type, max_length,
-    overflow = "reject-publish"     # overflow, message_ttl (ms), dead_letter_exchange,
+    overflow = "reject-publish"     # max_length_bytes, max_age ("7D": Y M D h m s, streams),
+                                    # overflow, message_ttl (ms), dead_letter_exchange,
                                     # dead_letter_routing_key, dead_letter_strategy
     arguments = { "x-max-priority" = 10 }   # raw x-arguments, passed through
     bounds = "arguments"            # or "policy": bounds, dead-lettering and TTLs go into
@@ -46,9 +47,8 @@ the models' schemas cost more than the rest of a one-record emit's start-up.
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -68,6 +68,7 @@ from logbus.errors import ConfigError, InvalidTopology
 
 __all__ = [
     "FRIENDLY_ARGUMENTS",
+    "HISTORY",
     "PLACEHOLDERS",
     "POLICY_ARGUMENTS",
     "POLICY_PREFIX",
@@ -97,6 +98,8 @@ __all__ = [
 FRIENDLY_ARGUMENTS = {
     "queue_type": "x-queue-type",
     "max_length": "x-max-length",
+    "max_length_bytes": "x-max-length-bytes",
+    "max_age": "x-max-age",
     "overflow": "x-overflow",
     "message_ttl": "x-message-ttl",
     "dead_letter_exchange": "x-dead-letter-exchange",
@@ -157,6 +160,8 @@ class Queue:
     arguments: dict[str, Any] = field(default_factory=dict, hash=False)
     queue_type: QueueType | None = None
     max_length: int | None = None
+    max_length_bytes: int | None = None
+    max_age: str | None = None
     overflow: Overflow | None = None
     message_ttl: int | None = None
     dead_letter_exchange: str | None = None
@@ -212,6 +217,7 @@ class Queue:
             hint = "set dead_letter_exchange too: the broker refuses the key alone"
             raise InvalidTopology(what, hint, ("dead_letter_routing_key",))
         checks.dead_letter_strategy(args)
+        checks.stream_arguments(args)
 
 
 Queue.RULES = {
@@ -222,6 +228,8 @@ Queue.RULES = {
     "arguments": checks.arguments,
     "queue_type": checks.one_of(QueueType, optional=True),
     "max_length": checks.count,
+    "max_length_bytes": checks.count,
+    "max_age": checks.max_age,
     "overflow": checks.one_of(Overflow, optional=True),
     "message_ttl": checks.count,
     "dead_letter_exchange": checks.optional_string,
@@ -297,22 +305,6 @@ EmitTarget.RULES = {
 }
 
 
-def _undeclared(
-    what: str, name: str, known: Iterable[str], section: str, loc: Any
-) -> InvalidTopology:
-    close = difflib.get_close_matches(name, sorted(known), 1)
-    hint = f"did you mean {close[0]!r}?" if close else f"declare it under [[{section}]]"
-    return InvalidTopology(f"{what} {name!r} is not declared", hint, loc)
-
-
-def _once(items: Sequence[object], section: str, field_name: str | None = None) -> None:
-    for i, item in enumerate(items):
-        if item in items[:i]:
-            what = f"{item!r} is declared twice" if field_name else "this entry is declared twice"
-            loc = (section, i, field_name) if field_name else (section, i)
-            raise InvalidTopology(what, "remove one", loc)
-
-
 #: The arrays of tables a topology has, and the entity each holds.
 SECTIONS: dict[str, type[Any]] = {
     "exchanges": Exchange,
@@ -345,10 +337,10 @@ class Topology:
         self._references()
 
     def _references(self) -> None:
-        _once([e.name for e in self.exchanges], "exchanges", "name")
-        _once([q.name for q in self.queues], "queues", "name")
-        _once(self.bindings, "bindings")
-        _once(self.emit, "emit")
+        checks.once([e.name for e in self.exchanges], "exchanges", "name")
+        checks.once([q.name for q in self.queues], "queues", "name")
+        checks.once(self.bindings, "bindings")
+        checks.once(self.emit, "emit")
         labels = [t.label for t in self.emit]
         for i, label in enumerate(labels):
             if label in labels[:i]:
@@ -364,39 +356,41 @@ class Topology:
                     "arguments" if q.dead_letter_exchange is None else "dead_letter_exchange"
                 )
                 where = ("queues", i, field_name)
-                raise _undeclared("dead-letter exchange", dlx, exchanges, "exchanges", where)
+                raise checks.undeclared("dead-letter exchange", dlx, exchanges, "exchanges", where)
         for i, b in enumerate(self.bindings):
             if b.source not in exchanges:
                 where = ("bindings", i, "source")
-                raise _undeclared("binding source", b.source, exchanges, "exchanges", where)
+                raise checks.undeclared("binding source", b.source, exchanges, "exchanges", where)
             kind = b.destination_type
             targets = exchanges.keys() if kind == "exchange" else queues
             if b.destination not in targets:
                 where = ("bindings", i, "destination")
-                raise _undeclared(f"destination {kind}", b.destination, targets, f"{kind}s", where)
+                raise checks.undeclared(
+                    f"destination {kind}", b.destination, targets, f"{kind}s", where
+                )
         for i, t in enumerate(self.emit):
             where = ("emit", i, "exchange")
             if t.exchange and t.exchange not in exchanges:
-                raise _undeclared("emit exchange", t.exchange, exchanges, "exchanges", where)
+                raise checks.undeclared("emit exchange", t.exchange, exchanges, "exchanges", where)
             if t.exchange and exchanges[t.exchange].internal:
                 what = f"exchange {t.exchange!r} is internal and takes no publishes"
                 raise InvalidTopology(what, "emit to an exchange bound to it", where)
             if not t.exchange and "{" not in t.key and t.key not in queues:
-                raise _undeclared("queue", t.key, queues, "queues", ("emit", i, "key"))
+                raise checks.undeclared("queue", t.key, queues, "queues", ("emit", i, "key"))
 
     def exchange(self, name: str) -> Exchange:
         """The declared exchange called ``name``; :class:`ConfigError` if there is none."""
         if found := {e.name: e for e in self.exchanges}.get(name):
             return found
         known = [e.name for e in self.exchanges]
-        raise ConfigError(str(_undeclared("exchange", name, known, "exchanges", ())))
+        raise ConfigError(str(checks.undeclared("exchange", name, known, "exchanges", ())))
 
     def queue(self, name: str) -> Queue:
         """The declared queue called ``name``; :class:`ConfigError` if there is none."""
         if found := {q.name: q for q in self.queues}.get(name):
             return found
         known = [q.name for q in self.queues]
-        raise ConfigError(str(_undeclared("queue", name, known, "queues", ())))
+        raise ConfigError(str(checks.undeclared("queue", name, known, "queues", ())))
 
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
         """The topology as JSON data: each section a list of tables, unset fields left out."""
@@ -417,8 +411,15 @@ class Topology:
         return _topology_toml.build(cls, SECTIONS, data)
 
 
+#: The default topology's history stream, and how much it keeps.
+HISTORY = "logbus.history"
+HISTORY_MAX_AGE = "7D"
+HISTORY_MAX_BYTES = 1 << 30
+
+
 def default() -> Topology:
-    """DESIGN.md's default topology: one topic exchange that feeds every other style."""
+    """DESIGN.md's default topology: one topic exchange that feeds every other style,
+    the work queue, and the history stream."""
     topic = "logbus.topic"
     fed = ("logbus.fanout", "logbus.direct", "logbus.headers")
     # An e2e binding forwards the original key (kern.critical): `--exact` works.
@@ -435,10 +436,20 @@ def default() -> Topology:
         ),
         # Bounded, so a deployment without workers cannot fill the disk; at the bound new
         # records are refused (nacked) and emitters say so: back-pressure, never a drop.
-        queues=(Queue(name="logbus.tasks", max_length=100_000, overflow="reject-publish"),),
+        queues=(
+            Queue(name="logbus.tasks", max_length=100_000, overflow="reject-publish"),
+            # Every record, kept (not consumed away) for `logbus subscribe --since`.
+            Queue(
+                name=HISTORY,
+                queue_type="stream",
+                max_age=HISTORY_MAX_AGE,
+                max_length_bytes=HISTORY_MAX_BYTES,
+            ),
+        ),
         bindings=(
             *e2e,
             Binding(source=topic, destination="logbus.tasks", routing_key="#"),
+            Binding(source=topic, destination=HISTORY, routing_key="#"),
         ),
         emit=(EmitTarget(exchange=topic),),
     )

@@ -47,6 +47,8 @@ from logbus.broker.queues import (
 )
 from logbus.broker.registry import EXCHANGE_TYPES, QUEUE, Registry
 from logbus.broker.settlement import Guard, Settling
+from logbus.broker.streams import StreamState, is_stream
+from logbus.broker.streams import dispatch as dispatch_stream
 from logbus.errors import AccessRefused, PreconditionFailed
 from logbus.message import Message, QueueInfo
 
@@ -114,8 +116,11 @@ class Broker(Registry, Settling):
                 )
             expiring = False
             for record in recovery.queues:
-                queue = JournaledQueue(
-                    journal, record.name, record.auto_delete, dict(record.arguments)
+                arguments = dict(record.arguments)
+                queue: QueueState = (
+                    StreamState(record.name, arguments, journal)
+                    if is_stream(arguments)
+                    else JournaledQueue(journal, record.name, record.auto_delete, arguments)
                 )
                 self._queues[record.name] = queue
                 for stored in record.messages:
@@ -234,6 +239,10 @@ class Broker(Registry, Settling):
         at once, whatever its TTL (even 0) and the bounds. Otherwise it joins the tail,
         ``drop-head`` trims the head, and expired messages go only from the head.
         """
+        if isinstance(queue, StreamState):  # appended, never taken: streams.py
+            queue.append(message)
+            dispatch_stream(queue, self._deliver)
+            return True
         entry = Entry(message, queue.expiry_for(message, now))
         if queue.overflow != "drop-head" and queue.would_overflow(entry):
             if queue.overflow == "reject-publish-dlx":
@@ -272,6 +281,9 @@ class Broker(Registry, Settling):
     # -- dispatch --------------------------------------------------------------
 
     def _dispatch(self, queue: QueueState) -> None:
+        if isinstance(queue, StreamState):
+            dispatch_stream(queue, self._deliver)
+            return
         while queue.ready:
             if queue.head_expired():
                 self._dead_letter(queue, queue.pop(), "expired")

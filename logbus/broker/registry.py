@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from logbus.broker.journal import BindingRecord, Journal, JournaledQueue
 from logbus.broker.queues import ExchangeState, QueueState, SessionState, Unacked
+from logbus.broker.streams import StreamState, check_declare, is_stream
 from logbus.errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
 from logbus.message import QueueInfo
 
@@ -189,7 +190,12 @@ class Registry:
             if existing is None:
                 _check_replicated(name, args, durable, exclusive, auto_delete)
                 owner = session.id if exclusive else None
-                if self._journal is not None and durable and not exclusive:
+                if is_stream(args):
+                    check_declare(name, args, CHECKED_QUEUE_ARGUMENTS)
+                    queue = StreamState(name, args, self._journal)
+                    if self._journal is not None:
+                        self._journal.queue_declared(queue)
+                elif self._journal is not None and durable and not exclusive:
                     queue = JournaledQueue(self._journal, name, auto_delete, args)
                     self._journal.queue_declared(queue)
                 else:
@@ -242,11 +248,12 @@ class Registry:
                 for s in self._sessions.values()
                 for u in s.unacked.values()
             )
-        return QueueInfo(queue.name, len(queue.ready), consumers)
+        count = len(queue) if isinstance(queue, StreamState) else len(queue.ready)
+        return QueueInfo(queue.name, count, consumers)
 
     def _delete_queue(self, name: str) -> int:
         queue = self._queues.pop(name)
-        if self._journal is not None and isinstance(queue, JournaledQueue):
+        if self._journal is not None and _journaled(queue):
             self._journal.queue_deleted(name)
         self._route_cache.clear()
         for consumer in list(queue.consumers):
@@ -352,8 +359,15 @@ def _show(value: Any) -> str:
 def _durable_binding(source: ExchangeState, target: QueueState | ExchangeState) -> bool:
     """Whether a binding survives a restart: both of its ends do."""
     if isinstance(target, QueueState):
-        return source.durable and isinstance(target, JournaledQueue)
+        return source.durable and _journaled(target)
     return source.durable and target.durable
+
+
+def _journaled(queue: QueueState) -> bool:
+    """Whether the journal keeps the queue: a durable queue, or a stream, of a broker with one."""
+    return isinstance(queue, JournaledQueue) or (
+        isinstance(queue, StreamState) and queue.journal is not None
+    )
 
 
 def _check_replicated(
@@ -361,7 +375,7 @@ def _check_replicated(
 ) -> None:
     """Quorum and stream queues must be durable, not exclusive, not auto-delete.
 
-    (Streams are otherwise served as classic queues for now: issue 15.)
+    (A stream is then a :class:`~logbus.broker.streams.StreamState`.)
     """
     if args.get("x-queue-type") not in ("quorum", "stream"):
         return

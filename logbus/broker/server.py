@@ -58,7 +58,15 @@ from logbus.broker.queues import Delivered
 from logbus.broker.sessions import Session, open_session
 from logbus.errors import ConfigError, DecodeError, LogbusError
 from logbus.wire.batch import encode_deliveries
-from logbus.wire.frames import Frame, arg_bool, arg_int, arg_str, decode_many, encode
+from logbus.wire.frames import (
+    Frame,
+    arg_bool,
+    arg_int,
+    arg_str,
+    arg_table,
+    decode_many,
+    encode,
+)
 
 __all__ = ["BrokerServer", "key_path_for", "listen", "load_key", "make_broker", "serve"]
 
@@ -242,6 +250,7 @@ class _Client:
             prefetch=arg_int(args, "prefetch", 0),
             on_cancel=lambda _tag: put(Frame("cancelled", 0, {"cid": cid})),
             exclusive=arg_bool(args, "exclusive", False),
+            arguments=arg_table(args, "arguments"),
         )
         return tag, b""
 

@@ -11,11 +11,13 @@ settlement; the work is the :class:`~logbus.broker.core.Broker`'s, under its loc
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from logbus.broker.queues import ConsumerState, Delivered, SessionState, Unacked, monotonic
 from logbus.broker.registry import EXCHANGE, QUEUE
+from logbus.broker.streams import StreamState, attach, check_consume, not_supported, start_offset
 from logbus.errors import (
     AccessRefused,
     NotImplementedByBroker,
@@ -135,6 +137,8 @@ class Session:
         broker = self._broker
         with broker._guard:
             queue = broker._queue(name, self._state)
+            if isinstance(queue, StreamState):
+                raise not_supported(queue, "queue.purge")
             count = len(queue.ready)
             if broker._journal is not None:
                 broker._journal.purged(name, queue.ready)
@@ -194,6 +198,8 @@ class Session:
         with broker._guard:
             self._check_open()
             state = broker._queue(queue, self._state)
+            if isinstance(state, StreamState):
+                raise not_supported(state, "basic.get")
             broker._expire_head(state, monotonic())
             if not state.ready:
                 return None
@@ -214,17 +220,24 @@ class Session:
         prefetch: int = 0,
         on_cancel: Callable[[str], None] | None = None,
         exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> str:
         """Register a consumer (``basic.consume``); returns its tag.
 
         ``deliver`` is called under the broker's lock for each delivery and must
         not block. ``prefetch`` bounds this consumer's unacked deliveries (0 = no
-        bound), as ``basic.qos`` with ``global=false`` does in RabbitMQ.
+        bound), as ``basic.qos`` with ``global=false`` does in RabbitMQ. On a
+        stream, ``arguments`` may hold ``x-stream-offset`` (where to start reading).
         """
         broker = self._broker
         with broker._guard:
             self._check_open()
             state = broker._queue(queue, self._state)
+            position = None
+            if isinstance(state, StreamState):
+                check_consume(state, prefetch)
+                state.retain(time.time())
+                position = start_offset(state, (arguments or {}).get("x-stream-offset"))
             # RabbitMQ 3.10's quorum queues let a consumer in after an exclusive one.
             taken = not state.quorum and any(c.exclusive for c in state.consumers)
             if (exclusive and state.consumers) or taken:
@@ -236,6 +249,8 @@ class Session:
                 tag, queue, self._state.id, prefetch, deliver, on_cancel, exclusive
             )
             state.consumers.append(consumer)
+            if isinstance(state, StreamState) and position is not None:
+                attach(state, tag, position)
             state.had_consumer = True
             self._state.consumers[tag] = consumer
             broker._dispatch(state)
@@ -252,11 +267,20 @@ class Session:
 
     def nack(self, delivery_tag: int, *, multiple: bool = False, requeue: bool = True) -> None:
         """Negatively acknowledge (``basic.nack``): requeue, or dead-letter/drop."""
+        self._refuse_on_stream(delivery_tag)
         self._broker._settle(self._state, delivery_tag, multiple, requeue)
 
     def reject(self, delivery_tag: int, *, requeue: bool = True) -> None:
         """Reject one delivery (``basic.reject``)."""
+        self._refuse_on_stream(delivery_tag)
         self._broker._settle(self._state, delivery_tag, False, requeue)
+
+    def _refuse_on_stream(self, delivery_tag: int) -> None:
+        """A stream takes acks only (RabbitMQ: 540 for a nack or reject)."""
+        unacked = self._state.unacked.get(delivery_tag)
+        queue = None if unacked is None else self._broker._queues.get(unacked.queue)
+        if isinstance(queue, StreamState):
+            raise not_supported(queue, "basic.nack and basic.reject")
 
     def settle_later(self, delivery_tag: int, *, multiple: bool, requeue: bool | None) -> None:
         """Pipeline a settlement: applied before the broker's next observable step.

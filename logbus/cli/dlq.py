@@ -239,7 +239,12 @@ def _connected(settings: Settings) -> Iterator[Transport]:
 
 
 def _shared_queues(settings: Settings) -> list[str]:
-    return [q.name for q in settings.topology().queues if not q.exclusive]
+    # A stream (the history) has no dead letters: its records are never settled away.
+    return [
+        q.name
+        for q in settings.topology().queues
+        if not q.exclusive and q.all_arguments().get("x-queue-type") != "stream"
+    ]
 
 
 def _one_queue(settings: Settings, queue: str | None) -> str:

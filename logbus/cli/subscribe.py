@@ -46,18 +46,22 @@ EPILOG = """Examples:
   logbus subscribe --header host=web1 --header app=nginx --match any
   logbus subscribe 'auth.#' --queue audit --durable   # keeps records while you are away
   logbus subscribe '*.critical' --count 1 --timeout 30   # wait for one, at most 30s
+  logbus subscribe --since 10m 'kern.*'           # the last ten minutes, then follow
+  logbus subscribe --from-start --until 1h '#'    # everything kept, up to an hour ago
+  logbus subscribe --offset 1200 '*.critical'     # from stream offset 1200 on
 
 \b
 Exit status:
   0   --count records arrived; or, without --count, stopped by --timeout,
-      Ctrl-C (SIGINT) or SIGTERM
+      --until, Ctrl-C (SIGINT) or SIGTERM
   2   usage (nothing to subscribe to, a bad option)
   69  the broker cannot be reached
   75  --timeout passed before --count records arrived, or the broker ended
       the subscription (e.g. its queue was deleted), or it could not be
       restored after a reconnect
   78  configuration (topology file, settings, a queue that exists otherwise,
-      also when found so after a reconnect)
+      also when found so after a reconnect; history asked of a topology
+      without a history stream)
   130/143  Ctrl-C/SIGTERM before --count records arrived
 """
 
@@ -141,6 +145,37 @@ def subscribe(
             show_default=False,
         ),
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="History first: the records of the history stream stamped since TIME (a "
+            "duration ago such as 10m, 2h, 1d, or an RFC 3339 time), then new ones as they come.",
+            show_default=False,
+        ),
+    ] = None,
+    from_start: Annotated[
+        bool,
+        typer.Option("--from-start", help="History first: every record the stream still keeps."),
+    ] = False,
+    offset: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=0,
+            help="History first: from stream offset N on.",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="With history: stop (exit 0) at the first record stamped after TIME (a "
+            "duration ago or an RFC 3339 time), or once TIME has passed and the stream is quiet.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOption = False,
     url: UrlOption = None,
     config: ConfigOption = None,
@@ -162,6 +197,11 @@ def subscribe(
     and bytes that are not UTF-8 (kept exactly, base64, in fields.body_base64).
     A key that is not <facility>.<severity> is shown beside the record's own.
     Once bound, a line on stderr says so ("logbus: subscribed ...").
+
+    History (--since, --from-start, --offset) reads the topology's history
+    stream (logbus.history, which keeps every record) instead of a queue of
+    its own: the selectors are applied to what it replays, then it follows
+    new records live, printed alike. --until ends the replay there.
     """
     if not (keys or severity or exact or everything or header):
         ctx.fail(
@@ -174,6 +214,7 @@ def subscribe(
         ctx.fail("--queue must be a name of 1 to 255 bytes")
     if timeout is not None and not timeout > 0:
         ctx.fail(f"--timeout must be a positive number of seconds, not {timeout:g}")
+    history = _history_options(ctx, since, from_start, offset, until, queue)
 
     from logbus.errors import PreconditionFailed, SeverityError
     from logbus.record import Severity
@@ -208,6 +249,7 @@ def subscribe(
                     prefetch=min(count, settings.prefetch) if count else None,
                     settings=settings,
                     topology=topology,
+                    **history,
                 )
             typer.echo(f"logbus: subscribed: {_describe(sub)}; Ctrl-C to stop", err=True)
             deadline = None if timeout is None else monotonic() + timeout
@@ -215,7 +257,8 @@ def subscribe(
                 wait = None if deadline is None else deadline - monotonic()
                 record = sub.get(wait) if wait is None or wait > 0 else None
                 if record is None:
-                    ended = deadline is None or monotonic() < deadline
+                    finished = sub.history is not None and sub.history.done  # --until
+                    ended = not finished and (deadline is None or monotonic() < deadline)
                     break
                 shown = False
                 show(record)
@@ -242,7 +285,7 @@ def subscribe(
             "deleted?); subscribe again",
             EX_TEMPFAIL,
         )
-    if count is None or got >= count:
+    if count is None or got >= count or (sub is not None and _replayed(sub)):
         return
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
@@ -270,6 +313,42 @@ def _close(sub: Subscriber, *, requeue: bool) -> None:
         typer.echo(f"logbus: warning: closing the subscription: {exc}", err=True)
 
 
+def _history_options(
+    ctx: typer.Context,
+    since: str | None,
+    from_start: bool,
+    offset: int | None,
+    until: str | None,
+    queue: str | None,
+) -> dict[str, Any]:
+    """The Subscriber's history keywords, the times read here: a bad one is a usage error."""
+    from logbus.durations import parse_time
+    from logbus.errors import InputError
+
+    starts = [f for f, v in (("--since", since), ("--offset", offset)) if v is not None]
+    starts += ["--from-start"] if from_start else []
+    if len(starts) > 1:
+        ctx.fail(f"give one of --since, --from-start and --offset, not {' and '.join(starts)}")
+    if until is not None and not starts:
+        ctx.fail("--until needs a place to start: --since, --from-start or --offset")
+    if starts and queue is not None:
+        ctx.fail("history reads the history stream: it takes no --queue")
+    try:
+        return {
+            "since": None if since is None else parse_time(since, option="--since"),
+            "from_start": from_start,
+            "offset": offset,
+            "until": None if until is None else parse_time(until, option="--until"),
+        }
+    except InputError as exc:
+        ctx.fail(str(exc))
+
+
+def _replayed(sub: Subscriber) -> bool:
+    """Whether --until ended the replay (exit 0 whatever --count said)."""
+    return sub.history is not None and sub.history.done
+
+
 def _parse_headers(ctx: typer.Context, items: Sequence[str]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for item in items:
@@ -293,6 +372,8 @@ def _describe(sub: Subscriber) -> str:
             parts.append(f"{exchange} {key!r}")
         else:
             parts.append(f"{exchange} (all)")
+    if sub.history is not None:
+        return f"history {sub.queue}, records of {', '.join(parts)}"
     return f"queue {sub.queue} bound to {', '.join(parts)}"
 
 

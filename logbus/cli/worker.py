@@ -21,7 +21,7 @@ from logbus._log import log_json_lines
 from logbus.cli.common import ConfigOption, UrlOption, fail, make_settings, quiet_connect
 
 if TYPE_CHECKING:
-    from logbus.topology import QueueType, Topology
+    from logbus.topology import Queue, QueueType, Topology
     from logbus.worker.retry import RetryPolicy
 
 __all__ = [
@@ -107,8 +107,8 @@ def worker(
         typer.Option(
             "--queue",
             "-q",
-            help="Queue to consume. Default: the one queue the topology declares "
-            "(logbus.tasks in the default topology). A queue that exists is used as it "
+            help="Queue to consume. Default: the one work queue (not a stream) the topology "
+            "declares (logbus.tasks in the default topology). A queue that exists is used as it "
             "is, whoever declared it and with whatever type and arguments; an absent one "
             "is created as the topology declares it, else durable with --queue-type.",
             show_default=False,
@@ -366,12 +366,17 @@ def _queue_type(topology: Topology, name: str, chosen: QueueTypeChoice | None) -
     return chosen.value
 
 
+def _stream(queue: Queue) -> bool:
+    return queue.all_arguments().get("x-queue-type") == "stream"
+
+
 def _pick_queue(topology: Topology, queue: str | None) -> str:
     if queue is not None:
         if not queue or len(queue.encode()) > 255:
             raise fail("--queue must be a name of 1 to 255 bytes", USAGE)
         return queue
-    shared = [q.name for q in topology.queues if not q.exclusive]
+    # A stream (the history) is read by offset, not worked off: never the default work queue.
+    shared = [q.name for q in topology.queues if not q.exclusive and not _stream(q)]
     if len(shared) == 1:
         return shared[0]
     listed = f" ({', '.join(shared)})" if shared else ""

@@ -341,9 +341,15 @@ class Transport(Protocol):
         ...
 
     def consume(
-        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+        self,
+        queue: str,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> Consumer:
-        """Start consuming a queue with manual acks and ``prefetch`` unacked at most."""
+        """Start consuming a queue with manual acks and ``prefetch`` unacked at most;
+        ``arguments`` are basic.consume's (``x-stream-offset`` on a stream)."""
         ...
 
     def close(self) -> None:
@@ -470,9 +476,15 @@ class AsyncTransport(Protocol):
         ...
 
     async def consume(
-        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+        self,
+        queue: str,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> AsyncConsumer:
-        """Start consuming a queue with manual acks and ``prefetch`` unacked at most."""
+        """Start consuming a queue with manual acks and ``prefetch`` unacked at most;
+        ``arguments`` are basic.consume's (``x-stream-offset`` on a stream)."""
         ...
 
     async def close(self) -> None:

@@ -45,6 +45,7 @@ file in the scratch directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
@@ -61,13 +62,15 @@ from typing import IO, Any
 
 import pytest
 
+from logbus.demo import demo_topology
 from logbus.durations import parse_duration
 from logbus.emitter import Emitter
 from logbus.errors import NotFound
 from logbus.settings import Settings
+from logbus.topology import Binding, Queue, dumps
 from logbus.transports import connect
 from logbus.worker.retry import RetryPolicy, retry_queues
-from tests.e2e.support import Scratch, free_port, on_tty
+from tests.e2e.support import Scratch, free_port, on_tty, remove
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +95,7 @@ LONG_RUNNING = {
 PROBE = "readme probe"
 PROBE_FIELDS = {"host": "web1", "app": "api"}
 #: subscribe's options that take no value (every other option is followed by one).
-FLAGS = frozenset({"--all", "--json", "--durable", "--no-durable", "--debug"})
+FLAGS = frozenset({"--all", "--json", "--durable", "--no-durable", "--debug", "--from-start"})
 
 JOURNAL = "printf '%s\\n' 'sshd[812]: Accepted publickey for ada' 'CRON[901]: session opened'"
 EVENTS = (
@@ -203,6 +206,23 @@ def test_every_block_says_what_it_is() -> None:
         if block.lang == "text" and block not in TRANSCRIPTS:
             previous = BLOCKS[BLOCKS.index(block) - 1]
             assert previous.lang == "python", f"README line {block.line}: whose output is this?"
+
+
+@pytest.fixture
+def scratch(amqp_url: str, tmp_path: Path, unique_name: str) -> Iterator[Scratch]:
+    """The default topology under this test's prefix, its history stream included (the
+    README's History section reads it; the e2e conftest's scratch has none); removed after."""
+    prefix = f"{unique_name}-"
+    base = demo_topology(prefix)
+    history = Queue(name=f"{prefix}logbus.history", queue_type="stream", max_age="1D")
+    feed = Binding(source=f"{prefix}logbus.topic", destination=history.name, routing_key="#")
+    topology = dataclasses.replace(
+        base, queues=(*base.queues, history), bindings=(*base.bindings, feed)
+    )
+    path = tmp_path / "logbus.toml"
+    path.write_text(dumps(topology))
+    yield Scratch(path, topology, {"LOGBUS_URL": amqp_url, "LOGBUS_CONFIG": str(path)})
+    remove(amqp_url, topology)
 
 
 @pytest.fixture(params=["memory", "rabbitmq"])

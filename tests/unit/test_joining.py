@@ -117,11 +117,14 @@ def test_a_policy_pattern_matches_exactly_its_queue(name: str) -> None:
 def test_with_policies_moves_every_shared_queue_and_keeps_the_rest() -> None:
     """--policies: the default work queue's bound becomes a policy; nothing else changes."""
     moved = with_policies(default())
-    [tasks] = moved.queues
-    assert tasks.bounds == "policy"
+    tasks, history = moved.queue("logbus.tasks"), moved.queue("logbus.history")
+    assert tasks.bounds == history.bounds == "policy"
     assert tasks.amqp_arguments() == {}
+    # A stream's type and age stay in its declaration; its size bound is a policy's too.
+    assert history.amqp_arguments() == {"x-queue-type": "stream", "x-max-age": "7D"}
     assert [p.definition for p in policies(moved)] == [
-        {"max-length": 100_000, "overflow": "reject-publish"}
+        {"max-length": 100_000, "overflow": "reject-publish"},
+        {"max-length-bytes": 1 << 30},
     ]
     assert (moved.exchanges, moved.bindings, moved.emit) == (
         default().exchanges,

@@ -83,6 +83,7 @@ def test_default_topology_feeds_every_style_from_the_topic_exchange() -> None:
         ("logbus.topic", "logbus.direct", "exchange", "#"),
         ("logbus.topic", "logbus.headers", "exchange", "#"),
         ("logbus.topic", "logbus.tasks", "queue", "#"),
+        ("logbus.topic", "logbus.history", "queue", "#"),
     }
     assert top.emit == (EmitTarget(exchange="logbus.topic", key="{facility}.{severity}"),)
 
@@ -92,6 +93,53 @@ def test_default_work_queue_is_durable_bounded_and_rejects_at_the_bound() -> Non
     tasks = default().queue("logbus.tasks")
     assert tasks.durable
     assert tasks.amqp_arguments() == {"x-max-length": 100_000, "x-overflow": "reject-publish"}
+
+
+def test_default_history_is_a_durable_stream_with_age_and_size_retention() -> None:
+    """logbus.history is a durable stream keeping 7 days, at most 1 GiB."""
+    history = default().queue("logbus.history")
+    assert history.durable and not history.exclusive and not history.auto_delete
+    assert history.amqp_arguments() == {
+        "x-queue-type": "stream",
+        "x-max-age": "7D",
+        "x-max-length-bytes": 1 << 30,
+    }
+
+
+def test_a_toml_topology_declares_a_stream_with_friendly_retention() -> None:
+    """queue_type = "stream" with max_age and max_length_bytes reads to its x-arguments."""
+    top = loads(
+        '[[queues]]\nname = "h"\nqueue_type = "stream"\nmax_age = "12h"\nmax_length_bytes = 1000\n'
+    )
+    assert top.queue("h").amqp_arguments() == {
+        "x-queue-type": "stream",
+        "x-max-age": "12h",
+        "x-max-length-bytes": 1000,
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('max_age = "7 days"', "is not an age"),
+        ("max_length = 5", "cannot have x-max-length"),
+        ('overflow = "reject-publish"', "cannot have x-overflow"),
+        ("message_ttl = 5", "cannot have x-message-ttl"),
+        ("durable = false", "cannot have durable = false"),
+    ],
+)
+def test_a_stream_refuses_what_rabbitmq_refuses_with_the_line(line: str, words: str) -> None:
+    """A bad age or another queue type's argument on a stream is an error naming the line."""
+    text = f'[[queues]]\nname = "h"\nqueue_type = "stream"\n{line}\n'
+    with pytest.raises(ConfigError, match=words) as caught:
+        loads(text, source="t.toml")
+    assert str(caught.value).startswith("t.toml:4:")
+
+
+def test_max_age_belongs_to_streams_only() -> None:
+    """max_age on a classic queue is refused: RabbitMQ would ignore it silently."""
+    with pytest.raises(ConfigError, match="max_age is for streams only"):
+        loads('[[queues]]\nname = "q"\nmax_age = "7D"\n')
 
 
 @pytest.mark.parametrize("top", [default(), rich()], ids=["default", "rich"])

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
@@ -77,12 +77,14 @@ class AioConsumer:
         queue: str,
         *,
         exclusive: bool,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         self.queue = queue
         self.tag = f"logbus.ctag-{secrets.token_hex(8)}"
         self._transport = transport
         self._channel = channel
         self._exclusive = exclusive
+        self._arguments = dict(arguments or {})
         self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | object] = asyncio.Queue()
         self._stopping = False  # cancelled, by us or by the broker: nothing new will come
         self._ended = False  # the end marker was read: get() returns None from now on
@@ -95,7 +97,11 @@ class AioConsumer:
         underlay = await self._channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         await underlay.basic_consume(
-            self.queue, self._on_deliver, exclusive=self._exclusive, consumer_tag=self.tag
+            self.queue,
+            self._on_deliver,
+            exclusive=self._exclusive,
+            consumer_tag=self.tag,
+            arguments=self._arguments or None,
         )
 
     async def _on_deliver(self, delivered: aiormq.abc.DeliveredMessage) -> None:

@@ -377,13 +377,18 @@ class AioTransport:
         return delivery
 
     async def consume(
-        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+        self,
+        queue: str,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> AioConsumer:
         """Start consuming with manual acks and at most ``prefetch`` unacked deliveries."""
         await self._prepare_queue(queue)  # NotFound / ResourceLocked on a clean channel
         connection = await self._ready()
         channel = connection.channel(publisher_confirms=False)
-        consumer = AioConsumer(self, channel, queue, exclusive=exclusive)
+        consumer = AioConsumer(self, channel, queue, exclusive=exclusive, arguments=arguments)
 
         async def call() -> None:
             await channel.initialize()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from functools import partial
 from time import monotonic
@@ -89,12 +89,19 @@ class AmqpConsumer:
     """Deliveries of one queue, consumed with manual acks on a channel of its own."""
 
     def __init__(
-        self, core: ConsumerHost, queue_name: str, prefetch: int, exclusive: bool, owner: object
+        self,
+        core: ConsumerHost,
+        queue_name: str,
+        prefetch: int,
+        exclusive: bool,
+        owner: object,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         self.queue = queue_name
         self.tag = f"logbus-{secrets.token_hex(8)}"
         self.prefetch = prefetch
         self.exclusive = exclusive
+        self.arguments = dict(arguments or {})
         self.channel: Any = None
         self.epoch = 0
         self.live_epoch: int | None = None
@@ -276,6 +283,7 @@ class AmqpConsumer:
             partial(self._delivered, channel),
             exclusive=self.exclusive,
             consumer_tag=self.tag,
+            arguments=self.arguments or None,
             callback=lambda _frame: self._consuming(channel),
         )
 

@@ -401,13 +401,20 @@ class AmqpTransport:
         return delivery
 
     def consume(
-        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+        self,
+        queue: str,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> AmqpConsumer:
         """Start consuming a queue with manual acks and ``prefetch`` unacked at most."""
         names(queue=queue)
         if not 1 <= prefetch <= 65535:
             raise ConfigError(f"prefetch must be 1..65535 (AMQP's 16 bits), not {prefetch}")
-        consumer = AmqpConsumer(self._core, queue, prefetch, exclusive, owner=self)
+        consumer = AmqpConsumer(
+            self._core, queue, prefetch, exclusive, owner=self, arguments=arguments
+        )
         try:
             self._core.call(consumer.io_begin, f"consume queue {queue!r}")
         except BaseException:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from logbus._urls import parse_url
@@ -90,7 +90,13 @@ class GreenConsumer:
     """
 
     def __init__(
-        self, session: Session, broker: Broker, queue_name: str, prefetch: int, exclusive: bool
+        self,
+        session: Session,
+        broker: Broker,
+        queue_name: str,
+        prefetch: int,
+        exclusive: bool,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         self.queue = queue_name
         self._session = session
@@ -106,6 +112,7 @@ class GreenConsumer:
             prefetch=prefetch,
             on_cancel=lambda _tag: self._deliver(_CANCELLED),
             exclusive=exclusive,
+            arguments=arguments,
         )
 
     def _deliver(self, item: Delivered | object) -> None:
@@ -186,7 +193,12 @@ class GreenTransport(SessionTransport):
         super().__init__(url, named(broker_name(url)))
 
     def consume(
-        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+        self,
+        queue: str,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> GreenConsumer:
         """Start consuming with manual acks and at most ``prefetch`` unacked deliveries."""
-        return GreenConsumer(self._open(), self.broker, queue, prefetch, exclusive)
+        return GreenConsumer(self._open(), self.broker, queue, prefetch, exclusive, arguments)

@@ -97,7 +97,14 @@ def _connect(path: str, key_file: str) -> Connection[Any, Any]:
 class LocalConsumer:
     """Deliveries of one queue, pushed by the broker process to this connection."""
 
-    def __init__(self, transport: LocalTransport, queue_name: str, prefetch: int, exclusive: bool):
+    def __init__(
+        self,
+        transport: LocalTransport,
+        queue_name: str,
+        prefetch: int,
+        exclusive: bool,
+        arguments: Mapping[str, Any] | None = None,
+    ):
         self.queue = queue_name
         self._link = link = transport._link
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -113,6 +120,7 @@ class LocalConsumer:
                     "queue": queue_name,
                     "prefetch": prefetch,
                     "exclusive": exclusive,
+                    "arguments": dict(arguments or {}),
                 },
             )
         except BaseException:
@@ -359,10 +367,15 @@ class LocalTransport:
         return delivery
 
     def consume(
-        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+        self,
+        queue: str,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> LocalConsumer:
         """Start consuming with manual acks and at most ``prefetch`` unacked deliveries."""
-        return LocalConsumer(self, queue, prefetch, exclusive)
+        return LocalConsumer(self, queue, prefetch, exclusive, arguments)
 
     def close(self) -> None:
         """Close the session (the broker requeues what was not acked), then the connection."""

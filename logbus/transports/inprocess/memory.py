@@ -59,7 +59,14 @@ class MemoryConsumer:
     at the broker afterwards sees it applied.
     """
 
-    def __init__(self, session: Session, queue_name: str, prefetch: int, exclusive: bool):
+    def __init__(
+        self,
+        session: Session,
+        queue_name: str,
+        prefetch: int,
+        exclusive: bool,
+        arguments: Mapping[str, Any] | None = None,
+    ):
         self.queue = queue_name
         self._session = session
         self._inbox: queue.SimpleQueue[Delivered | object] = queue.SimpleQueue()
@@ -73,6 +80,7 @@ class MemoryConsumer:
             prefetch=prefetch,
             on_cancel=lambda _tag: self._inbox.put(_CANCELLED),
             exclusive=exclusive,
+            arguments=arguments,
         )
 
     def get(self, timeout: float | None = None) -> Delivery | None:
@@ -299,10 +307,15 @@ class MemoryTransport(SessionTransport):
         super().__init__(url, _broker.named(broker_name(url)))
 
     def consume(
-        self, queue: str, *, prefetch: int = DEFAULT_PREFETCH, exclusive: bool = False
+        self,
+        queue: str,
+        *,
+        prefetch: int = DEFAULT_PREFETCH,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> MemoryConsumer:
         """Start consuming with manual acks and at most ``prefetch`` unacked deliveries."""
-        return MemoryConsumer(self._open(), queue, prefetch, exclusive)
+        return MemoryConsumer(self._open(), queue, prefetch, exclusive, arguments)
 
 
 def _settle(session: Session, how: Settlement, tag: int, multiple: bool, requeue: bool) -> None:
