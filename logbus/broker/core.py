@@ -33,7 +33,7 @@ from collections.abc import Set as AbstractSet
 from enum import Enum
 from typing import Any
 
-from logbus.broker.journal import Journal, JournaledEntry, JournaledQueue
+from logbus.broker.journal import Journal, JournaledQueue
 from logbus.broker.queues import (
     ConsumerState,
     Delivered,
@@ -118,10 +118,12 @@ class Broker(Registry, Settling):
                     journal, record.name, record.auto_delete, dict(record.arguments)
                 )
                 self._queues[record.name] = queue
-                for stored in record.messages:
-                    at = None if stored.expires is None else now + (stored.expires - wall)
-                    queue.push(JournaledEntry(stored.message, at, True, stored.id))
-                    expiring = expiring or at is not None
+                for entry in record.messages:  # paged: their messages stay in the journal
+                    if entry.expires_at is not None:  # wall clock, until adopted here
+                        entry.expires_at = now + (entry.expires_at - wall)
+                        expiring = True
+                    entry.redelivered = True
+                    queue.push(entry)
             for binding in recovery.bindings:
                 source = self._exchanges.get(binding.source)
                 targets = self._queues if binding.kind == QUEUE else self._exchanges

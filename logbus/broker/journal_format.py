@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from logbus._log import get_logger
+from logbus.broker.paging import PagedEntry, Pages
 from logbus.errors import ConfigError, DecodeError
 from logbus.message import Message
 from logbus.wire.frames import (
@@ -50,9 +51,7 @@ __all__ = [
     "MAGIC",
     "BindingRecord",
     "ExchangeRecord",
-    "Held",
     "LiveState",
-    "MessageRecord",
     "QueueRecord",
     "Recovery",
     "binding_frame",
@@ -62,6 +61,7 @@ __all__ = [
     "message_frame",
     "put_record",
     "queue_frame",
+    "read_message",
     "read_records",
 ]
 
@@ -99,22 +99,17 @@ class BindingRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageRecord:
-    """A persistent message still in a durable queue; ``expires`` is wall-clock seconds."""
-
-    id: int
-    message: Message
-    expires: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class QueueRecord:
-    """A durable queue as declared, with its persistent messages in queue order."""
+    """A durable queue as declared, with its persistent messages in queue order.
+
+    The messages are the journal's paged entries; until a broker adopts them,
+    their ``expires_at`` is the wall-clock expiry the record holds.
+    """
 
     name: str
     auto_delete: bool
     arguments: Mapping[str, Any]
-    messages: tuple[MessageRecord, ...] = ()
+    messages: tuple[PagedEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,23 +121,16 @@ class Recovery:
     bindings: tuple[BindingRecord, ...]
 
 
-@dataclass(slots=True)
-class Held:
-    """A persistent message the journal holds, with what it needs to write it again."""
-
-    message: Message
-    expires: float | None
-    size: int  # bytes of its record in the file, for the compaction threshold
-
-
 class LiveState:
     """The live content of the journal, kept in step with every record written."""
 
-    def __init__(self) -> None:
+    def __init__(self, pages: Pages) -> None:
+        self.pages = pages
         self.exchanges: dict[str, ExchangeRecord] = {}
         self.queues: dict[str, QueueRecord] = {}
         self.bindings: dict[tuple[str, ...], BindingRecord] = {}
-        self.messages: dict[str, dict[int, Held]] = {}
+        # Per durable queue, its live persistent messages by id: the paged index.
+        self.messages: dict[str, dict[int, PagedEntry]] = {}
         self.last_id = 0
 
     def recovery(self) -> Recovery:
@@ -152,10 +140,7 @@ class LiveState:
                 queue.name,
                 queue.auto_delete,
                 queue.arguments,
-                tuple(
-                    MessageRecord(ident, held.message, held.expires)
-                    for ident, held in self.messages[queue.name].items()
-                ),
+                tuple(self.messages[queue.name].values()),
             )
             for queue in self.queues.values()
         )
@@ -170,10 +155,10 @@ class LiveState:
         self.queues.pop(name, None)
         for key in [k for k in self.bindings if k[1:3] == ("queue", name)]:
             del self.bindings[key]
-        return sum(held.size for held in self.messages.pop(name, {}).values())
+        return sum(held.record for held in self.messages.pop(name, {}).values())
 
-    def apply(self, frame: Frame, size: int) -> None:
-        """Replay one record read from the file."""
+    def apply(self, frame: Frame, size: int, offset: int) -> None:
+        """Replay one record read from the file at ``offset``."""
         op, args = frame.op, frame.args
         if op == "in":
             self.last_id = max(self.last_id, frame.id)
@@ -182,7 +167,9 @@ class LiveState:
                 expires = args.get("expires")
                 if expires is not None and not isinstance(expires, int | float):
                     raise DecodeError(f"expires must be a number, not {expires!r:.40}")
-                held[frame.id] = Held(message_from(args, frame.body), expires, size)
+                message_from(args, frame.body)  # checked now: a bad record fails the start
+                entry = PagedEntry(self.pages, frame.id, offset, size, len(frame.body), expires)
+                held[frame.id] = entry
         elif op == "out":
             held = self.messages.get(arg_str(args, "queue"), {})
             ids = args.get("ids")
@@ -265,6 +252,12 @@ def message_frame(queue: str, ident: int, message: Message, expires: float | Non
 
 
 # -- records ----------------------------------------------------------------------
+
+
+def read_message(record: bytes | memoryview) -> Message:
+    """The message of one ``in`` record as :func:`put_record` wrote it (checks and frame)."""
+    frame = decode_many(bytes(record[_CHECKS.size :]))[0]
+    return message_from(frame.args, frame.body)
 
 
 def put_record(buffer: bytearray, frame: Frame) -> int:
