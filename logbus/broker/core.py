@@ -47,6 +47,7 @@ from logbus.broker.queues import (
 )
 from logbus.broker.registry import EXCHANGE_TYPES, QUEUE, Registry
 from logbus.broker.settlement import Guard, Settling
+from logbus.broker.watermark import accounted
 from logbus.errors import AccessRefused, PreconditionFailed
 from logbus.message import Message, QueueInfo
 
@@ -142,6 +143,11 @@ class Broker(Registry, Settling):
             state = SessionState(next(self._session_ids), name, lambda: next(counter))
             self._sessions[state.id] = state
             return state
+
+    def held_bytes(self) -> int:
+        """Bytes held for messages, as the memory watermark counts them (see its module)."""
+        with self._guard:
+            return accounted(self._queues.values(), self._sessions.values())
 
     def close(self) -> None:
         """Stop the expiry thread and close the journal; open sessions keep their state."""
