@@ -88,9 +88,9 @@ def test_the_watermark_blocks_a_publisher_until_consumers_drain_below_it(served)
 
 def serve_process(sock: str, data_dir: str) -> subprocess.Popen[bytes]:
     """``logbus broker serve`` with a data directory, ready for clients."""
+    options = ["--data-dir", data_dir, "--memory-limit", "64M", "--fsync", "never"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "logbus", "broker", "serve", "--listen", sock]
-        + ["--data-dir", data_dir, "--memory-limit", "64M", "--fsync", "never"],
+        [sys.executable, "-m", "logbus", "broker", "serve", "--listen", sock, *options],
         stderr=subprocess.PIPE,
     )
     wait_until(lambda: os.path.exists(sock) or process.poll() is not None, "the socket")
