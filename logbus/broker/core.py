@@ -149,6 +149,20 @@ class Broker(Registry, Settling):
         with self._guard:
             return accounted(self._queues.values(), self._sessions.values())
 
+    def page(self, paging: bool) -> int:
+        """Page durable queues' persistent messages out at once, or keep them (see paging).
+
+        Turning paging on also drops the messages queues keep in memory; returns
+        how many. Without a journal there is nowhere to page to: nothing happens.
+        """
+        if self._journal is None:
+            return 0
+        with self._guard:
+            self._journal.paging = paging
+            if not paging:
+                return 0
+            return sum(q.page_out() for q in self._queues.values() if isinstance(q, JournaledQueue))
+
     def close(self) -> None:
         """Stop the expiry thread and close the journal; open sessions keep their state."""
         with self._guard:

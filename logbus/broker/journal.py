@@ -85,32 +85,36 @@ _WRITE_CHUNK = 1 << 20
 class JournaledQueue(QueueState):
     """A durable queue of a broker with a journal: persistent messages are written on entry.
 
-    A persistent message is paged (:mod:`logbus.broker.paging`): the queue keeps its
-    index entry and counts it in ``paged`` and ``paged_bytes``, which the memory
-    accounting subtracts from what the queue holds in RAM.
+    A persistent message gets a :class:`~logbus.broker.paging.PagedEntry`: kept in
+    memory too, unless the queue is lazy (``x-queue-mode=lazy``) or the journal is
+    paging. The queue counts its entries paged out in ``paged`` and ``paged_bytes``,
+    which the memory accounting subtracts from what it holds in RAM.
     """
 
-    __slots__ = ("journal", "paged", "paged_bytes")
+    __slots__ = ("journal", "lazy", "paged", "paged_bytes")
 
     def __init__(
         self, journal: Journal, name: str, auto_delete: bool, arguments: dict[str, Any]
     ) -> None:
         QueueState.__init__(self, name, True, None, auto_delete, arguments)
         self.journal = journal
+        self.lazy = arguments.get("x-queue-mode") == "lazy"
         self.paged = self.paged_bytes = 0
 
     def push(self, entry: Entry) -> None:
         """Append a message at the tail, writing it ahead when it is persistent."""
         if type(entry) is Entry and entry.message.properties.delivery_mode == PERSISTENT:
-            entry = self.journal.entered(self.name, entry)
-        if type(entry) is PagedEntry:
+            entry = self.journal.entered(
+                self.name, entry, keep=not (self.lazy or self.journal.paging)
+            )
+        if type(entry) is PagedEntry and entry.cached is None:
             self.paged += 1
             self.paged_bytes += entry.length
         QueueState.push(self, entry)
 
     def put_back(self, entry: Entry, *, returned: bool = False) -> None:
         """Requeue a message where RabbitMQ puts it back (see :meth:`QueueState.put_back`)."""
-        if type(entry) is PagedEntry:
+        if type(entry) is PagedEntry and entry.cached is None:
             self.paged += 1
             self.paged_bytes += entry.length
         QueueState.put_back(self, entry, returned=returned)
@@ -118,10 +122,21 @@ class JournaledQueue(QueueState):
     def pop(self) -> Entry:
         """Take the message at the head."""
         entry = QueueState.pop(self)
-        if type(entry) is PagedEntry:
+        if type(entry) is PagedEntry and entry.cached is None:
             self.paged -= 1
             self.paged_bytes -= entry.length
         return entry
+
+    def page_out(self) -> int:
+        """Drop the messages its ready entries keep in memory; how many were dropped."""
+        dropped = 0
+        for entry in self.ready:
+            if type(entry) is PagedEntry and entry.cached is not None:
+                entry.cached = None
+                self.paged_bytes += entry.length
+                dropped += 1
+        self.paged += dropped
+        return dropped
 
     def clear(self) -> None:
         """Drop every ready message (``queue.purge``)."""
@@ -163,6 +178,8 @@ class Journal:
         self._buffer = bytearray()
         self._gone: dict[str, list[int]] = {}  # ids that left, written at the next commit
         self._state = LiveState(self)
+        # Set while the broker is short of memory: new messages are paged out at once.
+        self.paging = False
         self._appended = self._written = self._synced = self._must_sync = 0
         self._size = self._live = 0
         self._compact_floor = 0  # raised after a failed compaction, not to retry it every time
@@ -288,8 +305,11 @@ class Journal:
             else:
                 self._state.bindings.pop(binding_key(binding), None)
 
-    def entered(self, queue: str, entry: Entry) -> Entry:
-        """Write a persistent message entering a durable queue; returns its paged entry."""
+    def entered(self, queue: str, entry: Entry, *, keep: bool = True) -> Entry:
+        """Write a persistent message entering a durable queue; returns its paged entry.
+
+        With ``keep``, the entry keeps the message in memory as well (until paged out).
+        """
         message = entry.message
         expires = None
         if entry.expires_at is not None:  # the wall clock survives a restart, monotonic not
@@ -303,7 +323,14 @@ class Journal:
             size = self._append(message_frame(queue, ident, message, expires))
             self._state.last_id = ident
             paged = PagedEntry(
-                self, ident, offset, size, len(message.body), entry.expires_at, entry.redelivered
+                self,
+                ident,
+                offset,
+                size,
+                len(message.body),
+                entry.expires_at,
+                entry.redelivered,
+                message if keep else None,
             )
             held[ident] = paged
             self._live += size

@@ -1,16 +1,22 @@
 """Paged queue entries: a durable queue's persistent messages live in the journal, not in RAM.
 
-RabbitMQ's lazy (and, since 3.12, every classic) queue keeps a small index
-entry per message in memory and the message itself on disk, read back when it
-is delivered. A broker with a journal does the same: when a persistent message
-enters a durable queue, the journal writes it and hands back a
-:class:`PagedEntry`, which keeps only where the record is (offset and size in
-the journal file), the body's length (for ``x-max-length-bytes``) and what the
-queue needs to order and expire it. Its ``message`` is read from the journal
-each time it is asked for (delivery, dead-lettering): from the journal's
-buffer while the record has not reached the file yet, else with one
-``pread``. The journal keeps the same entries as its index of live records, so
-compaction moves a record and updates its entry's offset in one place.
+RabbitMQ's lazy queue keeps a small index entry per message in memory and the
+message itself on disk, read back when it is delivered; its default classic
+queue keeps messages in memory too, and pages them out when memory runs short
+(at half of the high watermark: ``vm_memory_high_watermark_paging_ratio``). A
+broker with a journal does the same. When a persistent message enters a
+durable queue, the journal writes it and hands back a :class:`PagedEntry`,
+which keeps where the record is (offset and size in the journal file), the
+body's length (for ``x-max-length-bytes``), what the queue needs to order and
+expire it, and — unless the queue is lazy (``x-queue-mode=lazy``) or the
+broker is paging — the message itself in ``cached``. Paging out drops
+``cached``; from then on ``message`` is read from the journal each time it is
+asked for (delivery, dead-lettering): from the journal's buffer while the
+record has not reached the file yet, else with one ``pread``. Reading back
+costs a decode (some 25 µs for a log record), which is why a queue that fits
+in memory keeps its messages. The journal keeps the same entries as its index
+of live records, so compaction moves a record and updates its entry's offset
+in one place.
 
 Why the whole message and not only the body: a log record's body is a few
 hundred bytes, about what its properties, headers and ``Message`` objects take
@@ -58,13 +64,13 @@ class Pages(Protocol):
 
 
 class PagedEntry(JournaledEntry):
-    """A journaled entry that holds no message: it reads it back from ``pages`` on demand.
+    """A journaled entry that may drop its message and read it back from ``pages`` on demand.
 
     ``offset`` and ``record`` locate the message's record in the journal (the
     journal moves them when it compacts); ``length`` is the body's size.
     """
 
-    __slots__ = ("length", "offset", "pages", "record")
+    __slots__ = ("cached", "length", "offset", "pages", "record")
 
     def __init__(
         self,
@@ -75,6 +81,7 @@ class PagedEntry(JournaledEntry):
         length: int,
         expires_at: float | None = None,
         redelivered: bool = False,
+        cached: Message | None = None,
     ) -> None:
         # The message slot inherited from Entry stays empty: ``message`` below shadows it.
         self.expires_at = expires_at
@@ -85,11 +92,13 @@ class PagedEntry(JournaledEntry):
         self.offset = offset
         self.record = record
         self.length = length
+        self.cached = cached
 
     @property
     def message(self) -> Message:  # type: ignore[override]  # read-only, over the slot
-        """The message, read back from the journal (a fresh object each time)."""
-        return self.pages.read_message(self)
+        """The message: the one kept in memory, else read back from the journal."""
+        cached = self.cached
+        return cached if cached is not None else self.pages.read_message(self)
 
     @property
     def size(self) -> int:

@@ -393,7 +393,7 @@ def serve(
     broker = broker or Broker(f"serve:{path}")
     stop = stop or threading.Event()
     limit = default_limit() if memory_limit is None else memory_limit
-    watermark = Watermark(broker.held_bytes, limit).start()
+    watermark = Watermark(broker.held_bytes, limit, page=broker.page).start()
     try:
         with (
             _stopping_on(signals, stop),

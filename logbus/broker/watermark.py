@@ -18,6 +18,12 @@ a drain until the allocator gives pages back (and then only if it can), which
 would hold publishers blocked on an empty broker. RSS (from ``/proc``) is
 reported beside it for the operator and the benchmarks.
 
+Below the alarm, a broker with a journal pages: once what it holds passes
+:data:`PAGING_RATIO` of the limit, durable queues drop the persistent messages
+they keep in memory and page new ones at once (read back from the journal on
+delivery), until it falls below half of that again — RabbitMQ's
+``vm_memory_high_watermark_paging_ratio``.
+
 After a drain (what is held fell below a quarter of its peak, by at least
 :data:`TRIM_BYTES`) the sampler gives memory back to the system: a garbage
 collection, then glibc's ``malloc_trim`` where there is one.
@@ -41,6 +47,7 @@ from logbus.broker.queues import QueueState, SessionState
 
 __all__ = [
     "DEFAULT_SHARE",
+    "PAGING_RATIO",
     "TRIM_BYTES",
     "MemoryReport",
     "Watermark",
@@ -54,6 +61,8 @@ log = get_logger(__name__)
 
 #: The share of the machine's memory the default limit is (RabbitMQ's default 0.4).
 DEFAULT_SHARE = 0.4
+#: The share of the limit above which durable queues page their messages out (RabbitMQ's 0.5).
+PAGING_RATIO = 0.5
 #: How much must have been freed since the peak before memory is given back.
 TRIM_BYTES = 32 << 20
 
@@ -71,7 +80,7 @@ def accounted(queues: Iterable[QueueState], sessions: Iterable[SessionState]) ->
     for session in sessions:
         for unacked in session.unacked.values():
             entry = unacked.entry
-            if type(entry) is PagedEntry:
+            if type(entry) is PagedEntry and entry.cached is None:
                 total += PAGED_OVERHEAD
             else:
                 total += RESIDENT_OVERHEAD + entry.size
@@ -128,17 +137,29 @@ class MemoryReport:
 class Watermark:
     """Sample ``held()`` every ``interval`` seconds; alarm above ``limit``, clear below.
 
-    ``held`` is the broker's accounting (:meth:`~logbus.broker.Broker.held_bytes`).
+    ``held`` is the broker's accounting (:meth:`~logbus.broker.Broker.held_bytes`);
+    ``page``, when given, is called with True when what is held passes
+    :data:`PAGING_RATIO` of the limit and with False when it falls below half
+    of that (:meth:`~logbus.broker.Broker.page`).
     Call :meth:`start` to run the sampler thread and :meth:`close` to stop it;
     :meth:`sample` takes one sample now (tests, and the server after a drain).
     """
 
-    def __init__(self, held: Callable[[], int], limit: int, *, interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        held: Callable[[], int],
+        limit: int,
+        *,
+        interval: float = 0.1,
+        page: Callable[[bool], object] | None = None,
+    ) -> None:
         if limit <= 0:
             raise ValueError(f"the memory limit must be positive, not {limit!r}")
         self.limit = limit
         self.interval = interval
         self._held = held
+        self._page = page
+        self._paging = False
         self._changed = threading.Condition()
         self._alarmed = False
         self._last = 0
@@ -182,11 +203,25 @@ class Watermark:
                     accounted=held,
                     limit=self.limit,
                 )
+        if self._page is not None:
+            self._follow_paging(held)
         self._peak = max(self._peak, held)
         if self._peak - held >= TRIM_BYTES and held < self._peak // 4:
             give_back()
             self._peak = held
         return held
+
+    def _follow_paging(self, held: int) -> None:
+        mark = self.limit * PAGING_RATIO
+        paging = held >= mark if not self._paging else held >= mark / 2
+        if paging != self._paging and self._page is not None:
+            self._paging = paging
+            dropped = self._page(paging)
+            log.info(
+                "broker.paging" if paging else "broker.paging_ended",
+                accounted=held,
+                dropped=dropped,
+            )
 
     def wait_clear(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the alarm to clear; whether it has."""

@@ -112,7 +112,7 @@ def test_a_paged_durable_queue_delivers_every_body_intact_after_a_serve_restart(
     process = serve_process(sock, data_dir)
     try:
         with LocalTransport(f"local://{sock}") as transport:
-            transport.declare_queue("paged")
+            transport.declare_queue("paged", arguments={"x-queue-mode": "lazy"})
             props = Properties(delivery_mode=PERSISTENT)
             transport.publish_many(Message(body, props, "", "paged") for body in bodies)
             first = transport.get("paged")

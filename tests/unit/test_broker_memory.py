@@ -52,23 +52,41 @@ def drain(session: Session, queue: str) -> list[Message]:
     return taken
 
 
-def test_a_durable_queue_keeps_index_entries_not_messages(open_broker):
-    """Persistent messages in a durable queue are paged: the broker accounts no body bytes."""
+LAZY = {"x-queue-mode": "lazy"}
+
+
+def test_a_lazy_durable_queue_keeps_index_entries_not_messages(open_broker):
+    """Persistent messages in a lazy durable queue are paged: no body bytes are accounted."""
+    broker = open_broker()
+    session = open_session(broker)
+    session.declare_queue("work", arguments=LAZY)
+    bodies = sample_bodies(300)
+    publish(session, "work", bodies)
+    queue = broker._queues["work"]
+    assert all(type(entry) is PagedEntry and entry.cached is None for entry in queue.ready)
+    assert queue.ready_bytes == sum(map(len, bodies))  # x-max-length-bytes still counts them
+    assert broker.held_bytes() == len(bodies) * PAGED_OVERHEAD  # index entries, no bodies
+
+
+def test_paging_out_drops_the_messages_a_default_queue_kept(open_broker):
+    """A default durable queue keeps its messages until the broker pages; then only entries."""
     broker = open_broker()
     session = open_session(broker)
     session.declare_queue("work")
     bodies = sample_bodies(300)
     publish(session, "work", bodies)
-    queue = broker._queues["work"]
-    assert all(type(entry) is PagedEntry for entry in queue.ready)
-    assert queue.ready_bytes == sum(map(len, bodies))  # x-max-length-bytes still counts them
-    assert broker.held_bytes() == len(bodies) * PAGED_OVERHEAD  # index entries, no bodies
+    assert broker.held_bytes() > sum(map(len, bodies))
+    assert broker.page(True) == len(bodies)
+    assert broker.held_bytes() == len(bodies) * PAGED_OVERHEAD
+    publish(session, "work", [b"paged at once"])
+    assert broker.held_bytes() == (len(bodies) + 1) * PAGED_OVERHEAD
+    assert [m.body for m in drain(session, "work")] == [*bodies, b"paged at once"]
 
 
 def test_paged_messages_are_delivered_intact_and_in_order(open_broker):
     """Each paged message comes back with its exact body, properties and key, in order."""
     session = open_session(open_broker())
-    session.declare_queue("work")
+    session.declare_queue("work", arguments=LAZY)
     bodies = sample_bodies(300)
     publish(session, "work", bodies)
     taken = drain(session, "work")
@@ -95,7 +113,7 @@ def test_paged_messages_survive_a_compaction_that_moves_them(open_broker):
     """Compacting rewrites the file; entries follow their records and read intact."""
     broker = open_broker()
     session = open_session(broker)
-    session.declare_queue("work")
+    session.declare_queue("work", arguments=LAZY)
     bodies = sample_bodies(200)
     publish(session, "work", bodies)
     for _ in range(50):  # acked: their records are dead weight the compaction drops
@@ -166,3 +184,14 @@ def test_memory_is_given_back_once_after_a_drain(monkeypatch):
         held[0] = value
         mark.sample()
     assert calls == [1]
+
+
+def test_the_broker_pages_above_half_its_limit_and_stops_below_a_quarter():
+    """Paging starts at PAGING_RATIO of the limit and ends below half of that (hysteresis)."""
+    calls: list[bool] = []
+    held = [0]
+    mark = Watermark(lambda: held[0], 1_000, page=calls.append)
+    for value in (100, 499, 500, 300, 260, 249, 600):
+        held[0] = value
+        mark.sample()
+    assert calls == [True, False, True]
