@@ -37,7 +37,9 @@ Worker pools — ``Worker`` on ``memory://`` (the broker in this process, so the
 durable — ``logbus broker serve --data-dir`` in its own process (its default memory
   limit): ``--durable-count`` records (default 1,000,000) published (pipelined
   confirms, one connection) to a durable queue, then drained by a consumer acking
-  each. Printed: the publish and drain rates, and the broker process's RSS from
+  each; once to a default queue (messages kept in memory while it has room) and
+  once, with a fresh broker, to a lazy one (``x-queue-mode=lazy``: paged at once).
+  Printed: the publish and drain rates, and the broker process's RSS from
   ``/proc`` at start, at its peak (``VmHWM``) and after the drain (the lowest seen
   within 5 s, as the broker gives memory back on its own schedule); the baseline
   is the bodies' own size: peak growth per record against the body's bytes.
@@ -574,18 +576,17 @@ def lowest_rss(pid: int, seconds: float = 5.0) -> int:
     return lowest
 
 
-def bench_durable(count: int) -> None:
-    """A durable queue of ``count`` records in a broker serve process: rates and RSS."""
-    print(
-        f"# local:// durable queue: {count:,} persistent records published to a broker serve "
-        "process with --data-dir, then drained (consumer acking each)"
-    )
+def durable_run(count: int, arguments: dict[str, Any]) -> tuple[float, float, int, int, int]:
+    """Publish ``count`` records to a durable queue of a fresh broker serve process, drain it.
+
+    Returns the publish and drain rates and the broker's RSS at start, peak and after.
+    """
     directory = tempfile.mkdtemp(prefix="lbb-")
     process, url = serve_broker(directory)
     try:
         start_rss = proc_status(process.pid, "VmRSS")
         with connect(url) as publisher:
-            queue = publisher.declare_queue("bench.durable", durable=True).name
+            queue = publisher.declare_queue("bench.durable", arguments=arguments).name
             started = time.perf_counter()
             publisher.publish_many(Message(BODY, PROPERTIES, "", queue) for _ in range(count))
             published = time.perf_counter() - started
@@ -602,16 +603,27 @@ def bench_durable(count: int) -> None:
         process.terminate()
         process.wait(60)
         shutil.rmtree(directory, ignore_errors=True)
-    growth = (peak - start_rss) / count
+    return rate(count, published), rate(count, drained), start_rss, peak, after
+
+
+def bench_durable(count: int) -> None:
+    """A durable queue of ``count`` records in a broker serve process: rates and RSS."""
     print(
-        f"publish        {rate(count, published):>12,.0f} records/s  drain "
-        f"{rate(count, drained):,.0f} records/s"
+        f"# local:// durable queue: {count:,} persistent records published to a broker serve "
+        "process with --data-dir, then drained (consumer acking each)"
     )
-    print(
-        f"broker RSS     start {start_rss / MiB:,.0f} MiB  peak {peak / MiB:,.0f} MiB "
-        f"({growth:,.0f} B/record, body {len(BODY)} B: ratio={growth / len(BODY):.2f}x)  "
-        f"after drain {after / MiB:,.0f} MiB (+{(after - start_rss) / MiB:,.0f} MiB over start)"
-    )
+    for mode, arguments in (("default", {}), ("lazy", {"x-queue-mode": "lazy"})):
+        published, drained, start_rss, peak, after = durable_run(count, arguments)
+        growth = (peak - start_rss) / count
+        print(
+            f"{mode + ' queue':<14} publish {published:>9,.0f} records/s  "
+            f"drain {drained:>9,.0f} records/s"
+        )
+        print(
+            f"{'':<14} broker RSS start {start_rss / MiB:,.0f} MiB  peak {peak / MiB:,.0f} MiB "
+            f"({growth:,.0f} B/record, body {len(BODY)} B: ratio={growth / len(BODY):.2f}x)  "
+            f"after drain {after / MiB:,.0f} MiB (+{(after - start_rss) / MiB:,.0f} MiB)"
+        )
 
 
 PARTS = ("memory", "process", "pools", "gevent", "durable")
