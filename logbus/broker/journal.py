@@ -24,15 +24,13 @@ whenever the file outgrows ``compact_factor`` times the live size.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from logbus._log import get_logger
 from logbus.broker.journal_format import (
@@ -47,15 +45,16 @@ from logbus.broker.journal_format import (
     damaged,
     exchange_frame,
     message_frame,
+    old_records,
     put_record,
     queue_frame,
     read_message,
     read_records,
 )
-from logbus.broker.paging import JournaledEntry, PagedEntry
+from logbus.broker.paging import JournaledEntry, JournaledQueue, PagedEntry
 from logbus.broker.queues import Entry, ExchangeState, QueueState, monotonic
 from logbus.errors import ConfigError, DecodeError, InputError, PreconditionFailed
-from logbus.message import PERSISTENT, Message
+from logbus.message import Message
 from logbus.wire.frames import Frame
 
 __all__ = [
@@ -77,71 +76,6 @@ JOURNAL_NAME = "journal"
 _COMPACT_NAME = "journal.compact"
 _LOCK_NAME = "lock"
 _WRITE_CHUNK = 1 << 20
-
-
-# -- what a broker keeps in it ------------------------------------------------------
-
-
-class JournaledQueue(QueueState):
-    """A durable queue of a broker with a journal: persistent messages are written on entry.
-
-    A persistent message gets a :class:`~logbus.broker.paging.PagedEntry`: kept in
-    memory too, unless the queue is lazy (``x-queue-mode=lazy``) or the journal is
-    paging. The queue counts its entries paged out in ``paged`` and ``paged_bytes``,
-    which the memory accounting subtracts from what it holds in RAM.
-    """
-
-    __slots__ = ("journal", "lazy", "paged", "paged_bytes")
-
-    def __init__(
-        self, journal: Journal, name: str, auto_delete: bool, arguments: dict[str, Any]
-    ) -> None:
-        QueueState.__init__(self, name, True, None, auto_delete, arguments)
-        self.journal = journal
-        self.lazy = arguments.get("x-queue-mode") == "lazy"
-        self.paged = self.paged_bytes = 0
-
-    def push(self, entry: Entry) -> None:
-        """Append a message at the tail, writing it ahead when it is persistent."""
-        if type(entry) is Entry and entry.message.properties.delivery_mode == PERSISTENT:
-            entry = self.journal.entered(
-                self.name, entry, keep=not (self.lazy or self.journal.paging)
-            )
-        if type(entry) is PagedEntry and entry.cached is None:
-            self.paged += 1
-            self.paged_bytes += entry.length
-        QueueState.push(self, entry)
-
-    def put_back(self, entry: Entry, *, returned: bool = False) -> None:
-        """Requeue a message where RabbitMQ puts it back (see :meth:`QueueState.put_back`)."""
-        if type(entry) is PagedEntry and entry.cached is None:
-            self.paged += 1
-            self.paged_bytes += entry.length
-        QueueState.put_back(self, entry, returned=returned)
-
-    def pop(self) -> Entry:
-        """Take the message at the head."""
-        entry = QueueState.pop(self)
-        if type(entry) is PagedEntry and entry.cached is None:
-            self.paged -= 1
-            self.paged_bytes -= entry.length
-        return entry
-
-    def page_out(self) -> int:
-        """Drop the messages its ready entries keep in memory; how many were dropped."""
-        dropped = 0
-        for entry in self.ready:
-            if type(entry) is PagedEntry and entry.cached is not None:
-                entry.cached = None
-                self.paged_bytes += entry.length
-                dropped += 1
-        self.paged += dropped
-        return dropped
-
-    def clear(self) -> None:
-        """Drop every ready message (``queue.purge``)."""
-        QueueState.clear(self)
-        self.paged = self.paged_bytes = 0
 
 
 # -- the journal --------------------------------------------------------------------
@@ -468,7 +402,8 @@ class Journal:
         out, size = bytearray(MAGIC), 0
         moved: list[tuple[PagedEntry, int]] = []
         try:
-            with self._old_records() as old:
+            in_file = self._size if self._read_fd >= 0 else None
+            with old_records(self.path, in_file, self._buffer) as old:
                 for exchange in state.exchanges.values():
                     put_record(out, exchange_frame(exchange))
                 for queue in state.queues.values():
@@ -498,39 +433,6 @@ class Journal:
             os.close(self._read_fd)
         self._read_fd = os.open(self.path, os.O_RDONLY)
         return os.open(self.path, os.O_WRONLY | os.O_APPEND)
-
-    @contextlib.contextmanager
-    def _old_records(self) -> Iterator[Callable[[PagedEntry], bytes | memoryview]]:
-        """Read live records from the current file (mapped) or the buffer, during a rewrite."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            fd = -1
-        mapped: mmap.mmap | None = None
-        try:
-            file_size = os.fstat(fd).st_size if fd >= 0 else 0
-            if file_size:
-                mapped = mmap.mmap(fd, file_size, access=mmap.ACCESS_READ)
-            view = memoryview(mapped) if mapped is not None else memoryview(b"")
-            in_file = self._size if self._read_fd >= 0 else file_size
-            buffer = memoryview(self._buffer)
-
-            def old(entry: PagedEntry) -> bytes | memoryview:
-                start = entry.offset - in_file
-                if start >= 0:
-                    return buffer[start : start + entry.record]
-                return view[entry.offset : entry.offset + entry.record]
-
-            try:
-                yield old
-            finally:
-                view.release()
-                buffer.release()
-        finally:
-            if mapped is not None:
-                mapped.close()
-            if fd >= 0:
-                os.close(fd)
 
     def close(self) -> None:
         """Write what is buffered, fsync (unless ``never``), and release the directory."""

@@ -23,10 +23,13 @@ written out alone when :class:`~logbus.broker.journal.Journal` compacts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
+import os
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,7 @@ __all__ = [
     "damaged",
     "exchange_frame",
     "message_frame",
+    "old_records",
     "put_record",
     "queue_frame",
     "read_message",
@@ -301,6 +305,46 @@ def read_records(path: Path, data: bytes) -> Iterator[tuple[Frame, int]]:
             raise damaged(path, offset, str(exc)) from None
         yield frames[0], stop - offset
         offset = stop
+
+
+@contextlib.contextmanager
+def old_records(
+    path: Path, in_file: int | None, buffer: bytearray
+) -> Iterator[Callable[[PagedEntry], bytes | memoryview]]:
+    """Read live records while a journal is rewritten: from ``path`` (mapped) or ``buffer``.
+
+    ``in_file`` is how many bytes of the journal are in the file, the rest being
+    in ``buffer``; None when the file is all there is (opening).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = -1
+    mapped: mmap.mmap | None = None
+    try:
+        file_size = os.fstat(fd).st_size if fd >= 0 else 0
+        if file_size:
+            mapped = mmap.mmap(fd, file_size, access=mmap.ACCESS_READ)
+        view = memoryview(mapped) if mapped is not None else memoryview(b"")
+        split = file_size if in_file is None else in_file
+        pending = memoryview(buffer)
+
+        def old(entry: PagedEntry) -> bytes | memoryview:
+            start = entry.offset - split
+            if start >= 0:
+                return pending[start : start + entry.record]
+            return view[entry.offset : entry.offset + entry.record]
+
+        try:
+            yield old
+        finally:
+            view.release()
+            pending.release()
+    finally:
+        if mapped is not None:
+            mapped.close()
+        if fd >= 0:
+            os.close(fd)
 
 
 def _torn(path: Path, offset: int, end: int) -> None:

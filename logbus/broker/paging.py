@@ -31,12 +31,22 @@ their messages in RAM, bounded by the memory watermark
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from logbus.broker.queues import Entry
-from logbus.message import Message
+from logbus.broker.queues import Entry, QueueState
+from logbus.message import PERSISTENT, Message
 
-__all__ = ["PAGED_OVERHEAD", "RESIDENT_OVERHEAD", "JournaledEntry", "PagedEntry", "Pages"]
+if TYPE_CHECKING:
+    from logbus.broker.journal import Journal
+
+__all__ = [
+    "PAGED_OVERHEAD",
+    "RESIDENT_OVERHEAD",
+    "JournaledEntry",
+    "JournaledQueue",
+    "PagedEntry",
+    "Pages",
+]
 
 #: Bytes an in-RAM entry costs beyond its body: ``Entry``, ``Message``, ``Properties``,
 #: their strings and headers, and the queue's slot. Measured with tracemalloc: about
@@ -111,3 +121,65 @@ class PagedEntry(JournaledEntry):
 
     def __repr__(self) -> str:
         return f"PagedEntry(id={self.id}, offset={self.offset}, length={self.length})"
+
+
+class JournaledQueue(QueueState):
+    """A durable queue of a broker with a journal: persistent messages are written on entry.
+
+    A persistent message gets a :class:`~logbus.broker.paging.PagedEntry`: kept in
+    memory too, unless the queue is lazy (``x-queue-mode=lazy``) or the journal is
+    paging. The queue counts its entries paged out in ``paged`` and ``paged_bytes``,
+    which the memory accounting subtracts from what it holds in RAM.
+    """
+
+    __slots__ = ("journal", "lazy", "paged", "paged_bytes")
+
+    def __init__(
+        self, journal: Journal, name: str, auto_delete: bool, arguments: dict[str, Any]
+    ) -> None:
+        QueueState.__init__(self, name, True, None, auto_delete, arguments)
+        self.journal = journal
+        self.lazy = arguments.get("x-queue-mode") == "lazy"
+        self.paged = self.paged_bytes = 0
+
+    def push(self, entry: Entry) -> None:
+        """Append a message at the tail, writing it ahead when it is persistent."""
+        if type(entry) is Entry and entry.message.properties.delivery_mode == PERSISTENT:
+            entry = self.journal.entered(
+                self.name, entry, keep=not (self.lazy or self.journal.paging)
+            )
+        if type(entry) is PagedEntry and entry.cached is None:
+            self.paged += 1
+            self.paged_bytes += entry.length
+        QueueState.push(self, entry)
+
+    def put_back(self, entry: Entry, *, returned: bool = False) -> None:
+        """Requeue a message where RabbitMQ puts it back (see :meth:`QueueState.put_back`)."""
+        if type(entry) is PagedEntry and entry.cached is None:
+            self.paged += 1
+            self.paged_bytes += entry.length
+        QueueState.put_back(self, entry, returned=returned)
+
+    def pop(self) -> Entry:
+        """Take the message at the head."""
+        entry = QueueState.pop(self)
+        if type(entry) is PagedEntry and entry.cached is None:
+            self.paged -= 1
+            self.paged_bytes -= entry.length
+        return entry
+
+    def page_out(self) -> int:
+        """Drop the messages its ready entries keep in memory; how many were dropped."""
+        dropped = 0
+        for entry in self.ready:
+            if type(entry) is PagedEntry and entry.cached is not None:
+                entry.cached = None
+                self.paged_bytes += entry.length
+                dropped += 1
+        self.paged += dropped
+        return dropped
+
+    def clear(self) -> None:
+        """Drop every ready message (``queue.purge``)."""
+        QueueState.clear(self)
+        self.paged = self.paged_bytes = 0
