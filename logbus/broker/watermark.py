@@ -42,8 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from logbus._log import get_logger
-from logbus.broker.paging import JournaledQueue
-from logbus.broker.paging import PAGED_OVERHEAD, RESIDENT_OVERHEAD, PagedEntry
+from logbus.broker.paging import PAGED_OVERHEAD, RESIDENT_OVERHEAD, JournaledQueue, PagedEntry
 from logbus.broker.queues import QueueState, SessionState
 
 __all__ = [
