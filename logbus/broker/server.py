@@ -388,17 +388,18 @@ def serve(
     """
     path = os.path.abspath(path)
     key_file = os.path.abspath(authkey_file or key_path_for(path))
+    limit = default_limit() if memory_limit is None else memory_limit
     listener, key = listen(path, authkey_file=key_file)
     own_broker = broker is None
     broker = broker or Broker(f"serve:{path}")
     stop = stop or threading.Event()
-    limit = default_limit() if memory_limit is None else memory_limit
-    watermark = Watermark(broker.held_bytes, limit, page=broker.page).start()
+    watermark = Watermark(broker.held_bytes, limit, page=broker.page)
     try:
         with (
             _stopping_on(signals, stop),
             BrokerServer(broker, listener, authkey=key, watermark=watermark),
         ):
+            watermark.start()  # after the handlers: a signal at once still stops cleanly
             if on_ready is not None:
                 on_ready(path, key_file)
             stop.wait()
