@@ -34,6 +34,16 @@ Worker pools — ``Worker`` on ``memory://`` (the broker in this process, so the
              one would change what the other parts measure, so each run is a
              patched subprocess (``python -c``) that prints its time.
 
+durable — ``logbus broker serve --data-dir`` in its own process (its default memory
+  limit): ``--durable-count`` records (default 1,000,000) published (pipelined
+  confirms, one connection) to a durable queue, then drained by a consumer acking
+  each; once to a default queue (messages kept in memory while it has room) and
+  once, with a fresh broker, to a lazy one (``x-queue-mode=lazy``: paged at once).
+  Printed: the publish and drain rates, and the broker process's RSS from
+  ``/proc`` at start, at its peak (``VmHWM``) and after the drain (the lowest seen
+  within 5 s, as the broker gives memory back on its own schedule); the baseline
+  is the bodies' own size: peak growth per record against the body's bytes.
+
 gevent:// — greenlets on one hub, with no monkey-patching: nothing here needs it
 (gevent:// is correct without it), and patching would change what the thread and
 process parts measure.
@@ -48,6 +58,7 @@ process parts measure.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import multiprocessing
@@ -526,15 +537,118 @@ def bench_gevent() -> None:
     )
 
 
+# -- a durable queue in a broker serve process ------------------------------------
+
+DURABLE_COUNT = 1_000_000
+MiB = 1 << 20
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+def serve_broker(directory: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``logbus broker serve --data-dir`` in a child process, and its local:// URL."""
+    sock = os.path.join(directory, "broker.sock")
+    data = os.path.join(directory, "data")
+    command = [sys.executable, "-m", "logbus", "broker", "serve", "--listen", sock]
+    process = subprocess.Popen([*command, "--data-dir", data], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("logbus broker serve did not start")
+        time.sleep(0.05)
+    return process, f"local://{sock}"
+
+
+def lowest_rss(pid: int, seconds: float = 5.0) -> int:
+    """The lowest RSS of ``pid`` seen over ``seconds`` (memory is given back in the background)."""
+    lowest = proc_status(pid, "VmRSS")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        lowest = min(lowest, proc_status(pid, "VmRSS"))
+    return lowest
+
+
+def durable_run(count: int, arguments: dict[str, Any]) -> tuple[float, float, int, int, int]:
+    """Publish ``count`` records to a durable queue of a fresh broker serve process, drain it.
+
+    Returns the publish and drain rates and the broker's RSS at start, peak and after.
+    """
+    directory = tempfile.mkdtemp(prefix="lbb-")
+    process, url = serve_broker(directory)
+    try:
+        start_rss = proc_status(process.pid, "VmRSS")
+        with connect(url) as publisher:
+            queue = publisher.declare_queue("bench.durable", arguments=arguments).name
+            started = time.perf_counter()
+            publisher.publish_many(Message(BODY, PROPERTIES, "", queue) for _ in range(count))
+            published = time.perf_counter() - started
+        peak = proc_status(process.pid, "VmHWM")
+        with connect(url) as subscriber:
+            started = time.perf_counter()
+            for received, delivery in enumerate(subscriber.consume(queue, prefetch=1000), 1):
+                delivery.ack()
+                if received == count:
+                    break
+            drained = time.perf_counter() - started
+        after = lowest_rss(process.pid)
+    finally:
+        process.terminate()
+        process.wait(60)
+        shutil.rmtree(directory, ignore_errors=True)
+    return rate(count, published), rate(count, drained), start_rss, peak, after
+
+
+def bench_durable(count: int) -> None:
+    """A durable queue of ``count`` records in a broker serve process: rates and RSS."""
+    print(
+        f"# local:// durable queue: {count:,} persistent records published to a broker serve "
+        "process with --data-dir, then drained (consumer acking each)"
+    )
+    for mode, arguments in (("default", {}), ("lazy", {"x-queue-mode": "lazy"})):
+        published, drained, start_rss, peak, after = durable_run(count, arguments)
+        growth = (peak - start_rss) / count
+        print(
+            f"{mode + ' queue':<14} publish {published:>9,.0f} records/s  "
+            f"drain {drained:>9,.0f} records/s"
+        )
+        print(
+            f"{'':<14} broker RSS start {start_rss / MiB:,.0f} MiB  peak {peak / MiB:,.0f} MiB "
+            f"({growth:,.0f} B/record, body {len(BODY)} B: ratio={growth / len(BODY):.2f}x)  "
+            f"after drain {after / MiB:,.0f} MiB (+{(after - start_rss) / MiB:,.0f} MiB)"
+        )
+
+
+PARTS = ("memory", "process", "pools", "gevent", "durable")
+
+
 def main() -> None:
-    """Run every local benchmark and print each figure next to its baseline."""
-    bench_memory()
-    print()
-    bench_process()
-    print()
-    bench_pools()
-    print()
-    bench_gevent()
+    """Run the local benchmarks asked for and print each figure next to its baseline."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}"
+    )
+    parser.add_argument("--durable-count", type=int, default=DURABLE_COUNT, metavar="N")
+    options = parser.parse_args()
+    parts = [part.strip() for part in options.parts.split(",") if part.strip()]
+    runs: dict[str, Callable[[], None]] = {
+        "memory": bench_memory,
+        "process": bench_process,
+        "pools": bench_pools,
+        "gevent": bench_gevent,
+        "durable": lambda: bench_durable(options.durable_count),
+    }
+    for index, part in enumerate(parts):
+        if index:
+            print()
+        runs[part]()
 
 
 if __name__ == "__main__":

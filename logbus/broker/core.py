@@ -33,7 +33,7 @@ from collections.abc import Set as AbstractSet
 from enum import Enum
 from typing import Any
 
-from logbus.broker.journal import Journal, JournaledEntry, JournaledQueue
+from logbus.broker.journal import Journal, JournaledQueue
 from logbus.broker.queues import (
     ConsumerState,
     Delivered,
@@ -49,6 +49,7 @@ from logbus.broker.registry import EXCHANGE_TYPES, QUEUE, Registry
 from logbus.broker.settlement import Guard, Settling
 from logbus.broker.streams import StreamState, is_stream
 from logbus.broker.streams import dispatch as dispatch_stream
+from logbus.broker.watermark import accounted
 from logbus.errors import AccessRefused, PreconditionFailed
 from logbus.message import Message, QueueInfo
 
@@ -123,10 +124,12 @@ class Broker(Registry, Settling):
                     else JournaledQueue(journal, record.name, record.auto_delete, arguments)
                 )
                 self._queues[record.name] = queue
-                for stored in record.messages:
-                    at = None if stored.expires is None else now + (stored.expires - wall)
-                    queue.push(JournaledEntry(stored.message, at, True, stored.id))
-                    expiring = expiring or at is not None
+                for entry in record.messages:  # paged: their messages stay in the journal
+                    if entry.expires_at is not None:  # wall clock, until adopted here
+                        entry.expires_at = now + (entry.expires_at - wall)
+                        expiring = True
+                    entry.redelivered = True
+                    queue.push(entry)
             for binding in recovery.bindings:
                 source = self._exchanges.get(binding.source)
                 targets = self._queues if binding.kind == QUEUE else self._exchanges
@@ -145,6 +148,25 @@ class Broker(Registry, Settling):
             state = SessionState(next(self._session_ids), name, lambda: next(counter))
             self._sessions[state.id] = state
             return state
+
+    def held_bytes(self) -> int:
+        """Bytes held for messages, as the memory watermark counts them (see its module)."""
+        with self._guard:
+            return accounted(self._queues.values(), self._sessions.values())
+
+    def page(self, paging: bool) -> int:
+        """Page durable queues' persistent messages out at once, or keep them (see paging).
+
+        Turning paging on also drops the messages queues keep in memory; returns
+        how many. Without a journal there is nowhere to page to: nothing happens.
+        """
+        if self._journal is None:
+            return 0
+        with self._guard:
+            self._journal.paging = paging
+            if not paging:
+                return 0
+            return sum(q.page_out() for q in self._queues.values() if isinstance(q, JournaledQueue))
 
     def close(self) -> None:
         """Stop the expiry thread and close the journal; open sessions keep their state."""

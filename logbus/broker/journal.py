@@ -29,18 +29,15 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from logbus._log import get_logger
 from logbus.broker.journal_format import (
     MAGIC,
     BindingRecord,
     ExchangeRecord,
-    Held,
     LiveState,
-    MessageRecord,
     QueueRecord,
     Recovery,
     binding_frame,
@@ -48,13 +45,16 @@ from logbus.broker.journal_format import (
     damaged,
     exchange_frame,
     message_frame,
+    old_records,
     put_record,
     queue_frame,
+    read_message,
     read_records,
 )
+from logbus.broker.paging import JournaledEntry, JournaledQueue, PagedEntry
 from logbus.broker.queues import Entry, ExchangeState, QueueState, monotonic
 from logbus.errors import ConfigError, DecodeError, InputError, PreconditionFailed
-from logbus.message import PERSISTENT
+from logbus.message import Message
 from logbus.wire.frames import Frame
 
 __all__ = [
@@ -64,7 +64,7 @@ __all__ = [
     "Journal",
     "JournaledEntry",
     "JournaledQueue",
-    "MessageRecord",
+    "PagedEntry",
     "QueueRecord",
     "Recovery",
 ]
@@ -76,34 +76,6 @@ JOURNAL_NAME = "journal"
 _COMPACT_NAME = "journal.compact"
 _LOCK_NAME = "lock"
 _WRITE_CHUNK = 1 << 20
-
-
-# -- what a broker keeps in it ------------------------------------------------------
-
-
-@dataclass(slots=True)
-class JournaledEntry(Entry):
-    """A queue entry whose message is in the journal under ``id``."""
-
-    id: int = 0
-
-
-class JournaledQueue(QueueState):
-    """A durable queue of a broker with a journal: persistent messages are written on entry."""
-
-    __slots__ = ("journal",)
-
-    def __init__(
-        self, journal: Journal, name: str, auto_delete: bool, arguments: dict[str, Any]
-    ) -> None:
-        QueueState.__init__(self, name, True, None, auto_delete, arguments)
-        self.journal = journal
-
-    def push(self, entry: Entry) -> None:
-        """Append a message at the tail, writing it ahead when it is persistent."""
-        if type(entry) is Entry and entry.message.properties.delivery_mode == PERSISTENT:
-            entry = self.journal.entered(self.name, entry)
-        QueueState.push(self, entry)
 
 
 # -- the journal --------------------------------------------------------------------
@@ -139,21 +111,24 @@ class Journal:
         self._sync_lock = threading.Lock()  # one fsync or rewrite at a time; taken first
         self._buffer = bytearray()
         self._gone: dict[str, list[int]] = {}  # ids that left, written at the next commit
-        self._state = LiveState()
+        self._state = LiveState(self)
+        # Set while the broker is short of memory: new messages are paged out at once.
+        self.paging = False
         self._appended = self._written = self._synced = self._must_sync = 0
         self._size = self._live = 0
         self._compact_floor = 0  # raised after a failed compaction, not to retry it every time
         self._closed = self._attached = False
         self._stop = threading.Event()
         self._lock_fd = self._open_directory()
+        self._read_fd = -1  # paged messages are read back through it
         try:
             self._replay()
             self._fd = self._rewrite()
         except OSError as exc:
-            os.close(self._lock_fd)
+            self._close_files()
             raise ConfigError(f"cannot write journal {self.path}: {exc}") from None
         except BaseException:
-            os.close(self._lock_fd)
+            self._close_files()
             raise
         self._flusher: threading.Thread | None = None
         if fsync == "interval":
@@ -204,7 +179,7 @@ class Journal:
         offset = len(MAGIC)
         for frame, size in read_records(self.path, data):
             try:
-                self._state.apply(frame, size)
+                self._state.apply(frame, size, offset)
             except (DecodeError, KeyError, TypeError, ValueError) as exc:
                 raise damaged(self.path, offset, f"unreadable {frame.op!r} record: {exc}") from None
             offset += size
@@ -264,8 +239,11 @@ class Journal:
             else:
                 self._state.bindings.pop(binding_key(binding), None)
 
-    def entered(self, queue: str, entry: Entry) -> Entry:
-        """Write a persistent message entering a durable queue; returns its journaled entry."""
+    def entered(self, queue: str, entry: Entry, *, keep: bool = True) -> Entry:
+        """Write a persistent message entering a durable queue; returns its paged entry.
+
+        With ``keep``, the entry keeps the message in memory as well (until paged out).
+        """
         message = entry.message
         expires = None
         if entry.expires_at is not None:  # the wall clock survives a restart, monotonic not
@@ -275,11 +253,33 @@ class Journal:
             ident = self._state.last_id + 1
             if held is None or self._closed:
                 return entry
+            offset = self._size + len(self._buffer)  # where it lands in the file
             size = self._append(message_frame(queue, ident, message, expires))
             self._state.last_id = ident
-            held[ident] = Held(message, expires, size)
+            paged = PagedEntry(
+                self,
+                ident,
+                offset,
+                size,
+                len(message.body),
+                entry.expires_at,
+                entry.redelivered,
+                message if keep else None,
+            )
+            held[ident] = paged
             self._live += size
-        return JournaledEntry(message, entry.expires_at, entry.redelivered, ident)
+        return paged
+
+    def read_message(self, entry: PagedEntry) -> Message:
+        """A paged entry's message: from the buffer if not written yet, else from the file."""
+        with self._lock:
+            start = entry.offset - self._size
+            if start >= 0:
+                return read_message(bytes(self._buffer[start : start + entry.record]))
+            if self._closed:
+                raise PreconditionFailed("PRECONDITION_FAILED - the broker's journal is closed")
+            data = os.pread(self._read_fd, entry.record, entry.offset)
+        return read_message(data)
 
     def left(self, queue: str, entry: Entry) -> None:
         """Strike off a message that left a durable queue for good (no-op if not journaled)."""
@@ -295,9 +295,12 @@ class Journal:
                     self._strike(queue, entry.id)
 
     def _strike(self, queue: str, ident: int) -> None:
-        held = self._state.messages.get(queue, {}).pop(ident, None)
+        messages = self._state.messages.get(queue, {})
+        held = messages.pop(ident, None)
+        if not messages and queue in self._state.messages:
+            self._state.messages[queue] = {}  # a dict never shrinks: a drained one is replaced
         if held is not None and not self._closed:
-            self._live -= held.size
+            self._live -= held.record
             self._gone.setdefault(queue, []).append(ident)
 
     def _append(self, frame: Frame) -> int:
@@ -381,7 +384,6 @@ class Journal:
             if self._closed:
                 return
             fd = self._rewrite()  # from the live state, which has what is still buffered too
-            self._buffer.clear()
             self._gone.clear()
             os.close(self._fd)
             self._fd = fd
@@ -389,33 +391,47 @@ class Journal:
             self._compact_floor = 0
 
     def _rewrite(self) -> int:
+        """Write the live state to a fresh file, messages copied as their records are.
+
+        Paged entries move: their new offsets are set once the new file has
+        replaced the old one, so a failed rewrite leaves them reading the old.
+        """
         state = self._state
         temp = self.directory / _COMPACT_NAME
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         out, size = bytearray(MAGIC), 0
+        moved: list[tuple[PagedEntry, int]] = []
         try:
-            for exchange in state.exchanges.values():
-                put_record(out, exchange_frame(exchange))
-            for queue in state.queues.values():
-                put_record(out, queue_frame(queue))
-            for binding in state.bindings.values():
-                put_record(out, binding_frame(binding))
-            live = len(out)
-            for name, held in state.messages.items():
-                for ident, item in held.items():
-                    frame = message_frame(name, ident, item.message, item.expires)
-                    item.size = put_record(out, frame)
-                    live += item.size
-                    if len(out) >= _WRITE_CHUNK:
-                        size += _write_all(fd, out)
-                        out.clear()
+            in_file = self._size if self._read_fd >= 0 else None
+            with old_records(self.path, in_file, self._buffer) as old:
+                for exchange in state.exchanges.values():
+                    put_record(out, exchange_frame(exchange))
+                for queue in state.queues.values():
+                    put_record(out, queue_frame(queue))
+                for binding in state.bindings.values():
+                    put_record(out, binding_frame(binding))
+                live = len(out)
+                for held in state.messages.values():
+                    for item in held.values():
+                        moved.append((item, size + len(out)))
+                        out += old(item)
+                        live += item.record
+                        if len(out) >= _WRITE_CHUNK:
+                            size += _write_all(fd, out)
+                            out.clear()
             size += _write_all(fd, out)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, self.path)
+        for item, offset in moved:
+            item.offset = offset
+        self._buffer.clear()
         _fsync_directory(self.directory)
         self._size, self._live = size, live
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+        self._read_fd = os.open(self.path, os.O_RDONLY)
         return os.open(self.path, os.O_WRONLY | os.O_APPEND)
 
     def close(self) -> None:
@@ -433,7 +449,13 @@ class Journal:
             finally:
                 self._closed = True
                 os.close(self._fd)
-                os.close(self._lock_fd)
+                self._close_files()
+
+    def _close_files(self) -> None:
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+        os.close(self._lock_fd)
 
 
 def _write_all(fd: int, data: bytearray) -> int:

@@ -23,15 +23,19 @@ written out alone when :class:`~logbus.broker.journal.Journal` compacts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
+import os
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from logbus._log import get_logger
+from logbus.broker.paging import PagedEntry, Pages
 from logbus.errors import ConfigError, DecodeError
 from logbus.message import Message
 from logbus.wire.frames import (
@@ -50,9 +54,7 @@ __all__ = [
     "MAGIC",
     "BindingRecord",
     "ExchangeRecord",
-    "Held",
     "LiveState",
-    "MessageRecord",
     "QueueRecord",
     "Recovery",
     "binding_frame",
@@ -60,8 +62,10 @@ __all__ = [
     "damaged",
     "exchange_frame",
     "message_frame",
+    "old_records",
     "put_record",
     "queue_frame",
+    "read_message",
     "read_records",
 ]
 
@@ -99,22 +103,17 @@ class BindingRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class MessageRecord:
-    """A persistent message still in a durable queue; ``expires`` is wall-clock seconds."""
-
-    id: int
-    message: Message
-    expires: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class QueueRecord:
-    """A durable queue as declared, with its persistent messages in queue order."""
+    """A durable queue as declared, with its persistent messages in queue order.
+
+    The messages are the journal's paged entries; until a broker adopts them,
+    their ``expires_at`` is the wall-clock expiry the record holds.
+    """
 
     name: str
     auto_delete: bool
     arguments: Mapping[str, Any]
-    messages: tuple[MessageRecord, ...] = ()
+    messages: tuple[PagedEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,23 +125,16 @@ class Recovery:
     bindings: tuple[BindingRecord, ...]
 
 
-@dataclass(slots=True)
-class Held:
-    """A persistent message the journal holds, with what it needs to write it again."""
-
-    message: Message
-    expires: float | None
-    size: int  # bytes of its record in the file, for the compaction threshold
-
-
 class LiveState:
     """The live content of the journal, kept in step with every record written."""
 
-    def __init__(self) -> None:
+    def __init__(self, pages: Pages) -> None:
+        self.pages = pages
         self.exchanges: dict[str, ExchangeRecord] = {}
         self.queues: dict[str, QueueRecord] = {}
         self.bindings: dict[tuple[str, ...], BindingRecord] = {}
-        self.messages: dict[str, dict[int, Held]] = {}
+        # Per durable queue, its live persistent messages by id: the paged index.
+        self.messages: dict[str, dict[int, PagedEntry]] = {}
         self.last_id = 0
 
     def recovery(self) -> Recovery:
@@ -152,10 +144,7 @@ class LiveState:
                 queue.name,
                 queue.auto_delete,
                 queue.arguments,
-                tuple(
-                    MessageRecord(ident, held.message, held.expires)
-                    for ident, held in self.messages[queue.name].items()
-                ),
+                tuple(self.messages[queue.name].values()),
             )
             for queue in self.queues.values()
         )
@@ -170,10 +159,10 @@ class LiveState:
         self.queues.pop(name, None)
         for key in [k for k in self.bindings if k[1:3] == ("queue", name)]:
             del self.bindings[key]
-        return sum(held.size for held in self.messages.pop(name, {}).values())
+        return sum(held.record for held in self.messages.pop(name, {}).values())
 
-    def apply(self, frame: Frame, size: int) -> None:
-        """Replay one record read from the file."""
+    def apply(self, frame: Frame, size: int, offset: int) -> None:
+        """Replay one record read from the file at ``offset``."""
         op, args = frame.op, frame.args
         if op == "in":
             self.last_id = max(self.last_id, frame.id)
@@ -182,7 +171,9 @@ class LiveState:
                 expires = args.get("expires")
                 if expires is not None and not isinstance(expires, int | float):
                     raise DecodeError(f"expires must be a number, not {expires!r:.40}")
-                held[frame.id] = Held(message_from(args, frame.body), expires, size)
+                message_from(args, frame.body)  # checked now: a bad record fails the start
+                entry = PagedEntry(self.pages, frame.id, offset, size, len(frame.body), expires)
+                held[frame.id] = entry
         elif op == "out":
             held = self.messages.get(arg_str(args, "queue"), {})
             ids = args.get("ids")
@@ -267,6 +258,12 @@ def message_frame(queue: str, ident: int, message: Message, expires: float | Non
 # -- records ----------------------------------------------------------------------
 
 
+def read_message(record: bytes | memoryview) -> Message:
+    """The message of one ``in`` record as :func:`put_record` wrote it (checks and frame)."""
+    frame = decode_many(bytes(record[_CHECKS.size :]))[0]
+    return message_from(frame.args, frame.body)
+
+
 def put_record(buffer: bytearray, frame: Frame) -> int:
     """Append one record to ``buffer``; returns its size."""
     data = encode(frame)
@@ -308,6 +305,46 @@ def read_records(path: Path, data: bytes) -> Iterator[tuple[Frame, int]]:
             raise damaged(path, offset, str(exc)) from None
         yield frames[0], stop - offset
         offset = stop
+
+
+@contextlib.contextmanager
+def old_records(
+    path: Path, in_file: int | None, buffer: bytearray
+) -> Iterator[Callable[[PagedEntry], bytes | memoryview]]:
+    """Read live records while a journal is rewritten: from ``path`` (mapped) or ``buffer``.
+
+    ``in_file`` is how many bytes of the journal are in the file, the rest being
+    in ``buffer``; None when the file is all there is (opening).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = -1
+    mapped: mmap.mmap | None = None
+    try:
+        file_size = os.fstat(fd).st_size if fd >= 0 else 0
+        if file_size:
+            mapped = mmap.mmap(fd, file_size, access=mmap.ACCESS_READ)
+        view = memoryview(mapped) if mapped is not None else memoryview(b"")
+        split = file_size if in_file is None else in_file
+        pending = memoryview(buffer)
+
+        def old(entry: PagedEntry) -> bytes | memoryview:
+            start = entry.offset - split
+            if start >= 0:
+                return pending[start : start + entry.record]
+            return view[entry.offset : entry.offset + entry.record]
+
+        try:
+            yield old
+        finally:
+            view.release()
+            pending.release()
+    finally:
+        if mapped is not None:
+            mapped.close()
+        if fd >= 0:
+            os.close(fd)
 
 
 def _torn(path: Path, offset: int, end: int) -> None:

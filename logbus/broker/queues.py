@@ -192,7 +192,7 @@ class QueueState:
             entry.seq = self.next_seq
             self.next_seq += 1
         self.ready.append(entry)
-        self.ready_bytes += len(entry.message.body)
+        self.ready_bytes += entry.size  # a paged entry knows it without reading its message
 
     def put_back(self, entry: Entry, *, returned: bool = False) -> None:
         """Requeue a message where RabbitMQ 3.10 puts it back.
@@ -223,7 +223,7 @@ class QueueState:
         entry = self.ready.popleft()
         if self.returns:
             self.returns -= 1
-        self.ready_bytes -= len(entry.message.body)
+        self.ready_bytes -= entry.size
         return entry
 
     def clear(self) -> None:

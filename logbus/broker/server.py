@@ -56,6 +56,7 @@ from logbus.broker.core import Broker
 from logbus.broker.journal import FsyncPolicy, Journal
 from logbus.broker.queues import Delivered
 from logbus.broker.sessions import Session, open_session
+from logbus.broker.watermark import Watermark, default_limit
 from logbus.errors import ConfigError, DecodeError, LogbusError
 from logbus.wire.batch import encode_deliveries
 from logbus.wire.frames import (
@@ -85,13 +86,23 @@ class BrokerServer:
 
     ``authkey``, when given, is checked on each client's own thread (the
     listener should then have none), so a client that connects and stalls
-    holds up only itself. Use as a context manager, or :meth:`start` and
+    holds up only itself. With a started ``watermark``, a client that publishes
+    while its alarm is raised is told it is blocked and not read again until
+    the alarm clears (RabbitMQ's memory alarm). Use as a context manager, or :meth:`start` and
     :meth:`close`.
     """
 
-    def __init__(self, broker: Broker, listener: Listener, *, authkey: bytes | None = None):
+    def __init__(
+        self,
+        broker: Broker,
+        listener: Listener,
+        *,
+        authkey: bytes | None = None,
+        watermark: Watermark | None = None,
+    ):
         self.broker = broker
         self.listener = listener
+        self.watermark = watermark
         self.address: Any = listener.address
         self._authkey = authkey
         self._clients: set[_Client] = set()
@@ -189,10 +200,13 @@ class _Client:
                 deliver_challenge(self._conn, self._server._authkey)
                 answer_challenge(self._conn, self._server._authkey)
             session = self._session = open_session(self._server.broker, "local")
+            watermark = self._server.watermark
             self._writer.start()
             while True:
                 settled = False
                 for frame in decode_many(self._conn.recv_bytes(MAX_PACKET)):
+                    if frame.op == "publish" and watermark is not None and watermark.alarmed:
+                        self._blocked(watermark)
                     if frame.op == "settle":
                         settle(session, frame)
                         settled = True
@@ -214,6 +228,18 @@ class _Client:
             log.exception("broker.client_failed")
         finally:
             self._cleanup(why)
+
+    def _blocked(self, watermark: Watermark) -> None:
+        """Read nothing more from this publisher until the memory alarm clears."""
+        if self._session is not None:  # what it settled so far is applied first
+            with self._session.waiting():
+                pass
+        self._outbox.put(Frame("blocked", 0, {"reason": "memory above the broker's limit"}))
+        log.info("broker.client_blocked", limit=watermark.limit)
+        while not watermark.wait_clear(0.25):
+            if self._server._closing:
+                raise EOFError("the server is closing")
+        self._outbox.put(Frame("unblocked", 0, {}))
 
     def _cleanup(self, why: str) -> None:
         _shutdown(self._conn)
@@ -358,25 +384,36 @@ def serve(
     on_ready: Callable[[str, str], None] | None = None,
     stop: threading.Event | None = None,
     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    memory_limit: int | None = None,
 ) -> None:
     """Serve ``broker`` (default: a fresh one) on the ``AF_UNIX`` socket ``path`` until stopped.
 
     Stops on one of ``signals`` (handled only when called on the main thread)
     or when ``stop`` is set; either way the socket file is removed.
-    ``on_ready(path, key_file)`` is called once clients can connect.
+    ``on_ready(path, key_file)`` is called once clients can connect. Publishers
+    are blocked while the broker holds more than ``memory_limit`` bytes
+    (default: :func:`~logbus.broker.watermark.default_limit`, 40 % of the
+    machine's memory; see :mod:`logbus.broker.watermark`).
     """
     path = os.path.abspath(path)
     key_file = os.path.abspath(authkey_file or key_path_for(path))
+    limit = default_limit() if memory_limit is None else memory_limit
     listener, key = listen(path, authkey_file=key_file)
     own_broker = broker is None
     broker = broker or Broker(f"serve:{path}")
     stop = stop or threading.Event()
+    watermark = Watermark(broker.held_bytes, limit, page=broker.page)
     try:
-        with _stopping_on(signals, stop), BrokerServer(broker, listener, authkey=key):
+        with (
+            _stopping_on(signals, stop),
+            BrokerServer(broker, listener, authkey=key, watermark=watermark),
+        ):
+            watermark.start()  # after the handlers: a signal at once still stops cleanly
             if on_ready is not None:
                 on_ready(path, key_file)
             stop.wait()
     finally:
+        watermark.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         if own_broker:

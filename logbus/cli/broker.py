@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 import typer
 
 from logbus.cli.common import ConfigOption, make_settings
+from logbus.errors import ConfigError
 
 if TYPE_CHECKING:
     from logbus.broker import Broker
@@ -38,14 +39,18 @@ SERVE_EPILOG = """Examples:
 The key clients authenticate with is the socket's neighbour PATH.key (mode
 0600, 32 random bytes, made on first start): whoever can read it can use the
 broker. Without --data-dir, records live in the broker's memory for as long
-as it runs; with it, durable queues' persistent records survive a restart.
+as it runs; with it, durable queues' persistent records survive a restart and
+wait in the journal, not in memory (only a small index entry each stays).
+Above --memory-limit (default 40% of the machine's memory) publishers are
+blocked, as by RabbitMQ's memory alarm: their publishes go unconfirmed until
+consumers have drained the queues below it.
 
 \b
 Exit status:
   0   stopped by SIGTERM or Ctrl-C (SIGINT); the socket file is removed
   78  configuration: a broker already answers on PATH, the key file is
       readable by others, the data directory is in use or damaged,
-      --fsync without --data-dir
+      --fsync without --data-dir, a --memory-limit that is not a size
 """
 
 
@@ -88,6 +93,16 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-limit",
+            metavar="SIZE",
+            help="Block publishers while the broker holds more than SIZE of records "
+            "(512M, 2G; default: 40% of this machine's memory), as RabbitMQ's memory alarm.",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Serve an in-process broker (RabbitMQ's semantics) on a Unix socket until stopped.
@@ -101,6 +116,14 @@ def serve(
     """
     from logbus.broker.server import make_broker
     from logbus.broker.server import serve as run
+    from logbus.broker.watermark import default_limit
+    from logbus.ingest.config import parse_size
+
+    limit = (
+        default_limit() if memory_limit is None else parse_size(memory_limit, what="--memory-limit")
+    )
+    if limit <= 0:
+        raise ConfigError(f"--memory-limit must be above zero, not {memory_limit!r}")
 
     # The file is read before anything listens: a bad one stops here with one line (78).
     topology = make_settings(config=config).topology()
@@ -114,6 +137,7 @@ def serve(
         broker.close()
         raise
     stored = "in memory" if data_dir is None else f"journal in {data_dir}"
+    stored += f", memory limit {limit / 2**20:,.0f} MiB"
 
     def ready(path: str, key_file: str) -> None:
         typer.echo(
@@ -123,7 +147,7 @@ def serve(
         )
 
     try:
-        run(str(listen), broker=broker, on_ready=ready)
+        run(str(listen), broker=broker, on_ready=ready, memory_limit=limit)
     finally:
         broker.close()  # flushes the journal
 

@@ -138,6 +138,25 @@ def test_fsync_without_data_dir_is_a_configuration_error(sock, logbus):
     assert not os.path.exists(sock)
 
 
+def test_a_memory_limit_that_is_not_a_size_is_a_configuration_error(sock, logbus):
+    """--memory-limit lots exits 78 with one line showing sizes that work, and nothing listens."""
+    proc = logbus("broker", "serve", "--listen", sock, "--memory-limit", "lots")
+    assert proc.returncode == 78
+    assert proc.stderr.strip().count("\n") == 0
+    assert "--memory-limit 'lots' is not a size" in proc.stderr
+    assert not os.path.exists(sock)
+
+
+def test_serve_names_its_memory_limit_when_ready(sock):
+    """The ready line says the memory limit it runs with, as given."""
+    running = Running("broker", "serve", "--listen", sock, "--memory-limit", "512M")
+    try:
+        assert "memory limit 512 MiB" in running.wait_for("listening on")
+    finally:
+        running.proc.send_signal(signal.SIGTERM)
+        running.proc.wait(DEADLINE)
+
+
 def test_persistent_records_survive_a_restart_with_data_dir(sock):
     """With --data-dir, a durable queue's persistent record is there after SIGTERM and a restart."""
     from logbus.message import PERSISTENT, Message, Properties

@@ -167,3 +167,17 @@ def test_a_journaled_stream_keeps_its_messages_across_a_restart(tmp_path: Path):
         ]
     finally:
         broker.close()
+
+
+def test_a_streams_log_counts_toward_the_memory_watermark_until_retention_drops_it():
+    """The memory the watermark accounts includes a stream's log, and falls as retention drops."""
+    broker = Broker("streams-memory-test")
+    session = open_session(broker)
+    session.declare_queue("s", arguments={**STREAM, "x-max-length-bytes": 20_000})
+    before = broker.held_bytes()
+    put(session, "s", "a" * 10_000, "b" * 10_000)
+    held = broker.held_bytes()
+    assert held - before >= 20_000  # two 10,000-byte bodies, read by nobody, still held
+    put(session, "s", "c", "d")  # past 20,000 bytes: retention drops the oldest big one
+    assert broker.held_bytes() < held - 5_000
+    broker.close()

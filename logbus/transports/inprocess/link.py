@@ -33,7 +33,13 @@ from typing import Any
 
 from logbus import errors
 from logbus._log import get_logger
-from logbus.errors import ConnectionLost, LogbusError, TransportClosed, TransportError
+from logbus.errors import (
+    ConnectionLost,
+    LogbusError,
+    NotConfirmed,
+    TransportClosed,
+    TransportError,
+)
 from logbus.message import Message
 from logbus.transports.base import Delivery, Settlement, Settler
 from logbus.wire.batch import decode_deliveries, encode_publishes
@@ -71,6 +77,8 @@ class Link:
         self._flusher: threading.Thread | None = None
         self.closed = False
         self.lost: str | None = None
+        # Why the broker stopped reading from us (its memory alarm), until it reads again.
+        self.blocked: str | None = None
         self._reader = threading.Thread(
             target=self._read_loop, name=f"logbus-local-{path}", daemon=True
         )
@@ -144,6 +152,11 @@ class Link:
                 for ident, pending in list(self._pending.items()):
                     if pending is future:
                         del self._pending[ident]
+            if self.blocked is not None:  # RabbitMQ's connection.blocked: not confirmed, retry
+                raise NotConfirmed(
+                    f"the logbus broker at {self.path} blocked publishing ({self.blocked}); "
+                    "let consumers drain its queues or raise its --memory-limit, then retry"
+                ) from None
             raise ConnectionLost(
                 f"the logbus broker at {self.path} did not answer within {self._timeout:g} s"
             ) from None
@@ -268,6 +281,12 @@ class Link:
                 future = self._pending.pop(frame.id, None)
             if future is not None:
                 future.set_result(frame)
+        elif op == "blocked":  # the broker's memory alarm: it reads nothing more from us
+            self.blocked = str(frame.args.get("reason") or "resource alarm")
+            log.info("local.blocked", path=self.path, reason=self.blocked)
+        elif op == "unblocked":
+            self.blocked = None
+            log.info("local.unblocked", path=self.path)
         elif op == "cancelled":  # the broker ended a consumer: its queue was deleted
             ended = frame.args.get("cid")
             dropped = self.drop_inbox(ended) if type(ended) is int else None
