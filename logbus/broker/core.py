@@ -33,6 +33,7 @@ from collections.abc import Set as AbstractSet
 from enum import Enum
 from typing import Any
 
+from logbus.broker.expiry import expire_unused, with_delivery_count
 from logbus.broker.journal import Journal, JournaledEntry, JournaledQueue
 from logbus.broker.queues import (
     ConsumerState,
@@ -45,6 +46,7 @@ from logbus.broker.queues import (
     monotonic,
     valid_expiration,
 )
+from logbus.broker.recipients import carbon_copies, without_bcc
 from logbus.broker.registry import EXCHANGE_TYPES, QUEUE, Registry
 from logbus.broker.settlement import Guard, Settling
 from logbus.errors import AccessRefused, PreconditionFailed
@@ -154,9 +156,15 @@ class Broker(Registry, Settling):
             if not state.open:
                 return
             state.open = False
+            # A queue whose single active consumer leaves is run for the next one.
+            handed_over = {c.queue for c in state.consumers.values()}
+            handed_over = {
+                n for n in handed_over if n in self._queues and self._queues[n].single_active
+            }
             for tag in list(state.consumers):
                 self._cancel(state, tag)
             touched = self._requeue(state, sorted(state.unacked), returned=True)
+            touched |= {n for n in handed_over if n in self._queues}
             for name in [q.name for q in self._queues.values() if q.exclusive_owner == state.id]:
                 self._delete_queue(name)
             self._sessions.pop(state.id, None)
@@ -179,7 +187,13 @@ class Broker(Registry, Settling):
                         f"ACCESS_REFUSED - cannot publish to internal exchange "
                         f"'{message.exchange}' in vhost '/'"
                     )
-            names = self._route(message.exchange, message.routing_key, message)
+            extra: tuple[str, ...] = ()
+            headers = message.properties.headers
+            if headers and ("CC" in headers or "BCC" in headers):
+                extra = carbon_copies(message)
+                if "BCC" in headers:
+                    message = without_bcc(message)
+            names = self._route(message.exchange, message.routing_key, message, extra)
             if names:
                 rejected = False
                 now = monotonic()
@@ -193,38 +207,51 @@ class Broker(Registry, Settling):
             self._journal.commit()
         return outcome
 
-    def _route(self, exchange_name: str, routing_key: str, message: Message) -> AbstractSet[str]:
+    def _route(
+        self, exchange_name: str, routing_key: str, message: Message, extra: tuple[str, ...] = ()
+    ) -> AbstractSet[str]:
+        """The queues a message reaches; ``extra``: more routing keys (``CC``/``BCC``)."""
         if exchange_name == "":
-            return {routing_key} if routing_key in self._queues else set()
+            return {k for k in (routing_key, *extra) if k in self._queues}
         headers = message.properties.headers
         if headers:  # a headers exchange may be on the path: no caching
-            return self._route_uncached(exchange_name, routing_key, headers)
+            return self._route_uncached(exchange_name, (routing_key, *extra), headers)
         cache_key = (exchange_name, routing_key)
         queues = self._route_cache.get(cache_key)
         if queues is None:
             if len(self._route_cache) >= _ROUTE_CACHE_SIZE:
                 self._route_cache.clear()
             queues = self._route_cache[cache_key] = frozenset(
-                self._route_uncached(exchange_name, routing_key, headers)
+                self._route_uncached(exchange_name, (routing_key,), headers)
             )
         return queues
 
     def _route_uncached(
-        self, exchange_name: str, routing_key: str, headers: Mapping[str, Any]
+        self, exchange_name: str, keys: tuple[str, ...], headers: Mapping[str, Any]
     ) -> set[str]:
+        """Route as RabbitMQ's ``rabbit_exchange:route``: through exchange-to-exchange
+        bindings, each exchange visited once, and to an exchange's ``alternate-exchange``
+        when its own bindings matched none of the keys."""
         queues: set[str] = set()
         seen: set[str] = set()
         pending = [exchange_name]
-        while pending:  # exchange-to-exchange bindings, each exchange visited once
+        while pending:
             name = pending.pop()
-            if name in seen or name not in self._exchanges:
+            exchange = self._exchanges.get(name)
+            if exchange is None or name in seen:
                 continue
             seen.add(name)
-            for kind, destination in self._exchanges[name].table.route(routing_key, headers):
-                if kind == QUEUE:
-                    queues.add(destination)
-                else:
-                    pending.append(destination)
+            matched = False
+            for key in keys if exchange.type in ("direct", "topic") else keys[:1]:
+                for kind, destination in exchange.table.route(key, headers):
+                    matched = True
+                    if kind == QUEUE:
+                        queues.add(destination)
+                    else:
+                        pending.append(destination)
+            alternate = exchange.arguments.get("alternate-exchange")
+            if not matched and isinstance(alternate, str):
+                pending.append(alternate)
         return queues
 
     def _enqueue(self, queue: QueueState, message: Message, now: float) -> bool:
@@ -293,7 +320,8 @@ class Broker(Registry, Settling):
         tag = state.next_tag()
         state.unacked[tag] = Unacked(entry, queue.name, consumer.tag)
         consumer.unacked += 1
-        consumer.deliver(Delivered(entry.message, consumer.tag, tag, entry.redelivered, queue.name))
+        message = with_delivery_count(entry) if queue.quorum else entry.message
+        consumer.deliver(Delivered(message, consumer.tag, tag, entry.redelivered, queue.name))
 
     def _dispatch_all(self, names: set[str]) -> None:
         for name in names:
@@ -325,6 +353,10 @@ class Broker(Registry, Settling):
                     if queue.ready and queue.ready[0].expires_at is not None:
                         at = queue.ready[0].expires_at
                         soonest = at if soonest is None else min(soonest, at)
+                    if queue.expires is not None and not queue.consumers:
+                        unused_until = expire_unused(self, queue, now)
+                        if unused_until is not None:
+                            soonest = min(soonest or unused_until, unused_until)
                 timeout = None if soonest is None else max(0.0, soonest - monotonic())
                 if self._journal is not None:
                     self._journal.write()

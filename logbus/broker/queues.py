@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from logbus.broker.priority import Levels
 from logbus.message import Message
 from logbus.routing import BindingTable, table_for
 
@@ -37,6 +38,8 @@ class Entry:
     redelivered: bool = False
     # Its place in the queue's order, given on first entry: a requeue puts it back there.
     seq: int = field(default=0, kw_only=True)
+    # How many times it came back (quorum queues count them: ``x-delivery-count``).
+    delivery_count: int = field(default=0, kw_only=True)
 
     @property
     def size(self) -> int:
@@ -120,7 +123,7 @@ class QueueState:
     exclusive_owner: int | None
     auto_delete: bool
     arguments: dict[str, Any]
-    ready: deque[Entry] = field(default_factory=deque)
+    ready: deque[Entry] | Levels = field(default_factory=deque)
     consumers: deque[ConsumerState] = field(default_factory=deque)
     ready_bytes: int = 0
     had_consumer: bool = False
@@ -135,6 +138,11 @@ class QueueState:
     dead_letter_exchange: str | None = field(init=False)
     dead_letter_routing_key: str | None = field(init=False)
     bounded: bool = field(init=False)
+    single_active: bool = field(init=False)
+    delivery_limit: int | None = field(init=False)
+    # x-expires: milliseconds unused before the queue goes, and when it was last used.
+    expires: int | None = field(init=False)
+    last_used: float = field(init=False)
 
     @property
     def exclusive(self) -> bool:
@@ -154,6 +162,14 @@ class QueueState:
         self.dead_letter_exchange = None if dlx is None else str(dlx)
         dlk = args.get("x-dead-letter-routing-key")
         self.dead_letter_routing_key = None if dlk is None else str(dlk)
+        self.single_active = args.get("x-single-active-consumer") is True
+        limit = args.get("x-delivery-limit")
+        self.delivery_limit = limit if self.quorum and type(limit) is int else None
+        self.expires = _int_arg(args, "x-expires")
+        self.last_used = monotonic()
+        max_priority = args.get("x-max-priority")
+        if type(max_priority) is int and not self.quorum:
+            self.ready = Levels(max_priority)
 
     def expiry_for(self, message: Message, now: float) -> float | None:
         """When a message entering now expires: the smaller of queue and message TTLs."""
@@ -202,7 +218,9 @@ class QueueState:
         by a closed channel first, in the order they came back.
         """
         ready = self.ready
-        if self.quorum:
+        if isinstance(ready, Levels):
+            ready.put_back(entry)
+        elif self.quorum:
             if returned:
                 ready.insert(self.returns, entry)
                 self.returns += 1
@@ -241,7 +259,13 @@ class QueueState:
         return expires_at <= (monotonic() if now is None else now)
 
     def next_consumer(self) -> ConsumerState | None:
-        """The next consumer in round-robin order with room under its prefetch."""
+        """The next consumer in round-robin order with room under its prefetch.
+
+        With ``x-single-active-consumer`` only the earliest registered one is served.
+        """
+        if self.single_active:
+            active = self.consumers[0] if self.consumers else None
+            return active if active is not None and active.has_capacity else None
         for _ in range(len(self.consumers)):
             consumer = self.consumers[0]
             self.consumers.rotate(-1)

@@ -16,6 +16,8 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from logbus.broker.arguments import check_exchange_arguments, check_feature_arguments
+from logbus.broker.expiry import touch
 from logbus.broker.journal import BindingRecord, Journal, JournaledQueue
 from logbus.broker.queues import ExchangeState, QueueState, SessionState, Unacked
 from logbus.errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
@@ -107,6 +109,7 @@ class Registry:
                 raise PreconditionFailed(
                     f"COMMAND_INVALID - unknown exchange type '{type}' for exchange '{name}'"
                 )
+            check_exchange_arguments(name, args)
             if existing is None:
                 self._route_cache.clear()
                 exchange = ExchangeState(name, type, durable, auto_delete, internal, args)
@@ -177,6 +180,7 @@ class Registry:
         with self._guard:
             if passive:
                 queue = self._queue(name, session)
+                touch(queue)
                 return self._info(queue)
             if name == "":
                 name = "amq.gen-" + secrets.token_urlsafe(16)
@@ -188,6 +192,7 @@ class Registry:
             existing = self._queues.get(name)
             if existing is None:
                 _check_replicated(name, args, durable, exclusive, auto_delete)
+                check_feature_arguments(name, args)
                 owner = session.id if exclusive else None
                 if self._journal is not None and durable and not exclusive:
                     queue = JournaledQueue(self._journal, name, auto_delete, args)
@@ -215,6 +220,7 @@ class Registry:
                     raise _inequivalent(
                         key, "queue", name, args.get(key), existing.arguments.get(key)
                     )
+            touch(existing)
             return self._info(existing)
 
     def _queue(self, name: str, session: SessionState | None = None) -> QueueState:
@@ -235,6 +241,8 @@ class Registry:
 
     def _info(self, queue: QueueState) -> QueueInfo:
         consumers = len(queue.consumers)
+        if queue.quorum and queue.single_active:  # waiting consumers are not counted
+            consumers = min(consumers, 1)
         if queue.quorum:  # RabbitMQ 3.10 counts each unacked basic.get as a consumer
             name = queue.name
             consumers += sum(
@@ -274,6 +282,9 @@ class Registry:
         if queue is None:
             return
         queue.consumers.remove(consumer)
+        if not queue.consumers and queue.expires is not None:
+            touch(queue)
+            self._schedule_expiry()  # its x-expires clock runs from now
         if queue.auto_delete and queue.had_consumer and not queue.consumers:
             self._delete_queue(queue.name)
 

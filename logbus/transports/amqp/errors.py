@@ -16,6 +16,7 @@ from logbus.errors import (
     ConnectionLost,
     NotConfirmed,
     NotFound,
+    NotImplementedByBroker,
     PreconditionFailed,
     RecordTooLarge,
     ResourceLocked,
@@ -65,6 +66,8 @@ def reply_error(code: int, text: str) -> TransportError:
         return PreconditionFailed(text + _INEQUIVALENT_HINT if "inequivalent" in text else text)
     if code == ResourceLocked.reply_code:
         return ResourceLocked(text)
+    if code == NotImplementedByBroker.reply_code:
+        return NotImplementedByBroker(text)
     if code == 403:
         hint = " (grant the user permissions on this vhost)" if "refused for user" in text else ""
         return AccessRefused(text + hint)

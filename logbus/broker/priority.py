@@ -1,0 +1,92 @@
+"""Priority queues (``x-max-priority``): the ready messages of one queue, a FIFO per priority.
+
+RabbitMQ 3.10 gives a classic queue declared with ``x-max-priority`` one backing
+queue per priority from 0 to the maximum. A message's ``priority`` property
+(none counts as 0) picks its level, capped at the maximum; the head is the
+oldest message of the highest non-empty level, so order within a priority
+stays FIFO, and a requeued message goes back to its original place within its
+own level. ``drop-head`` drops that head, the highest priority's oldest.
+
+:class:`Levels` stands in for the ``deque`` of a plain queue's ready messages:
+it answers the few operations :class:`~logbus.broker.queues.QueueState` asks of
+one (``append``, ``popleft``, ``[0]``, ``len``, iteration in delivery order).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from logbus.broker.queues import Entry
+
+__all__ = ["MAX_PRIORITY", "Levels"]
+
+#: The largest ``x-max-priority`` RabbitMQ accepts.
+MAX_PRIORITY = 255
+
+
+class Levels:
+    """Ready messages by priority: one FIFO per level, served highest level first."""
+
+    __slots__ = ("_count", "_levels", "maximum")
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self._levels: list[deque[Entry]] = [deque() for _ in range(maximum + 1)]
+        self._count = 0
+
+    def level(self, entry: Entry) -> int:
+        """The level ``entry`` sits at: its priority, 0 when it has none, capped at the maximum."""
+        priority = entry.message.properties.priority or 0
+        return min(max(priority, 0), self.maximum)
+
+    def append(self, entry: Entry) -> None:
+        """Add at the tail of its level."""
+        self._levels[self.level(entry)].append(entry)
+        self._count += 1
+
+    def put_back(self, entry: Entry) -> None:
+        """Requeue at the place its ``seq`` had within its level."""
+        level = self._levels[self.level(entry)]
+        index = len(level)
+        for i, other in enumerate(level):
+            if other.seq > entry.seq:
+                index = i
+                break
+        level.insert(index, entry)
+        self._count += 1
+
+    def _head_level(self) -> deque[Entry]:
+        for level in reversed(self._levels):
+            if level:
+                return level
+        raise IndexError("no ready messages")
+
+    def popleft(self) -> Entry:
+        """Take the head: the oldest message of the highest non-empty level."""
+        entry = self._head_level().popleft()
+        self._count -= 1
+        return entry
+
+    def __getitem__(self, index: int) -> Entry:
+        if index != 0:
+            raise IndexError("only the head of a priority queue is looked at")
+        return self._head_level()[0]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[Entry]:
+        for level in reversed(self._levels):
+            yield from level
+
+    def clear(self) -> None:
+        """Drop every message."""
+        for level in self._levels:
+            level.clear()
+        self._count = 0
