@@ -156,19 +156,26 @@ class Broker(Registry, Settling):
             if not state.open:
                 return
             state.open = False
-            # A queue whose single active consumer leaves is run for the next one.
-            handed_over = {c.queue for c in state.consumers.values()}
-            handed_over = {
-                n for n in handed_over if n in self._queues and self._queues[n].single_active
-            }
-            for tag in list(state.consumers):
-                self._cancel(state, tag)
-            touched = self._requeue(state, sorted(state.unacked), returned=True)
-            touched |= {n for n in handed_over if n in self._queues}
+            # As RabbitMQ sees a connection go: one channel after the other (basic.get's
+            # first, then each consumer's), each channel's messages returned and the queue
+            # run before the next goes, so a consumer still open may take them (and return
+            # them again). A single active consumer's queue is run for the next one.
+            channels: list[str | None] = [None, *state.consumers]
+            held = {u.consumer_tag for u in state.unacked.values() if u.consumer_tag is not None}
+            channels += sorted(held - set(state.consumers))
+            for channel in channels:
+                consumer = None if channel is None else state.consumers.get(channel)
+                if consumer is not None:
+                    self._cancel(state, consumer.tag)
+                tags = sorted(t for t, u in state.unacked.items() if u.consumer_tag == channel)
+                touched = self._requeue(state, tags, returned=True)
+                queue = None if consumer is None else self._queues.get(consumer.queue)
+                if queue is not None and queue.single_active:
+                    touched.add(queue.name)
+                self._dispatch_all(touched)
             for name in [q.name for q in self._queues.values() if q.exclusive_owner == state.id]:
                 self._delete_queue(name)
             self._sessions.pop(state.id, None)
-            self._dispatch_all(touched)
 
     # -- publishing ------------------------------------------------------------
 
@@ -320,7 +327,10 @@ class Broker(Registry, Settling):
         tag = state.next_tag()
         state.unacked[tag] = Unacked(entry, queue.name, consumer.tag)
         consumer.unacked += 1
-        message = with_delivery_count(entry) if queue.quorum else entry.message
+        # A quorum queue tells a consumer how often a message came back, once it has.
+        message = (
+            with_delivery_count(entry) if queue.quorum and entry.delivery_count else entry.message
+        )
         consumer.deliver(Delivered(message, consumer.tag, tag, entry.redelivered, queue.name))
 
     def _dispatch_all(self, names: set[str]) -> None:

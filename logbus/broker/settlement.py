@@ -54,6 +54,7 @@ class Settling:
     _route: Callable[[str, str, Message, tuple[str, ...]], AbstractSet[str]]
     _enqueue: Callable[[QueueState, Message, float], bool]
     _dispatch_all: Callable[[set[str]], None]
+    _dispatch: Callable[[QueueState], None]
     _drop_head: Callable[[QueueState], bool]
     _expire_head: Callable[..., None]
 
@@ -175,8 +176,9 @@ class Settling:
             queue.put_back(unacked.entry, returned=returned)
         for name in touched:
             queue = self._queues[name]
-            if queue.quorum:  # a quorum queue expires returns before it trims to its bound
+            if queue.quorum:  # rabbit_fifo: expire the head, check out to consumers, then trim
                 self._expire_head(queue)
+                self._dispatch(queue)
             self._drop_head(queue)  # a classic one trims first (requeue_and_run)
             self._expire_head(queue)
         return touched
