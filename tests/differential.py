@@ -356,9 +356,23 @@ def _final(
             bodies.append(f"error {side.is_error(exc)}")
             side.close(0)
             side.open(0)
+        if queue.endswith("-dlq"):
+            bodies.sort(key=_died_in)
         lines.append(f"final {queue[-3:]}: " + " ".join(bodies))
     side.close(0)
     return lines
+
+
+def _died_in(label: str) -> str:
+    """The queue a dead letter's label says it died in last ("m1[-q0/expired/1]" -> "-q0").
+
+    Each queue dead-letters in its own order, but RabbitMQ runs queues as separate
+    processes: when one publish (CC) or one step puts dead letters in from several
+    queues at once, how they interleave is a race. The final dead-letter queue is
+    therefore compared grouped by the queue they died in, each group in its order.
+    """
+    start = label.find("[")
+    return label[start + 1 :].split("/", 1)[0] if start >= 0 else ""
 
 
 def x_death(headers: dict[str, Any] | None) -> str:

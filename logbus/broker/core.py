@@ -35,6 +35,7 @@ from typing import Any
 
 from logbus.broker.expiry import expire_unused, with_delivery_count
 from logbus.broker.journal import Journal, JournaledEntry, JournaledQueue
+from logbus.broker.priority import arm_timer
 from logbus.broker.queues import (
     ConsumerState,
     Delivered,
@@ -299,13 +300,33 @@ class Broker(Registry, Settling):
         return dropped
 
     def _expire_head(self, queue: QueueState, now: float | None = None) -> None:
-        """Dead-letter expired messages from the head (RabbitMQ never looks further)."""
+        """Dead-letter expired messages from the head (RabbitMQ never looks further).
+
+        This is RabbitMQ's ``drop_expired_msgs``: a priority queue then sets its TTL
+        timer for the new head (see :mod:`logbus.broker.priority`).
+        """
         while queue.head_expired(now):
             self._dead_letter(queue, queue.pop(), "expired")
+        if queue.prioritised and arm_timer(queue):
+            self._schedule_expiry()
+
+    def _fire_timer(self, queue: QueueState, now: float) -> None:
+        """A priority queue's TTL timer, if it is due: expire from the head, re-arm."""
+        if queue.timer_at is not None and queue.timer_at <= now:
+            queue.timer_at = None
+            self._expire_head(queue, now)
 
     # -- dispatch --------------------------------------------------------------
 
     def _dispatch(self, queue: QueueState) -> None:
+        if queue.prioritised:  # fetch, then drop expired heads (RabbitMQ's fetch/2)
+            while queue.ready:
+                consumer = queue.next_consumer()
+                if consumer is None:
+                    break
+                self._deliver(queue, consumer, queue.pop())
+                self._expire_head(queue)
+            return
         while queue.ready:
             if queue.head_expired():
                 self._dead_letter(queue, queue.pop(), "expired")
@@ -319,7 +340,9 @@ class Broker(Registry, Settling):
 
     def _watch_head(self, queue: QueueState) -> None:
         """Wake the expiry thread when a new head has a TTL (RabbitMQ's head timer)."""
-        if queue.ready and queue.ready[0].expires_at is not None:
+        if queue.prioritised:
+            self._expire_head(queue)
+        elif queue.ready and queue.ready[0].expires_at is not None:
             self._schedule_expiry()
 
     def _deliver(self, queue: QueueState, consumer: ConsumerState, entry: Entry) -> None:
@@ -356,11 +379,15 @@ class Broker(Registry, Settling):
                 now = monotonic()
                 soonest: float | None = None
                 for queue in list(self._queues.values()):
-                    if queue.head_expired(now):
+                    if queue.prioritised:
+                        self._fire_timer(queue, now)
+                        if queue.timer_at is not None:
+                            soonest = min(soonest or queue.timer_at, queue.timer_at)
+                    elif queue.head_expired(now):
                         self._dispatch(queue)  # dispatch dead-letters expired heads
-                    while queue.head_expired(now):
+                    while not queue.prioritised and queue.head_expired(now):
                         self._dead_letter(queue, queue.pop(), "expired")
-                    if queue.ready and queue.ready[0].expires_at is not None:
+                    if not queue.prioritised and queue.ready and queue.ready[0].expires_at:
                         at = queue.ready[0].expires_at
                         soonest = at if soonest is None else min(soonest, at)
                     if queue.expires is not None and not queue.consumers:

@@ -7,6 +7,13 @@ oldest message of the highest non-empty level, so order within a priority
 stays FIFO, and a requeued message goes back to its original place within its
 own level. ``drop-head`` drops that head, the highest priority's oldest.
 
+Expiry follows RabbitMQ's timer, not the clock alone: a queue drops expired
+messages from its head only when ``drop_expired_msgs`` runs (after a fetch, a
+requeue, a publish into an empty queue, or when its TTL timer fires), and the
+timer is set for the head it finds then. A message of higher priority that
+becomes the head on publish gets no timer of its own, so it can be fetched,
+and counted, after its TTL ran out, as on RabbitMQ. :func:`arm_timer` sets it.
+
 :class:`Levels` stands in for the ``deque`` of a plain queue's ready messages:
 it answers the few operations :class:`~logbus.broker.queues.QueueState` asks of
 one (``append``, ``popleft``, ``[0]``, ``len``, iteration in delivery order).
@@ -19,9 +26,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from logbus.broker.queues import Entry
+    from logbus.broker.queues import Entry, QueueState
 
-__all__ = ["MAX_PRIORITY", "Levels"]
+__all__ = ["MAX_PRIORITY", "Levels", "arm_timer"]
 
 #: The largest ``x-max-priority`` RabbitMQ accepts.
 MAX_PRIORITY = 255
@@ -90,3 +97,15 @@ class Levels:
         for level in self._levels:
             level.clear()
         self._count = 0
+
+
+def arm_timer(queue: QueueState) -> bool:
+    """Set ``queue``'s TTL timer for its head, as RabbitMQ's ``ensure_ttl_timer``:
+    kept if one is set, unless the head expires over a millisecond sooner."""
+    if not queue.ready:
+        return False
+    at = queue.ready[0].expires_at
+    if at is None or (queue.timer_at is not None and at + 0.001 >= queue.timer_at):
+        return False
+    queue.timer_at = at
+    return True

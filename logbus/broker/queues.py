@@ -143,6 +143,9 @@ class QueueState:
     # x-expires: milliseconds unused before the queue goes, and when it was last used.
     expires: int | None = field(init=False)
     last_used: float = field(init=False)
+    # A priority queue's TTL timer: when RabbitMQ's drop_expired_msgs next runs by itself.
+    prioritised: bool = field(init=False, default=False)
+    timer_at: float | None = field(init=False, default=None)
 
     @property
     def exclusive(self) -> bool:
@@ -170,6 +173,7 @@ class QueueState:
         max_priority = args.get("x-max-priority")
         if type(max_priority) is int and not self.quorum:
             self.ready = Levels(max_priority)
+            self.prioritised = True
 
     def expiry_for(self, message: Message, now: float) -> float | None:
         """When a message entering now expires: the smaller of queue and message TTLs."""

@@ -203,7 +203,10 @@ class Session:
                     f"active consumer"
                 )
             touch(state)
-            broker._expire_head(state, monotonic())
+            if state.prioritised:  # RabbitMQ fetches the head, expired or not
+                broker._fire_timer(state, monotonic())
+            else:
+                broker._expire_head(state, monotonic())
             if not state.ready:
                 return None
             entry = state.pop()
