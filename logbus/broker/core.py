@@ -50,7 +50,7 @@ from logbus.broker.queues import (
 from logbus.broker.recipients import carbon_copies, without_bcc
 from logbus.broker.registry import EXCHANGE_TYPES, QUEUE, Registry
 from logbus.broker.settlement import Guard, Settling
-from logbus.errors import AccessRefused, PreconditionFailed
+from logbus.errors import AccessRefused, InvalidExpiration
 from logbus.message import Message, QueueInfo
 
 __all__ = ["Broker", "PublishOutcome", "QueueInfo"]
@@ -187,7 +187,7 @@ class Broker(Registry, Settling):
                 self._drain()
             expiration = message.properties.expiration
             if expiration is not None and not valid_expiration(expiration):
-                raise PreconditionFailed(f"PRECONDITION_FAILED - invalid expiration '{expiration}'")
+                raise InvalidExpiration(f"PRECONDITION_FAILED - invalid expiration '{expiration}'")
             if message.exchange:
                 exchange = self._exchange(message.exchange)
                 if exchange.internal:
