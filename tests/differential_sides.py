@@ -32,6 +32,7 @@ class PikaSide(Side):
         self._inbox: dict[int, list[tuple[Any, int, str]]] = {}
         self._consumer_channels: dict[str, Any] = {}
         self._running: dict[int, list[tuple[Any, str]]] = {}  # client: (channel, tag)
+        self._quorum: set[str] = set()  # queues last declared (successfully) as quorum
         self.created: list[tuple[str, str]] = []
 
     def open(self, client: int) -> None:
@@ -53,6 +54,8 @@ class PikaSide(Side):
         self._channels[client].queue_declare(
             name, durable=True, exclusive=exclusive, arguments=args
         )
+        if args.get("x-queue-type") == "quorum":
+            self._quorum.add(name)
 
     def declare_dlx(self, name: str, queue: str) -> None:
         channel = self._channels[0]
@@ -150,8 +153,17 @@ class PikaSide(Side):
         return int(self._channels[client].queue_purge(queue).method.message_count)
 
     def delete(self, client: int, queue: str, if_empty: bool, if_unused: bool) -> int:
+        if queue in self._quorum and (if_empty or if_unused):
+            # RabbitMQ answers this with 540, which closes the whole connection, and a
+            # connection closed by the broker has its channels shut in no set order
+            # (rabbit_reader walks its process dictionary). Asked on a connection of its
+            # own, the 540 leaves the client's connection for play() to close in order.
+            with pika.BlockingConnection(self._parameters) as connection:
+                connection.channel().queue_delete(queue, if_unused=if_unused, if_empty=if_empty)
         channel = self._channels[client]
         ok = channel.queue_delete(queue, if_unused=if_unused, if_empty=if_empty)
+        if queue in self._quorum:
+            self._quorum.discard(queue)
         return int(ok.method.message_count)
 
     def pump(self, client: int) -> list[tuple[Any, int, str]]:

@@ -70,6 +70,8 @@ class ConsumerState:
     on_cancel: Callable[[str], None] | None = None
     exclusive: bool = False
     unacked: int = 0
+    # Out of its queue's service line until it has room again (then it rejoins at the back).
+    blocked: bool = False
 
     @property
     def has_capacity(self) -> bool:
@@ -124,7 +126,8 @@ class QueueState:
     auto_delete: bool
     arguments: dict[str, Any]
     ready: deque[Entry] | Levels = field(default_factory=deque)
-    consumers: deque[ConsumerState] = field(default_factory=deque)
+    consumers: deque[ConsumerState] = field(default_factory=deque)  # in order of arrival
+    service: deque[ConsumerState] = field(default_factory=deque)  # who is served next
     ready_bytes: int = 0
     had_consumer: bool = False
     next_seq: int = 1
@@ -219,13 +222,16 @@ class QueueState:
 
         A classic queue restores its original position (by ``seq``). A quorum queue
         puts a nacked or rejected message at the tail, and serves messages returned
-        by a closed channel first, in the order they came back.
+        by a closed channel first, in the order they came back; with a delivery limit
+        nacked and rejected messages are served first too.
         """
         ready = self.ready
         if isinstance(ready, Levels):
             ready.put_back(entry)
         elif self.quorum:
-            if returned:
+            # Without x-delivery-limit, 3.10 sends a nacked message to the back (a poison
+            # message cannot starve the queue); with one, the limit does that job.
+            if returned or self.delivery_limit is not None:
                 ready.insert(self.returns, entry)
                 self.returns += 1
             else:
@@ -265,17 +271,46 @@ class QueueState:
     def next_consumer(self) -> ConsumerState | None:
         """The next consumer in round-robin order with room under its prefetch.
 
+        As RabbitMQ: consumers are served from a line, each going to its back after a
+        delivery; one without room leaves the line (a quorum queue's as soon as its
+        prefetch is spent, a classic one's when it is next tried) and rejoins at the
+        back when a settlement gives it room (:meth:`unblock`).
+
         With ``x-single-active-consumer`` only the earliest registered one is served.
         """
         if self.single_active:
             active = self.consumers[0] if self.consumers else None
             return active if active is not None and active.has_capacity else None
-        for _ in range(len(self.consumers)):
-            consumer = self.consumers[0]
-            self.consumers.rotate(-1)
-            if consumer.has_capacity:
-                return consumer
+        service = self.service
+        while service:
+            consumer = service.popleft()
+            if not consumer.has_capacity:  # a classic queue notices on trying it
+                consumer.blocked = True
+                continue
+            prefetch = consumer.prefetch
+            if self.quorum and prefetch and consumer.unacked + 1 >= prefetch:
+                consumer.blocked = True  # rabbit_fifo: out of the line once its credit is spent
+            else:
+                service.append(consumer)
+            return consumer
         return None
+
+    def add_consumer(self, consumer: ConsumerState) -> None:
+        """A new consumer joins at the back of the line."""
+        self.consumers.append(consumer)
+        self.service.append(consumer)
+
+    def remove_consumer(self, consumer: ConsumerState) -> None:
+        """A consumer leaves (cancelled, or its session closed)."""
+        self.consumers.remove(consumer)
+        if not consumer.blocked:
+            self.service.remove(consumer)
+
+    def unblock(self, consumer: ConsumerState) -> None:
+        """A blocked consumer has room again: back of the line (RabbitMQ's ``unblock``)."""
+        if consumer.blocked and consumer.has_capacity:
+            consumer.blocked = False
+            self.service.append(consumer)
 
 
 def _int_arg(arguments: Mapping[str, Any], name: str) -> int | None:

@@ -281,7 +281,7 @@ class Registry:
         queue = self._queues.get(consumer.queue)
         if queue is None:
             return
-        queue.consumers.remove(consumer)
+        queue.remove_consumer(consumer)
         if not queue.consumers and queue.expires is not None:
             touch(queue)
             self._schedule_expiry()  # its x-expires clock runs from now

@@ -248,7 +248,7 @@ class Session:
             consumer = ConsumerState(
                 tag, queue, self._state.id, prefetch, deliver, on_cancel, exclusive
             )
-            state.consumers.append(consumer)
+            state.add_consumer(consumer)
             state.had_consumer = True
             self._state.consumers[tag] = consumer
             broker._dispatch(state)

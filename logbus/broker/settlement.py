@@ -155,6 +155,10 @@ class Settling:
             consumer = state.consumers.get(unacked.consumer_tag)
             if consumer is not None:
                 consumer.unacked -= 1
+                if consumer.blocked:
+                    queue = self._queues.get(consumer.queue)
+                    if queue is not None:
+                        queue.unblock(consumer)
         return unacked
 
     def _requeue(self, state: SessionState, tags: list[int], *, returned: bool = False) -> set[str]:
