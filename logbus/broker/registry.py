@@ -243,13 +243,18 @@ class Registry:
         consumers = len(queue.consumers)
         if queue.quorum and queue.single_active:  # waiting consumers are not counted
             consumers = min(consumers, 1)
-        if queue.quorum:  # RabbitMQ 3.10 counts each unacked basic.get as a consumer
-            name = queue.name
-            consumers += sum(
-                u.queue == name and u.consumer_tag is None
-                for s in self._sessions.values()
-                for u in s.unacked.values()
-            )
+        if queue.quorum:  # RabbitMQ 3.10 counts each unacked basic.get as a consumer,
+            name = queue.name  # and a cancelled consumer until its deliveries are settled
+            cancelled: set[tuple[int, str]] = set()
+            for session in self._sessions.values():
+                for u in session.unacked.values():
+                    if u.queue != name:
+                        continue
+                    if u.consumer_tag is None:
+                        consumers += 1
+                    elif u.consumer_tag not in session.consumers:
+                        cancelled.add((session.id, u.consumer_tag))
+            consumers += len(cancelled)
         return QueueInfo(queue.name, len(queue.ready), consumers)
 
     def _delete_queue(self, name: str) -> int:

@@ -212,3 +212,21 @@ def test_a_classic_queue_refuses_a_delivery_limit(make):
     """x-delivery-limit is a quorum queue's: a classic queue answers 406."""
     with pytest.raises(PreconditionFailed, match="x-delivery-limit"):
         make.queue("work", arguments={"x-delivery-limit": 2})
+
+
+def test_a_cancelled_quorum_consumer_counts_until_it_settles(make, open_transport):
+    """RabbitMQ 3.10 keeps a cancelled quorum consumer, and counts it, while it holds
+    unacked deliveries."""
+    q = make.queue("work", arguments={"x-queue-type": "quorum"})
+    consumer = open_transport().consume(q, prefetch=5)
+    put(make.transport, q, "m")
+    (held,) = take(consumer, 1)
+    consumer.cancel()
+    assert make.transport.declare_queue(q, passive=True).consumer_count == 1
+    held.ack()
+    deadline = time.monotonic() + 5.0
+    while make.transport.declare_queue(q, passive=True).consumer_count and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.02)  # the ack travels asynchronously on amqp://
+    assert make.transport.declare_queue(q, passive=True).consumer_count == 0
