@@ -235,6 +235,9 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
         side.open(client)
 
     def pump() -> None:
+        # Deliveries to different clients (connections) have no order between them: a
+        # step's are listed client by client, each client's in the order they came.
+        lines: list[tuple[int, str]] = []
         deadline = time.monotonic() + 5.0
         quiet_until = time.monotonic() + side.quiet
         while True:
@@ -244,7 +247,7 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
                     arrived = True
                     label = side.describe(message)
                     held[client].append(Held(tag, label, message, scope))
-                    trace.append(f"  c{client} deliver {label}")
+                    lines.append((client, f"  c{client} deliver {label}"))
             now = time.monotonic()
             if arrived:
                 quiet_until = now + side.quiet
@@ -252,6 +255,7 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
                 break
             else:
                 time.sleep(0.001)
+        trace.extend(line for _, line in sorted(lines, key=lambda item: item[0]))
 
     for op in ops:
         kind, client = op[0], op[1]
