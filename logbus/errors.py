@@ -28,6 +28,7 @@ worker's retry logic and the CLI's exit statuses read that flag.
         ├── ChannelError            the broker refused an operation (AMQP channel error)
         │   ├── NotFound            the entity does not exist (404)
         │   ├── PreconditionFailed  redeclared with other arguments (406)
+        │   │   └── InvalidExpiration  a per-message expiration that is not digits (406; 65)
         │   ├── ResourceLocked      exclusive to another connection (405)
         │   └── NotImplementedByBroker  a feature the queue type lacks (540)
         ├── AccessRefused           credentials or permissions refused (77, not recoverable)
@@ -51,6 +52,7 @@ __all__ = [
     "DecodeError",
     "FacilityError",
     "InputError",
+    "InvalidExpiration",
     "InvalidTopology",
     "LogbusError",
     "NotConfirmed",
@@ -245,6 +247,16 @@ class PreconditionFailed(ChannelError):
 
     reply_code = 406
     exit_code = EX_CONFIG
+
+
+class InvalidExpiration(InputError, PreconditionFailed):
+    """A per-message ``expiration`` that is not milliseconds as decimal digits.
+
+    RabbitMQ answers such a publish with 406 PRECONDITION_FAILED and closes the
+    channel; the in-process broker raises this with RabbitMQ's words, and amqp://
+    raises it before sending (a channel closed under a pipelined publishing window
+    would fail every publish in flight with it). Bad input: exit 65, and a 406.
+    """
 
 
 class ResourceLocked(ChannelError):

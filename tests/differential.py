@@ -1,9 +1,12 @@
 """The differential harness: one seeded operation sequence, run on RabbitMQ and on logbus.
 
 A scenario is a list of plain tuples drawn from a seed (:func:`scenario`): queue
-declares with TTLs, length limits, overflow, dead-lettering and quorum; publishes
-with per-message expirations (valid, 0 and invalid); ``basic.get``; consumers with
-prefetch; ack/nack/reject with and without requeue and ``multiple``; connection
+declares with TTLs, length limits, overflow, dead-lettering, quorum, priorities,
+a single active consumer, ``x-expires`` and a delivery limit (valid and invalid
+values); publishes with per-message expirations (valid, 0 and invalid),
+priorities and ``CC``/``BCC`` headers; publishes through a direct exchange with an
+alternate exchange (mandatory); ``basic.get``; consumers with prefetch, and their
+cancels; ack/nack/reject with and without requeue and ``multiple``; connection
 closes, purges, deletes, unbinds and redeclares. :class:`PikaSide` plays it on a
 live RabbitMQ through plain pika, :class:`LogbusSide` through a logbus transport,
 and :func:`play` writes down what a client could observe — every reply, error code,
@@ -29,6 +32,8 @@ Op = tuple[Any, ...]
 
 #: Per-message expirations tried: valid, zero, short (expire while waiting), invalid.
 EXPIRATIONS = (None,) * 8 + ("0", "0", "1", "1", "60000", "abc", "-1", "1.5")
+#: Message priorities tried (None: no priority property; 9 is past every x-max-priority).
+PRIORITIES = (None,) * 4 + (0, 1, 2, 5, 9)
 CLIENTS = 2
 QUEUES = 3
 
@@ -53,7 +58,28 @@ def queue_arguments(rng: random.Random, dlx: str) -> dict[str, Any]:
             args["x-dead-letter-routing-key"] = "dead"
     if rng.random() < 0.1:
         args["x-unknown-arg"] = rng.choice(("a", "b"))
+    if rng.random() < (0.02 if quorum else 0.2):  # refused on a quorum queue
+        args["x-max-priority"] = rng.choice((0, 2, 5, 5, 300))
+    if rng.random() < 0.15:
+        args["x-single-active-consumer"] = rng.choice((True, True, True, False, "yes"))
+    if rng.random() < 0.08:  # long enough never to run out within a scenario
+        args["x-expires"] = rng.choice((60000, 60000, 0))
+    if rng.random() < (0.4 if quorum else 0.02):  # refused on a classic queue
+        args["x-delivery-limit"] = rng.choice((0, 1, 2))
     return args
+
+
+def _copies(rng: random.Random) -> tuple[tuple[str, Any], ...]:
+    """``CC``/``BCC`` headers of a publish: queue indexes, or a malformed value."""
+    if rng.random() < 0.8:
+        return ()
+    if rng.random() < 0.1:
+        return ((rng.choice(("CC", "BCC")), "not-a-list"),)
+    return tuple(
+        (header, tuple(rng.randrange(QUEUES) for _ in range(rng.choice((1, 2)))))
+        for header in ("CC", "BCC")
+        if rng.random() < 0.6
+    )
 
 
 def scenario(seed: int, length: int = 18) -> list[Op]:
@@ -72,14 +98,21 @@ def scenario(seed: int, length: int = 18) -> list[Op]:
     for _ in range(length):
         kind = rng.choices(
             ("publish", "get", "consume", "settle", "close", "count", "wait", "purge",
-             "delete", "redeclare", "unbind"),
-            (30, 10, 8, 22, 4, 6, 5, 2, 2, 3, 2),
+             "delete", "redeclare", "unbind", "publishx", "cancel", "bind"),
+            (30, 10, 8, 22, 4, 6, 5, 2, 2, 3, 2, 5, 3, 2),
         )[0]  # fmt: skip
         client, q = rng.randrange(CLIENTS), rng.randrange(QUEUES)
         if kind == "publish":
             for _ in range(rng.choice((1, 1, 2, 3))):
-                ops.append(("publish", client, q, f"m{body}", rng.choice(EXPIRATIONS)))
+                expiration, priority = rng.choice(EXPIRATIONS), rng.choice(PRIORITIES)
+                ops.append(("publish", client, q, f"m{body}", expiration, priority, _copies(rng)))
                 body += 1
+        elif kind == "publishx":  # through the direct exchange: a bound key or none (the AE)
+            key = rng.choice((f"k{q}", f"k{q}", "none"))
+            ops.append(("publishx", client, key, f"m{body}", rng.choice(PRIORITIES)))
+            body += 1
+        elif kind == "bind":
+            ops.append(("bind", client, q, f"k{q}"))
         elif kind == "get":
             ops.append(("get", client, q, rng.random() < 0.3))
         elif kind == "consume":
@@ -138,7 +171,26 @@ class Side:
     def declare(self, client: int, name: str, args: dict[str, Any], exclusive: bool) -> None: ...
     def declare_dlx(self, name: str, queue: str) -> None: ...
     def bind(self, client: int, queue: str, exchange: str, key: str, unbind: bool) -> None: ...
-    def publish(self, client: int, queue: str, body: str, expiration: str | None) -> bool: ...
+    def declare_exchange(self, name: str, type: str, args: dict[str, Any]) -> None: ...
+    def publish(
+        self,
+        client: int,
+        queue: str,
+        body: str,
+        expiration: str | None,
+        priority: int | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> bool: ...
+    def publish_to(
+        self, client: int, exchange: str, key: str, body: str, priority: int | None
+    ) -> str:
+        """Publish with ``mandatory``: "confirmed", "returned" or "nacked"."""
+        return ""
+
+    def cancel(self, client: int) -> bool:
+        """Cancel the client's latest consumer still running; False if it has none."""
+        return False
+
     def get(self, client: int, queue: str, auto_ack: bool) -> tuple[Any, int] | None: ...
     def consume(self, client: int, queue: str, prefetch: int) -> None: ...
     def settle(self, client: int, held: Held, how: str, multiple: bool, requeue: bool) -> None:
@@ -165,12 +217,13 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
     trace: list[str] = []
     held: list[list[Held]] = [[] for _ in range(CLIENTS)]
     names = [f"{prefix}-q{q}" for q in range(QUEUES)]
-    dlq = f"{prefix}-dlq"
+    dlq, aeq = f"{prefix}-dlq", f"{prefix}-aeq"
     exchange = f"{prefix}-x"
     for client in range(CLIENTS):
         side.open(client)
     side.declare_dlx(f"{prefix}-dlx", dlq)
-    side.declare_dlx(exchange, "")
+    side.declare_dlx(f"{prefix}-ae", aeq)  # a fanout exchange and its queue: the AE
+    side.declare_exchange(exchange, "direct", {"alternate-exchange": f"{prefix}-ae"})
 
     def failed(client: int, exc: BaseException) -> None:
         code = side.is_error(exc)
@@ -182,6 +235,9 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
         side.open(client)
 
     def pump() -> None:
+        # Deliveries to different clients (connections) have no order between them: a
+        # step's are listed client by client, each client's in the order they came.
+        lines: list[tuple[int, str]] = []
         deadline = time.monotonic() + 5.0
         quiet_until = time.monotonic() + side.quiet
         while True:
@@ -191,7 +247,7 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
                     arrived = True
                     label = side.describe(message)
                     held[client].append(Held(tag, label, message, scope))
-                    trace.append(f"  c{client} deliver {label}")
+                    lines.append((client, f"  c{client} deliver {label}"))
             now = time.monotonic()
             if arrived:
                 quiet_until = now + side.quiet
@@ -199,6 +255,7 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
                 break
             else:
                 time.sleep(0.001)
+        trace.extend(line for _, line in sorted(lines, key=lambda item: item[0]))
 
     for op in ops:
         kind, client = op[0], op[1]
@@ -210,7 +267,7 @@ def play(side: Side, ops: Sequence[Op], prefix: str) -> list[str]:
         if kind == "wait":
             time.sleep(0.03)  # lets TTLs of 1 ms run out on both sides alike
         pump()
-    trace.extend(_final(side, [*names, dlq], pump, failed))
+    trace.extend(_final(side, [*names, dlq, aeq], pump, failed))
     return trace
 
 
@@ -232,8 +289,14 @@ def _step(
     elif kind == "bind" or kind == "unbind":
         side.bind(client, names[op[2]], exchange, op[3], unbind=kind == "unbind")
     elif kind == "publish":
-        ok = side.publish(client, names[op[2]], op[3], op[4])
+        headers = {h: v if isinstance(v, str) else [names[i] for i in v] for h, v in op[6]}
+        ok = side.publish(client, names[op[2]], op[3], op[4], op[5], headers or None)
         trace.append("  confirmed" if ok else "  nacked")
+    elif kind == "publishx":
+        trace.append("  " + side.publish_to(client, exchange, op[2], op[3], op[4]))
+    elif kind == "cancel":
+        if not side.cancel(client):
+            trace.append("  no consumer")
     elif kind == "get":
         got = side.get(client, names[op[2]], op[3])
         if got is None:
@@ -297,13 +360,35 @@ def _final(
             bodies.append(f"error {side.is_error(exc)}")
             side.close(0)
             side.open(0)
+        if queue.endswith("-dlq"):
+            bodies.sort(key=_died_in)
         lines.append(f"final {queue[-3:]}: " + " ".join(bodies))
     side.close(0)
     return lines
 
 
+def _died_in(label: str) -> str:
+    """The queue a dead letter's label says it died in last ("m1[-q0/expired/1]" -> "-q0").
+
+    Each queue dead-letters in its own order, but RabbitMQ runs queues as separate
+    processes: when one publish (CC) or one step puts dead letters in from several
+    queues at once, how they interleave is a race. The final dead-letter queue is
+    therefore compared grouped by the queue they died in, each group in its order.
+    """
+    start = label.find("[")
+    return label[start + 1 :].split("/", 1)[0] if start >= 0 else ""
+
+
 def x_death(headers: dict[str, Any] | None) -> str:
-    """``x-death`` as the trace shows it: queue suffix, reason, count; newest first."""
-    deaths = (headers or {}).get("x-death") or []
+    """``x-death`` as the trace shows it: queue suffix, reason, count; newest first;
+    then the quorum ``x-delivery-count`` and which of ``CC``/``BCC`` are still there."""
+    headers = headers or {}
+    deaths = headers.get("x-death") or []
     parts = [f"{str(d.get('queue'))[-3:]}/{d.get('reason')}/{d.get('count')}" for d in deaths]
-    return ("[" + ",".join(parts) + "]") if parts else ""
+    shown = ("[" + ",".join(parts) + "]") if parts else ""
+    if "x-delivery-count" in headers:
+        shown += f"d{headers['x-delivery-count']}"
+    for name in ("CC", "BCC"):
+        if name in headers:
+            shown += f"+{name}"
+    return shown

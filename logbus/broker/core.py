@@ -33,7 +33,9 @@ from collections.abc import Set as AbstractSet
 from enum import Enum
 from typing import Any
 
+from logbus.broker.expiry import expire_unused, with_delivery_count
 from logbus.broker.journal import Journal, JournaledQueue
+from logbus.broker.priority import arm_timer
 from logbus.broker.queues import (
     ConsumerState,
     Delivered,
@@ -45,12 +47,13 @@ from logbus.broker.queues import (
     monotonic,
     valid_expiration,
 )
+from logbus.broker.recipients import carbon_copies, without_bcc
 from logbus.broker.registry import EXCHANGE_TYPES, QUEUE, Registry
 from logbus.broker.settlement import Guard, Settling
 from logbus.broker.streams import StreamState, is_stream
 from logbus.broker.streams import dispatch as dispatch_stream
 from logbus.broker.watermark import accounted
-from logbus.errors import AccessRefused, PreconditionFailed
+from logbus.errors import AccessRefused, InvalidExpiration
 from logbus.message import Message, QueueInfo
 
 __all__ = ["Broker", "PublishOutcome", "QueueInfo"]
@@ -181,13 +184,26 @@ class Broker(Registry, Settling):
             if not state.open:
                 return
             state.open = False
-            for tag in list(state.consumers):
-                self._cancel(state, tag)
-            touched = self._requeue(state, sorted(state.unacked), returned=True)
+            # As RabbitMQ sees a connection go: one channel after the other (basic.get's
+            # first, then each consumer's), each channel's messages returned and the queue
+            # run before the next goes, so a consumer still open may take them (and return
+            # them again). A single active consumer's queue is run for the next one.
+            channels: list[str | None] = [None, *state.consumers]
+            held = {u.consumer_tag for u in state.unacked.values() if u.consumer_tag is not None}
+            channels += sorted(held - set(state.consumers))
+            for channel in channels:
+                consumer = None if channel is None else state.consumers.get(channel)
+                if consumer is not None:
+                    self._cancel(state, consumer.tag)
+                tags = sorted(t for t, u in state.unacked.items() if u.consumer_tag == channel)
+                touched = self._requeue(state, tags, returned=True)
+                queue = None if consumer is None else self._queues.get(consumer.queue)
+                if queue is not None and queue.single_active:
+                    touched.add(queue.name)
+                self._dispatch_all(touched)
             for name in [q.name for q in self._queues.values() if q.exclusive_owner == state.id]:
                 self._delete_queue(name)
             self._sessions.pop(state.id, None)
-            self._dispatch_all(touched)
 
     # -- publishing ------------------------------------------------------------
 
@@ -198,7 +214,7 @@ class Broker(Registry, Settling):
                 self._drain()
             expiration = message.properties.expiration
             if expiration is not None and not valid_expiration(expiration):
-                raise PreconditionFailed(f"PRECONDITION_FAILED - invalid expiration '{expiration}'")
+                raise InvalidExpiration(f"PRECONDITION_FAILED - invalid expiration '{expiration}'")
             if message.exchange:
                 exchange = self._exchange(message.exchange)
                 if exchange.internal:
@@ -206,7 +222,13 @@ class Broker(Registry, Settling):
                         f"ACCESS_REFUSED - cannot publish to internal exchange "
                         f"'{message.exchange}' in vhost '/'"
                     )
-            names = self._route(message.exchange, message.routing_key, message)
+            extra: tuple[str, ...] = ()
+            headers = message.properties.headers
+            if headers and ("CC" in headers or "BCC" in headers):
+                extra = carbon_copies(message)
+                if "BCC" in headers:
+                    message = without_bcc(message)
+            names = self._route(message.exchange, message.routing_key, message, extra)
             if names:
                 rejected = False
                 now = monotonic()
@@ -220,38 +242,51 @@ class Broker(Registry, Settling):
             self._journal.commit()
         return outcome
 
-    def _route(self, exchange_name: str, routing_key: str, message: Message) -> AbstractSet[str]:
+    def _route(
+        self, exchange_name: str, routing_key: str, message: Message, extra: tuple[str, ...] = ()
+    ) -> AbstractSet[str]:
+        """The queues a message reaches; ``extra``: more routing keys (``CC``/``BCC``)."""
         if exchange_name == "":
-            return {routing_key} if routing_key in self._queues else set()
+            return {k for k in (routing_key, *extra) if k in self._queues}
         headers = message.properties.headers
         if headers:  # a headers exchange may be on the path: no caching
-            return self._route_uncached(exchange_name, routing_key, headers)
+            return self._route_uncached(exchange_name, (routing_key, *extra), headers)
         cache_key = (exchange_name, routing_key)
         queues = self._route_cache.get(cache_key)
         if queues is None:
             if len(self._route_cache) >= _ROUTE_CACHE_SIZE:
                 self._route_cache.clear()
             queues = self._route_cache[cache_key] = frozenset(
-                self._route_uncached(exchange_name, routing_key, headers)
+                self._route_uncached(exchange_name, (routing_key,), headers)
             )
         return queues
 
     def _route_uncached(
-        self, exchange_name: str, routing_key: str, headers: Mapping[str, Any]
+        self, exchange_name: str, keys: tuple[str, ...], headers: Mapping[str, Any]
     ) -> set[str]:
+        """Route as RabbitMQ's ``rabbit_exchange:route``: through exchange-to-exchange
+        bindings, each exchange visited once, and to an exchange's ``alternate-exchange``
+        when its own bindings matched none of the keys."""
         queues: set[str] = set()
         seen: set[str] = set()
         pending = [exchange_name]
-        while pending:  # exchange-to-exchange bindings, each exchange visited once
+        while pending:
             name = pending.pop()
-            if name in seen or name not in self._exchanges:
+            exchange = self._exchanges.get(name)
+            if exchange is None or name in seen:
                 continue
             seen.add(name)
-            for kind, destination in self._exchanges[name].table.route(routing_key, headers):
-                if kind == QUEUE:
-                    queues.add(destination)
-                else:
-                    pending.append(destination)
+            matched = False
+            for key in keys if exchange.type in ("direct", "topic") else keys[:1]:
+                for kind, destination in exchange.table.route(key, headers):
+                    matched = True
+                    if kind == QUEUE:
+                        queues.add(destination)
+                    else:
+                        pending.append(destination)
+            alternate = exchange.arguments.get("alternate-exchange")
+            if not matched and isinstance(alternate, str):
+                pending.append(alternate)
         return queues
 
     def _enqueue(self, queue: QueueState, message: Message, now: float) -> bool:
@@ -296,15 +331,35 @@ class Broker(Registry, Settling):
         return dropped
 
     def _expire_head(self, queue: QueueState, now: float | None = None) -> None:
-        """Dead-letter expired messages from the head (RabbitMQ never looks further)."""
+        """Dead-letter expired messages from the head (RabbitMQ never looks further).
+
+        This is RabbitMQ's ``drop_expired_msgs``: a priority queue then sets its TTL
+        timer for the new head (see :mod:`logbus.broker.priority`).
+        """
         while queue.head_expired(now):
             self._dead_letter(queue, queue.pop(), "expired")
+        if queue.prioritised and arm_timer(queue):
+            self._schedule_expiry()
+
+    def _fire_timer(self, queue: QueueState, now: float) -> None:
+        """A priority queue's TTL timer, if it is due: expire from the head, re-arm."""
+        if queue.timer_at is not None and queue.timer_at <= now:
+            queue.timer_at = None
+            self._expire_head(queue, now)
 
     # -- dispatch --------------------------------------------------------------
 
     def _dispatch(self, queue: QueueState) -> None:
         if isinstance(queue, StreamState):
             dispatch_stream(queue, self._deliver)
+            return
+        if queue.prioritised:  # fetch, then drop expired heads (RabbitMQ's fetch/2)
+            while queue.ready:
+                consumer = queue.next_consumer()
+                if consumer is None:
+                    break
+                self._deliver(queue, consumer, queue.pop())
+                self._expire_head(queue)
             return
         while queue.ready:
             if queue.head_expired():
@@ -319,7 +374,9 @@ class Broker(Registry, Settling):
 
     def _watch_head(self, queue: QueueState) -> None:
         """Wake the expiry thread when a new head has a TTL (RabbitMQ's head timer)."""
-        if queue.ready and queue.ready[0].expires_at is not None:
+        if queue.prioritised:
+            self._expire_head(queue)
+        elif queue.ready and queue.ready[0].expires_at is not None:
             self._schedule_expiry()
 
     def _deliver(self, queue: QueueState, consumer: ConsumerState, entry: Entry) -> None:
@@ -327,7 +384,11 @@ class Broker(Registry, Settling):
         tag = state.next_tag()
         state.unacked[tag] = Unacked(entry, queue.name, consumer.tag)
         consumer.unacked += 1
-        consumer.deliver(Delivered(entry.message, consumer.tag, tag, entry.redelivered, queue.name))
+        # A quorum queue tells a consumer how often a message came back, once it has.
+        message = (
+            with_delivery_count(entry) if queue.quorum and entry.delivery_count else entry.message
+        )
+        consumer.deliver(Delivered(message, consumer.tag, tag, entry.redelivered, queue.name))
 
     def _dispatch_all(self, names: set[str]) -> None:
         for name in names:
@@ -352,13 +413,21 @@ class Broker(Registry, Settling):
                 now = monotonic()
                 soonest: float | None = None
                 for queue in list(self._queues.values()):
-                    if queue.head_expired(now):
+                    if queue.prioritised:
+                        self._fire_timer(queue, now)
+                        if queue.timer_at is not None:
+                            soonest = min(soonest or queue.timer_at, queue.timer_at)
+                    elif queue.head_expired(now):
                         self._dispatch(queue)  # dispatch dead-letters expired heads
-                    while queue.head_expired(now):
+                    while not queue.prioritised and queue.head_expired(now):
                         self._dead_letter(queue, queue.pop(), "expired")
-                    if queue.ready and queue.ready[0].expires_at is not None:
+                    if not queue.prioritised and queue.ready and queue.ready[0].expires_at:
                         at = queue.ready[0].expires_at
                         soonest = at if soonest is None else min(soonest, at)
+                    if queue.expires is not None and not queue.consumers:
+                        unused_until = expire_unused(self, queue, now)
+                        if unused_until is not None:
+                            soonest = min(soonest or unused_until, unused_until)
                 timeout = None if soonest is None else max(0.0, soonest - monotonic())
                 if self._journal is not None:
                     self._journal.write()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from logbus.broker.priority import Levels
 from logbus.message import Message
 from logbus.routing import BindingTable, table_for
 
@@ -37,6 +38,8 @@ class Entry:
     redelivered: bool = False
     # Its place in the queue's order, given on first entry: a requeue puts it back there.
     seq: int = field(default=0, kw_only=True)
+    # How many times it came back (quorum queues count them: ``x-delivery-count``).
+    delivery_count: int = field(default=0, kw_only=True)
 
     @property
     def size(self) -> int:
@@ -67,6 +70,8 @@ class ConsumerState:
     on_cancel: Callable[[str], None] | None = None
     exclusive: bool = False
     unacked: int = 0
+    # Out of its queue's service line until it has room again (then it rejoins at the back).
+    blocked: bool = False
 
     @property
     def has_capacity(self) -> bool:
@@ -120,8 +125,9 @@ class QueueState:
     exclusive_owner: int | None
     auto_delete: bool
     arguments: dict[str, Any]
-    ready: deque[Entry] = field(default_factory=deque)
-    consumers: deque[ConsumerState] = field(default_factory=deque)
+    ready: deque[Entry] | Levels = field(default_factory=deque)
+    consumers: deque[ConsumerState] = field(default_factory=deque)  # in order of arrival
+    service: deque[ConsumerState] = field(default_factory=deque)  # who is served next
     ready_bytes: int = 0
     had_consumer: bool = False
     next_seq: int = 1
@@ -135,6 +141,14 @@ class QueueState:
     dead_letter_exchange: str | None = field(init=False)
     dead_letter_routing_key: str | None = field(init=False)
     bounded: bool = field(init=False)
+    single_active: bool = field(init=False)
+    delivery_limit: int | None = field(init=False)
+    # x-expires: milliseconds unused before the queue goes, and when it was last used.
+    expires: int | None = field(init=False)
+    last_used: float = field(init=False)
+    # A priority queue's TTL timer: when RabbitMQ's drop_expired_msgs next runs by itself.
+    prioritised: bool = field(init=False, default=False)
+    timer_at: float | None = field(init=False, default=None)
 
     @property
     def exclusive(self) -> bool:
@@ -154,6 +168,15 @@ class QueueState:
         self.dead_letter_exchange = None if dlx is None else str(dlx)
         dlk = args.get("x-dead-letter-routing-key")
         self.dead_letter_routing_key = None if dlk is None else str(dlk)
+        self.single_active = args.get("x-single-active-consumer") is True
+        limit = args.get("x-delivery-limit")
+        self.delivery_limit = limit if self.quorum and type(limit) is int else None
+        self.expires = _int_arg(args, "x-expires")
+        self.last_used = monotonic()
+        max_priority = args.get("x-max-priority")
+        if type(max_priority) is int and not self.quorum:
+            self.ready = Levels(max_priority)
+            self.prioritised = True
 
     def expiry_for(self, message: Message, now: float) -> float | None:
         """When a message entering now expires: the smaller of queue and message TTLs."""
@@ -199,11 +222,16 @@ class QueueState:
 
         A classic queue restores its original position (by ``seq``). A quorum queue
         puts a nacked or rejected message at the tail, and serves messages returned
-        by a closed channel first, in the order they came back.
+        by a closed channel first, in the order they came back; with a delivery limit
+        nacked and rejected messages are served first too.
         """
         ready = self.ready
-        if self.quorum:
-            if returned:
+        if isinstance(ready, Levels):
+            ready.put_back(entry)
+        elif self.quorum:
+            # Without x-delivery-limit, 3.10 sends a nacked message to the back (a poison
+            # message cannot starve the queue); with one, the limit does that job.
+            if returned or self.delivery_limit is not None:
                 ready.insert(self.returns, entry)
                 self.returns += 1
             else:
@@ -241,13 +269,48 @@ class QueueState:
         return expires_at <= (monotonic() if now is None else now)
 
     def next_consumer(self) -> ConsumerState | None:
-        """The next consumer in round-robin order with room under its prefetch."""
-        for _ in range(len(self.consumers)):
-            consumer = self.consumers[0]
-            self.consumers.rotate(-1)
-            if consumer.has_capacity:
-                return consumer
+        """The next consumer in round-robin order with room under its prefetch.
+
+        As RabbitMQ: consumers are served from a line, each going to its back after a
+        delivery; one without room leaves the line (a quorum queue's as soon as its
+        prefetch is spent, a classic one's when it is next tried) and rejoins at the
+        back when a settlement gives it room (:meth:`unblock`).
+
+        With ``x-single-active-consumer`` only the earliest registered one is served.
+        """
+        if self.single_active:
+            active = self.consumers[0] if self.consumers else None
+            return active if active is not None and active.has_capacity else None
+        service = self.service
+        while service:
+            consumer = service.popleft()
+            if not consumer.has_capacity:  # a classic queue notices on trying it
+                consumer.blocked = True
+                continue
+            prefetch = consumer.prefetch
+            if self.quorum and prefetch and consumer.unacked + 1 >= prefetch:
+                consumer.blocked = True  # rabbit_fifo: out of the line once its credit is spent
+            else:
+                service.append(consumer)
+            return consumer
         return None
+
+    def add_consumer(self, consumer: ConsumerState) -> None:
+        """A new consumer joins at the back of the line."""
+        self.consumers.append(consumer)
+        self.service.append(consumer)
+
+    def remove_consumer(self, consumer: ConsumerState) -> None:
+        """A consumer leaves (cancelled, or its session closed)."""
+        self.consumers.remove(consumer)
+        if not consumer.blocked:
+            self.service.remove(consumer)
+
+    def unblock(self, consumer: ConsumerState) -> None:
+        """A blocked consumer has room again: back of the line (RabbitMQ's ``unblock``)."""
+        if consumer.blocked and consumer.has_capacity:
+            consumer.blocked = False
+            self.service.append(consumer)
 
 
 def _int_arg(arguments: Mapping[str, Any], name: str) -> int | None:

@@ -16,6 +16,8 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from logbus.broker.arguments import check_exchange_arguments, check_feature_arguments
+from logbus.broker.expiry import touch
 from logbus.broker.journal import BindingRecord, Journal, JournaledQueue
 from logbus.broker.queues import ExchangeState, QueueState, SessionState, Unacked
 from logbus.broker.streams import StreamState, check_declare, is_stream
@@ -108,6 +110,7 @@ class Registry:
                 raise PreconditionFailed(
                     f"COMMAND_INVALID - unknown exchange type '{type}' for exchange '{name}'"
                 )
+            check_exchange_arguments(name, args)
             if existing is None:
                 self._route_cache.clear()
                 exchange = ExchangeState(name, type, durable, auto_delete, internal, args)
@@ -178,6 +181,7 @@ class Registry:
         with self._guard:
             if passive:
                 queue = self._queue(name, session)
+                touch(queue)
                 return self._info(queue)
             if name == "":
                 name = "amq.gen-" + secrets.token_urlsafe(16)
@@ -189,6 +193,7 @@ class Registry:
             existing = self._queues.get(name)
             if existing is None:
                 _check_replicated(name, args, durable, exclusive, auto_delete)
+                check_feature_arguments(name, args)
                 owner = session.id if exclusive else None
                 if is_stream(args):
                     check_declare(name, args, CHECKED_QUEUE_ARGUMENTS)
@@ -221,6 +226,7 @@ class Registry:
                     raise _inequivalent(
                         key, "queue", name, args.get(key), existing.arguments.get(key)
                     )
+            touch(existing)
             return self._info(existing)
 
     def _queue(self, name: str, session: SessionState | None = None) -> QueueState:
@@ -241,13 +247,20 @@ class Registry:
 
     def _info(self, queue: QueueState) -> QueueInfo:
         consumers = len(queue.consumers)
-        if queue.quorum:  # RabbitMQ 3.10 counts each unacked basic.get as a consumer
-            name = queue.name
-            consumers += sum(
-                u.queue == name and u.consumer_tag is None
-                for s in self._sessions.values()
-                for u in s.unacked.values()
-            )
+        if queue.quorum and queue.single_active:  # waiting consumers are not counted
+            consumers = min(consumers, 1)
+        if queue.quorum:  # RabbitMQ 3.10 counts each unacked basic.get as a consumer,
+            name = queue.name  # and a cancelled consumer until its deliveries are settled
+            cancelled: set[tuple[int, str]] = set()
+            for session in self._sessions.values():
+                for u in session.unacked.values():
+                    if u.queue != name:
+                        continue
+                    if u.consumer_tag is None:
+                        consumers += 1
+                    elif u.consumer_tag not in session.consumers:
+                        cancelled.add((session.id, u.consumer_tag))
+            consumers += len(cancelled)
         count = len(queue) if isinstance(queue, StreamState) else len(queue.ready)
         return QueueInfo(queue.name, count, consumers)
 
@@ -280,7 +293,10 @@ class Registry:
         queue = self._queues.get(consumer.queue)
         if queue is None:
             return
-        queue.consumers.remove(consumer)
+        queue.remove_consumer(consumer)
+        if not queue.consumers and queue.expires is not None:
+            touch(queue)
+            self._schedule_expiry()  # its x-expires clock runs from now
         if queue.auto_delete and queue.had_consumer and not queue.consumers:
             self._delete_queue(queue.name)
 

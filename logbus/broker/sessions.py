@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from logbus.broker.expiry import touch, with_delivery_count
 from logbus.broker.queues import ConsumerState, Delivered, SessionState, Unacked, monotonic
 from logbus.broker.registry import EXCHANGE, QUEUE
 from logbus.broker.streams import StreamState, attach, check_consume, not_supported, start_offset
@@ -22,6 +23,7 @@ from logbus.errors import (
     AccessRefused,
     NotImplementedByBroker,
     PreconditionFailed,
+    ResourceLocked,
     TransportClosed,
 )
 from logbus.message import Message, QueueInfo
@@ -200,7 +202,17 @@ class Session:
             state = broker._queue(queue, self._state)
             if isinstance(state, StreamState):
                 raise not_supported(state, "basic.get")
-            broker._expire_head(state, monotonic())
+            if state.quorum and state.single_active:
+                raise ResourceLocked(
+                    f"RESOURCE_LOCKED - cannot obtain access to locked queue '{queue}' in vhost "
+                    f"'/'. basic.get operations are not supported by quorum queues with single "
+                    f"active consumer"
+                )
+            touch(state)
+            if state.prioritised:  # RabbitMQ fetches the head, expired or not
+                broker._fire_timer(state, monotonic())
+            else:
+                broker._expire_head(state, monotonic())
             if not state.ready:
                 return None
             entry = state.pop()
@@ -210,7 +222,8 @@ class Session:
                 self._state.unacked[tag] = Unacked(entry, queue, None)
             elif broker._journal is not None:
                 broker._journal.left(queue, entry)
-            return Delivered(entry.message, "", tag, entry.redelivered, queue)
+            message = with_delivery_count(entry) if state.quorum else entry.message
+            return Delivered(message, "", tag, entry.redelivered, queue)
 
     def consume(
         self,
@@ -238,9 +251,9 @@ class Session:
                 check_consume(state, prefetch)
                 state.retain(time.time())
                 position = start_offset(state, (arguments or {}).get("x-stream-offset"))
-            # RabbitMQ 3.10's quorum queues let a consumer in after an exclusive one.
-            taken = not state.quorum and any(c.exclusive for c in state.consumers)
-            if (exclusive and state.consumers) or taken:
+            # RabbitMQ 3.10's quorum queues take exclusive consumers as any other.
+            taken = any(c.exclusive for c in state.consumers)
+            if not state.quorum and ((exclusive and state.consumers) or taken):
                 raise AccessRefused(
                     f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
                 )
@@ -248,7 +261,7 @@ class Session:
             consumer = ConsumerState(
                 tag, queue, self._state.id, prefetch, deliver, on_cancel, exclusive
             )
-            state.consumers.append(consumer)
+            state.add_consumer(consumer)
             if isinstance(state, StreamState) and position is not None:
                 attach(state, tag, position)
             state.had_consumer = True
@@ -258,8 +271,13 @@ class Session:
 
     def cancel(self, consumer_tag: str) -> None:
         """Cancel a consumer (``basic.cancel``); its unacked messages stay unacked."""
-        with self._broker._guard:
-            self._broker._cancel(self._state, consumer_tag)
+        broker = self._broker
+        with broker._guard:
+            consumer = self._state.consumers.get(consumer_tag)
+            broker._cancel(self._state, consumer_tag)
+            queue = None if consumer is None else broker._queues.get(consumer.queue)
+            if queue is not None and queue.single_active and queue.quorum:
+                broker._dispatch(queue)  # the next consumer takes over at once (not classic)
 
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
         """Acknowledge a delivery (``basic.ack``)."""

@@ -25,8 +25,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from logbus.broker.expiry import over_delivery_limit
 from logbus.broker.journal import Journal
 from logbus.broker.queues import Entry, ExchangeState, QueueState, SessionState, Unacked, monotonic
+from logbus.broker.recipients import carbon_copies
 from logbus.errors import PreconditionFailed
 from logbus.message import Message
 
@@ -49,9 +51,10 @@ class Settling:
     _waiters: set[int]
     _exchanges: dict[str, ExchangeState]
     _queues: dict[str, QueueState]
-    _route: Callable[[str, str, Message], AbstractSet[str]]
+    _route: Callable[[str, str, Message, tuple[str, ...]], AbstractSet[str]]
     _enqueue: Callable[[QueueState, Message, float], bool]
     _dispatch_all: Callable[[set[str]], None]
+    _dispatch: Callable[[QueueState], None]
     _drop_head: Callable[[QueueState], bool]
     _expire_head: Callable[..., None]
 
@@ -152,6 +155,10 @@ class Settling:
             consumer = state.consumers.get(unacked.consumer_tag)
             if consumer is not None:
                 consumer.unacked -= 1
+                if consumer.blocked:
+                    queue = self._queues.get(consumer.queue)
+                    if queue is not None:
+                        queue.unblock(consumer)
         return unacked
 
     def _requeue(self, state: SessionState, tags: list[int], *, returned: bool = False) -> set[str]:
@@ -165,13 +172,17 @@ class Settling:
             queue = self._queues.get(unacked.queue)
             if queue is None:
                 continue
+            touched.add(queue.name)
+            if over_delivery_limit(queue, unacked.entry):
+                self._dead_letter(queue, unacked.entry, "delivery_limit")
+                continue
             unacked.entry.redelivered = True
             queue.put_back(unacked.entry, returned=returned)
-            touched.add(queue.name)
         for name in touched:
             queue = self._queues[name]
-            if queue.quorum:  # a quorum queue expires returns before it trims to its bound
+            if queue.quorum:  # rabbit_fifo: expire the head, check out to consumers, then trim
                 self._expire_head(queue)
+                self._dispatch(queue)
             self._drop_head(queue)  # a classic one trims first (requeue_and_run)
             self._expire_head(queue)
         return touched
@@ -183,10 +194,13 @@ class Settling:
             original = entry.message
             key = queue.dead_letter_routing_key or original.routing_key
             headers = _with_death(original, queue.name, reason)
+            if queue.dead_letter_routing_key is not None:
+                headers.pop("CC", None)  # RabbitMQ: a dead-letter key replaces the CC keys
             properties = replace(original.properties, headers=headers, expiration=None)
             message = Message(original.body, properties, exchange, key)
             now = monotonic()
-            for name in sorted(self._route(exchange, key, message)):
+            extra = carbon_copies(message) if "CC" in headers else ()
+            for name in sorted(self._route(exchange, key, message, extra)):
                 target = self._queues[name]
                 if _is_cycle(headers, name, reason):
                     continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from logbus.errors import InputError, PreconditionFailed, ResourceLocked
+from logbus.errors import InvalidExpiration, PreconditionFailed, ResourceLocked
 from logbus.message import Message, Properties
 from tests.contract.test_delivery import put, take
 
@@ -57,11 +57,12 @@ def test_a_requeue_past_the_bound_drops_from_the_head(make):
 def test_an_invalid_expiration_is_refused(make, open_transport, expiration):
     """A per-message expiration that is not decimal digits is refused, never published.
 
-    The in-process broker answers RabbitMQ's 406; amqp:// refuses before sending.
+    The in-process broker answers RabbitMQ's 406; amqp:// refuses before sending, with
+    the same class: a 406 (PreconditionFailed) that is also bad input (exit 65).
     """
     q = make.queue("work")
     message = Message(b"x", Properties(expiration=expiration), "", q)
-    with pytest.raises((PreconditionFailed, InputError)):
+    with pytest.raises(InvalidExpiration, match="invalid expiration"):
         open_transport().publish(message, mandatory=False)
 
 

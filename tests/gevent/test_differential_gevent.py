@@ -17,7 +17,7 @@ import pytest
 from logbus.transports import Transport, connect
 from tests.differential import play, scenario
 from tests.differential_sides import LogbusSide, PikaSide
-from tests.integration.test_differential import SEED, _seeds
+from tests.integration.test_differential import _QUIET, SEED, _seeds
 
 
 def _opener(url: str) -> Callable[[], Transport]:
@@ -37,7 +37,7 @@ def test_gevent_broker_matches_rabbitmq(logbus_broker_url: str) -> None:
         finally:
             side.cleanup()
         url = f"gevent://diff-{secrets.token_hex(4)}"
-        got = play(LogbusSide(_opener(url), 0.02), scenario(seed), f"diffg-{seed}")
+        got = play(LogbusSide(_opener(url), _QUIET), scenario(seed), f"diffg-{seed}")
         if got != expected:
             diff = "\n".join(difflib.unified_diff(expected, got, "rabbitmq", "gevent", n=2))
             differences.append(f"seed {seed} (LOGBUS_DIFF_ONLY={seed % 1_000_000}):\n{diff}")

@@ -484,3 +484,20 @@ def test_the_process_broker_stops_when_its_starter_exits(directory):
     path = done.stdout.strip()
     assert path.endswith("broker.sock")
     assert not os.path.exists(os.path.dirname(path))
+
+
+def test_a_broker_that_never_answers_the_handshake_times_out(sock):
+    """A socket that takes the connection but never speaks ends in BrokerUnavailable,
+    within the connect timeout, instead of hanging in multiprocessing's handshake."""
+    from logbus.settings import Settings
+
+    with open(sock + ".key", "wb") as out:
+        out.write(b"k" * 32)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(sock)
+    silent.listen(1)  # the connection waits in the backlog: the kernel takes it, nobody talks
+    try:
+        with pytest.raises(BrokerUnavailable, match="did not answer the connection handshake"):
+            connect(f"local://{sock}", settings=Settings(connect_timeout=0.2))
+    finally:
+        silent.close()

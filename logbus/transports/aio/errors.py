@@ -25,6 +25,7 @@ from logbus.errors import (
     AccessRefused,
     ChannelError,
     ConnectionLost,
+    InvalidExpiration,
     LogbusError,
     NotConfirmed,
     NotFound,
@@ -35,7 +36,7 @@ from logbus.errors import (
     Unroutable,
 )
 from logbus.message import Message
-from logbus.transports.amqp.errors import too_large
+from logbus.transports.amqp.errors import INVALID_EXPIRATION, too_large
 
 __all__ = [
     "CHANNEL_REPLIES",
@@ -111,6 +112,8 @@ def translate(
         oversized = too_large(reply_text(exc))  # in the pika transport's words
         if oversized is not None:
             return oversized
+        if INVALID_EXPIRATION in reply_text(exc):  # bad input, not a redeclaration
+            return InvalidExpiration(f"{doing}: {reply_text(exc)}")
         return _channel_error(exc, doing)
     if isinstance(exc, amqp.ConnectionNotAllowed):
         return AccessRefused(f"{doing}: {endpoint} refused: {reply_text(exc)}")

@@ -14,8 +14,10 @@ from logbus.errors import (
     BrokerUnavailable,
     ChannelError,
     ConnectionLost,
+    InvalidExpiration,
     NotConfirmed,
     NotFound,
+    NotImplementedByBroker,
     PreconditionFailed,
     RecordTooLarge,
     ResourceLocked,
@@ -24,6 +26,7 @@ from logbus.errors import (
 )
 
 __all__ = [
+    "INVALID_EXPIRATION",
     "RABBITMQ_MAX_MESSAGE_SIZE",
     "blocked",
     "login_refused",
@@ -40,6 +43,8 @@ __all__ = [
     "unroutable",
 ]
 
+#: RabbitMQ's words (406) for a per-message expiration that is not decimal digits.
+INVALID_EXPIRATION = "PRECONDITION_FAILED - invalid expiration"
 _EXCHANGE_IN_TEXT = re.compile(r"exchange '(.*)' in vhost")
 #: The largest message any RabbitMQ 3.x accepts, whatever its max_message_size says
 #: (the setting's own maximum): a record over it is refused before it is sent.
@@ -59,12 +64,16 @@ def reply_error(code: int, text: str) -> TransportError:
         oversized = too_large(text)
         if oversized is not None:
             return oversized
+    if code == PreconditionFailed.reply_code and INVALID_EXPIRATION in text:
+        return InvalidExpiration(text)
     if code == NotFound.reply_code:
         return NotFound(text)
     if code == PreconditionFailed.reply_code:
         return PreconditionFailed(text + _INEQUIVALENT_HINT if "inequivalent" in text else text)
     if code == ResourceLocked.reply_code:
         return ResourceLocked(text)
+    if code == NotImplementedByBroker.reply_code:
+        return NotImplementedByBroker(text)
     if code == 403:
         hint = " (grant the user permissions on this vhost)" if "refused for user" in text else ""
         return AccessRefused(text + hint)

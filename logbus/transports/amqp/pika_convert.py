@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlunsplit
 import pika
 
 from logbus._urls import parse_url, redact_url
-from logbus.errors import ConfigError, InputError
+from logbus.errors import ConfigError, InputError, InvalidExpiration
 from logbus.message import Message, Properties
 from logbus.transports.amqp.errors import named_exchange, reply_error
 from logbus.transports.amqp.tls import TLS_QUERY, client_context
@@ -335,8 +335,9 @@ def _check(props: Properties) -> None:
     if props.expiration is not None and not (
         isinstance(props.expiration, str) and props.expiration.isdigit()
     ):
-        raise InputError(
-            f"expiration must be milliseconds as a string of digits, not {props.expiration!r}"
+        raise InvalidExpiration(  # RabbitMQ's 406, before it closes the channel
+            f"PRECONDITION_FAILED - invalid expiration {props.expiration!r}: it must be "
+            f"milliseconds as a string of digits"
         )
     for name in _SHORT_PROPERTIES:
         value = getattr(props, name)

@@ -27,10 +27,16 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import socket
+import threading
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import (
+    Connection,
+    answer_challenge,
+    deliver_challenge,
+)
 from typing import Any
 from urllib.parse import unquote
 
@@ -77,7 +83,13 @@ def _unavailable(path: str, why: str) -> BrokerUnavailable:
     )
 
 
-def _connect(path: str, key_file: str) -> Connection[Any, Any]:
+def _connect(path: str, key_file: str, timeout: float = 10.0) -> Connection[Any, Any]:
+    """Connect and pass multiprocessing's HMAC handshake within ``timeout`` seconds.
+
+    ``multiprocessing.connection.Client`` has no timeout: against a server too busy
+    to answer it would wait forever in ``answer_challenge``. The handshake runs in a
+    helper thread here; past the deadline the socket is shut, which ends it.
+    """
     try:
         with open(key_file, "rb") as source:
             key = source.read()
@@ -86,12 +98,52 @@ def _connect(path: str, key_file: str) -> Connection[Any, Any]:
     except OSError as exc:
         raise _unavailable(path, f"cannot read {key_file}: {exc.strerror}") from None
     try:
-        return Client(path, family="AF_UNIX", authkey=key)
+        return _handshake(path, key, timeout)
     except multiprocessing.AuthenticationError:
         raise _unavailable(path, f"it refused the key in {key_file}") from None
     except (OSError, EOFError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
         raise _unavailable(path, why) from None
+
+
+def _handshake(path: str, key: bytes, timeout: float) -> Connection[Any, Any]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout or None)
+        sock.connect(path)
+        sock.settimeout(None)  # multiprocessing reads a blocking descriptor
+    except OSError:
+        sock.close()
+        raise
+    conn: Connection[Any, Any] = Connection(sock.detach())
+    outcome: list[BaseException | None] = []
+
+    def shake() -> None:
+        try:
+            answer_challenge(conn, key)
+            deliver_challenge(conn, key)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    helper = threading.Thread(target=shake, name="logbus-local-handshake", daemon=True)
+    helper.start()
+    helper.join(timeout or None)
+    if not outcome:
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as woken:
+            woken.shutdown(socket.SHUT_RDWR)  # ends the helper's blocked read
+        helper.join(1.0)
+        conn.close()
+        raise _unavailable(
+            path,
+            f"it did not answer the connection handshake within {timeout:g} s; it may be "
+            f"overloaded: retry, or raise LOGBUS_CONNECT_TIMEOUT",
+        )
+    error = outcome[0]
+    if error is not None:
+        conn.close()
+        raise error
+    return conn
 
 
 class LocalConsumer:
@@ -185,7 +237,8 @@ class LocalTransport:
         self.url = url
         self.path = socket_path(url)
         timeout = float(getattr(settings, "confirm_timeout", 30.0))
-        conn = _connect(self.path, authkey_file or f"{self.path}.key")
+        connect_timeout = float(getattr(settings, "connect_timeout", 10.0))
+        conn = _connect(self.path, authkey_file or f"{self.path}.key", connect_timeout)
         self._link = Link(conn, self.path, url, timeout)
         _live.add(self)
 
