@@ -79,11 +79,13 @@ _BARE_TAG = re.compile(r"([^\s\[\]:]{1,48}) (?=[\s\S])")
 _WORD = re.compile(r"(\S+)(?: |$)")
 _PID = re.compile(r"[0-9]{1,10}")
 # The common RFC 3164 line whole, as the general reading would take it apart (PRI, a BSD
-# time with no year or fraction, a hostname, TAG[PID]: or TAG:): one match instead of
-# five, and the same result (tests/unit/test_ingest_syslog.py compares the two).
+# time with no year or fraction or an RFC 3339 one as loggen and rsyslog write, a
+# hostname, TAG[PID]: or TAG:): one match instead of five, and the same result
+# (tests/unit/test_ingest_syslog.py compares the two).
 _COMMON_3164 = re.compile(
-    r"<([0-9]{1,3})>(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) {1,2}([0-9]{1,2})"
-    r" ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([^\s\[\]:]+) "
+    r"<([0-9]{1,3})>(?:(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) {1,2}([0-9]{1,2})"
+    r" ([0-9]{2}):([0-9]{2}):([0-9]{2})|([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}"
+    r":[0-9]{2}(?:[.,][0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})?)) ([^\s\[\]:]+) "
     r"([^\s\[\]:]{1,128})(?:\[([^\]\s]{0,128})\]:?|:)(?: |$)"
 )
 
@@ -188,14 +190,19 @@ def _common_3164(
     match: re.Match[str], text: str, received: datetime, zone: tzinfo, syslog: dict[str, Any]
 ) -> dict[str, Any]:
     """What :func:`_rfc3164` reads from a line :data:`_COMMON_3164` matched."""
-    pri, month, day, hh, mm, ss, host, app, procid = match.groups()
+    pri, month, day, hh, mm, ss, iso, host, app, procid = match.groups()
     pri_code = int(pri)
     syslog.update(format="rfc3164", parsed=True, pri=pri_code)
     fields: dict[str, Any] = {"syslog": syslog}
-    parts = (_MONTHS[month], int(day), int(hh), int(mm), int(ss), 0)
-    ts = _bsd_time(parts, None, received, zone)
+    if iso is None:
+        parts = (_MONTHS[month], int(day), int(hh), int(mm), int(ss), 0)
+        ts = _bsd_time(parts, None, received, zone)
+        stamp = text[len(pri) + 2 : match.end(6)]
+    else:
+        ts = _rfc3339(iso, zone)
+        stamp = iso
     if ts is None:
-        ts = _invalid_ts(text[len(pri) + 2 : match.end(6)], received, syslog)
+        ts = _invalid_ts(stamp, received, syslog)
     pid = None
     if procid is not None:
         fields["procid"] = procid
