@@ -89,6 +89,8 @@ class Framer:
         buf = self._buf
         buf += data
         pos = 0
+        if self._state == _LINE and self.mode == "non-transparent" and not self._discarding:
+            pos = self._whole_lines(buf, out)
         while pos < len(buf):
             if self._state == _BODY:
                 pos = self._body_from(buf, pos, out)
@@ -183,6 +185,24 @@ class Framer:
         if self.mode == "octet-counting":
             self._state = _START
         return stop + 1
+
+    def _whole_lines(self, buf: bytearray, out: list[bytes]) -> int:
+        """Every ended line in ``buf`` at once (one split, not a search per line); where
+        the rest starts."""
+        last = max(buf.rfind(b"\n"), buf.rfind(b"\x00"))
+        if last < 0:
+            return 0
+        chunk = bytes(buf[:last])
+        if b"\x00" in chunk:
+            chunk = chunk.replace(b"\x00", b"\n")
+        lines = chunk.split(b"\n")
+        long = len(chunk) > self.max_size and max(map(len, lines)) > self.max_size
+        if long or b"\r" in chunk:
+            for line in lines:
+                self._emit_line(line, out)
+        else:
+            out += filter(None, lines)
+        return last + 1
 
     def _emit_line(self, line: bytes, out: list[bytes]) -> None:
         """Hand on one line without its CR; an empty line is no message."""

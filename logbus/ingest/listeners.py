@@ -141,14 +141,12 @@ class Context:
         **parse_options: Any,
     ) -> None:
         """Parse ``messages`` and queue their records (one lock for the lot)."""
-        items = []
-        for message in messages:
-            record = parse_record(message, peer, **parse_options)
-            syslog = record.fields.get("syslog", {})
-            stats.parsed += bool(syslog.get("parsed", True))
-            stats.unparsed += not syslog.get("parsed", True)
-            stats.truncated += isinstance(message, Truncated)
-            items.append(Pending(record, stats, done))
+        records = [parse_record(m, peer, **parse_options) for m in messages]
+        unparsed = sum(not r.fields["syslog"]["parsed"] for r in records)
+        stats.parsed += len(records) - unparsed
+        stats.unparsed += unparsed
+        stats.truncated += sum(type(m) is Truncated for m in messages)
+        items = [Pending(record, stats, done) for record in records]
         stats.received += len(messages)
         stats.published += len(items)
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)

@@ -78,6 +78,16 @@ _TAG = re.compile(r"([^\s\[\]:]{1,128})(?:\[([^\]\s]{0,128})\]:?|:)(?: |$)")
 _BARE_TAG = re.compile(r"([^\s\[\]:]{1,48}) (?=[\s\S])")
 _WORD = re.compile(r"(\S+)(?: |$)")
 _PID = re.compile(r"[0-9]{1,10}")
+# The common RFC 3164 line whole, as the general reading would take it apart (PRI, a BSD
+# time with no year or fraction or an RFC 3339 one as loggen and rsyslog write, a
+# hostname, TAG[PID]: or TAG:): one match instead of five, and the same result
+# (tests/unit/test_ingest_syslog.py compares the two).
+_COMMON_3164 = re.compile(
+    r"<([0-9]{1,3})>(?:(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) {1,2}([0-9]{1,2})"
+    r" ([0-9]{2}):([0-9]{2}):([0-9]{2})|([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}"
+    r":[0-9]{2}(?:[.,][0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})?)) ([^\s\[\]:]+) "
+    r"([^\s\[\]:]{1,128})(?:\[([^\]\s]{0,128})\]:?|:)(?: |$)"
+)
 
 
 def parse(
@@ -149,6 +159,9 @@ def _parse(data: bytes, default_host: str, received: datetime, zone: tzinfo) -> 
     """The whole reading, in the order a line is tried: PRI, RFC 5424, Cisco, RFC 3164."""
     syslog: dict[str, Any] = {"format": "raw", "parsed": False}
     text = _text(bytes(data), syslog)
+    common = _COMMON_3164.match(text)
+    if common is not None and int(common[1]) <= 191:
+        return _common_3164(common, text, received, zone, syslog)
     match = _PRI.match(text)
     if match is None or int(match[1]) > 191:
         syslog["pri"] = None
@@ -171,6 +184,39 @@ def _parse(data: bytes, default_host: str, received: datetime, zone: tzinfo) -> 
     result["facility"] = FACILITY_NAMES[pri >> 3]
     result["severity"] = _SEVERITIES[pri & 7]
     return result
+
+
+def _common_3164(
+    match: re.Match[str], text: str, received: datetime, zone: tzinfo, syslog: dict[str, Any]
+) -> dict[str, Any]:
+    """What :func:`_rfc3164` reads from a line :data:`_COMMON_3164` matched."""
+    pri, month, day, hh, mm, ss, iso, host, app, procid = match.groups()
+    pri_code = int(pri)
+    syslog.update(format="rfc3164", parsed=True, pri=pri_code)
+    fields: dict[str, Any] = {"syslog": syslog}
+    if iso is None:
+        parts = (_MONTHS[month], int(day), int(hh), int(mm), int(ss), 0)
+        ts = _bsd_time(parts, None, received, zone)
+        stamp = text[len(pri) + 2 : match.end(6)]
+    else:
+        ts = _rfc3339(iso, zone)
+        stamp = iso
+    if ts is None:
+        ts = _invalid_ts(stamp, received, syslog)
+    pid = None
+    if procid is not None:
+        fields["procid"] = procid
+        pid = _pid(procid)
+    return {
+        "ts": ts,
+        "host": host,
+        "app": app,
+        "pid": pid,
+        "message": text[match.end() :].removeprefix("\ufeff"),
+        "fields": fields,
+        "facility": FACILITY_NAMES[pri_code >> 3],
+        "severity": _SEVERITIES[pri_code & 7],
+    }
 
 
 def _raw(text: str, host: str, received: datetime, syslog: dict[str, Any]) -> dict[str, Any]:
@@ -299,22 +345,32 @@ def _bsd_time(
 ) -> datetime | None:
     """A BSD time in UTC; with no year, the latest of next, this and last year that is
     not more than a day ahead of ``received`` (so New Year's Eve skew reads right)."""
-    month, day, hh, mm, ss, micros = parts
     if year is not None:
-        candidates = [year]
-    else:
-        now = received.astimezone(zone).year
-        candidates = [now + 1, now, now - 1]
+        return _local_utc(parts, year, zone)
     limit = received + _ONE_DAY
-    for candidate in candidates:
-        try:
-            local = datetime(candidate, month, day, hh, mm, min(ss, 59), micros, tzinfo=zone)
-            ts = local.astimezone(UTC)
-        except (ValueError, OverflowError):
-            continue
-        if year is not None or ts <= limit:
+    for ts in _bsd_candidates(parts, received.astimezone(zone).year, zone):
+        if ts is not None and ts <= limit:
             return ts
     return None
+
+
+@lru_cache(maxsize=1024)  # a stream's lines share their stamps
+def _bsd_candidates(
+    parts: tuple[int, int, int, int, int, int], now: int, zone: tzinfo
+) -> tuple[datetime | None, ...]:
+    """The time of ``parts`` next year, this year and last year (None: not a time then)."""
+    return tuple(_local_utc(parts, year, zone) for year in (now + 1, now, now - 1))
+
+
+def _local_utc(
+    parts: tuple[int, int, int, int, int, int], year: int, zone: tzinfo
+) -> datetime | None:
+    month, day, hh, mm, ss, micros = parts
+    try:
+        local = datetime(year, month, day, hh, mm, min(ss, 59), micros, tzinfo=zone)
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 @lru_cache(maxsize=1024)

@@ -211,3 +211,23 @@ def test_counted_frames_come_back_exactly(messages, cuts):
 def test_arbitrary_bytes_never_raise(stream, cuts):
     """Any bytes, in any chunks: no exception, bounded memory."""
     run(stream, cuts=[c % (len(stream) + 1) for c in cuts], max_size=32)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.binary(max_size=50).map(lambda m: m.replace(b"\n", b"").replace(b"\x00", b""))
+        | st.sampled_from([b"", b"\r", b"x\r", b"\r\r"]),
+        max_size=12,
+    ),
+    st.lists(st.sampled_from([b"\n", b"\x00", b"\r\n"]), min_size=12, max_size=12),
+    st.integers(min_value=1, max_value=48),
+)
+def test_a_buffer_of_lines_is_framed_as_line_by_line(lines, ends, max_size):
+    """A recv() holding many lines (split at once) gives what one line per recv() gives."""
+    stream = b"x" + b"".join(line + end for line, end in zip(lines, ends, strict=False))
+    whole, one = run(stream, max_size=max_size)
+    by_line, other = run(stream, cuts=list(range(len(stream) + 1)), max_size=max_size)
+    assert whole == by_line
+    assert [type(m) for m in whole] == [type(m) for m in by_line]
+    assert (one.truncated, one.skipped) == (other.truncated, other.skipped)

@@ -232,3 +232,56 @@ def test_structured_data_written_by_the_rfc_reads_back(sd, message):
     result = parse(line.encode(), received=RECEIVED)
     assert result["fields"].get("sd", {}) == sd
     assert result["message"] == message.removeprefix("\ufeff")
+
+
+# The common RFC 3164 shape and its near misses, for the one-match fast path.
+_COMMON_LINES = st.tuples(
+    st.sampled_from(["<13>", "<191>", "<192>", "<0>", "<013>", "<1000>"]),
+    st.sampled_from(
+        ["Dec  7 ", "Dec 7 ", "Dec 07 ", "Feb 30 ", "Feb 29 ", "Jan 31 2026 ", "Jun  1  ",
+         "2026-12-07T", "2026-02-30T", "2026-12-07 ", "2026-12-07t", "9999-12-31T", "202-1-1T"]
+    ),
+    st.sampled_from(
+        ["00:00:00", "23:59:60", "12:00:00.5", "24:00:00", "9:00:00", "00:00:00Z",
+         "00:00:00.123456789+14:00", "00:00:00,1z", "00:00:00-2359", "00:00:00+01:0",
+         "23:59:59-23:59", "00:00:00:", "00:00:00.x"]
+    ),
+    st.sampled_from([" host", " h.example.com", " [::1]", " 10.0.0.1:514", " h]x", "", "  host"]),
+    st.sampled_from(
+        [" app", " app:", " app[12]:", " app[x]", " app[]:", " a:b:", " postfix/smtpd[1]:"]
+    ),
+    st.sampled_from([" msg", "", " \ufeffmsg", "  two", " [x] y", ":", " \udcff"]),
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_COMMON_LINES)
+def test_the_common_rfc3164_fast_path_reads_as_the_general_reading(line):
+    """A line the one-match fast path takes reads exactly as the step-by-step reading does."""
+    import re
+
+    from logbus.ingest import syslog
+
+    data = line.encode("utf-8", "surrogateescape")
+    for received in (RECEIVED, datetime(2026, 1, 1, 0, 5, tzinfo=UTC)):
+        fast = parse(data, "10.0.0.1:9", received=received)
+        saved, syslog._COMMON_3164 = syslog._COMMON_3164, re.compile(r"(?!)")
+        try:
+            general = parse(data, "10.0.0.1:9", received=received)
+        finally:
+            syslog._COMMON_3164 = saved
+        assert fast == general
+        assert json.dumps(fast, default=str) == json.dumps(general, default=str)  # key order too
+
+
+def test_the_fast_path_takes_loggens_lines():
+    """loggen's (and most senders') RFC 3164 lines are the fast path's shape."""
+    from logbus.ingest import syslog
+
+    for stamp in ("Dec  7 03:50:00", "2026-12-07T03:50:00"):  # loggen writes the second
+        line = f"<38>{stamp} localhost prg00000[1234]: seq: 0000000001, thread: 0000"
+        assert syslog._COMMON_3164.match(line) is not None
+        result = parse(line.encode(), "10.0.0.1:9", received=RECEIVED)
+        assert (result["host"], result["app"], result["pid"]) == ("localhost", "prg00000", 1234)
+        assert result["message"] == "seq: 0000000001, thread: 0000"
+        assert format_ts(result["ts"]) == "2026-12-07T03:50:00.000000Z"

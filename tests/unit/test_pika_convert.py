@@ -101,3 +101,10 @@ def test_a_good_shape_cached_does_not_let_a_bad_id_through() -> None:
     to_pika(Message(b"", Properties(app_id="shape", message_id="ok"), "ex", "key"))
     with pytest.raises(InputError, match="message_id"):
         to_pika(Message(b"", Properties(app_id="shape", message_id="y" * 300), "ex", "key"))
+
+
+def test_unhashable_header_values_are_encoded_whole() -> None:
+    """A list or a table among the headers (no shape to key on) encodes as pika does."""
+    props = Properties(headers={"a": [1, "x"], "b": {"c": "d"}}, message_id="m", timestamp=5)
+    for _ in range(2):
+        assert to_pika(Message(b"", props, "x", "k")).data == _pikas_own(props)

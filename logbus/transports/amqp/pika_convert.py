@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 _SHORTSTR = 255
+_SHORT_CHARS = _SHORTSTR // 4  # this many characters cannot exceed 255 bytes in UTF-8
 _INT64 = 2**63
 _INT32 = 2**31
 _SHORT_PROPERTIES = (
@@ -163,21 +164,19 @@ def to_pika(message: Message) -> Any:
     equal values may encode differently: ``1`` and ``True``) are checked and encoded
     every time.
     """
-    _check_short(message.exchange, "exchange name")
-    _check_short(message.routing_key, "routing key")
+    exchange, routing_key = message.exchange, message.routing_key
+    if not (type(exchange) is str and len(exchange) <= _SHORT_CHARS):
+        _check_short(exchange, "exchange name")
+    if not (type(routing_key) is str and len(routing_key) <= _SHORT_CHARS):
+        _check_short(routing_key, "routing key")
     if not isinstance(message.body, bytes | bytearray | memoryview):
         raise InputError(f"a message body must be bytes, not {type(message.body).__name__}")
     props = message.properties
-    headers = props.headers or None
-    items = None
-    if headers is not None:
-        if not all(type(value) is str for value in headers.values()):
-            return _whole(props)
-        items = tuple(headers.items())
+    headers = props.headers
     key = (
         props.content_type,
         props.content_encoding,
-        items,
+        tuple(headers.items()) if headers else None,
         props.delivery_mode,
         props.priority,
         props.correlation_id,
@@ -187,8 +186,15 @@ def to_pika(message: Message) -> Any:
         props.user_id,
         props.app_id,
     )
-    shape = _shapes.get(key)
+    # Only shapes whose header values are all plain strings are kept, so a hit has
+    # string values (no other value equals a string); an unhashable value misses.
+    try:
+        shape = _shapes.get(key)
+    except TypeError:
+        return _whole(props)
     if shape is None:
+        if headers and not all(type(value) is str for value in headers.values()):
+            return _whole(props)
         shape = _shape(props)
         if len(_shapes) >= _SHAPES_MAX:
             _shapes.clear()
@@ -197,7 +203,8 @@ def to_pika(message: Message) -> Any:
     middle = b""
     message_id = props.message_id
     if message_id is not None:
-        _check_short(message_id, "message_id")
+        if not (type(message_id) is str and len(message_id) <= _SHORT_CHARS):
+            _check_short(message_id, "message_id")
         raw = message_id.encode()
         flags |= _MESSAGE_ID
         middle = bytes((len(raw),)) + raw
@@ -252,7 +259,7 @@ def names(**values: str) -> None:
 
 
 def _check_short(value: str, what: str) -> None:
-    if type(value) is str and len(value) <= _SHORTSTR // 4:
+    if type(value) is str and len(value) <= _SHORT_CHARS:
         return  # the common case, on every publish: cannot exceed 255 bytes in UTF-8
     if not isinstance(value, str):
         raise InputError(f"{what} must be a string, not {type(value).__name__}")
