@@ -14,7 +14,6 @@ flapping connection re-sends (and duplicates) little.
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -173,7 +172,6 @@ class Publisher:
         self.inflight: dict[int, Outgoing] = {}
         self._next_tag = 1
         self._latest: Any = None
-        self._wire: _Wire | None = None
 
     def open(self, connection: Any) -> None:
         """Open a fresh confirm-mode channel; queued items go out once it is ready."""
@@ -207,39 +205,24 @@ class Publisher:
                 _join_tail(buffers, len(buffers) - queued)
 
     def _send(self, channel: Any, inflight: dict[int, Outgoing], window: PublishWindow) -> None:
-        wire = self._wire_for(channel)
-        try:
-            while self.unsent and len(inflight) < window.limit:
-                if not channel.is_open:
-                    return
-                item = self.unsent.popleft()
-                if item.batch.abandoned:
-                    continue  # its caller already reported it as not confirmed
-                if wire is None or not wire.add(item):
-                    if wire is not None:
-                        wire.flush()  # what went before goes first
-                    try:
-                        channel.basic_publish(
-                            item.exchange, item.routing_key, item.body, item.properties,
-                            item.mandatory,
-                        )  # fmt: skip
-                    except RECOVERABLE:
-                        self.unsent.appendleft(item)  # closing: sent again on the next channel
-                        return
-                    except Exception as exc:  # pika could not encode it: its own failure
-                        item.batch.resolve(_refused(local_error(exc, "publish")))
-                        continue
-                inflight[self._next_tag] = item
-                self._next_tag += 1
-        finally:
-            if wire is not None:
-                wire.flush()
-
-    def _wire_for(self, channel: Any) -> _Wire | None:
-        wire = self._wire
-        if wire is None or wire.channel is not channel:
-            wire = self._wire = _Wire.of(channel)
-        return wire
+        while self.unsent and len(inflight) < window.limit:
+            if not channel.is_open:
+                return
+            item = self.unsent.popleft()
+            if item.batch.abandoned:
+                continue  # its caller already reported it as not confirmed
+            try:
+                channel.basic_publish(
+                    item.exchange, item.routing_key, item.body, item.properties, item.mandatory
+                )
+            except RECOVERABLE:
+                self.unsent.appendleft(item)  # closing: sent again on the next channel
+                return
+            except Exception as exc:  # pika could not encode it: this item's own failure
+                item.batch.resolve(_refused(local_error(exc, "publish")))
+                continue
+            inflight[self._next_tag] = item
+            self._next_tag += 1
 
     def unanswered(self) -> bool:
         """Whether the broker is not reading what we send: it blocked publishing, or a
@@ -367,91 +350,6 @@ class Publisher:
         # the broker had stored already is a duplicate), more as confirms come back.
         self.unsent.extendleft(reversed(pending))
         self.window.restart()
-
-
-_FRAME = struct.Struct(">BHI")  # type, channel, payload size
-_PUBLISH = struct.pack(">IH", spec.Basic.Publish.INDEX, 0)  # class/method, ticket
-_CONTENT = struct.Struct(">HHQ")  # class, weight, body size
-_END = bytes((spec.FRAME_END,))
-
-
-class _Wire:
-    """A burst of publishes written as pika would frame them, in one write.
-
-    pika's ``basic_publish`` builds three frame objects per message, marshals each
-    through several calls and hands each to the transport on its own: a third of the
-    I/O thread under load. Here the method frame is built once per exchange, key and
-    flag, the header and body frames with one pack each, and a burst goes to pika's
-    connection as one buffer (its byte and frame counts kept, as its heartbeat reads
-    them). Byte for byte what pika sends (tests/unit/test_pika_wire.py); used only where
-    this pika has the connection hooks, else ``basic_publish`` as before.
-    """
-
-    def __init__(self, channel: Any, connection: Any, body_max: int) -> None:
-        self.channel = channel
-        self.connection = connection
-        self.number: int = channel.channel_number
-        self.body_max = body_max
-        self.methods: dict[tuple[str, str, bool], bytes] = {}
-        self.out: list[bytes] = []
-        self.frames = 0
-
-    @classmethod
-    def of(cls, channel: Any) -> _Wire | None:
-        connection = getattr(channel, "connection", None)
-        body_max = getattr(connection, "_body_max_length", None)
-        if not (isinstance(body_max, int) and body_max > 0):
-            return None
-        if not callable(getattr(connection, "_adapter_emit_data", None)):
-            return None
-        return cls(channel, connection, body_max)
-
-    def add(self, item: Outgoing) -> bool:
-        """Frame ``item`` into the burst; False if pika itself should (a name too long)."""
-        shape = (item.exchange, item.routing_key, item.mandatory)
-        method = self.methods.get(shape)
-        if method is None:
-            method = self._method(*shape)
-            if method is None:
-                return False
-            if len(self.methods) >= 1024:
-                self.methods.clear()
-            self.methods[shape] = method
-        body = item.body if type(item.body) is bytes else bytes(item.body)
-        props = item.properties
-        encoded = props.encode() if props is not None else spec.BasicProperties().encode()
-        header = _CONTENT.pack(60, 0, len(body)) + b"".join(encoded)
-        out, number = self.out, self.number
-        out += (method, _FRAME.pack(2, number, len(header)), header, _END)
-        self.frames += 2
-        size, step = len(body), self.body_max
-        for start in range(0, size, step):
-            chunk = body[start : start + step]
-            out += (_FRAME.pack(3, number, len(chunk)), chunk, _END)
-            self.frames += 1
-        return True
-
-    def _method(self, exchange: str, key: str, mandatory: bool) -> bytes | None:
-        if not (isinstance(exchange, str) and isinstance(key, str)):
-            return None
-        ex, rk = exchange.encode(), key.encode()
-        if len(ex) > 255 or len(rk) > 255:
-            return None
-        payload = b"".join((_PUBLISH, bytes((len(ex),)), ex, bytes((len(rk),)), rk,
-                            bytes((int(bool(mandatory)),))))  # fmt: skip
-        return _FRAME.pack(1, self.number, len(payload)) + payload + _END
-
-    def flush(self) -> None:
-        """Hand the burst to pika's connection as one write."""
-        if self.out:
-            data = b"".join(self.out)
-            connection = self.connection
-            connection.bytes_sent += len(data)
-            connection.frames_sent += self.frames
-            self.out, self.frames = [], 0
-            if getattr(connection, "_transport", True) is None:
-                return  # the connection is gone: its channel's close re-sends what was in flight
-            connection._adapter_emit_data(data)
 
 
 def _tx_buffers(channel: Any) -> deque[bytes] | None:
