@@ -49,6 +49,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pika
+from _broker_limit import BROKER
 
 import logbus
 from logbus.record import LogRecord
@@ -123,73 +124,6 @@ channel = connection.channel()
 props = pika.BasicProperties(delivery_mode=2)
 channel.basic_publish(exchange, key, b"disk /dev/sda1 failed", props)
 connection.close()
-"""
-
-# The broker's limit for confirmed persistent publishes: frames built with the least work
-# (the properties encoded once around a fresh message id), written to a bare socket.
-BROKER = """
-import socket, struct, sys, time, uuid, pika
-from pamqp import commands, exceptions, frame, header
-url, exchange, key = sys.argv[1:4]
-bodies = [line.rstrip(b"\\n") for line in sys.stdin.buffer]
-params = pika.URLParameters(url)
-sock = socket.create_connection((params.host, params.port))
-sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-buffer = bytearray()
-
-def receive():
-    while True:
-        try:
-            used, _channel, value = frame.unmarshal(bytes(buffer))
-        except exceptions.UnmarshalingException:
-            buffer.extend(sock.recv(1 << 20))
-            continue
-        del buffer[:used]
-        return value
-
-def send(channel, value):
-    sock.sendall(frame.marshal(value, channel))
-
-sock.sendall(header.ProtocolHeader().marshal())
-receive()  # connection.start
-user, password = params.credentials.username, params.credentials.password
-send(0, commands.Connection.StartOk(client_properties={"product": "bench"},
-                                    response=f"\\0{user}\\0{password}"))
-tune = receive()
-frame_max = tune.frame_max
-send(0, commands.Connection.TuneOk(tune.channel_max, frame_max, 0))
-send(0, commands.Connection.Open(params.virtual_host))
-receive()  # connection.open-ok
-send(1, commands.Channel.Open())
-receive()
-send(1, commands.Confirm.Select())
-receive()
-headers = {"facility": "user", "severity": "info", "host": "bench", "app": "logbus"}
-publish = frame.marshal(
-    commands.Basic.Publish(exchange=exchange, routing_key=key, mandatory=True), 1)
-# One content header encoded once; per message only its id and body size change.
-template = frame.marshal(header.ContentHeader(0, 0, commands.Basic.Properties(
-    content_type="application/json", delivery_mode=2, message_id="0" * 32,
-    timestamp=time.gmtime(), app_id="logbus", headers=headers)), 1)
-pack_frame, pack_size = struct.Struct(">BHI").pack, struct.Struct(">Q").pack
-
-def frames(body):
-    head = template.replace(b"0" * 32, uuid.uuid4().hex.encode())
-    return (publish + head[:11] + pack_size(len(body)) + head[19:]
-            + pack_frame(3, 1, len(body)) + body + b"\\xce")
-
-sent = acked = 0
-while acked < len(bodies):
-    if sent < len(bodies) and sent - acked < 5000:
-        upto = min(len(bodies), acked + 5000)
-        sock.sendall(b"".join(frames(body) for body in bodies[sent:upto]))
-        sent = upto
-    value = receive()
-    if isinstance(value, commands.Basic.Ack | commands.Basic.Nack):
-        acked = max(acked, value.delivery_tag)
-send(0, commands.Connection.Close(200, "bye", 0, 0))
-receive()
-sock.close()
 """
 
 # What a one-record `logbus emit` imports: the command line, settings, topology, the

@@ -21,6 +21,13 @@ Throughput is the lines counted in the receiving queue over the time from the
 first line sent. Printed: lines/s for each and the ratio (target >= 1.0x).
 ``--throughput-only`` stops after those lines (no listener models, no recovery).
 
+The broker limit: the same 150-byte lines into the same setup, published by
+``bench/_broker_limit.py`` (one bare connection, frames prebuilt, 5,000 confirms
+in flight), the most any confirmed publisher on one connection gets from this
+broker. Printed with logbus's and syslog-ng's rates as shares of it: where
+syslog-ng's unconfirmed rate is above the limit, no confirmed gateway can reach
+1.0x on that broker, and logbus / limit is the figure left to the gateway.
+
 Listener models (no broker: a stand-in that confirms at once, so only reading,
 framing, parsing and the hand-over count): the gateway's asyncio listeners
 against a thread per connection feeding the same publisher, 1 and 8 loggen
@@ -382,6 +389,26 @@ def _measure(receiver: Logbus | SyslogNg, lines: int) -> tuple[float, float]:
         receiver.close()
 
 
+def _broker_limit(url: str, work: Path, lines: int) -> float:
+    """The broker's confirmed limit for ``lines`` loggen-sized lines into the receivers'
+    setup (one durable fanout exchange -> one durable queue): ``_broker_limit.BROKER``."""
+    from _broker_limit import broker_limit
+
+    name = f"bench-limit-{os.getpid()}"
+    bodies = work / "limit-bodies.txt"
+    bodies.write_text("".join(f"{i:010d} " + "x" * 139 + "\n" for i in range(lines)))
+    connection, channel = _channel(url)
+    channel.exchange_declare(name, "fanout", durable=True)  # type: ignore[attr-defined]
+    channel.queue_declare(name, durable=True)  # type: ignore[attr-defined]
+    channel.queue_bind(name, name)  # type: ignore[attr-defined]
+    try:
+        return broker_limit(url, name, "bench", bodies, work)
+    finally:
+        channel.queue_delete(name)  # type: ignore[attr-defined]
+        channel.exchange_delete(name)  # type: ignore[attr-defined]
+        connection.close()
+
+
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     only_throughput = "--throughput-only" in sys.argv[1:]
@@ -409,6 +436,17 @@ def main() -> None:
             )
         else:
             print("syslog-ng: not installed, skipped (scripts/ensure-packages installs it)")
+        limit = _broker_limit(SHARED, work, lines)
+        print(
+            f"broker limit, confirmed             {limit:>10,.0f} lines/s (the same lines on one "
+            "bare connection, frames prebuilt, 5,000 confirms in flight: no confirmed publisher "
+            "on one connection does better)"
+        )
+        shares = f"logbus ingest / broker limit = {results['logbus'] / limit:.2f} x"
+        if "syslog-ng" in results:
+            unconfirmed = results["syslog-ng"] / limit
+            shares += f"; syslog-ng amqp() (unconfirmed) / broker limit = {unconfirmed:.2f} x"
+        print(shares)
         default, cpu["logbus default topology"] = _measure(Logbus(SHARED, work, "default"), lines)
         print(
             f"logbus ingest, default topology    {default:>10,.0f} lines/s (not comparable: "

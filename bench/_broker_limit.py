@@ -1,0 +1,105 @@
+"""The broker's own limit for confirmed persistent publishes, shared by the benches.
+
+``BROKER`` is a script (run as ``python broker.py URL EXCHANGE KEY < bodies``): one
+connection on a bare socket, the frames built with the least work there is (the
+properties encoded once around a fresh message id, written many to a send), and
+pipelined confirms (5,000 in flight). No client library or per-message work beyond
+that, so no confirmed publisher on one connection does better against the same
+broker: ``bench/cli.py`` (part a) and ``bench/ingest.py`` print their figures as a
+share of it. It imports pamqp (aiormq's, installed with aio-pika) only to encode
+the handshake and the one header.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["BROKER", "broker_limit"]
+
+BROKER = """
+import socket, struct, sys, time, uuid, pika
+from pamqp import commands, exceptions, frame, header
+url, exchange, key = sys.argv[1:4]
+bodies = [line.rstrip(b"\\n") for line in sys.stdin.buffer]
+params = pika.URLParameters(url)
+sock = socket.create_connection((params.host, params.port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+buffer = bytearray()
+
+def receive():
+    while True:
+        try:
+            used, _channel, value = frame.unmarshal(bytes(buffer))
+        except exceptions.UnmarshalingException:
+            buffer.extend(sock.recv(1 << 20))
+            continue
+        del buffer[:used]
+        return value
+
+def send(channel, value):
+    sock.sendall(frame.marshal(value, channel))
+
+sock.sendall(header.ProtocolHeader().marshal())
+receive()  # connection.start
+user, password = params.credentials.username, params.credentials.password
+send(0, commands.Connection.StartOk(client_properties={"product": "bench"},
+                                    response=f"\\0{user}\\0{password}"))
+tune = receive()
+frame_max = tune.frame_max
+send(0, commands.Connection.TuneOk(tune.channel_max, frame_max, 0))
+send(0, commands.Connection.Open(params.virtual_host))
+receive()  # connection.open-ok
+send(1, commands.Channel.Open())
+receive()
+send(1, commands.Confirm.Select())
+receive()
+headers = {"facility": "user", "severity": "info", "host": "bench", "app": "logbus"}
+publish = frame.marshal(
+    commands.Basic.Publish(exchange=exchange, routing_key=key, mandatory=True), 1)
+# One content header encoded once; per message only its id and body size change.
+template = frame.marshal(header.ContentHeader(0, 0, commands.Basic.Properties(
+    content_type="application/json", delivery_mode=2, message_id="0" * 32,
+    timestamp=time.gmtime(), app_id="logbus", headers=headers)), 1)
+pack_frame, pack_size = struct.Struct(">BHI").pack, struct.Struct(">Q").pack
+
+def frames(body):
+    head = template.replace(b"0" * 32, uuid.uuid4().hex.encode())
+    return (publish + head[:11] + pack_size(len(body)) + head[19:]
+            + pack_frame(3, 1, len(body)) + body + b"\\xce")
+
+sent = acked = 0
+while acked < len(bodies):
+    if sent < len(bodies) and sent - acked < 5000:
+        upto = min(len(bodies), acked + 5000)
+        sock.sendall(b"".join(frames(body) for body in bodies[sent:upto]))
+        sent = upto
+    value = receive()
+    if isinstance(value, commands.Basic.Ack | commands.Basic.Nack):
+        acked = max(acked, value.delivery_tag)
+send(0, commands.Connection.Close(200, "bye", 0, 0))
+receive()
+sock.close()
+"""
+
+
+def broker_limit(url: str, exchange: str, key: str, bodies: Path, workdir: Path) -> float:
+    """Messages per second the broker confirmed of ``bodies`` (one per line) through
+    ``BROKER``, start-up included, as every bench's subprocesses count it."""
+    script = workdir / "broker_limit.py"
+    script.write_text(BROKER)
+    count = sum(1 for _ in bodies.open("rb"))
+    started = time.perf_counter()
+    with bodies.open("rb") as source:
+        done = subprocess.run(
+            [sys.executable, str(script), url, exchange, key],
+            stdin=source, capture_output=True, check=False,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(
+            f"bench: the broker-limit publisher exited {done.returncode}: {done.stderr!r}"
+        )
+    return count / elapsed
