@@ -35,7 +35,8 @@ Worker pools — ``Worker`` on ``memory://`` (the broker in this process, so the
              patched subprocess (``python -c``) that prints its time.
 
 durable — ``logbus broker serve --data-dir`` in its own process (its default memory
-  limit): ``--durable-count`` records (default 1,000,000) published (pipelined
+  limit): ``--durable-count`` records (default 1,000,000; ``--durable-modes`` picks
+  default, lazy or both) published (pipelined
   confirms, one connection) to a durable queue, then drained by a consumer acking
   each; once to a default queue (messages kept in memory while it has room) and
   once, with a fresh broker, to a lazy one (``x-queue-mode=lazy``: paged at once).
@@ -606,14 +607,17 @@ def durable_run(count: int, arguments: dict[str, Any]) -> tuple[float, float, in
     return rate(count, published), rate(count, drained), start_rss, peak, after
 
 
-def bench_durable(count: int) -> None:
+DURABLE_MODES = {"default": {}, "lazy": {"x-queue-mode": "lazy"}}
+
+
+def bench_durable(count: int, modes: Sequence[str] = tuple(DURABLE_MODES)) -> None:
     """A durable queue of ``count`` records in a broker serve process: rates and RSS."""
     print(
         f"# local:// durable queue: {count:,} persistent records published to a broker serve "
         "process with --data-dir, then drained (consumer acking each)"
     )
-    for mode, arguments in (("default", {}), ("lazy", {"x-queue-mode": "lazy"})):
-        published, drained, start_rss, peak, after = durable_run(count, arguments)
+    for mode in modes:
+        published, drained, start_rss, peak, after = durable_run(count, DURABLE_MODES[mode])
         growth = (peak - start_rss) / count
         print(
             f"{mode + ' queue':<14} publish {published:>9,.0f} records/s  "
@@ -636,6 +640,11 @@ def main() -> None:
         "--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}"
     )
     parser.add_argument("--durable-count", type=int, default=DURABLE_COUNT, metavar="N")
+    parser.add_argument(
+        "--durable-modes",
+        default=",".join(DURABLE_MODES),
+        help=f"comma-separated, of {', '.join(DURABLE_MODES)} (x-queue-mode=lazy)",
+    )
     options = parser.parse_args()
     parts = [part.strip() for part in options.parts.split(",") if part.strip()]
     runs: dict[str, Callable[[], None]] = {
@@ -643,7 +652,9 @@ def main() -> None:
         "process": bench_process,
         "pools": bench_pools,
         "gevent": bench_gevent,
-        "durable": lambda: bench_durable(options.durable_count),
+        "durable": lambda: bench_durable(
+            options.durable_count, [m.strip() for m in options.durable_modes.split(",")]
+        ),
     }
     for index, part in enumerate(parts):
         if index:

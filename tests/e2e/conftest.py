@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +110,36 @@ def scratch(amqp_url: str, tmp_path: Path, unique_name: str) -> Iterator[Scratch
 def via(request: pytest.FixtureRequest, amqp_url: str) -> tuple[str, dict[str, str]]:
     """Each way of looking at the broker: the management API, or AMQP passive declares."""
     return request.param, management_env(amqp_url, request.param)
+
+
+@pytest.fixture
+def served() -> Iterator[str]:
+    """A ``logbus broker serve --listen SOCK`` subprocess, ready; its ``local://`` URL."""
+    directory = tempfile.mkdtemp(prefix="lb-e2e-")  # short: AF_UNIX paths are limited
+    sock = os.path.join(directory, "broker.sock")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "logbus", "broker", "serve", "--listen", sock],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    listening = threading.Event()
+
+    def read() -> None:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "listening on" in line:
+                listening.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert listening.wait(30), "the broker never said it was listening"
+        yield f"local://{sock}"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+            shutil.rmtree(directory, ignore_errors=True)

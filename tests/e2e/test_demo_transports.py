@@ -10,15 +10,9 @@ in-process broker reached from threads (``memory://``), greenlets
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -52,39 +46,6 @@ def routing_table(report: dict[str, Any]) -> dict[str, int]:
 def reference() -> dict[str, Any]:
     """The demo's report on memory://."""
     return demo("memory://")
-
-
-@pytest.fixture
-def served() -> Iterator[str]:
-    """A ``logbus broker serve --listen SOCK`` subprocess, ready; its ``local://`` URL."""
-    directory = tempfile.mkdtemp(prefix="lb-demo-")  # short: AF_UNIX paths are limited
-    sock = os.path.join(directory, "broker.sock")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "logbus", "broker", "serve", "--listen", sock],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    listening = threading.Event()
-
-    def read() -> None:
-        assert server.stderr is not None
-        for line in server.stderr:
-            if "listening on" in line:
-                listening.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert listening.wait(DEADLINE), "the broker never said it was listening"
-        yield f"local://{sock}"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(DEADLINE)
-        finally:
-            if server.poll() is None:
-                server.kill()
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(params=["process", "gevent", "local", "amqp"])

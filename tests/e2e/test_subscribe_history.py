@@ -8,13 +8,6 @@ the subscriber starts (history) and after it is bound (live).
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -56,35 +49,6 @@ def prefixed(prefix: str) -> Topology:
         ),
         emit=tuple(EmitTarget(exchange=prefix + t.exchange) for t in base.emit),
     )
-
-
-@pytest.fixture
-def served() -> Iterator[str]:
-    """A ``logbus broker serve`` subprocess; its ``local://`` URL."""
-    directory = tempfile.mkdtemp(prefix="lb-hist-")  # short: AF_UNIX paths are limited
-    sock = os.path.join(directory, "broker.sock")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "logbus", "broker", "serve", "--listen", sock],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    listening = threading.Event()
-
-    def read() -> None:
-        assert server.stderr is not None
-        for line in server.stderr:
-            if "listening on" in line:
-                listening.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        assert listening.wait(30), "the broker never said it was listening"
-        yield f"local://{sock}"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(params=["amqp", "process", "local"])
