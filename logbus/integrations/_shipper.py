@@ -419,8 +419,17 @@ class Shipper:
             return True
 
     def _open_sender(self) -> Sender:
-        self._sender = self._sender_factory()
-        return self._sender
+        sender = self._sender = self._sender_factory()
+        # Connecting registers exit hooks of its own: the AMQP transport closes itself at
+        # exit (weakref.finalize), failing what is still in flight. atexit runs last in,
+        # first out, so the flush at exit is registered again after them, to run first;
+        # else a batch in flight at exit failed, was sent again and arrived twice.
+        getattr(sender, "transport", None)  # an Emitter connects here (TransportError)
+        with self._lock:
+            if not self._closing:
+                atexit.unregister(self._at_exit)
+                atexit.register(self._at_exit)
+        return sender
 
     def _close_sender(self) -> None:
         sender, self._sender = self._sender, None
