@@ -114,14 +114,19 @@ def _node_of_process(cluster: LocalCluster, pid: int) -> int:
 
 
 @contextlib.contextmanager
-def _paced_stdin(count: int, *, chunk: int, pause: float) -> Iterator[int]:
+def _paced_stdin(
+    count: int, *, chunk: int, pause: float, hold: threading.Event | None = None
+) -> Iterator[int]:
     """The read end of a pipe that a thread fills with ``count`` lines, ``chunk`` at a
-    time with ``pause`` seconds between, then closes."""
+    time with ``pause`` seconds between, then closes. With ``hold``, the second half waits
+    until it is set."""
     read, write = os.pipe()
 
     def feed() -> None:
         with os.fdopen(write, "w") as sink:
             for start in range(0, count, chunk):
+                if hold is not None and start >= count // 2:
+                    hold.wait(DEADLINE)
                 end = min(count, start + chunk)
                 sink.write("".join(f"rec-{i:05d}\n" for i in range(start, end)))
                 sink.flush()
@@ -146,7 +151,12 @@ def test_kill_9_of_the_work_queue_leader_mid_emit_loses_no_confirmed_record(
     # Fed at a pace, so the emit is still running when the leader is killed however
     # fast it publishes: 40 chunks of 500 lines, a quarter of a second apart.
     said = tmp_path / "emit-stderr.txt"  # a file, not a pipe: nothing blocks on a full pipe
-    with _paced_stdin(RECORDS, chunk=500, pause=0.25) as stdin, said.open("w") as err_file:
+    # The second half is fed only once the leader is killed: records are published after
+    # the kill whatever the pace of the steps before it (on a busy machine those steps can
+    # outlast a paced input, and then nothing would be left to store after the kill).
+    killed = threading.Event()
+    paced = _paced_stdin(RECORDS, chunk=500, pause=0.25, hold=killed)
+    with paced as stdin, said.open("w") as err_file:
         emit = _logbus(
             "emit", "kern.info", "--config", str(config), "--url", cluster.failover_url,
             stdin=stdin, stdout=subprocess.DEVNULL, stderr=err_file,
@@ -167,6 +177,7 @@ def test_kill_9_of_the_work_queue_leader_mid_emit_loses_no_confirmed_record(
         assert emit.poll() is None, "the emit ended before the kill: make it longer"
         cluster.kill(leader)
         at_kill = len(_stored(sinks))
+        killed.set()
         _wait("the workers storing on after the kill", lambda: len(_stored(sinks)) > at_kill)
         try:
             emit.wait(timeout=DEADLINE)
@@ -185,6 +196,7 @@ def test_kill_9_of_the_work_queue_leader_mid_emit_loses_no_confirmed_record(
         members = cluster.queue(f"{name}.tasks").get("members")
         assert isinstance(members, list) and cluster.node_names[leader] in members
     finally:
+        killed.set()
         for process in [emit, *workers]:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
