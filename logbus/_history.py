@@ -85,6 +85,7 @@ class History:
         self.since = since
         self.until = until
         self._seen = -1  # the last offset handed out
+        self._heard = time.monotonic()  # when the stream last delivered
         #: Set once ``until`` ended the replay.
         self.done = False
 
@@ -92,12 +93,15 @@ class History:
         """How long to wait for the next delivery: ``timeout``, capped by ``until``."""
         if self.until is None:
             return timeout
-        cap = max(0.0, self.until.timestamp() - time.time()) + QUIET
+        quiet_left = max(0.0, QUIET - (time.monotonic() - self._heard))
+        cap = max(0.0, self.until.timestamp() - time.time()) + quiet_left
         return cap if timeout is None else min(cap, timeout)
 
     def ended_waiting(self) -> bool:
         """After a wait that brought nothing: whether ``until`` has passed (the replay is over)."""
-        if self.until is not None and time.time() >= self.until.timestamp():
+        until = self.until
+        quiet = time.monotonic() - self._heard >= QUIET
+        if until is not None and time.time() >= until.timestamp() and quiet:
             self.done = True
         return self.done
 
@@ -107,6 +111,7 @@ class History:
 
         The key and headers are looked at first: a record not selected is never decoded.
         """
+        self._heard = time.monotonic()
         offset = _offset(delivery.properties.headers)
         if offset is not None:
             if offset <= self._seen:

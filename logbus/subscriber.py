@@ -207,6 +207,13 @@ class Subscriber:
         self._pending = delivery
         return decode(delivery.body, delivery.properties, delivery.routing_key)
 
+    @property
+    def ended(self) -> bool:
+        """Whether the subscription has ended (the broker cancelled it, e.g. its queue was
+        deleted, or it was closed): :meth:`get` returns None at once from then on. It
+        tells that None from a wait that timed out."""
+        return self._consumer.ended
+
     def _replayed(self, history: History, timeout: float | None) -> LogRecord | None:
         """The next record of the history that the selectors take (the others are acked)."""
         deadline = None if timeout is None else monotonic() + timeout
@@ -214,8 +221,11 @@ class Subscriber:
             left = None if deadline is None else max(0.0, deadline - monotonic())
             delivery = self._consumer.get(history.wait(left))
             if delivery is None:
-                history.ended_waiting()
-                return None
+                if history.ended_waiting() or self._consumer.ended:
+                    return None
+                if deadline is not None and monotonic() >= deadline:
+                    return None
+                continue  # a wait capped by ``until`` ended before the stream went quiet
             if (record := history.admit(delivery)) is not None:
                 self._pending = delivery
                 return record

@@ -159,6 +159,10 @@ class BlockingAioConsumer(SyncFace, protocol=Consumer, unbounded=frozenset({"get
         while (delivery := self.get()) is not None:
             yield delivery
 
+    @property
+    def ended(self) -> bool:
+        return bool(self._twin.ended)
+
 
 class BlockingAioTransport(SyncFace, protocol=Transport, unbounded=frozenset({"publish_many"})):
     """The sync :class:`~logbus.transports.base.Transport` over :class:`AioTransport`.

@@ -65,6 +65,9 @@ Exit status:
   130/143  Ctrl-C/SIGTERM before --count records arrived
 """
 
+#: The longest the loop waits for a record before it looks whether a signal came, in seconds.
+POLL = 0.25
+
 _COLOURS: dict[str, dict[str, Any]] = {
     "emergency": {"fg": "red", "bold": True, "reverse": True},
     "alert": {"fg": "red", "bold": True, "reverse": True},
@@ -252,14 +255,20 @@ def subscribe(
                     **history,
                 )
             typer.echo(f"logbus: subscribed: {_describe(sub)}; Ctrl-C to stop", err=True)
+            stop.interrupting = False  # from here on a signal is looked at between waits
             deadline = None if timeout is None else monotonic() + timeout
-            while count is None or got < count:
-                wait = None if deadline is None else deadline - monotonic()
-                record = sub.get(wait) if wait is None or wait > 0 else None
+            while (count is None or got < count) and stop.signum is None:
+                wait = POLL if deadline is None else min(POLL, deadline - monotonic())
+                if wait <= 0:
+                    break  # --timeout
+                record = sub.get(wait)
                 if record is None:
-                    finished = sub.history is not None and sub.history.done  # --until
-                    ended = not finished and (deadline is None or monotonic() < deadline)
-                    break
+                    if _replayed(sub):  # --until
+                        break
+                    if sub.ended:
+                        ended = stop.signum is None
+                        break
+                    continue
                 shown = False
                 show(record)
                 shown = True
@@ -427,14 +436,27 @@ class _Stopped(Exception):
 
 
 class _StopSignals:
-    """Which signal stopped the subscription; once disarmed, signals act as usual again."""
+    """Which signal stopped the subscription; once disarmed, signals act as usual again.
+
+    While connecting, a signal interrupts (:class:`_Stopped`). Once subscribed, it
+    only sets :attr:`signum`, which the loop looks at between waits of at most
+    :data:`POLL` seconds: an exception raised at whatever line the main thread is
+    on could leave a lock of the transport held (between its acquire and the
+    ``with``), and the close after it would then wait forever. A second signal
+    acts at once, as usual.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.previous: dict[int, Any] = {}
+        self.interrupting = True
 
     def handler(self, signum: int, _frame: FrameType | None) -> None:
-        raise _Stopped(signum)
+        if self.interrupting:
+            raise _Stopped(signum)
+        if self.signum is None:
+            self.signum = signum
+        self.disarm()
 
     def disarm(self) -> None:
         # A signal while closing would interrupt the close: let a second one act at once.

@@ -224,6 +224,12 @@ class Consumer(Protocol):
         """Deliveries until the consumer is cancelled."""
         ...
 
+    @property
+    def ended(self) -> bool:
+        """Whether :meth:`get` saw the end (cancelled, or the transport closed): its None
+        is then not a wait that timed out, and it returns None at once from now on."""
+        ...
+
     def cancel(self) -> None:
         """Stop receiving; deliveries already received can still be settled."""
         ...
@@ -363,22 +369,20 @@ class Transport(Protocol):
 
 @runtime_checkable
 class AsyncConsumer(Protocol):
-    """:class:`Consumer`'s async twin: ``await get()``, ``async for``, ``await cancel()``."""
+    """:class:`Consumer`'s async twin: ``await get()``, ``async for``, ``ended``, ``await
+    cancel()``, each as its sync namesake."""
 
     queue: str
     tag: str
 
-    async def get(self, timeout: float | None = None) -> Delivery | None:
-        """The next delivery, waiting up to ``timeout`` seconds (None: forever)."""
-        ...
+    async def get(self, timeout: float | None = None) -> Delivery | None: ...
 
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        """Deliveries until the consumer is cancelled."""
-        ...
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
 
-    async def cancel(self) -> None:
-        """Stop receiving; deliveries already received can still be settled."""
-        ...
+    @property
+    def ended(self) -> bool: ...
+
+    async def cancel(self) -> None: ...
 
 
 @runtime_checkable

@@ -137,6 +137,39 @@ def test_a_closed_consumer_leaves_its_unacked_messages_in_place(make, open_trans
     assert offsets(read(open_transport, q, 2, "first")) == [0, 1]
 
 
+@pytest.mark.parametrize("offset", ["first", None])
+def test_cancelling_a_stream_consumer_with_deliveries_in_flight_keeps_the_connection(
+    make, open_transport, offset
+):
+    """A stream consumer cancelled while the broker is still sending to it: the
+    transport's connection stays up (pika rejects what arrives after a basic.cancel,
+    and RabbitMQ closes the connection for a reject on a stream). Seen through a
+    delivery of another queue held unacked on the same transport: a dropped
+    connection would deliver it again."""
+    q = make.queue("history", arguments=STREAM)
+    other = make.queue("work")
+    transport = open_transport()
+    put(make.transport, other, "held")
+    worker = transport.consume(other, prefetch=1)
+    (held,) = take(worker, 1)
+    arguments = None if offset is None else {"x-stream-offset": offset}
+    consumer = transport.consume(q, prefetch=500, arguments=arguments)
+    if offset is None:
+        assert nothing_more(consumer, 0.1)  # consuming from "next"
+    put(make.transport, q, *(f"m{i}" for i in range(2000)))
+    for _ in range(1000):
+        (delivery,) = take(consumer, 1)
+        delivery.ack()  # credit back: the broker sends more, to arrive after the cancel
+    consumer.cancel()
+    while consumer.get(timeout=5) is not None:  # what it had received before the cancel
+        pass
+    assert consumer.ended
+    assert nothing_more(worker, 0.5)  # no redelivery: the connection did not drop
+    held.ack()
+    put(transport, other, "after")
+    assert [(d.body, d.redelivered) for d in take(worker, 1)] == [(b"after", False)]
+
+
 @pytest.mark.parametrize(
     ("flags", "word"),
     [

@@ -8,6 +8,7 @@ the subscriber starts (history) and after it is bound (live).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -148,3 +149,19 @@ def test_bad_history_options_are_usage_errors(logbus, args, words):
     assert proc.returncode == 2
     assert words in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_in_the_middle_of_a_replay_exits_0_at_once(deployment):
+    """SIGTERM while a replay is printing (the stream holds more than it can show at
+    once) stops it within seconds with exit 0, at whatever point it arrives; a signal
+    that raised an exception into the transport's code could leave one of its locks
+    held, and the close after it wait forever."""
+    url, dep = deployment
+    emit_all(url, dep, *(("kern.info", f"record {n}") for n in range(3000)))
+    for delay in (0.0, 0.05, 0.1, 0.2, 0.3):
+        sub = Subscription(url, dep, "--offset", "0", "--all", "--json")
+        sub.wait_ready()
+        time.sleep(delay)
+        sub.proc.send_signal(signal.SIGTERM)
+        assert sub.finish(timeout=10) == 0, sub.stderr
+        assert "Traceback" not in sub.stderr

@@ -61,6 +61,7 @@ class FakeTwin:
     url = "amqp://guest:s3cret@example/%2F"
     queue = "q1"
     tag = "ctag"
+    ended = False
     connection_name = "fake"
 
     def __init__(self) -> None:

@@ -199,6 +199,11 @@ class AioConsumer:
             raise StopAsyncIteration
         return delivery
 
+    @property
+    def ended(self) -> bool:
+        """Whether a get has seen the end: it returns None at once from now on."""
+        return self._ended
+
     async def cancel(self) -> None:
         """Stop receiving; deliveries already received can still be read and settled."""
         if self._stopping:

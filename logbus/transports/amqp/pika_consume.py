@@ -107,6 +107,9 @@ class AmqpConsumer:
         self.live_epoch: int | None = None
         self.unacked: set[int] = set()
         self.cancelled = False
+        #: Whether the queue is a stream (a replay's offset was given, or a delivery
+        #: carried its stream offset): a cancel then closes the channel (:meth:`_cancel`).
+        self.on_stream = "x-stream-offset" in self.arguments
         self._core = core
         self._owner = owner  # keeps the transport alive while its consumer is in use
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -173,6 +176,11 @@ class AmqpConsumer:
         while (delivery := self.get()) is not None:
             yield delivery
 
+    @property
+    def ended(self) -> bool:
+        """Whether a get has seen the end: it returns None at once from now on."""
+        return self._ended
+
     def cancel(self) -> None:
         """Stop receiving; deliveries already received can still be settled."""
         if self.cancelled or self._ended:
@@ -230,7 +238,25 @@ class AmqpConsumer:
         if channel is None or not channel.is_open:
             cancelled()
         else:
+            self._cancel(channel, cancelled)
+
+    def _cancel(self, channel: Any, cancelled: Callable[..., None]) -> None:
+        """basic.cancel; on a stream, closing the channel instead.
+
+        pika rejects a delivery that arrives between basic.cancel and its cancel-ok
+        (with requeue, which is right for other queues), and RabbitMQ closes the whole
+        connection (540) when a stream is sent a reject. A stream holds nothing for a
+        channel to requeue, so there closing the channel is the cancel; what was
+        delivered before it needs no ack.
+        """
+        if not self.on_stream:
             channel.basic_cancel(self.tag, callback=cancelled)
+            return
+        self.channel = None
+        self.live_epoch = None
+        self.unacked.clear()
+        channel.close()
+        cancelled()
 
     def io_end(self, error: TransportError | None = None) -> None:
         """No more deliveries: end the user's iteration (raising ``error`` to the user, if
@@ -298,7 +324,7 @@ class AmqpConsumer:
         self._settle = partial(self._core.settle, self, self.epoch)
         self._settle_many = partial(self._core.settle_many, self, self.epoch)
         if self.cancelled:  # cancelled while (re)starting
-            channel.basic_cancel(self.tag, callback=lambda _frame: self.io_end())
+            self._cancel(channel, lambda _frame=None: self.io_end())
         self._finish_start(None)
 
     @io_callback
@@ -330,6 +356,8 @@ class AmqpConsumer:
         settle = self._settle
         if channel is not self.channel or epoch is None or settle is None:
             return
+        if not self.on_stream and properties.headers and "x-stream-offset" in properties.headers:
+            self.on_stream = True
         self.unacked.add(tag)
         delivery = Delivery(
             Message(body, properties, exchange, routing_key),

@@ -179,6 +179,11 @@ class GreenConsumer:
         while (delivery := self.get()) is not None:
             yield delivery
 
+    @property
+    def ended(self) -> bool:
+        """Whether a get has seen the end: it returns None at once from now on."""
+        return self._cancelled
+
     def cancel(self) -> None:
         """Stop receiving; iterations end once what was delivered has been read."""
         if not self._cancelled and self._session.is_open:

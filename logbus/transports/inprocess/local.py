@@ -211,6 +211,11 @@ class LocalConsumer:
         while (delivery := self.get()) is not None:
             yield delivery
 
+    @property
+    def ended(self) -> bool:
+        """Whether a get has seen the end: it returns None at once from now on."""
+        return self._ended
+
     def cancel(self) -> None:
         """Stop receiving; the iterator ends once what was delivered has been read."""
         if self._link.drop_inbox(self._cid) is None:

@@ -144,6 +144,11 @@ class MemoryConsumer:
         while (delivery := self.get()) is not None:
             yield delivery
 
+    @property
+    def ended(self) -> bool:
+        """Whether a get has seen the end: it returns None at once from now on."""
+        return self._cancelled
+
     def cancel(self) -> None:
         """Stop receiving; the iterator ends once what was delivered has been read."""
         if not self._cancelled and self._session.is_open:
