@@ -322,13 +322,21 @@ class Broker(Registry, Settling):
         return True
 
     def _drop_head(self, queue: QueueState) -> bool:
-        """Under ``drop-head``, dead-letter from the head while the queue is past a bound."""
-        dropped = False
-        if queue.overflow == "drop-head":
-            while queue.ready and queue.over_limit():
-                self._dead_letter(queue, queue.pop(), "maxlen")
-                dropped = True
-        return dropped
+        """Under ``drop-head``, dead-letter from the head while the queue is past a bound.
+
+        A quorum queue dead-letters what one step dropped last first (rabbit_fifo
+        gathers the drops of one command as effects, newest in front): publishing a
+        large message past m0, m1, m2 dead-letters m2, m1, m0, as does a closed
+        channel's return of several. A classic queue keeps the order it dropped.
+        """
+        if queue.overflow != "drop-head" or not queue.ready or not queue.over_limit():
+            return False
+        dropped = []
+        while queue.ready and queue.over_limit():
+            dropped.append(queue.pop())
+        for entry in reversed(dropped) if queue.quorum else dropped:
+            self._dead_letter(queue, entry, "maxlen")
+        return True
 
     def _expire_head(self, queue: QueueState, now: float | None = None) -> None:
         """Dead-letter expired messages from the head (RabbitMQ never looks further).

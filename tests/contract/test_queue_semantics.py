@@ -121,3 +121,23 @@ def test_a_non_durable_stream_is_refused(make):
     """A stream queue must be durable: PRECONDITION_FAILED, as for a quorum queue."""
     with pytest.raises(PreconditionFailed):
         make.queue("log", durable=False, arguments={"x-queue-type": "stream"})
+
+
+@pytest.mark.parametrize(("queue_type", "order"), [("quorum", "m2 m1 m0"), ("classic", "m0 m1 m2")])
+def test_what_one_publish_drops_is_dead_lettered_in_the_queue_types_order(
+    make, open_transport, queue_type, order
+):
+    """x-max-length-bytes 6 holding m0 m1 m2, then a 6-byte message: all three are
+    dropped from the head by one publish. A quorum queue dead-letters them newest
+    first (RabbitMQ gathers one command's drops newest in front), a classic one oldest
+    first."""
+    dlx = make.exchange("dlx", "fanout", durable=False)
+    dlq = make.queue("dead")
+    make.transport.bind_queue(dlq, dlx, "")
+    args = {"x-queue-type": queue_type, "x-max-length-bytes": 6, "x-dead-letter-exchange": dlx}
+    q = make.queue("work", arguments=args)
+    put(make.transport, q, "m0", "m1", "m2", "xxxxxx")
+    dead = take(open_transport().consume(dlq, prefetch=10), 3)  # dead-lettering is async
+    assert " ".join(d.body.decode() for d in dead) == order
+    kept = make.transport.get(q, auto_ack=True)
+    assert kept is not None and kept.body == b"xxxxxx"

@@ -7,7 +7,6 @@ on patched sockets.
 
 from __future__ import annotations
 
-import difflib
 import secrets
 from collections.abc import Callable
 
@@ -17,7 +16,7 @@ import pytest
 from logbus.transports import Transport, connect
 from tests.differential import play, scenario
 from tests.differential_sides import LogbusSide, PikaSide
-from tests.integration.test_differential import _QUIET, _SLOW, SEED, _seeds
+from tests.integration.test_differential import _seeds, judge, report
 
 
 def _opener(url: str) -> Callable[[], Transport]:
@@ -43,15 +42,11 @@ def test_gevent_broker_matches_rabbitmq(logbus_broker_url: str) -> None:
         url = f"gevent://diff-{secrets.token_hex(4)}"
         return play(LogbusSide(_opener(url), quiet), scenario(seed), f"diffg-{seed}")
 
+    varied = 0
     for seed in seeds:
-        expected, got = on_rabbitmq(seed, _QUIET), on_gevent(seed, _QUIET)
-        if got != expected:  # played again on both sides, slower, before it counts (_SLOW)
-            expected, got = on_rabbitmq(seed, _SLOW), on_gevent(seed, _SLOW)
-        if got != expected:
-            diff = "\n".join(difflib.unified_diff(expected, got, "rabbitmq", "gevent", n=2))
-            differences.append(f"seed {seed} (LOGBUS_DIFF_ONLY={seed % 1_000_000}):\n{diff}")
-    print(
-        f"differential gevent: {len(seeds)} scenarios, {len(differences)} differences "
-        f"(LOGBUS_DIFF_SEED={SEED})"
-    )
+        difference, only_one_of_many = judge(seed, on_rabbitmq, on_gevent, "gevent")
+        varied += only_one_of_many
+        if difference is not None:
+            differences.append(difference)
+    print(report("gevent", seeds, differences, varied))
     assert not differences, "\n\n".join(differences[:5])
