@@ -45,7 +45,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import pika
@@ -53,7 +52,8 @@ from _broker_limit import BROKER
 
 import logbus
 from logbus.record import LogRecord
-from logbus.topology import Binding, EmitTarget, Topology, default, dumps
+from logbus.testing import prefixed
+from logbus.topology import default, dumps
 from logbus.worker.retry import RetryPolicy, retry_queues
 
 ARGS = [arg for arg in sys.argv[1:] if not arg.startswith("--part=")]
@@ -157,31 +157,12 @@ except KeyboardInterrupt:
 """
 
 
-def renamed(prefix: str) -> Topology:
-    """The default topology, durable as in production, every name under ``prefix``."""
-    base = default()
-    return Topology(
-        exchanges=tuple(replace(e, name=prefix + e.name) for e in base.exchanges),
-        queues=tuple(replace(q, name=prefix + q.name) for q in base.queues),
-        bindings=tuple(
-            Binding(
-                source=prefix + b.source,
-                destination=prefix + b.destination,
-                destination_type=b.destination_type,
-                routing_key=b.routing_key,
-            )
-            for b in base.bindings
-        ),
-        emit=tuple(EmitTarget(exchange=prefix + t.exchange, key=t.key) for t in base.emit),
-    )
-
-
 class Case:
     """One case's own topology: written to a TOML file, declared, and deleted at the end."""
 
     def __init__(self, workdir: Path, channel: pika.adapters.blocking_connection.BlockingChannel):
         self.prefix = f"bench-{secrets.token_hex(4)}."
-        self.topology = renamed(self.prefix)
+        self.topology = prefixed(default(), self.prefix)
         self.config = workdir / f"{self.prefix}toml"
         self.config.write_text(dumps(self.topology))
         self.channel = channel

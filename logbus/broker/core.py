@@ -59,6 +59,7 @@ from logbus.message import Message, QueueInfo
 __all__ = ["Broker", "PublishOutcome", "QueueInfo"]
 
 _ROUTE_CACHE_SIZE = 4096
+_NOWHERE: frozenset[str] = frozenset()  # what routing to no queue gives
 
 
 class PublishOutcome(Enum):
@@ -247,6 +248,8 @@ class Broker(Registry, Settling):
     ) -> AbstractSet[str]:
         """The queues a message reaches; ``extra``: more routing keys (``CC``/``BCC``)."""
         if exchange_name == "":
+            if not extra:
+                return {routing_key} if routing_key in self._queues else _NOWHERE
             return {k for k in (routing_key, *extra) if k in self._queues}
         headers = message.properties.headers
         if headers:  # a headers exchange may be on the path: no caching
@@ -301,7 +304,7 @@ class Broker(Registry, Settling):
             dispatch_stream(queue, self._deliver)
             return True
         entry = Entry(message, queue.expiry_for(message, now))
-        if queue.overflow != "drop-head" and queue.would_overflow(entry):
+        if queue.bounded and queue.overflow != "drop-head" and queue.would_overflow(entry):
             if queue.overflow == "reject-publish-dlx":
                 self._dead_letter(queue, entry, "maxlen")
             return False
@@ -369,15 +372,18 @@ class Broker(Registry, Settling):
                 self._deliver(queue, consumer, queue.pop())
                 self._expire_head(queue)
             return
-        while queue.ready:
-            if queue.head_expired():
+        ready = queue.ready
+        next_consumer, deliver = queue.next_consumer, self._deliver
+        while ready:
+            expires_at = ready[0].expires_at  # queue.head_expired(), inlined: the hot path
+            if expires_at is not None and expires_at <= monotonic():
                 self._dead_letter(queue, queue.pop(), "expired")
                 continue
-            consumer = queue.next_consumer()
+            consumer = next_consumer()
             if consumer is None:
                 break
-            self._deliver(queue, consumer, queue.pop())
-        if queue.ready and queue.ready[0].expires_at is not None:
+            deliver(queue, consumer, queue.pop())
+        if ready and ready[0].expires_at is not None:
             self._schedule_expiry()  # the new head's TTL timer, as _watch_head
 
     def _watch_head(self, queue: QueueState) -> None:

@@ -85,15 +85,19 @@ class Settling:
         Each settlement's queue is dispatched before the next one applies, as on
         RabbitMQ, where an ack frees a consumer's slot before a later requeue lands.
         """
-        if not self._mailbox:
+        mailbox = self._mailbox
+        if not mailbox:
             return
         touched: set[str] = set()
-        while True:
-            try:
-                state, delivery_tag, multiple, requeue = self._mailbox.popleft()
-            except IndexError:
-                break
-            if state.open and self._settle_locked(state, delivery_tag, multiple, requeue, touched):
+        while mailbox:
+            state, delivery_tag, multiple, requeue = mailbox.popleft()
+            if not state.open:
+                continue
+            if requeue is None and not multiple and delivery_tag in state.unacked:
+                queue = self._ack(state, delivery_tag)  # the common case, without the sets
+                if queue is not None:
+                    self._dispatch(queue)
+            elif self._settle_locked(state, delivery_tag, multiple, requeue, touched):
                 self._dispatch_all(touched)
                 touched.clear()
 
@@ -121,15 +125,24 @@ class Settling:
             touched |= self._requeue(state, tags)
             return True
         for tag in tags:
-            unacked = self._release(state, tag)
-            queue = self._queues.get(unacked.queue)
+            if requeue is None:
+                queue = self._ack(state, tag)
+            else:
+                unacked = self._release(state, tag)
+                queue = self._queues.get(unacked.queue)
+                if queue is not None:
+                    self._dead_letter(queue, unacked.entry, "rejected")
             if queue is not None:
                 touched.add(queue.name)
-                if requeue is False:
-                    self._dead_letter(queue, unacked.entry, "rejected")
-                elif self._journal is not None:
-                    self._journal.left(queue.name, unacked.entry)
         return True
+
+    def _ack(self, state: SessionState, tag: int) -> QueueState | None:
+        """Forget an acked delivery; its queue (None once deleted), to dispatch."""
+        unacked = self._release(state, tag)
+        queue = self._queues.get(unacked.queue)
+        if queue is not None and self._journal is not None:
+            self._journal.left(queue.name, unacked.entry)
+        return queue
 
     @staticmethod
     def _multiple(state: SessionState, delivery_tag: int) -> list[int]:

@@ -17,39 +17,11 @@ from pathlib import Path
 import pytest
 
 from logbus import Emitter
-from logbus.topology import Binding, EmitTarget, Exchange, Queue, Topology, default, dumps
+from logbus.testing import prefixed
+from logbus.topology import default, dumps
 from logbus.transports import connect
 from tests.e2e.support import Deployment, one_error_line
 from tests.e2e.test_subscribe import Subscription
-
-
-def prefixed(prefix: str) -> Topology:
-    """The default topology with every name under ``prefix``."""
-    base = default()
-    return Topology(
-        exchanges=tuple(Exchange(name=prefix + e.name, type=e.type) for e in base.exchanges),
-        queues=tuple(
-            Queue(
-                name=prefix + q.name,
-                queue_type=q.queue_type,
-                max_length=q.max_length,
-                overflow=q.overflow,
-                max_age=q.max_age,
-                max_length_bytes=q.max_length_bytes,
-            )
-            for q in base.queues
-        ),
-        bindings=tuple(
-            Binding(
-                source=prefix + b.source,
-                destination=prefix + b.destination,
-                destination_type=b.destination_type,
-                routing_key=b.routing_key,
-            )
-            for b in base.bindings
-        ),
-        emit=tuple(EmitTarget(exchange=prefix + t.exchange) for t in base.emit),
-    )
 
 
 @pytest.fixture(params=["amqp", "process", "local"])
@@ -57,7 +29,7 @@ def deployment(
     request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
 ) -> Iterator[tuple[str, Deployment]]:
     """A broker URL of each kind and a prefixed default topology written for it."""
-    topology = prefixed(f"{unique_name}.")
+    topology = prefixed(default(), f"{unique_name}.")
     config = tmp_path / "topology.toml"
     config.write_text(dumps(topology))
     keep = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -18,3 +20,11 @@ def proxy(amqp_url: str) -> Iterator[Proxy]:
     forwarder.start()
     yield forwarder
     forwarder.cut()
+
+
+@pytest.fixture
+def directory() -> Iterator[str]:
+    """A private temporary directory with a short path (AF_UNIX paths are limited)."""
+    path = tempfile.mkdtemp(prefix="lb-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -8,11 +8,9 @@ integration tests; the accounting and paging themselves are in
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,14 +37,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLI
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         pause.wait(0.01)
-
-
-@pytest.fixture
-def directory() -> Iterator[str]:
-    """A private temporary directory with a short path (AF_UNIX paths are limited)."""
-    path = tempfile.mkdtemp(prefix="lbm-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,14 +54,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLI
 def put(transport: LocalTransport, queue: str, *bodies: bytes) -> None:
     """Publish bodies straight to a queue through the default exchange."""
     transport.publish_many(Message(body, exchange="", routing_key=queue) for body in bodies)
-
-
-@pytest.fixture
-def directory() -> Iterator[str]:
-    """A private temporary directory with a short path (AF_UNIX paths are limited)."""
-    path = tempfile.mkdtemp(prefix="lb-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
