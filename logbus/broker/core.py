@@ -332,14 +332,14 @@ class Broker(Registry, Settling):
         large message past m0, m1, m2 dead-letters m2, m1, m0, as does a closed
         channel's return of several. A classic queue keeps the order it dropped.
         """
-        if queue.overflow != "drop-head" or not queue.ready or not queue.over_limit():
+        if queue.overflow != "drop-head":
             return False
         dropped = []
         while queue.ready and queue.over_limit():
             dropped.append(queue.pop())
         for entry in reversed(dropped) if queue.quorum else dropped:
             self._dead_letter(queue, entry, "maxlen")
-        return True
+        return bool(dropped)
 
     def _expire_head(self, queue: QueueState, now: float | None = None) -> None:
         """Dead-letter expired messages from the head (RabbitMQ never looks further).
