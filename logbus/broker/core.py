@@ -45,6 +45,7 @@ from logbus.broker.queues import (
     SessionState,
     Unacked,
     monotonic,
+    opened,
     valid_expiration,
 )
 from logbus.broker.recipients import carbon_copies, without_bcc
@@ -185,13 +186,13 @@ class Broker(Registry, Settling):
             if not state.open:
                 return
             state.open = False
-            # As RabbitMQ sees a connection go: one channel after the other (basic.get's
-            # first, then each consumer's), each channel's messages returned and the queue
-            # run before the next goes, so a consumer still open may take them (and return
-            # them again). A single active consumer's queue is run for the next one.
-            channels: list[str | None] = [None, *state.consumers]
+            # As RabbitMQ sees a connection go: one channel after the other, in the order
+            # they were opened (basic.get's first, then each consumer's, a cancelled one
+            # still holding messages in its place), each channel's messages returned and
+            # the queue run before the next goes, so a consumer still open may take them
+            # (and return them again). A single active consumer's queue is run for the next.
             held = {u.consumer_tag for u in state.unacked.values() if u.consumer_tag is not None}
-            channels += sorted(held - set(state.consumers))
+            channels: list[str | None] = [None, *sorted(held | set(state.consumers), key=opened)]
             for channel in channels:
                 consumer = None if channel is None else state.consumers.get(channel)
                 if consumer is not None:

@@ -100,6 +100,16 @@ class SessionState:
     open: bool = True
 
 
+def consumer_tag(session: int, number: int) -> str:
+    """The tag of a session's consumer, the broker's ``number``-th."""
+    return f"ctag-{session}.{number}"
+
+
+def opened(tag: str) -> int:
+    """Where a consumer tag comes in the order consumers were made."""
+    return int(tag.rpartition(".")[2])
+
+
 @dataclass(slots=True)
 class ExchangeState:
     """A declared exchange and its binding table."""

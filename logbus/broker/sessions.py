@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from logbus.broker.expiry import touch, with_delivery_count
-from logbus.broker.queues import ConsumerState, Delivered, SessionState, Unacked, monotonic
+from logbus.broker.queues import (
+    ConsumerState,
+    Delivered,
+    SessionState,
+    Unacked,
+    consumer_tag,
+    monotonic,
+)
 from logbus.broker.registry import EXCHANGE, QUEUE
 from logbus.broker.streams import StreamState, attach, check_consume, not_supported, start_offset
 from logbus.errors import (
@@ -257,7 +264,7 @@ class Session:
                 raise AccessRefused(
                     f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
                 )
-            tag = f"ctag-{self._state.id}.{next(broker._consumer_ids)}"
+            tag = consumer_tag(self._state.id, next(broker._consumer_ids))
             consumer = ConsumerState(
                 tag, queue, self._state.id, prefetch, deliver, on_cancel, exclusive
             )

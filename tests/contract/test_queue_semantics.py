@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from logbus.errors import InvalidExpiration, PreconditionFailed, ResourceLocked
@@ -141,3 +143,30 @@ def test_what_one_publish_drops_is_dead_lettered_in_the_queue_types_order(
     assert " ".join(d.body.decode() for d in dead) == order
     kept = make.transport.get(q, auto_ack=True)
     assert kept is not None and kept.body == b"xxxxxx"
+
+
+def test_a_closed_connection_returns_its_channels_in_the_order_they_were_opened(
+    make, open_transport
+):
+    """A closing connection returns its channels' messages channel by channel, oldest
+    channel first, a cancelled consumer's in its place: m0, held by a consumer cancelled
+    before the one holding m1 m2 was made, comes back first. All three expired while
+    held, so a quorum queue dead-letters them in the order they came back."""
+    dlx = make.exchange("dlx", "fanout", durable=False)
+    dlq = make.queue("dead")
+    make.transport.bind_queue(dlq, dlx, "")
+    args = {"x-queue-type": "quorum", "x-dead-letter-exchange": dlx}
+    q = make.queue("work", arguments=args)
+    transport = open_transport()
+    first = transport.consume(q, prefetch=5)
+    brief = Properties(expiration="50")
+    put(make.transport, q, "m0", properties=brief)
+    take(first, 1)
+    first.cancel()  # m0 stays unacked on the first consumer's channel
+    second = transport.consume(q, prefetch=5)
+    put(make.transport, q, "m1", "m2", properties=brief)
+    take(second, 2)
+    time.sleep(0.1)  # all three expire while held
+    transport.close()
+    dead = take(open_transport().consume(dlq, prefetch=10), 3)
+    assert " ".join(d.body.decode() for d in dead) == "m0 m1 m2"

@@ -74,7 +74,9 @@ class AioTransport:
         self._declaring = ChannelSlot(self._ready, confirms=False)
         self._publishing = ChannelSlot(self._ready, confirms=True)
         self._getting = ChannelSlot(self._ready, confirms=False)
-        self._consumers: set[AioConsumer] = set()
+        # In the order they were made: close() closes their channels oldest first, as pika
+        # does, so a closing connection returns its messages in the same order.
+        self._consumers: dict[AioConsumer, None] = {}
         self._declared = Declared()
         self._settlements = Settlements(self.endpoint, self.options.confirm_timeout)
         self._closed = False
@@ -402,11 +404,11 @@ class AioTransport:
                 await channel.close()
             raise
         channel.reopen_callbacks.add(consumer.restore)
-        self._consumers.add(consumer)
+        self._consumers[consumer] = None
         return consumer
 
     def _forget(self, consumer: AioConsumer) -> None:
-        self._consumers.discard(consumer)
+        self._consumers.pop(consumer, None)
 
     # -- closing -------------------------------------------------------------------------
 
