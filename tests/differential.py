@@ -167,7 +167,20 @@ class Side:
     quiet: float = 0.05
 
     def open(self, client: int) -> None: ...
-    def close(self, client: int) -> None: ...
+
+    def close(self, client: int) -> None:
+        """Cancel the client's consumers, oldest first, then close its connection.
+
+        Cancelling first keeps RabbitMQ's answer deterministic. When a connection
+        closes while several of its consumers on one quorum queue hold messages, what
+        one channel returns goes to another of its consumers that is still closing,
+        and is returned again: x-delivery-count then varies from run to run, even with
+        the channels closed one at a time 0.2 s apart (probed on 3.10: ``m2`` 2 and
+        ``m1`` 3 in three runs, ``m1`` 3 and ``m2`` 3 in the fourth). Cancelled
+        consumers take nothing, and the channels still return what they hold in the
+        order they were opened.
+        """
+
     def declare(self, client: int, name: str, args: dict[str, Any], exclusive: bool) -> None: ...
     def declare_dlx(self, name: str, queue: str) -> None: ...
     def bind(self, client: int, queue: str, exchange: str, key: str, unbind: bool) -> None: ...

@@ -47,6 +47,9 @@ class PikaSide(Side):
         connection = self._connections.pop(client, None)
         if connection is not None and connection.is_open:
             with contextlib.suppress(pika_errors.AMQPError):
+                for channel, tag in self._running.get(client, []):  # see Side.close
+                    if channel.is_open:
+                        channel.basic_cancel(tag)
                 connection.close()
 
     def declare(self, client: int, name: str, args: dict[str, Any], exclusive: bool) -> None:
@@ -220,6 +223,9 @@ class LogbusSide(Side):
     def close(self, client: int) -> None:
         transport = self._transports.pop(client, None)
         if transport is not None:
+            for consumer in self._consumers.get(client, []):  # see Side.close
+                if consumer not in self._cancelled:
+                    consumer.cancel()
             transport.close()
 
     def declare(self, client: int, name: str, args: dict[str, Any], exclusive: bool) -> None:

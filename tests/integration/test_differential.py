@@ -8,8 +8,10 @@ final contents with ``x-death``) must be equal. RabbitMQ is the reference.
 ``LOGBUS_DIFF_SCENARIOS`` (default 40) sets how many scenarios run per transport,
 ``LOGBUS_DIFF_SEED`` (default 1) which ones: scenario ``i`` uses seed
 ``SEED * 1_000_000 + i``, printed with any difference so it can be replayed alone
-(``LOGBUS_DIFF_SEED=... LOGBUS_DIFF_ONLY=i``). gevent:// needs a monkey-patched
-process of its own: ``tests/gevent/test_differential_gevent.py`` runs it there.
+(``LOGBUS_DIFF_SEED=... LOGBUS_DIFF_ONLY=i``). ``LOGBUS_DIFF_FIRST`` (default 0) is
+the first ``i``, so that a long run can be split into parts run side by side.
+gevent:// needs a monkey-patched process of its own:
+``tests/gevent/test_differential_gevent.py`` runs it there.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from tests.differential_sides import LogbusSide, PikaSide
 SCENARIOS = int(os.environ.get("LOGBUS_DIFF_SCENARIOS", "40"))
 SEED = int(os.environ.get("LOGBUS_DIFF_SEED", "1"))
 ONLY = os.environ.get("LOGBUS_DIFF_ONLY")
+FIRST = int(os.environ.get("LOGBUS_DIFF_FIRST", "0"))
 _PROCESS_URL = f"process://diff-{secrets.token_hex(4)}"
 
 
 def _seeds() -> list[int]:
     if ONLY is not None:
         return [SEED * 1_000_000 + int(i) for i in ONLY.split(",")]
-    return [SEED * 1_000_000 + i for i in range(SCENARIOS)]
+    return [SEED * 1_000_000 + i for i in range(FIRST, FIRST + SCENARIOS)]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,8 @@ def report(name: str, seeds: list[int], differences: list[str], varied: int) -> 
     """The line the run prints: scenarios, differences, and RabbitMQ's own variations."""
     return (
         f"differential {name}: {len(seeds)} scenarios, {len(differences)} differences "
-        f"({varied} matched one of RabbitMQ's varying outcomes; LOGBUS_DIFF_SEED={SEED})"
+        f"({varied} matched one of RabbitMQ's varying outcomes; LOGBUS_DIFF_SEED={SEED}, "
+        f"seeds {seeds[0]}..{seeds[-1]})"
     )
 
 
