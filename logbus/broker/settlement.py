@@ -188,6 +188,8 @@ class Settling:
             touched.add(queue.name)
             if over_delivery_limit(queue, unacked.entry):
                 self._dead_letter(queue, unacked.entry, "delivery_limit")
+                if not returned:
+                    self._extra_credit(state, unacked)
                 continue
             unacked.entry.redelivered = True
             queue.put_back(unacked.entry, returned=returned)
@@ -199,6 +201,18 @@ class Settling:
             self._drop_head(queue)  # a classic one trims first (requeue_and_run)
             self._expire_head(queue)
         return touched
+
+    @staticmethod
+    def _extra_credit(state: SessionState, unacked: Unacked) -> None:
+        """RabbitMQ 3.10's rabbit_fifo credits a consumer twice for a nacked or rejected
+        message it drops at the delivery limit (once as settled, once as returned), so
+        that consumer may hold one more than its prefetch from then on (probed: with
+        prefetch 1, the next two messages both come)."""
+        consumer = (
+            None if unacked.consumer_tag is None else state.consumers.get(unacked.consumer_tag)
+        )
+        if consumer is not None and consumer.prefetch:
+            consumer.prefetch += 1
 
     def _dead_letter(self, queue: QueueState, entry: Entry, reason: str) -> None:
         exchange = queue.dead_letter_exchange

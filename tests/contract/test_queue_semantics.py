@@ -170,3 +170,16 @@ def test_a_closed_connection_returns_its_channels_in_the_order_they_were_opened(
     transport.close()
     dead = take(open_transport().consume(dlq, prefetch=10), 3)
     assert " ".join(d.body.decode() for d in dead) == "m0 m1 m2"
+
+
+def test_a_message_dropped_at_the_delivery_limit_credits_its_consumer_twice(make, open_transport):
+    """RabbitMQ 3.10 credits a consumer both for settling and for returning a nacked
+    message that a quorum queue drops at its x-delivery-limit: with prefetch 1, the
+    consumer is then sent the next two messages without acking the first."""
+    q = make.queue("work", arguments={"x-queue-type": "quorum", "x-delivery-limit": 0})
+    consumer = open_transport().consume(q, prefetch=1)
+    put(make.transport, q, "m0")
+    (m0,) = take(consumer, 1)
+    m0.nack(requeue=True)  # its first return passes the limit: dropped
+    put(make.transport, q, "m1", "m2")
+    assert [d.body for d in take(consumer, 2)] == [b"m1", b"m2"]
