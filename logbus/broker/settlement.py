@@ -195,10 +195,17 @@ class Settling:
             queue.put_back(unacked.entry, returned=returned)
         for name in touched:
             queue = self._queues[name]
-            if queue.quorum:  # rabbit_fifo: expire the head, check out to consumers, then trim
-                self._expire_head(queue)
+            if queue.quorum:
+                # rabbit_fifo: expire the head, check out to consumers, then trim. The trim's
+                # dead letters go out first: they are put in front of the step's effects.
+                expired: list[Entry] = []
+                self._expire_head(queue, into=expired)
                 self._dispatch(queue)
-            self._drop_head(queue)  # a classic one trims first (requeue_and_run)
+                self._drop_head(queue)
+                for entry in expired:
+                    self._dead_letter(queue, entry, "expired")
+            else:
+                self._drop_head(queue)  # a classic one trims first (requeue_and_run)
             self._expire_head(queue)
         return touched
 

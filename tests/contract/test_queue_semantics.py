@@ -183,3 +183,27 @@ def test_a_message_dropped_at_the_delivery_limit_credits_its_consumer_twice(make
     m0.nack(requeue=True)  # its first return passes the limit: dropped
     put(make.transport, q, "m1", "m2")
     assert [d.body for d in take(consumer, 2)] == [b"m1", b"m2"]
+
+
+def test_a_quorum_queue_dead_letters_a_steps_trim_before_its_expiry(make, open_transport):
+    """A closed consumer returns m0 (expired while held) and m1 to a quorum queue that
+    holds m2 under x-max-length 1: m0 expires at the head and m1 is dropped by the
+    bound in the same step, and the bound's dead letter goes out first (rabbit_fifo
+    puts a step's trim in front of its other effects)."""
+    dlx = make.exchange("dlx", "fanout", durable=False)
+    dlq = make.queue("dead")
+    make.transport.bind_queue(dlq, dlx, "")
+    args = {"x-queue-type": "quorum", "x-max-length": 1, "x-dead-letter-exchange": dlx}
+    q = make.queue("work", arguments=args)
+    transport = open_transport()
+    consumer = transport.consume(q, prefetch=2)
+    put(make.transport, q, "m0", properties=Properties(expiration="50"))
+    put(make.transport, q, "m1")
+    take(consumer, 2)
+    put(make.transport, q, "m2")
+    time.sleep(0.1)  # m0 expires while held
+    transport.close()
+    dead = take(open_transport().consume(dlq, prefetch=10), 2)
+    assert " ".join(d.body.decode() for d in dead) == "m1 m0"
+    kept = make.transport.get(q, auto_ack=True)
+    assert kept is not None and kept.body == b"m2"
