@@ -14,9 +14,11 @@ delivery (body, redelivered flag), passive-declare count, and at the end each
 queue's messages in order with their ``x-death`` — as lines of text, so two runs
 are compared with ``==`` and a difference reads as a diff.
 
-Both sides see one connection with one channel per client; a channel error closes
-that connection on both (pika's channel close and logbus's session close requeue
-alike), so the two stay comparable after an error. After every step each side is
+Both sides see one connection per client, with channels as logbus's AMQP transports
+open them: one for declares and publishes, one for ``basic.get``, one per consumer.
+A channel error closes that connection on both (pika's channel close and logbus's
+session close requeue alike), so the two stay comparable after an error; a refused
+``basic.get`` first returns what its channel got, on both. After every step each side is
 pumped until its consumers have been quiet for a moment (RabbitMQ delivers
 asynchronously): a wait on quiescence with a deadline, never an assertion on time.
 """

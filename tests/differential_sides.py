@@ -1,8 +1,8 @@
 """The two sides of the differential: RabbitMQ through plain pika, logbus through a transport.
 
-Each keeps one connection (one channel) per client of the scenario, opened again
-after an error closed it, and answers :func:`tests.differential.play`'s questions
-in the same words; see :mod:`tests.differential`.
+Each keeps one connection per client of the scenario (channels as in
+:mod:`tests.differential`), opened again after an error closed it, and answers
+:func:`tests.differential.play`'s questions in the same words.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class PikaSide(Side):
         self._parameters = parameters
         self._connections: dict[int, pika.BlockingConnection] = {}
         self._channels: dict[int, Any] = {}
+        # basic.get on a channel of its own, as logbus's AMQP transports do: an error on
+        # the main channel (a refused declare or publish) returns nothing got.
+        self._getters: dict[int, Any] = {}
         self._inbox: dict[int, list[tuple[Any, int, str]]] = {}
         self._consumer_channels: dict[str, Any] = {}
         self._running: dict[int, list[tuple[Any, str]]] = {}  # client: (channel, tag)
@@ -40,6 +43,7 @@ class PikaSide(Side):
         channel = connection.channel()
         channel.confirm_delivery()
         self._connections[client], self._channels[client] = connection, channel
+        self._getters[client] = connection.channel()
         self._inbox[client] = []
         self._running[client] = []
 
@@ -47,6 +51,7 @@ class PikaSide(Side):
         connection = self._connections.pop(client, None)
         if connection is not None and connection.is_open:
             with contextlib.suppress(pika_errors.AMQPError):
+                connection.process_data_events(time_limit=0)  # take what came: never nacked
                 for channel, tag in self._running.get(client, []):  # see Side.close
                     if channel.is_open:
                         channel.basic_cancel(tag)
@@ -115,7 +120,7 @@ class PikaSide(Side):
         return True
 
     def get(self, client: int, queue: str, auto_ack: bool) -> tuple[Any, int] | None:
-        method, properties, body = self._channels[client].basic_get(queue, auto_ack=auto_ack)
+        method, properties, body = self._getters[client].basic_get(queue, auto_ack=auto_ack)
         if method is None:
             return None
         return (method, properties, body), method.delivery_tag
@@ -136,7 +141,7 @@ class PikaSide(Side):
         self._running[client].append((channel, tag))
 
     def settle(self, client: int, held: Held, how: str, multiple: bool, requeue: bool) -> None:
-        channel = self._channels[client]
+        channel = self._getters[client]
         if held.scope != "get":
             channel = self._consumer_channels[held.scope]
         if how == "ack":

@@ -98,6 +98,9 @@ class SessionState:
     unacked: dict[int, Unacked] = field(default_factory=dict)
     consumers: dict[str, ConsumerState] = field(default_factory=dict)
     open: bool = True
+    # Tags of gets returned when a refused basic.get closed their channel: settling one
+    # later does nothing, as on the AMQP transports (whose channel is a new one by then).
+    stale: set[int] = field(default_factory=set)
 
 
 def consumer_tag(session: int, number: int) -> str:

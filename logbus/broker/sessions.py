@@ -28,6 +28,7 @@ from logbus.broker.registry import EXCHANGE, QUEUE
 from logbus.broker.streams import StreamState, attach, check_consume, not_supported, start_offset
 from logbus.errors import (
     AccessRefused,
+    ChannelError,
     NotImplementedByBroker,
     PreconditionFailed,
     ResourceLocked,
@@ -206,15 +207,19 @@ class Session:
         broker = self._broker
         with broker._guard:
             self._check_open()
-            state = broker._queue(queue, self._state)
-            if isinstance(state, StreamState):
-                raise not_supported(state, "basic.get")
-            if state.quorum and state.single_active:
-                raise ResourceLocked(
-                    f"RESOURCE_LOCKED - cannot obtain access to locked queue '{queue}' in vhost "
-                    f"'/'. basic.get operations are not supported by quorum queues with single "
-                    f"active consumer"
-                )
+            try:
+                state = broker._queue(queue, self._state)
+                if isinstance(state, StreamState):
+                    raise not_supported(state, "basic.get")
+                if state.quorum and state.single_active:
+                    raise ResourceLocked(
+                        f"RESOURCE_LOCKED - cannot obtain access to locked queue '{queue}' in "
+                        f"vhost '/'. basic.get operations are not supported by quorum queues "
+                        f"with single active consumer"
+                    )
+            except ChannelError:
+                self._close_get_channel()
+                raise
             touch(state)
             if state.prioritised:  # RabbitMQ fetches the head, expired or not
                 broker._fire_timer(state, monotonic())
@@ -231,6 +236,16 @@ class Session:
                 broker._journal.left(queue, entry)
             message = with_delivery_count(entry) if state.quorum else entry.message
             return Delivered(message, "", tag, entry.redelivered, queue)
+
+    def _close_get_channel(self) -> None:
+        """A refused ``basic.get`` closes the channel it came on (the AMQP transports keep
+        one for gets): what was got on it and not settled goes back to its queues, where
+        a consumer still open may take it. Settling those deliveries later does nothing."""
+        broker, state = self._broker, self._state
+        tags = sorted(t for t, u in state.unacked.items() if u.consumer_tag is None)
+        if tags:
+            state.stale.update(tags)
+            broker._dispatch_all(broker._requeue(state, tags, returned=True))
 
     def consume(
         self,

@@ -113,6 +113,9 @@ class Settling:
         requeue: bool | None,
         touched: set[str],
     ) -> bool:
+        if delivery_tag in state.stale:
+            state.stale.discard(delivery_tag)
+            return True
         if multiple:
             tags = self._multiple(state, delivery_tag)
             if not tags and delivery_tag != 0:

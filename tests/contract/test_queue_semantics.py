@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from logbus.errors import InvalidExpiration, PreconditionFailed, ResourceLocked
+from logbus.errors import InvalidExpiration, NotFound, PreconditionFailed, ResourceLocked
 from logbus.message import Message, Properties
 from tests.contract.test_delivery import put, take
 
@@ -207,3 +207,17 @@ def test_a_quorum_queue_dead_letters_a_steps_trim_before_its_expiry(make, open_t
     assert " ".join(d.body.decode() for d in dead) == "m1 m0"
     kept = make.transport.get(q, auto_ack=True)
     assert kept is not None and kept.body == b"m2"
+
+
+def test_a_refused_get_returns_what_was_got_before_it(make, open_transport):
+    """A basic.get refused (NOT_FOUND) closes the channel gets come on: a message got on
+    it and not settled goes back to its queue at once."""
+    q = make.queue("work")
+    transport = open_transport()
+    put(make.transport, q, "m0")
+    held = transport.get(q)
+    assert held is not None
+    with pytest.raises(NotFound):
+        transport.get(make.names("missing"))
+    again = transport.get(q, auto_ack=True)
+    assert again is not None and again.body == b"m0" and again.redelivered
