@@ -364,6 +364,9 @@ def _final(
             failed(0, exc)
     for client in range(CLIENTS):
         side.close(client)
+        # What it returned reaches the consumers of the clients still open before they
+        # close in turn (on RabbitMQ, without the pause, whether it did varied by run).
+        time.sleep(side.quiet)
     side.open(0)
     time.sleep(side.quiet)  # requeues of the closed connections land (a quorum queue's too)
     for queue in queues:
