@@ -342,20 +342,14 @@ class Broker(Registry, Settling):
             self._dead_letter(queue, entry, "maxlen")
         return bool(dropped)
 
-    def _expire_head(
-        self, queue: QueueState, now: float | None = None, *, into: list[Entry] | None = None
-    ) -> None:
-        """Dead-letter expired messages from the head (RabbitMQ never looks further), or,
-        with ``into``, take them off into that list for the caller to dead-letter later.
+    def _expire_head(self, queue: QueueState, now: float | None = None) -> None:
+        """Dead-letter expired messages from the head (RabbitMQ never looks further).
 
         This is RabbitMQ's ``drop_expired_msgs``: a priority queue then sets its TTL
         timer for the new head (see :mod:`logbus.broker.priority`).
         """
         while queue.head_expired(now):
-            if into is None:
-                self._dead_letter(queue, queue.pop(), "expired")
-            else:
-                into.append(queue.pop())
+            self._dead_letter(queue, queue.pop(), "expired")
         if queue.prioritised and arm_timer(queue):
             self._schedule_expiry()
 

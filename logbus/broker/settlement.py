@@ -201,8 +201,10 @@ class Settling:
             if queue.quorum:
                 # rabbit_fifo: expire the head, check out to consumers, then trim. The trim's
                 # dead letters go out first: they are put in front of the step's effects.
+                # (A quorum queue has no priorities, so no TTL timer to re-arm here.)
                 expired: list[Entry] = []
-                self._expire_head(queue, into=expired)
+                while queue.head_expired():
+                    expired.append(queue.pop())
                 self._dispatch(queue)
                 self._drop_head(queue)
                 for entry in expired:
