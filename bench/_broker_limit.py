@@ -85,21 +85,34 @@ sock.close()
 """
 
 
-def broker_limit(url: str, exchange: str, key: str, bodies: Path, workdir: Path) -> float:
+def broker_limit(
+    url: str, exchange: str, key: str, bodies: Path, workdir: Path, connections: int = 1
+) -> float:
     """Messages per second the broker confirmed of ``bodies`` (one per line) through
-    ``BROKER``, start-up included, as every bench's subprocesses count it."""
+    ``BROKER``, start-up included, as every bench's subprocesses count it; with
+    ``connections`` > 1, that many publishers side by side, each its share of the lines."""
     script = workdir / "broker_limit.py"
     script.write_text(BROKER)
-    count = sum(1 for _ in bodies.open("rb"))
+    lines = bodies.read_bytes().splitlines(keepends=True)
+    shares = [workdir / f"limit-share-{n}.txt" for n in range(connections)]
+    for n, share in enumerate(shares):
+        share.write_bytes(b"".join(lines[n::connections]))
     started = time.perf_counter()
-    with bodies.open("rb") as source:
-        done = subprocess.run(
+    publishers = [
+        subprocess.Popen(
             [sys.executable, str(script), url, exchange, key],
-            stdin=source, capture_output=True, check=False,
-        )  # fmt: skip
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(
-            f"bench: the broker-limit publisher exited {done.returncode}: {done.stderr!r}"
+            stdin=share.open("rb"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-    return count / elapsed
+        for share in shares
+    ]
+    failures = []
+    for publisher in publishers:
+        _out, err = publisher.communicate()
+        if publisher.returncode != 0:
+            failures.append(f"exited {publisher.returncode}: {err!r}")
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"bench: the broker-limit publisher {failures[0]}")
+    return len(lines) / elapsed

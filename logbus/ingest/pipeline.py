@@ -7,7 +7,8 @@ the engine of ``logbus emit``'s stdin batches (one pika transport, its confirm
 window), without a wait at the end of each batch: records keep flowing into the
 window while earlier ones are confirmed, and :attr:`Pipeline.settle` is told of
 each as its confirm comes, in order (the gateway then answers RELP frames and
-lets paused readers go on). A stream ends when nothing arrives for a moment.
+lets paused readers go on). A stream ends when nothing arrives for a moment
+while nothing of it waits for a confirm (or its confirms stall).
 
 A batch the broker did not take (down, blocked, refusing) is never dropped:
 
@@ -48,6 +49,8 @@ Outcome = Literal["confirmed", "spooled", "failed"]
 _FIRST_PAUSE = 0.1
 _MAX_PAUSE = 2.0
 _IDLE = 0.05  # seconds a stream waits for new records before it ends
+#: Seconds a stream with records in flight waits for new ones while no confirm comes.
+_STALL = 1.0
 
 
 class Link(Protocol):
@@ -303,8 +306,19 @@ class Pipeline:
         """Up to ``room`` new records for a stream, waiting a little; None to end it (idle,
         stopping, or the broker connection down with a spool to fall back on)."""
         with self._cond:
-            if not self._inbound and not self._stopping:
+            # Ending a stream waits for all of it to be confirmed: with records in flight
+            # (the listeners paused on the gate, say) that would empty the window and
+            # leave the broker idle, so the stream goes on while its confirms come.
+            confirmed, since = self.stats.confirmed, monotonic()
+            while not self._inbound and not self._stopping:
                 self._cond.wait(_IDLE)
+                now = monotonic()
+                if self.stats.confirmed != confirmed:
+                    confirmed, since = self.stats.confirmed, now
+                if not self._unconfirmed or now - since >= _STALL:
+                    break
+                if self.spool is not None and self._link is not None and not self._link.connected:
+                    return None
             if not self._inbound or (self._stopping and monotonic() >= self._deadline):
                 return None
             if self.spool is not None and self._link is not None and not self._link.connected:

@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from time import monotonic
 
+import pytest
+
+import logbus.ingest.pipeline as pipeline_module
 from logbus.errors import BrokerUnavailable, InputError, NotConfirmed
 from logbus.ingest.pipeline import Outcome, Pending, Pipeline
 from logbus.record import LogRecord
@@ -209,3 +212,84 @@ def test_a_stream_settles_its_confirmed_prefix_and_holds_the_rest_first_in_line(
     assert pipeline.stop(monotonic() + 5)
     assert link.taken == [str(n) for n in range(10)]
     assert settled.outcomes == [(str(n), "confirmed") for n in range(10)]
+
+
+class SlowConfirmLink(FakeLink):
+    """Confirms each take ``delay`` seconds after taking it (a broker that syncs to disk
+    before confirming), or never once ``confirming`` is cleared; counts the streams, and
+    how many records were unconfirmed when each take came back with records."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.confirming = threading.Event()
+        self.confirming.set()
+        self.streams = 0
+        self.in_flight_at_take: list[int] = []
+        self.returned = threading.Event()
+
+    def emit_stream(
+        self,
+        take: Callable[[int], tuple[list[LogRecord], bool]],
+        progress: Callable[[int], None],
+    ) -> int:
+        self.streams += 1
+        lock = threading.Lock()
+        in_flight = [0]
+        timers: list[threading.Timer] = []
+
+        def confirm(count: int) -> None:
+            with lock:
+                in_flight[0] -= count
+            progress(count)
+
+        count, more = 0, True
+        while more:
+            records, more = take(1000)
+            if records:
+                with lock:
+                    self.in_flight_at_take.append(in_flight[0])
+                    in_flight[0] += len(records)
+                self.taken += [r.message for r in records]
+                count += len(records)
+                if self.confirming.is_set():
+                    timer = threading.Timer(self.delay, confirm, (len(records),))
+                    timers.append(timer)
+                    timer.start()
+        for timer in timers:
+            timer.join()
+        self.returned.set()
+        return count
+
+
+def test_a_stream_goes_on_taking_while_its_records_wait_for_confirms() -> None:
+    """A pause in arrivals longer than the stream's idle wait does not end a stream whose
+    records are still in flight: ending it would wait for all of them to be confirmed
+    (the broker idle meanwhile) before anything newer was sent."""
+    link, settled = SlowConfirmLink(delay=0.5), Settled()
+    pipeline = Pipeline(lambda: link, settled)
+    pipeline.start()
+    pipeline.put(_records("a", "b"))
+    threading.Event().wait(0.25)  # five times the idle wait, half the confirm delay
+    pipeline.put(_records("c", "d"))
+    settled.wait_for(4)
+    assert pipeline.stop(monotonic() + 5)
+    assert link.streams == 1
+    assert link.in_flight_at_take == [0, 2]
+    assert settled.outcomes == [(m, "confirmed") for m in "abcd"]
+
+
+def test_a_stream_whose_confirms_stall_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With records in flight and no confirm coming, the stream stops taking after
+    ``_STALL`` seconds (not at once, not never), so its end and the confirm timeout
+    there are reached."""
+    monkeypatch.setattr(pipeline_module, "_STALL", 0.4)
+    link, settled = SlowConfirmLink(delay=0.1), Settled()
+    link.confirming.clear()
+    pipeline = Pipeline(lambda: link, settled)
+    pipeline.start()
+    started = monotonic()
+    pipeline.put(_records("a"))
+    assert link.returned.wait(5), "the stream kept waiting without confirms"
+    assert monotonic() - started >= 0.4
+    pipeline.stop(monotonic() + 1)

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 from time import monotonic
 from typing import Any
 
@@ -171,6 +172,11 @@ class Publisher:
         self.unsent: deque[Outgoing] = deque()
         self.inflight: dict[int, Outgoing] = {}
         self._next_tag = 1
+        # The lowest delivery tag that may still be in flight: a multiple confirm pops
+        # its tags by key from here. Taking a dict's first key again and again instead
+        # scans the deleted entries before it, which made each confirm cost the whole
+        # window (a third of the I/O thread's time at a 17k window).
+        self._oldest = 1
         self._latest: Any = None
 
     def open(self, connection: Any) -> None:
@@ -255,7 +261,7 @@ class Publisher:
         if channel is not self._latest:
             return
         self.channel = channel
-        self._next_tag = 1
+        self._next_tag = self._oldest = 1
         self.pump()
 
     @io_callback
@@ -264,12 +270,13 @@ class Publisher:
         ok = isinstance(method, spec.Basic.Ack)
         tag = method.delivery_tag
         if method.multiple:
-            done = []
-            while self.inflight:
-                first = next(iter(self.inflight))
-                if first > tag:
-                    break
-                done.append(self.inflight.pop(first))
+            inflight = self.inflight
+            done = [
+                item
+                for item in map(inflight.pop, range(self._oldest, tag + 1), repeat(None))
+                if item is not None
+            ]
+            self._oldest = max(self._oldest, tag + 1)
         else:
             item = self.inflight.pop(tag, None)
             done = [] if item is None else [item]
