@@ -104,7 +104,7 @@ def ingest(
         int | None,
         typer.Option(
             min=1,
-            help="Records read and not yet confirmed, over all listeners (20000); at the "
+            help="Records read and not yet confirmed, over all listeners (40000); at the "
             "bound streams stop reading and datagrams are dropped (counted).",
         ),
     ] = None,

@@ -51,12 +51,16 @@ from logbus.record import LogRecord, hostname
 from logbus.settings import Settings
 from logbus.spool import FsyncPolicy, Spool
 from logbus.topology import Topology
+from logbus.transports.amqp.window import DEEP_BUDGET
 
 __all__ = ["KINDS", "IngestPlan", "Listen", "Running", "run"]
 
 log = get_logger("logbus.ingest")
 
 KINDS = ("udp", "tcp", "tls", "relp", "unix")
+#: The most publishes in flight (the window's ceiling; ``DEEP_BUDGET`` seconds of the
+#: broker's pace below that): under ``max_in_flight``, so listeners read ahead of it.
+PUBLISH_WINDOW = 15_000
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class IngestPlan:
     max_size: int = DEFAULT_MAX_SIZE
     max_per_peer: int = 64
     idle_timeout: float = 300.0
-    max_in_flight: int = 20_000
+    max_in_flight: int = 40_000
     batch_size: int = 5000
     spool: Path | None = None
     spool_max_bytes: int = 1024**3
@@ -138,7 +142,9 @@ class IngestPlan:
 
 class _BrokerLink:
     """The publisher's :class:`~logbus.ingest.pipeline.Link`: an Emitter on a transport
-    opened with the gateway's options (a short reconnect pause, a named connection)."""
+    opened with the gateway's options (a short reconnect pause, a named connection, and a
+    deep confirm window: up to a second of the broker's pace in flight, see
+    ``transports.amqp.window``; a reset re-sends more, and records keep their ids)."""
 
     def __init__(self, plan: IngestPlan, settings: Settings) -> None:
         from logbus.emitter import Emitter
@@ -153,6 +159,8 @@ class _BrokerLink:
             confirm_timeout=timeout,
             reconnect_max_delay=plan.reconnect_max_delay,
             connection_name=f"logbus-ingest-{hostname()}",
+            publish_window=PUBLISH_WINDOW,
+            publish_budget=DEEP_BUDGET,
         )
         try:
             self._emitter = Emitter(

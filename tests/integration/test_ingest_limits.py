@@ -219,3 +219,35 @@ def test_a_stop_with_records_never_confirmed_exits_75(link) -> None:
         sock.sendto(b"<14>never confirmed", ("127.0.0.1", gateway.port("udp")))
     _until(lambda: gateway.stats("udp").received == 1)
     assert gateway.stop() == 75
+
+
+def test_the_gateway_publishes_with_a_deep_confirm_window(amqp_url: str, unique_name: str) -> None:
+    """The gateway's own transport keeps up to DEEP_BUDGET seconds of the broker's pace in
+    flight, under PUBLISH_WINDOW, which its in-flight bound leaves room above; a plain
+    transport keeps BUDGET, and a budget that is not a positive number is refused."""
+    from logbus.errors import ConfigError
+    from logbus.ingest.gateway import PUBLISH_WINDOW, _BrokerLink
+    from logbus.settings import Settings
+    from logbus.topology import EmitTarget, Exchange, Topology
+    from logbus.transports.amqp import AmqpTransport
+    from logbus.transports.amqp.window import BUDGET, DEEP_BUDGET
+
+    plan = IngestPlan(
+        listeners=(Listen("tcp", "127.0.0.1", 0),),
+        topology=Topology(
+            exchanges=(Exchange(name=unique_name, type="fanout", durable=False),),
+            emit=(EmitTarget(exchange=unique_name),),
+        ),
+    )
+    link = _BrokerLink(plan, Settings(url=amqp_url))
+    try:
+        window = link._transport._core.publisher.window  # type: ignore[attr-defined]
+        assert (window.budget, window.ceiling) == (DEEP_BUDGET, PUBLISH_WINDOW)
+        assert plan.max_in_flight >= 2 * PUBLISH_WINDOW
+    finally:
+        link.close()
+    with AmqpTransport(amqp_url) as plain:
+        plain.delete_exchange(unique_name)
+        assert plain._core.publisher.window.budget == BUDGET
+    with pytest.raises(ConfigError, match="publish_budget must be a positive number"):
+        AmqpTransport(amqp_url, publish_budget=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from logbus.transports.amqp.window import BUDGET, INITIAL, PublishWindow
+from logbus.transports.amqp.window import BUDGET, DEEP_BUDGET, INITIAL, PublishWindow
 
 
 def _round_trip(window: PublishWindow, now: float, *, limited: bool = True) -> None:
@@ -33,6 +33,14 @@ def test_the_window_holds_at_most_the_budget_of_the_confirming_pace() -> None:
     for step in range(1, 400):  # 20 confirms every 10 ms for 4 s
         window.confirmed(20, step * 0.01, limited=True)
     assert window.limit == int(2000 * BUDGET)
+
+
+def test_a_deep_budget_holds_that_many_seconds_of_the_pace() -> None:
+    """With the ingest gateway's budget the same pace keeps DEEP_BUDGET seconds in flight."""
+    window = PublishWindow(5000, budget=DEEP_BUDGET)
+    for step in range(1, 400):
+        window.confirmed(20, step * 0.01, limited=True)
+    assert window.limit == int(2000 * DEEP_BUDGET) > int(2000 * BUDGET)
 
 
 def test_the_window_never_exceeds_its_ceiling() -> None:

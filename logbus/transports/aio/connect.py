@@ -35,6 +35,7 @@ from logbus.transports.amqp.errors import tls_refused
 from logbus.transports.amqp.reconnect import ReconnectPolicy
 from logbus.transports.amqp.tls import TLS_REFUSED, client_context, verify_failure
 from logbus.transports.amqp.urls import broker_urls
+from logbus.transports.amqp.window import BUDGET
 
 __all__ = [
     "ChannelSlot",
@@ -82,7 +83,8 @@ class Options:
     ``connection_attempts`` is how many rounds over the URL list the initial
     connect makes; ``reconnect_interval`` is the pause between reconnection
     attempts after a drop; ``publish_window`` bounds the unconfirmed publishes
-    ``publish_many`` keeps in flight; ``ssl_context`` replaces the default,
+    ``publish_many`` keeps in flight, and ``publish_budget`` to that many seconds of
+    the broker's pace (``amqp.window``); ``ssl_context`` replaces the default,
     certificate-verifying TLS context of amqps:// URLs.
     """
 
@@ -93,13 +95,14 @@ class Options:
     connection_attempts: int = 3
     reconnect_interval: float = 1.0
     publish_window: int = 1000
+    publish_budget: float = BUDGET
     ssl_context: ssl.SSLContext | None = None
 
     @classmethod
     def build(cls, settings: Settings, default_name: str, options: dict[str, Any]) -> Options:
         """Options from settings plus keyword options; an unknown keyword is a ``ConfigError``."""
         known = {"connection_name", "connection_attempts", "reconnect_interval"}
-        known |= {"publish_window", "ssl_context"}
+        known |= {"publish_window", "publish_budget", "ssl_context"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(
@@ -115,8 +118,8 @@ class Options:
         )
         if built.connection_attempts < 1 or built.publish_window < 1:
             raise ConfigError("connection_attempts and publish_window must be at least 1")
-        if built.reconnect_interval <= 0:
-            raise ConfigError("reconnect_interval must be more than 0 seconds")
+        if built.reconnect_interval <= 0 or not built.publish_budget > 0:
+            raise ConfigError("reconnect_interval and publish_budget must be more than 0 seconds")
         return built
 
 

@@ -123,7 +123,8 @@ class _InFlight:
         self._mandatory = mandatory
         # A batch's publishes do not outlive its connection (a drop fails them), so
         # each batch starts its window afresh, as the pika transport does per connection.
-        self.window = PublishWindow(transport.options.publish_window)
+        options = transport.options
+        self.window = PublishWindow(options.publish_window, budget=options.publish_budget)
         self.failures: list[tuple[int, LogbusError]] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()

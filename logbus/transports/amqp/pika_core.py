@@ -70,6 +70,7 @@ class Core:
         operation_timeout: float,
         max_delay: float,
         window: int,
+        budget: float,
     ) -> None:
         self.endpoints = endpoints
         self.name = name
@@ -86,7 +87,7 @@ class Core:
         self.consumers: dict[str, AmqpConsumer] = {}
         self.decl = ChannelSlot(self, "declare")
         self.getter = ChannelSlot(self, "get", gets=True)
-        self.publisher = Publisher(self, window)
+        self.publisher = Publisher(self, window, budget)
         self.restore = Restore(self, self.decl, self.consumers)
         self.declared = self.restore.declared
         self.resolve = self.restore.resolve

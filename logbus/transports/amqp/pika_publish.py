@@ -29,7 +29,7 @@ from logbus.errors import LogbusError, NotConfirmed, TransportError
 from logbus.transports.amqp.errors import nacked, named_exchange, unroutable
 from logbus.transports.amqp.pika_errors import RECOVERABLE, broker_refusal, local_error
 from logbus.transports.amqp.pika_loop import IoHost, io_callback
-from logbus.transports.amqp.window import PublishWindow
+from logbus.transports.amqp.window import BUDGET, PublishWindow
 
 __all__ = ["Outgoing", "Progress", "PublishBatch", "Publisher"]
 
@@ -164,9 +164,9 @@ def _refused(error: LogbusError) -> Failure:
 class Publisher:
     """The confirm-mode channel: sends queued items when ready, matches confirms to them."""
 
-    def __init__(self, core: IoHost, window: int) -> None:
+    def __init__(self, core: IoHost, window: int, budget: float = BUDGET) -> None:
         self.core = core
-        self.window = PublishWindow(window)
+        self.window = PublishWindow(window, budget=budget)
         self.channel: Any = None
         self.blocked: str | None = None
         self.unsent: deque[Outgoing] = deque()

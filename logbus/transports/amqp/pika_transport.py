@@ -18,7 +18,8 @@ Options (keywords, winning over ``settings``): ``heartbeat``, ``connect_timeout`
 or ``cafile`` for ``amqps://`` (the URL may say ``?cafile=/path/ca.pem``;
 certificates are verified by default), ``publish_window`` (the most publishes
 in flight, default 5,000; fewer while the broker's pace needs fewer, and after a
-reconnect: see ``window``) and ``reconnect_max_delay`` (seconds).
+reconnect: see ``window``), ``publish_budget`` (seconds of the broker's pace kept
+in flight at most, default ``window.BUDGET``) and ``reconnect_max_delay`` (seconds).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from logbus.transports.amqp.pika_convert import arguments, endpoints, from_pika,
 from logbus.transports.amqp.pika_core import Core
 from logbus.transports.amqp.pika_publish import Outgoing, Progress, PublishBatch
 from logbus.transports.amqp.pika_topology import Declaration
+from logbus.transports.amqp.window import BUDGET
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 
 __all__ = ["AmqpConsumer", "AmqpTransport"]
@@ -56,6 +58,7 @@ _OPTIONS = frozenset(
         "ssl_context",
         "cafile",
         "publish_window",
+        "publish_budget",
         "reconnect_max_delay",
     }
 )
@@ -98,6 +101,7 @@ class AmqpTransport:
             operation_timeout=self._confirm_timeout,
             max_delay=_positive(options, "reconnect_max_delay", DEFAULT_MAX_DELAY),
             window=self._window,
+            budget=_positive(options, "publish_budget", BUDGET),
         )
         self._core.start()
         # A transport dropped without close() still closes its connection and thread.
