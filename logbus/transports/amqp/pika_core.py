@@ -43,6 +43,7 @@ from logbus.transports.amqp.pika_restore import Restore
 from logbus.transports.amqp.pika_settle import Settlements
 from logbus.transports.amqp.pika_slot import ChannelSlot, Op
 from logbus.transports.amqp.reconnect import DEFAULT_FIRST, ReconnectPolicy
+from logbus.transports.amqp.window import BUDGET
 
 __all__ = ["Core"]
 
@@ -70,7 +71,7 @@ class Core:
         operation_timeout: float,
         max_delay: float,
         window: int,
-        budget: float,
+        budget: float = BUDGET,
     ) -> None:
         self.endpoints = endpoints
         self.name = name
