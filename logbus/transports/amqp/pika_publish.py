@@ -175,7 +175,7 @@ class Publisher:
         # The lowest delivery tag that may still be in flight: a multiple confirm pops
         # its tags by key from here. Taking a dict's first key again and again instead
         # scans the deleted entries before it, which made each confirm cost the whole
-        # window (a third of the I/O thread's time at a 17k window).
+        # window (half the I/O thread's time at a 17k window).
         self._oldest = 1
         self._latest: Any = None
 
