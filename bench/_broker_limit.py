@@ -12,6 +12,7 @@ the handshake and the one header.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -97,22 +98,24 @@ def broker_limit(
     shares = [workdir / f"limit-share-{n}.txt" for n in range(connections)]
     for n, share in enumerate(shares):
         share.write_bytes(b"".join(lines[n::connections]))
-    started = time.perf_counter()
-    publishers = [
-        subprocess.Popen(
-            [sys.executable, str(script), url, exchange, key],
-            stdin=share.open("rb"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for share in shares
-    ]
     failures = []
-    for publisher in publishers:
-        _out, err = publisher.communicate()
-        if publisher.returncode != 0:
-            failures.append(f"exited {publisher.returncode}: {err!r}")
-    elapsed = time.perf_counter() - started
+    with contextlib.ExitStack() as stack:
+        sources = [stack.enter_context(share.open("rb")) for share in shares]
+        started = time.perf_counter()
+        publishers = [
+            subprocess.Popen(
+                [sys.executable, str(script), url, exchange, key],
+                stdin=source,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for source in sources
+        ]
+        for publisher in publishers:
+            _out, err = publisher.communicate()
+            if publisher.returncode != 0:
+                failures.append(f"exited {publisher.returncode}: {err!r}")
+        elapsed = time.perf_counter() - started
     if failures:
         raise SystemExit(f"bench: the broker-limit publisher {failures[0]}")
     return len(lines) / elapsed

@@ -67,6 +67,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from statistics import median
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -424,12 +425,6 @@ def _broker_limit(url: str, work: Path, lines: int, connections: int = 1) -> flo
         connection.close()
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def _rounds(lines: int, rounds: int, have_syslog_ng: bool, work: Path) -> dict[str, list[float]]:
     """``rounds`` rounds, each logbus, syslog-ng and the broker limit (1 and 2 connections)
     one after the other on the same broker: a round's figures share its moment, so the
@@ -458,10 +453,10 @@ def _rounds(lines: int, rounds: int, have_syslog_ng: bool, work: Path) -> dict[s
 
 def _summary(lines: int, runs: dict[str, list[float]], have_syslog_ng: bool) -> None:
     """The medians of one line count's rounds, and the target line."""
-    logbus, limit = _median(runs["logbus"]), _median(runs["limit"])
+    logbus, limit = median(runs["logbus"]), median(runs["limit"])
     print(f"logbus ingest (confirmed)          {logbus:>10,.0f} lines/s (median of rounds)")
     if have_syslog_ng:
-        syslog_ng, ratio = _median(runs["syslog-ng"]), _median(runs["ratio"])
+        syslog_ng, ratio = median(runs["syslog-ng"]), median(runs["ratio"])
         print(f"syslog-ng 3.38 amqp() flow-control {syslog_ng:>10,.0f} lines/s (median of rounds)")
         verdict = "met" if ratio >= 1.0 else "NOT met"
         print(
@@ -472,12 +467,12 @@ def _summary(lines: int, runs: dict[str, list[float]], have_syslog_ng: bool) -> 
     print(
         f"broker limit, confirmed             {limit:>10,.0f} lines/s (the same lines on one "
         "bare connection, frames prebuilt, 5,000 confirms in flight; "
-        f"on 2 connections {_median(runs['limit x2']):,.0f})"
+        f"on 2 connections {median(runs['limit x2']):,.0f})"
     )
-    of_limit = _median([a / b for a, b in zip(runs["logbus"], runs["limit"], strict=True)])
+    of_limit = median([a / b for a, b in zip(runs["logbus"], runs["limit"], strict=True)])
     shares = f"logbus ingest / broker limit = {of_limit:.2f} x"
     if have_syslog_ng:
-        bound = _median(runs["bound"])
+        bound = median(runs["bound"])
         shares += f"; best confirmed limit / syslog-ng amqp() (unconfirmed) = {bound:.2f} x"
         if bound < 1.0:
             shares += (
@@ -485,9 +480,9 @@ def _summary(lines: int, runs: dict[str, list[float]], have_syslog_ng: bool) -> 
                 " this is the target's bound here)"
             )
     print(shares)
-    cpu = f"receiver CPU per line: logbus {_median(runs['logbus cpu']):,.0f} us"
+    cpu = f"receiver CPU per line: logbus {median(runs['logbus cpu']):,.0f} us"
     if have_syslog_ng:
-        cpu += f", syslog-ng {_median(runs['syslog-ng cpu']):,.0f} us"
+        cpu += f", syslog-ng {median(runs['syslog-ng cpu']):,.0f} us"
     print(cpu)
 
 

@@ -315,16 +315,18 @@ class Pipeline:
                 now = monotonic()
                 if self.stats.confirmed != confirmed:
                     confirmed, since = self.stats.confirmed, now
-                if not self._unconfirmed or now - since >= _STALL:
+                if not self._unconfirmed or now - since >= _STALL or self._spooling_away():
                     break
-                if self.spool is not None and self._link is not None and not self._link.connected:
-                    return None
             if not self._inbound or (self._stopping and monotonic() >= self._deadline):
                 return None
-            if self.spool is not None and self._link is not None and not self._link.connected:
+            if self._spooling_away():
                 return None
             n = min(room, len(self._inbound))
             return [self._inbound.popleft() for _ in range(n)]
+
+    def _spooling_away(self) -> bool:
+        """The broker connection is down and a spool can take what comes meanwhile."""
+        return self.spool is not None and self._link is not None and not self._link.connected
 
     def _spool_mode(self, batch: list[Pending]) -> None:
         """While the spool is not empty: new records behind it, replay from its head."""

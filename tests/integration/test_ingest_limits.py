@@ -246,8 +246,9 @@ def test_the_gateway_publishes_with_a_deep_confirm_window(amqp_url: str, unique_
         assert plan.max_in_flight >= 2 * PUBLISH_WINDOW
     finally:
         link.close()
+        with AmqpTransport(amqp_url) as admin:
+            admin.delete_exchange(unique_name)
     with AmqpTransport(amqp_url) as plain:
-        plain.delete_exchange(unique_name)
         assert plain._core.publisher.window.budget == BUDGET
     with pytest.raises(ConfigError, match="publish_budget must be a positive number"):
         AmqpTransport(amqp_url, publish_budget=0)
