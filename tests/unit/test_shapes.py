@@ -194,8 +194,11 @@ _keys = st.sampled_from(
 def test_reading_never_fails_and_loses_no_scalar(data: dict[str, Any]):
     got = read_shape(data)
     dumped = json.dumps(got, default=str)
+    inner = data["fields"] if isinstance(data.get("fields"), dict) else {}
     for key, value in data.items():
         if key in ("level", "log.level", "time", "@timestamp"):
             continue  # read as a severity or a time: another spelling of the same value
+        if key in inner:
+            continue  # the body's own fields object wins over a leftover of its name
         if isinstance(value, str) and value:
             assert json.dumps(value)[1:-1] in dumped
