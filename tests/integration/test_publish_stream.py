@@ -13,6 +13,7 @@ from logbus.emitter import Emitter
 from logbus.record import LogRecord, decode
 from logbus.topology import EmitTarget, Topology
 from logbus.transports.amqp import AmqpTransport
+from logbus.transports.amqp.pika_transport import STEP
 from tests.integration.test_publish_faults import Flapping
 
 RECORDS = 20_000
@@ -29,8 +30,10 @@ class Feed:
         self.reports = 0
         self.lock = threading.Lock()
         self.overrun = False
+        self.rooms: list[int] = []
 
     def take(self, room: int) -> tuple[list[LogRecord], bool]:
+        self.rooms.append(room)
         n = min(room, 1 + self.taken % 700, self.total - self.taken)
         records = [
             LogRecord(facility="user", severity="info", message=f"line {self.taken + i}")
@@ -81,6 +84,9 @@ def test_a_stream_reports_every_record_confirmed_in_order_and_all_arrive(
     assert _stream(amqp_url, name, feed) == RECORDS
     assert (feed.confirmed, feed.overrun) == (RECORDS, False)
     assert feed.reports > 10, "confirms were reported per batch, not as they came"
+    # Taken a step at a time (the I/O thread gets each as soon as it is encoded), never
+    # a whole window at once.
+    assert max(feed.rooms) == STEP
     got = []
     while (delivery := admin.get(name, auto_ack=True)) is not None:
         got.append(delivery.message.body)

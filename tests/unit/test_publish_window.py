@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from logbus.transports.amqp.window import BUDGET, DEEP_BUDGET, INITIAL, PublishWindow
+from logbus.transports.amqp.window import (
+    BUDGET,
+    DEEP_BUDGET,
+    DEEP_START,
+    INITIAL,
+    PublishWindow,
+)
 
 
 def _round_trip(window: PublishWindow, now: float, *, limited: bool = True) -> None:
@@ -70,3 +76,18 @@ def test_a_reconnect_starts_it_small_and_it_grows_back_slowly() -> None:
         _round_trip(window, now)
     assert quarter <= window.limit <= quarter + 5 * 8 + 1
     assert window.limit < before
+
+
+def test_a_deep_budget_starts_deep_and_only_on_its_first_connection() -> None:
+    """The gateway's window skips slow start on its first connection (nothing was sent
+    yet, so nothing is re-sent); after a reconnect it starts small like any other, and a
+    slow broker still shrinks it to the budget of its pace."""
+    window = PublishWindow(15_000, budget=DEEP_BUDGET)
+    assert window.limit == DEEP_START > INITIAL
+    assert PublishWindow(15_000).limit == INITIAL
+    assert PublishWindow(1000, budget=DEEP_BUDGET).limit == 1000  # never above the ceiling
+    for step in range(1, 400):  # 2,000 confirms a second
+        window.confirmed(20, step * 0.01, limited=True)
+    assert window.limit == int(2000 * DEEP_BUDGET) < DEEP_START
+    window.restart()
+    assert window.limit == INITIAL

@@ -76,3 +76,22 @@ def test_a_new_channel_numbers_its_confirms_from_one_again() -> None:
     publisher._confirmed(_ack(3, multiple=True))
     assert publisher.inflight == {}
     assert sum(confirmed) == 8
+
+
+def test_a_confirm_refills_the_window_once_an_eighth_of_it_is_free() -> None:
+    """Publishes waiting for room go out as soon as confirms free an eighth of the window,
+    not only once it drained to half: a durable queue confirms a few thousand at a time,
+    and waiting for half a deep window left the broker idle between its batches."""
+    publisher, batch, _ = _publisher(800)
+    sent: list[bytes] = []
+    channel = SimpleNamespace(is_open=True, basic_publish=lambda *args: sent.append(args[2]))
+    publisher.channel = channel
+    publisher.core = SimpleNamespace(closing=False, ready=True)
+    publisher.window = SimpleNamespace(limit=800, confirmed=lambda *_a, **_k: None)  # type: ignore[assignment]
+    batch.add(500)
+    publisher.unsent.extend(Outgoing(batch, "x", "k", b"w", None, False) for _ in range(500))
+    publisher._confirmed(_ack(50, multiple=True))  # 50 free: under an eighth, no write yet
+    assert sent == [] and len(publisher.inflight) == 750
+    publisher._confirmed(_ack(100, multiple=True))  # 100 free: the window fills again
+    assert len(sent) == 100 and len(publisher.inflight) == 800
+    assert len(publisher.unsent) == 400

@@ -297,8 +297,11 @@ class Publisher:
         if done:
             window = self.window
             window.confirmed(len(done), monotonic(), limited=bool(self.unsent))
-            # Refill from half a window: fewer, larger writes than one per confirm.
-            if len(self.inflight) <= window.limit // 2:
+            # Refill once an eighth of the window is free: fewer, larger writes than one
+            # per confirm. (From half a window, a deep window left the broker idle: a
+            # durable queue confirms a few thousand at a time, and the window sat three
+            # quarters full with publishes waiting until the next batch of confirms.)
+            if window.limit - len(self.inflight) >= max(1, window.limit // 8):
                 self.pump()
 
     @io_callback

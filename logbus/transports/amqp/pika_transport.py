@@ -48,6 +48,8 @@ from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 __all__ = ["AmqpConsumer", "AmqpTransport"]
 
 DEFAULT_WINDOW = 5000
+#: Messages encoded and handed to the I/O thread at a time (fewer when the window is smaller).
+STEP = 1000
 DEFAULT_MAX_DELAY = 10.0
 _OPTIONS = frozenset(
     {
@@ -320,8 +322,11 @@ class AmqpTransport:
         take: Callable[[int], tuple[list[Message], bool]] | None = None,
         progress: Progress | None = None,
     ) -> None:
-        # The one engine of publish, publish_many and publish_stream: fill the window,
-        # then wait for it to drain to half before filling again.
+        # The one engine of publish, publish_many and publish_stream: hand the I/O thread
+        # a step of messages at a time while the window has room for one. Filling the
+        # whole window and waiting for it to drain to half let the I/O thread run dry
+        # while this thread encoded the next half: a deep window's worth takes a tenth
+        # of a second and more, and the broker idled for it.
         core = self._core
         batch = PublishBatch(progress)
         if take is None:
@@ -331,17 +336,22 @@ class AmqpTransport:
                 chunk = list(islice(source, room))
                 return chunk, len(chunk) == room
 
-        refill_at = self._window // 2
+        window = self._window
+        step = min(STEP, window)
         bad: InputError | None = None
         seq = 0
         more = True
         while more:
             with batch.cond:
-                room = self._window - batch.outstanding
+                room = window - batch.outstanding
                 stop = progress is not None and batch.failed > 0
             if stop:
                 break
-            ready, more = take(room) if room > 0 else ([], True)
+            if room < step:  # full: wait until a step's worth is confirmed
+                if not batch.wait(window - step, self._confirm_timeout):
+                    self._give_up(batch)
+                continue
+            ready, more = take(step)
             chunk, bad = _outgoing(batch, ready, mandatory, seq)
             seq += len(chunk)
             if chunk:
@@ -349,8 +359,6 @@ class AmqpTransport:
                 core.submit(partial(core.publisher.submit, chunk))
             if bad is not None:
                 break
-            if more and len(ready) >= room and not batch.wait(refill_at, self._confirm_timeout):
-                self._give_up(batch)
         if not batch.wait(0, self._confirm_timeout):
             self._give_up(batch)
         error = batch.error()

@@ -20,7 +20,11 @@ window is by losses:
   slowness from shrinking the window and the slower sending that follows from
   shrinking it again.
 - It starts small and doubles per round trip (slow start) while it is what
-  holds sending back.
+  holds sending back. A deep budget's window starts at :data:`DEEP_START`
+  instead, on its first connection only: a durable queue's round trip is a
+  fifth of a second (it confirms what it synced, a few thousand at a time), so
+  slow start from 32 took a second and a half to reach the broker's pace, half
+  of a 50,000-line burst (measured: 11.2k against 12.2k lines/s started deep).
 - A reconnect starts it small again (what was in flight goes out again, and
   the new connection's pace is unknown), with slow start only up to a quarter
   of what it was; beyond that it grows by :data:`GROWTH` per round trip. A
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["BUDGET", "DEEP_BUDGET", "GROWTH", "INITIAL", "PublishWindow"]
+__all__ = ["BUDGET", "DEEP_BUDGET", "DEEP_START", "GROWTH", "INITIAL", "PublishWindow"]
 
 #: Publishes in flight on a fresh connection.
 INITIAL = 32
@@ -49,6 +53,8 @@ INITIAL = 32
 BUDGET = 0.1  # 0.2 re-sent 11 % of the records at one connection reset a second
 #: The budget of a publisher that wants throughput more than few re-sends (see above).
 DEEP_BUDGET = 1.0
+#: Publishes in flight on the first connection of a window with :data:`DEEP_BUDGET` or more.
+DEEP_START = 5000
 #: Publishes the window grows by per round trip once past slow start.
 GROWTH = 8
 _SAMPLE = 0.25  # seconds of confirms per measurement of the pace
@@ -60,7 +66,7 @@ class PublishWindow:
     """The number of unconfirmed publishes a connection may have: :attr:`limit`.
 
     Tell it each confirm (:meth:`confirmed`) and each new connection
-    (:meth:`restart`); it never goes below its start nor above ``ceiling``
+    (:meth:`restart`); it never goes below ``initial`` nor above ``ceiling``
     (the ``publish_window`` option), nor above ``budget`` seconds of the pace
     (the ``publish_budget`` option).
     """
@@ -71,6 +77,7 @@ class PublishWindow:
         "_samples",
         "_since",
         "_size",
+        "_start",
         "_threshold",
         "budget",
         "ceiling",
@@ -82,8 +89,10 @@ class PublishWindow:
         self.ceiling = max(1, int(ceiling))
         self.budget = budget
         self.initial = max(1, min(initial, self.ceiling))
-        self.limit = self.initial
-        self._size = float(self.initial)
+        deep = budget >= DEEP_BUDGET
+        self._start = min(self.ceiling, max(self.initial, DEEP_START)) if deep else self.initial
+        self.limit = self._start
+        self._size = float(self._start)
         self._threshold = float(self.ceiling)  # where slow start ends
         self._pace = 0.0  # confirms a second, the best lately; 0 until measured
         self._samples: deque[tuple[float, float]] = deque()  # (when, confirms a second)
@@ -93,6 +102,7 @@ class PublishWindow:
     def restart(self) -> None:
         """A new connection: start small again, slow start up to a quarter of the old size."""
         self._threshold = max(float(self.initial), self._size / _CUT)
+        self._start = self.initial
         self._size = float(self.initial)
         self.limit = self.initial
         self._since = None
@@ -123,5 +133,5 @@ class PublishWindow:
 
     def _cap(self) -> float:
         # Until the pace is known, slow start alone grows it, up to a few round trips' worth.
-        cap = self._pace * self.budget if self._pace else 8.0 * self.initial
+        cap = self._pace * self.budget if self._pace else 8.0 * self._start
         return min(float(self.ceiling), max(float(self.initial), cap))
