@@ -1,13 +1,14 @@
 """The broker's own limit for confirmed persistent publishes, shared by the benches.
 
-``BROKER`` is a script (run as ``python broker.py URL EXCHANGE KEY < bodies``): one
-connection on a bare socket, the frames built with the least work there is (the
-properties encoded once around a fresh message id, written many to a send), and
-pipelined confirms (5,000 in flight). No client library or per-message work beyond
-that, so no confirmed publisher on one connection does better against the same
-broker: ``bench/cli.py`` (part a) and ``bench/ingest.py`` print their figures as a
-share of it. It imports pamqp (aiormq's, installed with aio-pika) only to encode
-the handshake and the one header.
+``BROKER`` is a script (run as ``python broker.py URL EXCHANGE KEY [FLAGS] < bodies``;
+FLAGS default to ``confirm,mandatory``, and ``bench/ingest.py --costs`` leaves either
+out to price it): one connection on a bare socket, the frames built with the least
+work there is (the properties encoded once around a fresh message id, written many
+to a send), and pipelined confirms (5,000 in flight). No client library or
+per-message work beyond that, so no confirmed publisher on one connection does
+better against the same broker: ``bench/cli.py`` (part a) and ``bench/ingest.py``
+print their figures as a share of it. It imports pamqp (aiormq's, installed with
+aio-pika) only to encode the handshake and the one header.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ BROKER = """
 import socket, struct, sys, time, uuid, pika
 from pamqp import commands, exceptions, frame, header
 url, exchange, key = sys.argv[1:4]
+flags = set((sys.argv[4] if len(sys.argv) > 4 else "confirm,mandatory").split(","))
+confirm = "confirm" in flags
 bodies = [line.rstrip(b"\\n") for line in sys.stdin.buffer]
 params = pika.URLParameters(url)
 sock = socket.create_connection((params.host, params.port))
@@ -55,11 +58,13 @@ send(0, commands.Connection.Open(params.virtual_host))
 receive()  # connection.open-ok
 send(1, commands.Channel.Open())
 receive()
-send(1, commands.Confirm.Select())
-receive()
+if confirm:
+    send(1, commands.Confirm.Select())
+    receive()
 headers = {"facility": "user", "severity": "info", "host": "bench", "app": "logbus"}
 publish = frame.marshal(
-    commands.Basic.Publish(exchange=exchange, routing_key=key, mandatory=True), 1)
+    commands.Basic.Publish(exchange=exchange, routing_key=key,
+                           mandatory="mandatory" in flags), 1)
 # One content header encoded once; per message only its id and body size change.
 template = frame.marshal(header.ContentHeader(0, 0, commands.Basic.Properties(
     content_type="application/json", delivery_mode=2, message_id="0" * 32,
@@ -71,12 +76,16 @@ def frames(body):
     return (publish + head[:11] + pack_size(len(body)) + head[19:]
             + pack_frame(3, 1, len(body)) + body + b"\\xce")
 
+print("sending", flush=True)  # connected, bodies read: the clock starts here
 sent = acked = 0
 while acked < len(bodies):
     if sent < len(bodies) and sent - acked < 5000:
         upto = min(len(bodies), acked + 5000)
         sock.sendall(b"".join(frames(body) for body in bodies[sent:upto]))
         sent = upto
+    if not confirm:
+        acked = sent
+        continue
     value = receive()
     if isinstance(value, commands.Basic.Ack | commands.Basic.Nack):
         acked = max(acked, value.delivery_tag)
@@ -90,8 +99,10 @@ def broker_limit(
     url: str, exchange: str, key: str, bodies: Path, workdir: Path, connections: int = 1
 ) -> float:
     """Messages per second the broker confirmed of ``bodies`` (one per line) through
-    ``BROKER``, start-up included, as every bench's subprocesses count it; with
-    ``connections`` > 1, that many publishers side by side, each its share of the lines."""
+    ``BROKER``, timed from its first send (connected, bodies read: as the gateways it is
+    set beside are timed, up and connected before their first line); with
+    ``connections`` > 1, that many publishers side by side, each its share of the lines,
+    from the first one's first send."""
     script = workdir / "broker_limit.py"
     script.write_text(BROKER)
     lines = bodies.read_bytes().splitlines(keepends=True)
@@ -101,16 +112,18 @@ def broker_limit(
     failures = []
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(share.open("rb")) for share in shares]
-        started = time.perf_counter()
         publishers = [
             subprocess.Popen(
                 [sys.executable, str(script), url, exchange, key],
                 stdin=source,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
             for source in sources
         ]
+        assert publishers[0].stdout is not None
+        publishers[0].stdout.readline()  # "sending" (or nothing, if it failed first)
+        started = time.perf_counter()
         for publisher in publishers:
             _out, err = publisher.communicate()
             if publisher.returncode != 0:

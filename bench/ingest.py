@@ -1,7 +1,7 @@
 """``logbus ingest`` against syslog-ng 3.38's ``amqp()`` with flow-control: lines/s, recovery.
 
-Run as ``python bench/ingest.py [LINES ...] [--rounds=N] [--throughput-only]`` (default:
-50,000 lines, then 200,000; 3 rounds each). One run, the same broker, the same load:
+Run as ``python bench/ingest.py [LINES ...] [--rounds=N] [--throughput-only | --costs]``
+(default: 50,000 lines, then 200,000; 3 rounds each). One run, the same broker, the same load:
 ``loggen`` over TCP, 150-byte lines, as fast as the receiver lets it (both receivers
 apply back-pressure: logbus by not reading while confirms lag, syslog-ng by
 ``flags(flow-control)``). 50,000 lines is a burst of about 3 s, a third of it the
@@ -29,6 +29,8 @@ first line sent. Each round runs logbus, syslog-ng and the broker limit (below)
 one after the other; the shared broker's pace drifts by 10-20 % between runs, so
 ratios are taken within a round and their median printed (target >= 1.0x).
 ``--throughput-only`` stops after those lines (no listener models, no recovery).
+``--costs`` runs only a pricing of the broker limit's publisher: confirms, the
+mandatory flag and the record's size left out one at a time.
 
 The broker limit: the same 150-byte lines into the same setup, published by
 ``bench/_broker_limit.py`` (a bare connection, frames prebuilt, 5,000 confirms
@@ -37,7 +39,11 @@ publisher gets from this broker (a second connection does not add to it: the
 one queue is the broker's bottleneck). Printed with logbus's rate as a share of
 it, and the best limit as a share of syslog-ng's unconfirmed rate: where that is
 below 1.0, no confirmed gateway can reach 1.0x on that broker, and logbus / limit
-is the figure left to the gateway.
+is the figure left to the gateway. A third limit publishes the same way the bodies
+logbus makes of those lines (its JSON records, about 380 bytes against loggen's 150:
+the wire format's id, time, names and fields), the bound of any confirmed publisher
+of logbus records: printed with logbus's share of it and its share of syslog-ng's
+rate (where that is below 1.0, the target is out of reach on that broker).
 
 Listener models (no broker: a stand-in that confirms at once, so only reading,
 framing, parsing and the hand-over count): the gateway's asyncio listeners
@@ -450,6 +456,62 @@ def _broker_limit(
         connection.close()
 
 
+#: What ``--costs`` prices: a name, logbus's records (else loggen's 150-byte lines) as
+#: bodies, and ``_broker_limit.BROKER``'s flags.
+_COSTS = (
+    ("confirmed, mandatory, logbus's records", True, "confirm,mandatory"),
+    ("  the same unconfirmed", True, "mandatory"),
+    ("  the same not mandatory", True, "confirm"),
+    ("  the same with 150-byte lines", False, "confirm,mandatory"),
+)
+
+
+def costs(url: str, work: Path, lines: int, rounds: int) -> None:
+    """What a confirmed publisher of logbus records pays the broker, by the bare publisher
+    of the broker limit with one thing left out at a time: confirms, the mandatory flag,
+    the record's size. Each is timed from its first send until the queue holds every line
+    (unconfirmed, the publisher is done long before the broker is), in interleaved rounds."""
+    from _broker_limit import BROKER
+
+    script = work / "costs.py"
+    script.write_text(BROKER)
+    bodies = {True: work / "costs-records.txt", False: work / "costs-lines.txt"}
+    bodies[True].write_text(_records(lines))
+    bodies[False].write_text("".join(f"{i:010d} " + "x" * 139 + "\n" for i in range(lines)))
+    name = f"bench-costs-{os.getpid()}"
+    rates: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, records, flags in _COSTS:
+            connection, channel = _channel(url)
+            channel.exchange_declare(name, "fanout", durable=True)  # type: ignore[attr-defined]
+            channel.queue_declare(name, durable=True)  # type: ignore[attr-defined]
+            channel.queue_bind(name, name)  # type: ignore[attr-defined]
+            depth_of = _Depth(url)
+            try:
+                with bodies[records].open("rb") as source:
+                    publisher = subprocess.Popen(
+                        [sys.executable, str(script), url, name, "bench", flags],
+                        stdin=source,
+                        stdout=subprocess.PIPE,
+                    )
+                    assert publisher.stdout is not None
+                    publisher.stdout.readline()  # connected, bodies read: the first send
+                    start = monotonic()
+                    done = _wait_depth(depth_of, name, lines)
+                    publisher.communicate(timeout=60)
+                rates.setdefault(label, []).append(lines / (done - start))
+            finally:
+                depth_of.close()
+                channel.queue_delete(name)  # type: ignore[attr-defined]
+                channel.exchange_delete(name)  # type: ignore[attr-defined]
+                connection.close()
+    print(f"# what the broker charges a bare publisher ({lines:,} lines, medians of {rounds})")
+    base = median(rates[_COSTS[0][0]])
+    for label, *_ in _COSTS:
+        rate = median(rates[label])
+        print(f"{label:<40} {rate:>8,.0f} lines/s  {rate / base:.2f} x")
+
+
 def _rounds(lines: int, rounds: int, have_syslog_ng: bool, work: Path) -> dict[str, list[float]]:
     """``rounds`` rounds, each logbus, syslog-ng and the broker limit (1 and 2 connections)
     one after the other on the same broker: a round's figures share its moment, so the
@@ -530,6 +592,13 @@ def _summary(lines: int, runs: dict[str, list[float]], have_syslog_ng: bool) -> 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     only_throughput = "--throughput-only" in sys.argv[1:]
+    if "--costs" in sys.argv[1:]:
+        rounds = next(
+            (int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--rounds=")), 3
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            costs(SHARED, Path(tmp), int(args[0]) if args else LINES[0], rounds)
+        return
     rounds = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--rounds=")), 3)
     counts = [int(a) for a in args] or list(LINES)
     have_syslog_ng = shutil.which("syslog-ng") is not None
