@@ -25,13 +25,15 @@ from typing import Any
 from pika import spec
 
 from logbus._log import get_logger
-from logbus.errors import LogbusError, NotConfirmed, TransportError
+from logbus.errors import InputError, LogbusError, NotConfirmed, TransportError
+from logbus.message import Message
 from logbus.transports.amqp.errors import nacked, named_exchange, unroutable
+from logbus.transports.amqp.pika_convert import to_pika
 from logbus.transports.amqp.pika_errors import RECOVERABLE, broker_refusal, local_error
 from logbus.transports.amqp.pika_loop import IoHost, io_callback
 from logbus.transports.amqp.window import BUDGET, PublishWindow
 
-__all__ = ["Outgoing", "Progress", "PublishBatch", "Publisher"]
+__all__ = ["Outgoing", "Progress", "PublishBatch", "Publisher", "outgoing"]
 
 log = get_logger("logbus.transports.amqp")
 
@@ -145,6 +147,23 @@ class Outgoing:
     mandatory: bool
     returned: bool = False
     seq: int = 0  # its place in its batch, for a stream's progress
+
+
+def outgoing(
+    batch: PublishBatch, ready: list[Message], mandatory: bool, seq: int
+) -> tuple[list[Outgoing], InputError | None]:
+    """``ready`` as the I/O thread's publishes, numbered from ``seq``; the messages up
+    to the first that AMQP cannot carry, and that one's error."""
+    chunk: list[Outgoing] = []
+    for message in ready:
+        try:
+            properties = to_pika(message)
+        except InputError as exc:
+            return chunk, exc
+        where = (message.exchange, message.routing_key)
+        chunk.append(Outgoing(batch, *where, bytes(message.body), properties, mandatory, seq=seq))
+        seq += 1
+    return chunk, None
 
 
 def _unroutable(item: Outgoing) -> Failure:

@@ -38,9 +38,9 @@ from logbus.message import Message, QueueInfo
 from logbus.settings import Settings, load_settings, redact_url
 from logbus.transports.amqp.errors import blocked, not_confirmed, unconfirmed_in_time
 from logbus.transports.amqp.pika_consume import AmqpConsumer
-from logbus.transports.amqp.pika_convert import arguments, endpoints, from_pika, names, to_pika
+from logbus.transports.amqp.pika_convert import arguments, endpoints, from_pika, names
 from logbus.transports.amqp.pika_core import Core
-from logbus.transports.amqp.pika_publish import Outgoing, Progress, PublishBatch
+from logbus.transports.amqp.pika_publish import Progress, PublishBatch, outgoing
 from logbus.transports.amqp.pika_topology import Declaration
 from logbus.transports.amqp.window import BUDGET
 from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
@@ -352,7 +352,7 @@ class AmqpTransport:
                     self._give_up(batch)
                 continue
             ready, more = take(step)
-            chunk, bad = _outgoing(batch, ready, mandatory, seq)
+            chunk, bad = outgoing(batch, ready, mandatory, seq)
             seq += len(chunk)
             if chunk:
                 batch.add(len(chunk))
@@ -487,20 +487,3 @@ def _positive(options: Mapping[str, Any], name: str, default: float) -> float:
     if not number > 0:
         raise ConfigError(f"option {name} must be a positive number, not {value!r}")
     return number
-
-
-def _outgoing(
-    batch: PublishBatch, ready: list[Message], mandatory: bool, seq: int
-) -> tuple[list[Outgoing], InputError | None]:
-    """``ready`` as the I/O thread's publishes, numbered from ``seq``; the messages up
-    to the first that AMQP cannot carry, and that one's error."""
-    chunk: list[Outgoing] = []
-    for message in ready:
-        try:
-            properties = to_pika(message)
-        except InputError as exc:
-            return chunk, exc
-        where = (message.exchange, message.routing_key)
-        chunk.append(Outgoing(batch, *where, bytes(message.body), properties, mandatory, seq=seq))
-        seq += 1
-    return chunk, None
