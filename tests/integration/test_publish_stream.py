@@ -123,3 +123,23 @@ def test_publishes_are_sent_joined_through_the_pika_this_project_pins(
     buffers = deque([b"head", b"a", b"bc", b"d"])
     _join_tail(buffers, 3)
     assert list(buffers) == [b"head", b"abcd"]
+
+
+def test_a_small_window_is_topped_up_half_a_window_at_a_time(
+    amqp_url: str, queue: tuple[AmqpTransport, str]
+) -> None:
+    """A window smaller than two steps is taken half of it at a time, so half of it is in
+    flight while the other half is encoded, and every record arrives."""
+    admin, name = queue
+    feed = Feed(300)
+    with AmqpTransport(amqp_url, publish_window=10) as transport:
+        emitter = Emitter(
+            transport=transport,
+            topology=Topology(),
+            declare_topology=False,
+            targets=[EmitTarget(exchange="", key=name)],
+        )
+        assert emitter.emit_stream(feed.take, feed.progress) == 300
+    assert max(feed.rooms) == 5
+    assert (feed.confirmed, feed.overrun) == (300, False)
+    assert admin.declare_queue(name, passive=True).message_count == 300

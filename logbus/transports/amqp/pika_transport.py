@@ -48,7 +48,7 @@ from logbus.transports.base import DEFAULT_PREFETCH, Delivery, Settlement
 __all__ = ["AmqpConsumer", "AmqpTransport"]
 
 DEFAULT_WINDOW = 5000
-#: Messages encoded and handed to the I/O thread at a time (fewer when the window is smaller).
+#: Messages encoded and handed to the I/O thread at a time (half the window when that is less).
 STEP = 1000
 DEFAULT_MAX_DELAY = 10.0
 _OPTIONS = frozenset(
@@ -337,7 +337,7 @@ class AmqpTransport:
                 return chunk, len(chunk) == room
 
         window = self._window
-        step = min(STEP, window)
+        step = max(1, min(STEP, window // 2))  # a small window still refills from half
         bad: InputError | None = None
         seq = 0
         more = True
