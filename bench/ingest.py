@@ -72,6 +72,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from time import monotonic
@@ -429,31 +430,40 @@ def _records(lines: int) -> str:
     )
 
 
-def _broker_limit(
-    url: str, work: Path, lines: int, connections: int = 1, *, records: bool = False
-) -> float:
-    """The broker's confirmed limit for ``lines`` loggen-sized lines into the receivers'
-    setup (one durable fanout exchange -> one durable queue): ``_broker_limit.BROKER``,
-    on ``connections`` connections side by side; with ``records``, for the bodies logbus
-    makes of those lines (:func:`_records`) instead."""
-    from _broker_limit import broker_limit
+def _bodies(work: Path, lines: int) -> dict[bool, Path]:
+    """The bare publisher's bodies for ``lines`` lines, written once: loggen-sized 150-byte
+    lines (``False``) and the records logbus makes of loggen's lines (``True``)."""
+    paths = {False: work / f"bodies-lines-{lines}.txt", True: work / f"bodies-records-{lines}.txt"}
+    paths[False].write_text("".join(f"{i:010d} " + "x" * 139 + "\n" for i in range(lines)))
+    paths[True].write_text(_records(lines))
+    return paths
 
-    name = f"bench-limit-{os.getpid()}"
-    bodies = work / "limit-bodies.txt"
-    if records:
-        bodies.write_text(_records(lines))
-    else:
-        bodies.write_text("".join(f"{i:010d} " + "x" * 139 + "\n" for i in range(lines)))
+
+@contextlib.contextmanager
+def _fanout_queue(url: str, name: str) -> Iterator[None]:
+    """The receivers' setup under ``name`` (one durable fanout exchange -> one durable
+    queue) for the time of the block."""
     connection, channel = _channel(url)
     channel.exchange_declare(name, "fanout", durable=True)  # type: ignore[attr-defined]
     channel.queue_declare(name, durable=True)  # type: ignore[attr-defined]
     channel.queue_bind(name, name)  # type: ignore[attr-defined]
     try:
-        return broker_limit(url, name, "bench", bodies, work, connections)
+        yield
     finally:
         channel.queue_delete(name)  # type: ignore[attr-defined]
         channel.exchange_delete(name)  # type: ignore[attr-defined]
         connection.close()
+
+
+def _broker_limit(url: str, work: Path, bodies: Path, connections: int = 1) -> float:
+    """The broker's confirmed limit for ``bodies`` (one per line; see :func:`_bodies`) into
+    the receivers' setup: ``_broker_limit.BROKER``, on ``connections`` connections side
+    by side."""
+    from _broker_limit import broker_limit
+
+    name = f"bench-limit-{os.getpid()}"
+    with _fanout_queue(url, name):
+        return broker_limit(url, name, "bench", bodies, work, connections)
 
 
 #: What ``--costs`` prices: a name, logbus's records (else loggen's 150-byte lines) as
@@ -475,20 +485,14 @@ def costs(url: str, work: Path, lines: int, rounds: int) -> None:
 
     script = work / "costs.py"
     script.write_text(BROKER)
-    bodies = {True: work / "costs-records.txt", False: work / "costs-lines.txt"}
-    bodies[True].write_text(_records(lines))
-    bodies[False].write_text("".join(f"{i:010d} " + "x" * 139 + "\n" for i in range(lines)))
+    bodies = _bodies(work, lines)
     name = f"bench-costs-{os.getpid()}"
     rates: dict[str, list[float]] = {}
     for _ in range(rounds):
         for label, records, flags in _COSTS:
-            connection, channel = _channel(url)
-            channel.exchange_declare(name, "fanout", durable=True)  # type: ignore[attr-defined]
-            channel.queue_declare(name, durable=True)  # type: ignore[attr-defined]
-            channel.queue_bind(name, name)  # type: ignore[attr-defined]
             depth_of = _Depth(url)
             try:
-                with bodies[records].open("rb") as source:
+                with _fanout_queue(url, name), bodies[records].open("rb") as source:
                     publisher = subprocess.Popen(
                         [sys.executable, str(script), url, name, "bench", flags],
                         stdin=source,
@@ -502,9 +506,6 @@ def costs(url: str, work: Path, lines: int, rounds: int) -> None:
                 rates.setdefault(label, []).append(lines / (done - start))
             finally:
                 depth_of.close()
-                channel.queue_delete(name)  # type: ignore[attr-defined]
-                channel.exchange_delete(name)  # type: ignore[attr-defined]
-                connection.close()
     print(f"# what the broker charges a bare publisher ({lines:,} lines, medians of {rounds})")
     base = median(rates[_COSTS[0][0]])
     for label, *_ in _COSTS:
@@ -516,15 +517,16 @@ def _rounds(lines: int, rounds: int, have_syslog_ng: bool, work: Path) -> dict[s
     """``rounds`` rounds, each logbus, syslog-ng and the broker limit (1 and 2 connections)
     one after the other on the same broker: a round's figures share its moment, so the
     ratios are taken per round (the shared broker's pace drifts by 10-20 % between runs)."""
+    bodies = _bodies(work, lines)
     runs: dict[str, list[float]] = {}
     for number in range(1, rounds + 1):
         rate, cpu = _measure(Logbus(SHARED, work), lines)
         found = {"logbus": rate, "logbus cpu": cpu}
         if have_syslog_ng:
             found["syslog-ng"], found["syslog-ng cpu"] = _measure(SyslogNg(SHARED, work), lines)
-        found["limit"] = _broker_limit(SHARED, work, lines)
-        found["limit x2"] = _broker_limit(SHARED, work, lines, connections=2)
-        found["limit records"] = _broker_limit(SHARED, work, lines, records=True)
+        found["limit"] = _broker_limit(SHARED, work, bodies[False])
+        found["limit x2"] = _broker_limit(SHARED, work, bodies[False], connections=2)
+        found["limit records"] = _broker_limit(SHARED, work, bodies[True])
         line = f"round {number}: logbus {rate:,.0f}"
         if have_syslog_ng:
             found["ratio"] = rate / found["syslog-ng"]
@@ -592,14 +594,11 @@ def _summary(lines: int, runs: dict[str, list[float]], have_syslog_ng: bool) -> 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     only_throughput = "--throughput-only" in sys.argv[1:]
+    rounds = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--rounds=")), 3)
     if "--costs" in sys.argv[1:]:
-        rounds = next(
-            (int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--rounds=")), 3
-        )
         with tempfile.TemporaryDirectory() as tmp:
             costs(SHARED, Path(tmp), int(args[0]) if args else LINES[0], rounds)
         return
-    rounds = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--rounds=")), 3)
     counts = [int(a) for a in args] or list(LINES)
     have_syslog_ng = shutil.which("syslog-ng") is not None
     if shutil.which("loggen") is None:
